@@ -1,0 +1,182 @@
+//! The embedded store: pool state in this process's memory, one lock per pool.
+
+use crate::select::{choose, Candidate};
+use crate::state::KeyState;
+use crate::store::{Acquire, KeyStatus, PoolSpec, Report, Store, StoreFuture};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use tokio::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct PoolState {
+    generation: u64,
+    keys: Vec<KeyState>,
+    cursor: usize,
+}
+
+impl PoolState {
+    /// Line the state up with `spec`'s keys; a reloaded spec keeps the state of keys it kept.
+    fn align(&mut self, spec: &PoolSpec) {
+        if self.generation == spec.generation {
+            return;
+        }
+        let mut old: HashMap<String, KeyState> = self
+            .keys
+            .drain(..)
+            .map(|k| (k.fingerprint.clone(), k))
+            .collect();
+        self.keys = spec
+            .keys
+            .iter()
+            .map(|k| {
+                old.remove(&k.fingerprint)
+                    .unwrap_or_else(|| KeyState::new(k.fingerprint.clone()))
+            })
+            .collect();
+        self.generation = spec.generation;
+        self.cursor = 0;
+    }
+
+    fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], now: Instant) -> Acquire {
+        self.align(spec);
+        let mut candidates = Vec::with_capacity(spec.keys.len());
+        let mut wait: Option<Duration> = None;
+        for (index, (state, key)) in self.keys.iter_mut().zip(&spec.keys).enumerate() {
+            if tried.contains(&index) {
+                continue;
+            }
+            state.advance(now);
+            let ready_in = state.ready_in(key.rpm, now);
+            if ready_in.is_zero() {
+                candidates.push(Candidate {
+                    index,
+                    used: state.used(),
+                    rpm: u64::from(key.rpm),
+                    weight: u64::from(key.weight),
+                });
+            } else {
+                wait = Some(wait.map_or(ready_in, |w| w.min(ready_in)));
+            }
+        }
+        match choose(spec.strategy, &candidates, self.cursor) {
+            Some(index) => {
+                self.keys[index].count(now);
+                self.cursor = index + 1;
+                Acquire::Key(index)
+            }
+            None => wait.map_or(Acquire::Exhausted, Acquire::Wait),
+        }
+    }
+}
+
+/// Pool state in memory. Exact sliding windows; time from tokio's clock, so paused-time tests
+/// drive it.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pools: RwLock<HashMap<String, Arc<Mutex<PoolState>>>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn pool(&self, name: &str) -> Arc<Mutex<PoolState>> {
+        if let Some(p) = self
+            .pools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return p.clone();
+        }
+        self.pools
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn with_pool<T>(&self, spec: &PoolSpec, f: impl FnOnce(&mut PoolState) -> T) -> T {
+        let pool = self.pool(&spec.name);
+        let mut guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.align(spec);
+        f(&mut guard)
+    }
+
+    /// The synchronous core of [`Store::acquire`], for callers that hold no runtime context.
+    pub fn acquire_now(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
+        let now = Instant::now();
+        self.with_pool(spec, |p| p.acquire(spec, tried, now))
+    }
+
+    pub fn report_now(&self, spec: &PoolSpec, index: usize, report: Report) {
+        let now = Instant::now();
+        self.with_pool(spec, |p| {
+            if let Some(state) = p.keys.get_mut(index) {
+                state.last_status = report.status.or(state.last_status);
+                if let Some(mark) = report.mark {
+                    state.mark(mark, now);
+                }
+            }
+        });
+    }
+
+    /// Clear a key's cooldown or quarantine.
+    pub fn reset_now(&self, spec: &PoolSpec, index: usize) {
+        self.with_pool(spec, |p| {
+            if let Some(state) = p.keys.get_mut(index) {
+                state.reset();
+            }
+        });
+    }
+
+    pub fn status_now(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
+        let now = Instant::now();
+        self.with_pool(spec, |p| {
+            p.keys
+                .iter_mut()
+                .zip(&spec.keys)
+                .enumerate()
+                .map(|(index, (state, key))| {
+                    state.advance(now);
+                    KeyStatus {
+                        index,
+                        name: key.name.clone(),
+                        fingerprint: key.fingerprint.clone(),
+                        mode: state.public_mode(now),
+                        used_this_minute: state.used(),
+                        rpm: key.rpm,
+                        total: state.total,
+                        last_status: state.last_status,
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+impl Store for MemoryStore {
+    fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire> {
+        Box::pin(std::future::ready(self.acquire_now(pool, tried)))
+    }
+
+    fn report<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        report: Report,
+    ) -> StoreFuture<'a, ()> {
+        self.report_now(pool, index, report);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
+        Box::pin(std::future::ready(self.status_now(pool)))
+    }
+}
+
+#[cfg(test)]
+#[path = "memory_tests.rs"]
+mod tests;

@@ -1,0 +1,114 @@
+//! The store behind a pool: where per-key windows, cooldowns and quarantines live.
+//!
+//! Every call is one unit of work against the store: `acquire` checks, picks and counts in one
+//! step (one round trip for a shared store), `report` writes a mark only when there is one.
+
+use crate::key::Key;
+use crate::select::Strategy;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The sliding window that `rpm` limits are counted in.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A pool's fixed description: its keys in order and how it spreads load.
+#[derive(Debug)]
+pub struct PoolSpec {
+    pub name: String,
+    pub keys: Vec<Key>,
+    pub strategy: Strategy,
+    /// Unique per constructed spec, so a store notices a reloaded key set cheaply.
+    pub generation: u64,
+}
+
+impl PoolSpec {
+    pub fn new(name: impl Into<String>, keys: Vec<Key>, strategy: Strategy) -> Self {
+        PoolSpec {
+            name: name.into(),
+            keys,
+            strategy,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// The answer to "which key may this attempt use?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acquire {
+    /// Use this key (an index into the spec's keys); it has been counted.
+    Key(usize),
+    /// No untried key is ready; the first one will be in this long.
+    Wait(Duration),
+    /// Every key was tried already, or none can serve at all (disabled).
+    Exhausted,
+}
+
+/// What to record against a key after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Do not use the key for this long.
+    Cool { period: Duration, reason: &'static str },
+    /// The provider refused the key: keep it out for this long.
+    Quarantine { period: Duration, reason: &'static str },
+}
+
+/// One attempt's result as a store records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Upstream status, if an answer came.
+    pub status: Option<u16>,
+    pub mark: Option<Mark>,
+}
+
+/// A key's state as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    Ready,
+    Cooling { remaining: Duration, reason: &'static str },
+    Quarantined { remaining: Duration, reason: &'static str },
+    Disabled,
+}
+
+impl KeyMode {
+    pub fn label(&self) -> &'static str {
+        match self {
+            KeyMode::Ready => "ready",
+            KeyMode::Cooling { .. } => "cooling",
+            KeyMode::Quarantined { .. } => "quarantined",
+            KeyMode::Disabled => "disabled",
+        }
+    }
+}
+
+/// A key's status snapshot, identified by index, name and fingerprint only.
+#[derive(Clone, Debug)]
+pub struct KeyStatus {
+    pub index: usize,
+    pub name: String,
+    pub fingerprint: String,
+    pub mode: KeyMode,
+    pub used_this_minute: u64,
+    pub rpm: u32,
+    pub total: u64,
+    pub last_status: Option<u16>,
+}
+
+/// Where pool state lives. Implementations: [`crate::MemoryStore`] (one process) and, in the
+/// proxy's deployment, a shared store.
+pub trait Store: Send + Sync {
+    /// Pick a ready key not in `tried`, counting the request against it.
+    fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire>;
+
+    /// Record an attempt's result against key `index`.
+    fn report<'a>(&'a self, pool: &'a PoolSpec, index: usize, report: Report)
+        -> StoreFuture<'a, ()>;
+
+    /// Every key's current state.
+    fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>>;
+}
