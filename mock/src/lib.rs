@@ -1,0 +1,300 @@
+//! A scripted mock LLM provider: answers chat completions (JSON or SSE) per key as told, and
+//! records every request it receives, so tests can assert on what the upstream saw.
+//!
+//! Per key (the credential it was sent), a [`Reply`] is scripted; keys with no script answer
+//! normally. Stream shape is steered by request headers, which keyrelay forwards untouched:
+//! `x-mock-chunks` (default 5), `x-mock-delay-ms` between chunks (default 0),
+//! `x-mock-cut-after` (abort the connection after that many chunks), `x-mock-head-delay-ms`
+//! (wait before sending the response head).
+
+mod body;
+mod record;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use body::MockBody;
+pub use record::{Counters, Seen};
+
+/// What the mock answers for one key.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A normal answer: SSE when the request JSON has `"stream": true`, else JSON.
+    Normal,
+    /// A fixed status, headers and body.
+    Fixed {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+impl Reply {
+    /// 429 with the given extra headers (e.g. `retry-after-ms`).
+    pub fn rate_limited(headers: &[(&str, &str)]) -> Reply {
+        Reply::Fixed {
+            status: 429,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#.into(),
+        }
+    }
+
+    /// A bare status with a small provider-style JSON error body.
+    pub fn status(status: u16) -> Reply {
+        Reply::Fixed {
+            status,
+            headers: Vec::new(),
+            body: format!(
+                r#"{{"error":{{"message":"mock status {status}","type":"mock_error","code":{status}}}}}"#
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    replies: Mutex<HashMap<String, Reply>>,
+    pub(crate) seen: Mutex<Vec<Seen>>,
+    pub(crate) counters: Counters,
+}
+
+/// A running mock upstream on 127.0.0.1. Stops accepting when dropped.
+#[derive(Debug)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl MockUpstream {
+    /// Start on 127.0.0.1 port 0.
+    pub async fn start() -> std::io::Result<MockUpstream> {
+        Self::bind("127.0.0.1:0".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))).await
+    }
+
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<MockUpstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        Ok(MockUpstream {
+            addr,
+            state,
+            accept,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Script the answer for requests carrying `key`.
+    pub fn set(&self, key: &str, reply: Reply) {
+        self.state
+            .replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), reply);
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many requests carried `key`.
+    pub fn calls(&self, key: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.key.as_deref() == Some(key))
+            .count()
+    }
+
+    pub fn total_calls(&self) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.state.counters.open_streams.load(Ordering::SeqCst)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The credential a request carries, in any of the provider header styles.
+pub fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(v) = header("authorization") {
+        return Some(v.strip_prefix("Bearer ").unwrap_or(v).to_owned());
+    }
+    for name in ["x-api-key", "x-goog-api-key", "api-key"] {
+        if let Some(v) = header(name) {
+            return Some(v.to_owned());
+        }
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("key=").map(str::to_owned))
+}
+
+fn header_num(headers: &HeaderMap, name: &str, default: u64) -> u64 {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<MockBody>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let key = credential(&parts.headers, parts.uri.query());
+    let seen = Seen::new(&parts, key.clone(), body.clone());
+    state
+        .seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(seen);
+    let head_delay = header_num(&parts.headers, "x-mock-head-delay-ms", 0);
+    if head_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(head_delay)).await;
+    }
+    let reply = key
+        .as_deref()
+        .and_then(|k| {
+            state
+                .replies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(k)
+                .cloned()
+        })
+        .unwrap_or(Reply::Normal);
+    Ok(match reply {
+        Reply::Fixed {
+            status,
+            headers,
+            body,
+        } => {
+            let mut resp = Response::new(MockBody::full(Bytes::from(body)));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            resp.headers_mut()
+                .insert("content-type", http::HeaderValue::from_static("application/json"));
+            resp
+        }
+        Reply::Normal => normal(&parts, &body, &state),
+    })
+}
+
+fn normal(parts: &http::request::Parts, body: &Bytes, state: &Arc<State>) -> Response<MockBody> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let streaming = json.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
+    let anthropic = parts.uri.path().ends_with("/messages");
+    if streaming {
+        let chunks = header_num(&parts.headers, "x-mock-chunks", 5);
+        let delay = Duration::from_millis(header_num(&parts.headers, "x-mock-delay-ms", 0));
+        let cut_after = parts
+            .headers
+            .get("x-mock-cut-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = MockBody::sse(chunks, delay, cut_after, state.clone());
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        return resp;
+    }
+    let text = if anthropic {
+        r#"{"id":"msg_mock","type":"message","role":"assistant","model":"mock","content":[{"type":"text","text":"Hello from the mock upstream."}],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":7}}"#
+    } else {
+        r#"{"id":"chatcmpl-mock","object":"chat.completion","created":0,"model":"mock","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#
+    };
+    let mut resp = Response::new(MockBody::full(Bytes::from_static(text.as_bytes())));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Run a mock until the process ends, `rate_limited` keys always answering 429.
+pub async fn serve_forever(addr: SocketAddr, rate_limited: &[String]) -> std::io::Result<()> {
+    let mock = MockUpstream::bind(addr).await?;
+    for key in rate_limited {
+        mock.set(key, Reply::rate_limited(&[("retry-after", "60")]));
+    }
+    println!("keyrelay-mock listening on {}", mock.url());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+
+
