@@ -122,8 +122,7 @@ impl Body for MockBody {
         }
         if sse.sent == sse.total {
             sse.finished = true;
-            *sse
-                .state
+            *sse.state
                 .counters
                 .last_chunk_at
                 .lock()

@@ -89,7 +89,12 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     /// Start on 127.0.0.1 port 0.
     pub async fn start() -> std::io::Result<MockUpstream> {
-        Self::bind("127.0.0.1:0".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))).await
+        Self::bind(
+            "127.0.0.1:0"
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await
     }
 
     pub async fn bind(addr: SocketAddr) -> std::io::Result<MockUpstream> {
@@ -244,8 +249,10 @@ async fn handle(
                     resp.headers_mut().insert(k, v);
                 }
             }
-            resp.headers_mut()
-                .insert("content-type", http::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Reply::Normal => normal(&parts, &body, &state),
@@ -254,7 +261,10 @@ async fn handle(
 
 fn normal(parts: &http::request::Parts, body: &Bytes, state: &Arc<State>) -> Response<MockBody> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let streaming = json.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
+    let streaming = json
+        .get("stream")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let anthropic = parts.uri.path().ends_with("/messages");
     if streaming {
         let chunks = header_num(&parts.headers, "x-mock-chunks", 5);
@@ -295,6 +305,3 @@ pub async fn serve_forever(addr: SocketAddr, rate_limited: &[String]) -> std::io
     std::future::pending::<()>().await;
     Ok(())
 }
-
-
-

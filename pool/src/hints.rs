@@ -72,7 +72,8 @@ pub fn rate_limit_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
     }
     let mut best: Option<Duration> = None;
     for kind in ["requests", "tokens"] {
-        let reset = header(headers, &format!("x-ratelimit-reset-{kind}")).and_then(parse_go_duration);
+        let reset =
+            header(headers, &format!("x-ratelimit-reset-{kind}")).and_then(parse_go_duration);
         let exhausted = header(headers, &format!("x-ratelimit-remaining-{kind}"))
             .map(|v| v.trim() == "0")
             .unwrap_or(true);
@@ -91,7 +92,10 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")));
+            h.insert(
+                *k,
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+            );
         }
         h
     }
@@ -100,9 +104,15 @@ mod tests {
     fn retry_after_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after(" 1.5 ", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after(" 1.5 ", now),
+            Some(Duration::from_millis(1500))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
@@ -113,7 +123,10 @@ mod tests {
     fn go_durations() {
         assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
         assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(
+            parse_go_duration("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
         assert_eq!(parse_go_duration("0.5s"), Some(Duration::from_millis(500)));
         assert_eq!(parse_go_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_go_duration("5x"), None);

@@ -33,7 +33,10 @@ async fn cooling_key_is_skipped_until_its_time() {
     for _ in 0..5 {
         assert_eq!(store.acquire_now(&s, &[]), Acquire::Key(1));
     }
-    assert_eq!(store.acquire_now(&s, &[1]), Acquire::Wait(Duration::from_secs(30)));
+    assert_eq!(
+        store.acquire_now(&s, &[1]),
+        Acquire::Wait(Duration::from_secs(30))
+    );
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(store.acquire_now(&s, &[1]), Acquire::Key(0));
 }
@@ -45,7 +48,10 @@ async fn all_cooling_reports_first_ready_time() {
     store.report_now(&s, 0, cool(30));
     store.report_now(&s, 1, cool(12));
     store.report_now(&s, 2, cool(45));
-    assert_eq!(store.acquire_now(&s, &[]), Acquire::Wait(Duration::from_secs(12)));
+    assert_eq!(
+        store.acquire_now(&s, &[]),
+        Acquire::Wait(Duration::from_secs(12))
+    );
     assert_eq!(store.acquire_now(&s, &[0, 1, 2]), Acquire::Exhausted);
     let status = store.status_now(&s);
     assert_eq!(
@@ -66,7 +72,10 @@ async fn rpm_limit_holds_in_a_sliding_window() {
         tokio::time::advance(Duration::from_secs(10)).await;
     }
     // Requests at t=0, 10, 20; now t=30: the first leaves the window at t=60.
-    assert_eq!(store.acquire_now(&s, &[]), Acquire::Wait(Duration::from_secs(30)));
+    assert_eq!(
+        store.acquire_now(&s, &[]),
+        Acquire::Wait(Duration::from_secs(30))
+    );
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(store.acquire_now(&s, &[]), Acquire::Key(0));
     assert_eq!(store.status_now(&s)[0].total, 4);

@@ -134,10 +134,17 @@ mod tests {
         let bogus = Outcome::RateLimited {
             retry_after: Some(Duration::from_secs(86_400 * 7)),
         };
-        assert!(matches!(p.mark_for(&bogus), Some(Mark::Cool { period, .. }) if period == Duration::from_secs(3600)));
+        assert!(
+            matches!(p.mark_for(&bogus), Some(Mark::Cool { period, .. }) if period == Duration::from_secs(3600))
+        );
         let bare = Outcome::RateLimited { retry_after: None };
-        assert!(matches!(p.mark_for(&bare), Some(Mark::Cool { period, .. }) if period == Duration::from_secs(60)));
-        assert!(matches!(p.mark_for(&Outcome::Unauthorized), Some(Mark::Quarantine { .. })));
+        assert!(
+            matches!(p.mark_for(&bare), Some(Mark::Cool { period, .. }) if period == Duration::from_secs(60))
+        );
+        assert!(matches!(
+            p.mark_for(&Outcome::Unauthorized),
+            Some(Mark::Quarantine { .. })
+        ));
         assert_eq!(p.mark_for(&Outcome::ServerError), None);
         assert_eq!(p.mark_for(&Outcome::TransportError), None);
     }

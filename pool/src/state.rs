@@ -20,8 +20,14 @@ use tokio::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     Ready,
-    Cooling { until: Instant, reason: &'static str },
-    Quarantined { until: Instant, reason: &'static str },
+    Cooling {
+        until: Instant,
+        reason: &'static str,
+    },
+    Quarantined {
+        until: Instant,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug)]
@@ -71,9 +77,9 @@ impl KeyState {
         let limit_wait = if self.window.len() >= rpm as usize {
             // The oldest request that must leave before one more fits.
             let excess = self.window.len() - rpm as usize;
-            self.window
-                .get(excess)
-                .map_or(Duration::ZERO, |t| (*t + WINDOW).saturating_duration_since(now))
+            self.window.get(excess).map_or(Duration::ZERO, |t| {
+                (*t + WINDOW).saturating_duration_since(now)
+            })
         } else {
             Duration::ZERO
         };

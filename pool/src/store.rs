@@ -53,9 +53,15 @@ pub enum Acquire {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mark {
     /// Do not use the key for this long.
-    Cool { period: Duration, reason: &'static str },
+    Cool {
+        period: Duration,
+        reason: &'static str,
+    },
     /// The provider refused the key: keep it out for this long.
-    Quarantine { period: Duration, reason: &'static str },
+    Quarantine {
+        period: Duration,
+        reason: &'static str,
+    },
 }
 
 /// One attempt's result as a store records it.
@@ -70,8 +76,14 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyMode {
     Ready,
-    Cooling { remaining: Duration, reason: &'static str },
-    Quarantined { remaining: Duration, reason: &'static str },
+    Cooling {
+        remaining: Duration,
+        reason: &'static str,
+    },
+    Quarantined {
+        remaining: Duration,
+        reason: &'static str,
+    },
     Disabled,
 }
 
@@ -106,8 +118,12 @@ pub trait Store: Send + Sync {
     fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire>;
 
     /// Record an attempt's result against key `index`.
-    fn report<'a>(&'a self, pool: &'a PoolSpec, index: usize, report: Report)
-        -> StoreFuture<'a, ()>;
+    fn report<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        report: Report,
+    ) -> StoreFuture<'a, ()>;
 
     /// Every key's current state.
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>>;

@@ -1,1 +1,144 @@
-fn main() {}
+//! The `keyrelay` command: run the proxy, check a config, or run the demo.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyrelay::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "keyrelay",
+    version,
+    about = "LLM reverse proxy with API-key rotation"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        short,
+        env = "KEYRELAY_CONFIG",
+        default_value = "config.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print the pools (names and fingerprints, never secrets).
+    Check,
+    /// Run keyrelay in front of a built-in mock upstream with fake keys: no keys or internet needed.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check(path: &std::path::Path) -> bool {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: ok", path.display());
+            println!("listen {}", config.server.listen);
+            for p in &config.providers {
+                println!(
+                    "provider {} at {} -> {} ({}, {} keys, max {} attempts)",
+                    p.name,
+                    p.route,
+                    p.base_url,
+                    p.strategy.as_str(),
+                    p.keys.len(),
+                    p.max_attempts
+                );
+                for k in &p.keys {
+                    println!(
+                        "  key {:<24} fp {}  rpm {:<6} weight {}",
+                        k.name, k.fingerprint, k.rpm, k.weight
+                    );
+                }
+            }
+            println!(
+                "clients: {}",
+                config
+                    .clients
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            true
+        }
+        Err(e) => {
+            eprint!("{}: {e}", path.display());
+            false
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let running = keyrelay::start(config).await.context("starting keyrelay")?;
+    tracing::info!(addr = %running.addr(), "keyrelay listening");
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stopper.send(Some(Duration::from_secs(30)));
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A .env in the working directory, as local setups expect; real env vars win.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match cli.command {
+        Some(Command::Check) => {
+            if !check(&cli.config) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Demo { listen }) => keyrelay::demo::run(listen).await.map_err(Into::into),
+        None => run(&cli.config).await,
+    }
+}

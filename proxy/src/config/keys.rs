@@ -1,0 +1,161 @@
+//! A provider's `keys` entry: a secret reference or a list of key tables, each checked by path.
+
+use super::secrets::{resolve, Env};
+use super::validate::Problems;
+use keyrelay_pool::Key;
+
+const KEY_FIELDS: [&str; 4] = ["name", "secret", "rpm", "weight"];
+
+pub(super) fn keys(
+    value: Option<&toml::Value>,
+    path: &str,
+    rpm: u32,
+    weight: u32,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Vec<Key> {
+    let path = format!("{path}.keys");
+    let mut out = Vec::new();
+    let before = p.len();
+    match value {
+        None => p.add(&path, "missing; e.g. keys = \"env:OPENAI_API_KEY_*\""),
+        Some(toml::Value::String(reference)) => {
+            from_reference(reference, &path, rpm, weight, env, p, &mut out)
+        }
+        Some(toml::Value::Array(items)) => {
+            for (j, item) in items.iter().enumerate() {
+                let item_path = format!("{path}[{j}]");
+                match item {
+                    toml::Value::String(reference) => {
+                        from_reference(reference, &item_path, rpm, weight, env, p, &mut out)
+                    }
+                    toml::Value::Table(t) => {
+                        if let Some(k) = from_table(t, &item_path, rpm, weight, env, p) {
+                            out.push(k);
+                        }
+                    }
+                    _ => p.add(
+                        &item_path,
+                        "must be a table { name, secret, rpm, weight } or a secret reference",
+                    ),
+                }
+            }
+        }
+        Some(_) => p.add(
+            &path,
+            "must be a secret reference string or an array of key tables",
+        ),
+    }
+    if out.is_empty() && p.len() == before {
+        p.add(&path, "the provider has no keys");
+    }
+    for (j, k) in out.iter().enumerate() {
+        if out[..j].iter().any(|o| o.name == k.name) {
+            p.add(&path, format!("duplicate key name \"{}\"", k.name));
+        }
+        if let Some(o) = out[..j].iter().find(|o| o.secret == k.secret) {
+            p.add(
+                &path,
+                format!(
+                    "keys \"{}\" and \"{}\" have the same secret",
+                    o.name, k.name
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn from_reference(
+    reference: &str,
+    path: &str,
+    rpm: u32,
+    weight: u32,
+    env: &dyn Env,
+    p: &mut Problems,
+    out: &mut Vec<Key>,
+) {
+    match resolve(reference, env) {
+        Ok(resolved) => out.extend(
+            resolved
+                .into_iter()
+                .map(|r| Key::new(r.name, r.secret, rpm, weight)),
+        ),
+        Err(e) => p.add(path, e),
+    }
+}
+
+fn from_table(
+    t: &toml::Table,
+    path: &str,
+    rpm: u32,
+    weight: u32,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Option<Key> {
+    for field in t.keys().filter(|f| !KEY_FIELDS.contains(&f.as_str())) {
+        p.add(format!("{path}.{field}"), "unknown field");
+    }
+    let name = match t.get("name") {
+        None => None,
+        Some(toml::Value::String(n)) if !n.trim().is_empty() => Some(n.trim().to_owned()),
+        Some(_) => {
+            p.add(format!("{path}.name"), "must be a non-empty string");
+            None
+        }
+    };
+    let rpm = number(t, "rpm", path, rpm, p);
+    let weight = number(t, "weight", path, weight, p);
+    let secret_path = format!("{path}.secret");
+    let reference = match t.get("secret") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => {
+            p.add(
+                secret_path,
+                "must be a string like \"env:NAME\" or \"file:PATH\"",
+            );
+            return None;
+        }
+        None => {
+            p.add(secret_path, "missing; use \"env:NAME\" or \"file:PATH\"");
+            return None;
+        }
+    };
+    match resolve(reference, env) {
+        Ok(mut r) if r.len() == 1 => {
+            let r = r.remove(0);
+            Some(Key::new(name.unwrap_or(r.name), r.secret, rpm, weight))
+        }
+        Ok(_) => {
+            p.add(
+                secret_path,
+                "a glob names many keys; write keys = \"env:PREFIX_*\" instead",
+            );
+            None
+        }
+        Err(e) => {
+            p.add(secret_path, e);
+            None
+        }
+    }
+}
+
+fn number(t: &toml::Table, field: &str, path: &str, default: u32, p: &mut Problems) -> u32 {
+    match t.get(field) {
+        None => default,
+        Some(toml::Value::Integer(n)) => match u32::try_from(*n) {
+            Ok(v) if v > 0 => v,
+            _ => {
+                p.add(
+                    format!("{path}.{field}"),
+                    format!("must be a whole number from 1 to {}, got {n}", u32::MAX),
+                );
+                default
+            }
+        },
+        Some(_) => {
+            p.add(format!("{path}.{field}"), "must be a whole number");
+            default
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! keyrelay's configuration: the TOML shape users write, and the validated form the proxy runs.
+//!
+//! Loading happens once: [`Config::from_toml_str`] parses, resolves secrets and validates, and
+//! either returns a [`Config`] or every problem found, each named by its path in the file.
+
+mod duration;
+mod keys;
+mod raw;
+mod secrets;
+mod validate;
+
+use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use secrets::{Env, MapEnv, ProcessEnv};
+
+/// How a provider expects its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI and compatibles).
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic).
+    XApiKey,
+    /// `x-goog-api-key: KEY` (Gemini).
+    XGoogApiKey,
+    /// `api-key: KEY` (Azure OpenAI).
+    ApiKey,
+}
+
+impl AuthStyle {
+    pub fn parse(s: &str) -> Option<AuthStyle> {
+        match s {
+            "bearer" => Some(AuthStyle::Bearer),
+            "x-api-key" => Some(AuthStyle::XApiKey),
+            "x-goog-api-key" => Some(AuthStyle::XGoogApiKey),
+            "api-key" => Some(AuthStyle::ApiKey),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub name: String,
+    pub token: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Upstream base, without a trailing slash.
+    pub base_url: String,
+    pub auth: AuthStyle,
+    /// Path prefix served for this provider, without a trailing slash.
+    pub route: String,
+    pub strategy: Strategy,
+    pub settings: PoolSettings,
+    pub max_attempts: u32,
+    pub max_wait: Duration,
+    pub keys: Vec<Key>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub clients: Vec<ClientConfig>,
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// One problem in a config file, named by its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found while loading a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Whether any problem's text contains `needle` (for tests and tooling).
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.0.iter().any(|p| p.to_string().contains(needle))
+    }
+}
+
+impl Config {
+    /// Parse, resolve secrets through `env`, and validate.
+    pub fn from_toml_str(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let (raw, unknown) = raw::parse(text).map_err(|p| ConfigErrors(vec![p]))?;
+        validate::validate(raw, unknown, env)
+    }
+
+    /// Read a file and load it with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Problem {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::from_toml_str(&text, &ProcessEnv)
+    }
+}

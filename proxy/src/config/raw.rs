@@ -1,0 +1,88 @@
+//! The config file as written: every field optional, so validation can report all gaps at once.
+
+use super::Problem;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawConfig {
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub clients: Vec<RawClient>,
+    pub providers: Vec<RawProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub header_read_timeout: Option<String>,
+    pub allow_unauthenticated: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawUpstream {
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawClient {
+    pub name: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawProvider {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub auth: Option<String>,
+    pub route: Option<String>,
+    pub strategy: Option<String>,
+    pub rpm: Option<i64>,
+    pub weight: Option<i64>,
+    pub cooldown: Option<String>,
+    pub quarantine: Option<String>,
+    pub max_cooldown: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_wait: Option<String>,
+    /// A string reference (`"env:PREFIX_*"`) or an array of key tables; checked by hand so
+    /// that each entry's problems carry their own path.
+    pub keys: Option<toml::Value>,
+}
+
+/// Parse TOML into the raw shape, collecting the path of every field we do not know.
+pub(super) fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Problem> {
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let raw = serde_ignored::deserialize(de, |path| unknown.push(render_path(&path))).map_err(
+        |e: toml::de::Error| Problem {
+            path: String::new(),
+            message: format!("not valid config TOML: {}", e.to_string().trim()),
+        },
+    )?;
+    Ok((raw, unknown))
+}
+
+/// `providers.1.keys` → `providers[1].keys`
+fn render_path(path: &serde_ignored::Path<'_>) -> String {
+    let mut out = String::new();
+    for part in path.to_string().split('.') {
+        if part.parse::<usize>().is_ok() {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}

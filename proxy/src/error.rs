@@ -1,0 +1,187 @@
+//! keyrelay's own errors, and the one place they become HTTP responses in the provider's shape.
+
+use crate::body::ProxyBody;
+use http::{HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+/// Which provider's JSON error shape a client expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error":{"message","type","code"}}`
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`
+    Anthropic,
+    /// `{"error":{"code","message","status"}}`
+    Gemini,
+}
+
+/// Everything keyrelay itself can answer with, grouped by where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // The client's side.
+    #[error("missing or invalid keyrelay client token")]
+    Unauthorized,
+    #[error("no route for this path")]
+    UnknownRoute,
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("could not read the request body")]
+    BodyRead,
+
+    // The pool's side.
+    #[error("every key of this provider is rate limited; retry after {} s", retry_after_secs(.retry_after))]
+    AllKeysCooling { retry_after: Duration },
+    #[error("no key of this provider can serve now")]
+    NoUsableKey,
+
+    // The upstream's side.
+    #[error("upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("upstream refused every key tried")]
+    UpstreamRejectedKeys,
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+pub fn retry_after_secs(d: &Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::UnknownRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyRead => StatusCode::BAD_REQUEST,
+            ProxyError::AllKeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable | ProxyError::UpstreamRejectedKeys => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable machine-readable code, also the `type` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "invalid_api_key",
+            ProxyError::UnknownRoute => "not_found",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyRead => "invalid_request_error",
+            ProxyError::AllKeysCooling { .. } => "rate_limit_exceeded",
+            ProxyError::NoUsableKey => "no_usable_key",
+            ProxyError::UpstreamUnreachable => "upstream_unreachable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamRejectedKeys => "upstream_rejected_keys",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "authentication_error",
+            ProxyError::UnknownRoute => "not_found_error",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyRead => "invalid_request_error",
+            ProxyError::AllKeysCooling { .. } => "rate_limit_error",
+            ProxyError::NoUsableKey
+            | ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamRejectedKeys => "api_error",
+        }
+    }
+
+    fn gemini_status(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "UNAUTHENTICATED",
+            ProxyError::UnknownRoute => "NOT_FOUND",
+            ProxyError::BodyTooLarge { .. } | ProxyError::BodyRead => "INVALID_ARGUMENT",
+            ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",
+            ProxyError::NoUsableKey | ProxyError::UpstreamUnreachable => "UNAVAILABLE",
+            ProxyError::UpstreamTimeout => "DEADLINE_EXCEEDED",
+            ProxyError::UpstreamRejectedKeys => "INTERNAL",
+        }
+    }
+
+    /// The JSON body in `shape`. Holds only our own fixed text: never a key, token or
+    /// upstream detail.
+    pub fn body(&self, shape: ErrorShape) -> String {
+        let message = format!("keyrelay: {self}");
+        let json = match shape {
+            ErrorShape::OpenAi => serde_json::json!({
+                "error": { "message": message, "type": self.kind(), "code": self.code() }
+            }),
+            ErrorShape::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": { "type": self.kind(), "message": message }
+            }),
+            ErrorShape::Gemini => serde_json::json!({
+                "error": {
+                    "code": self.status().as_u16(),
+                    "message": message,
+                    "status": self.gemini_status()
+                }
+            }),
+        };
+        json.to_string()
+    }
+
+    /// The response. No side effects: logging and metrics happen at the boundary.
+    pub fn into_response(self, shape: ErrorShape) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(self.body(shape)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let ProxyError::AllKeysCooling { retry_after } = &self {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
+            );
+        }
+        if matches!(self, ProxyError::Unauthorized) && shape == ErrorShape::OpenAi {
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let e = ProxyError::AllKeysCooling {
+            retry_after: Duration::from_millis(1200),
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.body(ErrorShape::OpenAi)).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let v: serde_json::Value = serde_json::from_str(&e.body(ErrorShape::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        let v: serde_json::Value = serde_json::from_str(&e.body(ErrorShape::Gemini)).unwrap();
+        assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["error"]["code"], 429);
+        let resp = e.into_response(ErrorShape::OpenAi);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "2");
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(&Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(&Duration::from_secs(30)), 30);
+        assert_eq!(retry_after_secs(&Duration::from_millis(30_001)), 31);
+        assert_eq!(retry_after_secs(&Duration::ZERO), 1);
+    }
+}
