@@ -1,0 +1,150 @@
+//! Shared test support: a mock upstream and keyrelay, both on port 0, and a small HTTP client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, reason = "test support")]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use keyrelay::config::{Config, MapEnv};
+use keyrelay::Running;
+use keyrelay_mock::MockUpstream;
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "kr-test-client-token-0123456789";
+pub const KEYS: [&str; 3] = [
+    "sk-test-key-AAAAAAAAAAAAAAAA",
+    "sk-test-key-BBBBBBBBBBBBBBBB",
+    "sk-test-key-CCCCCCCCCCCCCCCC",
+];
+
+/// The environment every test config resolves secrets from.
+pub fn env() -> MapEnv {
+    MapEnv::default()
+        .with("KR_TOKEN", TOKEN)
+        .with("KR_KEY_1", KEYS[0])
+        .with("KR_KEY_2", KEYS[1])
+        .with("KR_KEY_3", KEYS[2])
+}
+
+/// A config for one OpenAI-style provider in front of `mock_url`; `provider_extra` adds lines
+/// to the provider table, `server_extra` to `[server]`.
+pub fn config_text(mock_url: &str, provider_extra: &str, server_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server_extra}
+
+[upstream]
+first_byte_timeout = "5s"
+idle_timeout = "5s"
+
+[[clients]]
+name = "tests"
+token = "env:KR_TOKEN"
+
+[[providers]]
+name = "openai"
+base_url = "{mock_url}/v1"
+route = "/v1"
+keys = "env:KR_KEY_*"
+{provider_extra}
+"#
+    )
+}
+
+pub struct Harness {
+    pub mock: MockUpstream,
+    pub proxy: Running,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Harness {
+    pub async fn start(provider_extra: &str) -> Harness {
+        Self::start_with(provider_extra, "").await
+    }
+
+    pub async fn start_with(provider_extra: &str, server_extra: &str) -> Harness {
+        let mock = MockUpstream::start().await.unwrap();
+        let text = config_text(&mock.url(), provider_extra, server_extra);
+        let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+        let proxy = keyrelay::start(config).await.unwrap();
+        Harness {
+            mock,
+            proxy,
+            client: http_client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.addr())
+    }
+
+    /// POST a chat completion with the client token as a Bearer header.
+    pub async fn chat(&self, body: &str) -> Reply {
+        self.send(post(&self.url("/v1/chat/completions"), &[("authorization", &format!("Bearer {TOKEN}"))], body))
+            .await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+        send(&self.client, req).await
+    }
+}
+
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Poll `check` until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+pub const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
