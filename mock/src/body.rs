@@ -107,6 +107,13 @@ impl Body for MockBody {
             return Poll::Ready(None);
         }
         if sse.cut_after.is_some_and(|n| sse.sent >= n) {
+            // Pause first so the server flushes the head and earlier chunks before the abort.
+            let timer = sse
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             sse.finished = true;
             return Poll::Ready(Some(Err(Cut)));
         }

@@ -10,7 +10,8 @@ use support::*;
 #[tokio::test]
 async fn rate_limited_key_rotates_and_rests_until_its_hint_passes() {
     let h = Harness::start(r#"strategy = "round-robin""#).await;
-    h.mock.set(KEYS[0], Reply::rate_limited(&[("retry-after-ms", "400")]));
+    h.mock
+        .set(KEYS[0], Reply::rate_limited(&[("retry-after-ms", "400")]));
 
     let r = h.chat(CHAT).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -23,7 +24,12 @@ async fn rate_limited_key_rotates_and_rests_until_its_hint_passes() {
     for _ in 0..6 {
         assert_eq!(h.chat(CHAT).await.status, 200);
     }
-    let during = h.mock.seen().iter().filter(|s| s.key.as_deref() == Some(KEYS[0])).count();
+    let during = h
+        .mock
+        .seen()
+        .iter()
+        .filter(|s| s.key.as_deref() == Some(KEYS[0]))
+        .count();
     assert_eq!(during, 1, "cooling key used again inside its cooldown");
 
     // After the hint it serves again, and never before it.
@@ -37,16 +43,32 @@ async fn rate_limited_key_rotates_and_rests_until_its_hint_passes() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(used_again, "key never came back after its cooldown");
-    let back = h.mock.seen().iter().filter(|s| s.key.as_deref() == Some(KEYS[0])).nth(1).unwrap().at;
-    assert!(back.duration_since(first_429) >= Duration::from_millis(400), "reused after {:?}", back.duration_since(first_429));
+    let back = h
+        .mock
+        .seen()
+        .iter()
+        .filter(|s| s.key.as_deref() == Some(KEYS[0]))
+        .nth(1)
+        .unwrap()
+        .at;
+    assert!(
+        back.duration_since(first_429) >= Duration::from_millis(400),
+        "reused after {:?}",
+        back.duration_since(first_429)
+    );
 }
 
 #[tokio::test]
 async fn all_keys_cooling_answers_429_with_retry_after_and_no_upstream_call() {
     let h = Harness::start("").await;
-    h.mock.set(KEYS[0], Reply::rate_limited(&[("retry-after", "30")]));
-    h.mock.set(KEYS[1], Reply::rate_limited(&[("retry-after", "10")]));
-    h.mock.set(KEYS[2], Reply::rate_limited(&[("x-ratelimit-reset-requests", "20s")]));
+    h.mock
+        .set(KEYS[0], Reply::rate_limited(&[("retry-after", "30")]));
+    h.mock
+        .set(KEYS[1], Reply::rate_limited(&[("retry-after", "10")]));
+    h.mock.set(
+        KEYS[2],
+        Reply::rate_limited(&[("x-ratelimit-reset-requests", "20s")]),
+    );
 
     let first = h.chat(CHAT).await;
     assert_eq!(first.status, 429);
@@ -54,7 +76,11 @@ async fn all_keys_cooling_answers_429_with_retry_after_and_no_upstream_call() {
 
     let r = h.chat(CHAT).await;
     assert_eq!(r.status, 429);
-    assert_eq!(h.mock.total_calls(), 3, "no upstream call while every key cools");
+    assert_eq!(
+        h.mock.total_calls(),
+        3,
+        "no upstream call while every key cools"
+    );
     assert_eq!(r.headers["retry-after"], "10", "first key ready in 10 s");
     let v = r.json();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
@@ -65,16 +91,24 @@ async fn all_keys_cooling_answers_429_with_retry_after_and_no_upstream_call() {
 async fn max_wait_waits_for_a_key_that_frees_up_soon() {
     let h = Harness::start(r#"max_wait = "2s""#).await;
     for k in KEYS {
-        h.mock.set(k, Reply::rate_limited(&[("retry-after-ms", "300")]));
+        h.mock
+            .set(k, Reply::rate_limited(&[("retry-after-ms", "300")]));
     }
-    assert_eq!(h.chat(CHAT).await.status, 429, "three 429s exhaust the attempts");
+    assert_eq!(
+        h.chat(CHAT).await.status,
+        429,
+        "three 429s exhaust the attempts"
+    );
     for k in KEYS {
         h.mock.set(k, Reply::Normal);
     }
     let started = std::time::Instant::now();
     let r = h.chat(CHAT).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(started.elapsed() >= Duration::from_millis(200), "answered before any key was ready");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "answered before any key was ready"
+    );
     assert_eq!(h.mock.total_calls(), 4);
 }
 
@@ -104,7 +138,11 @@ async fn server_error_before_the_head_retries_without_penalty() {
     for _ in 0..3 {
         assert_eq!(h.chat(CHAT).await.status, 200);
     }
-    assert_eq!(h.mock.calls(KEYS[0]), 2, "a single 5xx must not bench the key");
+    assert_eq!(
+        h.mock.calls(KEYS[0]),
+        2,
+        "a single 5xx must not bench the key"
+    );
 }
 
 #[tokio::test]
@@ -135,14 +173,23 @@ async fn spread(strategy: &str) -> [usize; 3] {
         let client = h.client.clone();
         let url = h.url("/v1/chat/completions");
         tasks.push(tokio::spawn(async move {
-            send(&client, post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)).await.status
+            send(
+                &client,
+                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
+            )
+            .await
+            .status
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(h.mock.total_calls(), 200);
-    [h.mock.calls(KEYS[0]), h.mock.calls(KEYS[1]), h.mock.calls(KEYS[2])]
+    [
+        h.mock.calls(KEYS[0]),
+        h.mock.calls(KEYS[1]),
+        h.mock.calls(KEYS[2]),
+    ]
 }
 
 #[tokio::test]
@@ -168,5 +215,12 @@ async fn rpm_limit_is_never_exceeded() {
     let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((55..=60).contains(&wait), "retry-after {wait}");
     assert_eq!(h.mock.total_calls(), 6);
-    assert_eq!([h.mock.calls(KEYS[0]), h.mock.calls(KEYS[1]), h.mock.calls(KEYS[2])], [2, 2, 2]);
+    assert_eq!(
+        [
+            h.mock.calls(KEYS[0]),
+            h.mock.calls(KEYS[1]),
+            h.mock.calls(KEYS[2])
+        ],
+        [2, 2, 2]
+    );
 }

@@ -72,7 +72,11 @@ pub(super) fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Problem> {
 /// `providers.1.keys` → `providers[1].keys`
 fn render_path(path: &serde_ignored::Path<'_>) -> String {
     let mut out = String::new();
-    for part in path.to_string().split('.').filter(|p| !p.is_empty() && *p != "?") {
+    for part in path
+        .to_string()
+        .split('.')
+        .filter(|p| !p.is_empty() && *p != "?")
+    {
         if part.parse::<usize>().is_ok() {
             out.push('[');
             out.push_str(part);

@@ -1,5 +1,10 @@
 //! Shared test support: a mock upstream and keyrelay, both on port 0, and a small HTTP client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, reason = "test support")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support"
+)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -83,8 +88,12 @@ impl Harness {
 
     /// POST a chat completion with the client token as a Bearer header.
     pub async fn chat(&self, body: &str) -> Reply {
-        self.send(post(&self.url("/v1/chat/completions"), &[("authorization", &format!("Bearer {TOKEN}"))], body))
-            .await
+        self.send(post(
+            &self.url("/v1/chat/completions"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            body,
+        ))
+        .await
     }
 
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
@@ -113,7 +122,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn text(&self) -> String {
@@ -147,4 +157,5 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
 }
 
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-pub const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+pub const CHAT_STREAM: &str =
+    r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;

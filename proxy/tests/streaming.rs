@@ -1,0 +1,142 @@
+//! Streaming: chunks flow as they come, cuts look cut, and a client leaving ends the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use http_body_util::BodyExt;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn stream_req(
+    h: &Harness,
+    extra: &[(&str, &str)],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    post(&h.url("/v1/chat/completions"), &headers, CHAT_STREAM)
+}
+
+#[tokio::test]
+async fn first_chunk_arrives_before_the_upstream_produced_the_last() {
+    let h = Harness::start("").await;
+    let req = stream_req(&h, &[("x-mock-chunks", "5"), ("x-mock-delay-ms", "150")]);
+    let resp = h.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut first_at = None;
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(d) = frame.data_ref() {
+            first_at.get_or_insert_with(Instant::now);
+            text.extend_from_slice(d);
+        }
+    }
+    let first_at = first_at.unwrap();
+    let last_produced = h.mock.counters().last_chunk_at.lock().unwrap().unwrap();
+    assert!(
+        last_produced.duration_since(first_at) >= Duration::from_millis(500),
+        "first chunk seen only {:?} before the last was produced",
+        last_produced.saturating_duration_since(first_at)
+    );
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.matches("data: ").count(), 6, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn a_cut_stream_reaches_the_client_as_an_error() {
+    let h = Harness::start("").await;
+    let req = stream_req(&h, &[("x-mock-chunks", "10"), ("x-mock-cut-after", "2")]);
+    let resp = h.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = Vec::new();
+    let outcome = loop {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                received.extend_from_slice(f.data_ref().map(|d| d.as_ref()).unwrap_or_default())
+            }
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
+        }
+    };
+    assert!(
+        outcome.is_err(),
+        "a cut stream ended cleanly for the client"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("tok1"),
+        "chunks before the cut were delivered: {text}"
+    );
+    assert!(!text.contains("[DONE]"));
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_the_head_is_not_retried() {
+    // Once the head went to the client, another key cannot help: exactly one upstream call.
+    let h = Harness::start("").await;
+    let req = stream_req(&h, &[("x-mock-chunks", "10"), ("x-mock-cut-after", "0")]);
+    let resp = h.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.into_body().collect().await.is_err());
+    assert_eq!(h.mock.total_calls(), 1, "no retry once the head went out");
+}
+
+#[tokio::test]
+async fn client_disconnect_closes_the_upstream_request_within_a_second() {
+    let h = Harness::start("").await;
+    let req = stream_req(&h, &[("x-mock-chunks", "100"), ("x-mock-delay-ms", "50")]);
+    let resp = h.client.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(h.mock.open_streams(), 1);
+    let gone = Instant::now();
+    drop(body);
+    let closed = eventually(Duration::from_secs(1), || {
+        h.mock.open_streams() == 0
+            && h.mock.counters().streams_abandoned.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        closed,
+        "upstream stream still open {:?} after the client left",
+        gone.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_stream_is_cut_after_idle_timeout() {
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let text = config_text(&mock.url(), "", "")
+        .replace("idle_timeout = \"5s\"", "idle_timeout = \"200ms\"");
+    let config = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap();
+    let proxy = keyrelay::start(config).await.unwrap();
+    let client = http_client();
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
+    let req = post(
+        &url,
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("x-mock-chunks", "3"),
+            ("x-mock-delay-ms", "1000"),
+        ],
+        CHAT_STREAM,
+    );
+    let started = Instant::now();
+    let resp = client.request(req).await.unwrap();
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "idle stream ended cleanly"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "idle timeout did not fire: {:?}",
+        started.elapsed()
+    );
+}
