@@ -140,3 +140,80 @@ async fn idle_upstream_stream_is_cut_after_idle_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_and_streamed() {
+    let h = Harness::start("").await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let resp = client
+        .request(stream_req(&h, &[("x-mock-chunks", "3")]))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn client_leaving_before_the_head_drops_the_upstream_request() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start("").await;
+    let mut tcp = tokio::net::TcpStream::connect(h.proxy.addr())
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nx-mock-head-delay-ms: 1500\r\ncontent-length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || h.mock.total_calls() == 1).await);
+    drop(tcp);
+    // The upstream connection must close: the mock's handler is dropped mid-delay, so no
+    // response is ever produced. Observe it through keyrelay's in-flight gauge.
+    let app = h.proxy.app().clone();
+    let idle = eventually(Duration::from_secs(1), || {
+        app.metrics().in_flight.get() == 0
+    })
+    .await;
+    assert!(idle, "request still in flight after the client left");
+}
+
+#[tokio::test]
+async fn redirects_are_passed_back_not_followed() {
+    let h = Harness::start("").await;
+    for k in KEYS {
+        h.mock.set(
+            k,
+            keyrelay_mock::Reply::Fixed {
+                status: 307,
+                headers: vec![("location".into(), "http://127.0.0.1:1/elsewhere".into())],
+                body: String::new(),
+            },
+        );
+    }
+    let r = h.chat(CHAT).await;
+    assert_eq!(r.status, 307);
+    assert_eq!(r.headers["location"], "http://127.0.0.1:1/elsewhere");
+    assert_eq!(h.mock.total_calls(), 1);
+}
+
+#[tokio::test]
+async fn slow_client_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with("", "header_read_timeout = \"300ms\"").await;
+    let mut tcp = tokio::net::TcpStream::connect(h.proxy.addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection held open past the header timeout");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(h.mock.total_calls(), 0);
+}
