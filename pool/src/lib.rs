@@ -8,6 +8,7 @@ mod key;
 mod memory;
 mod outcome;
 mod pool;
+mod redis;
 mod select;
 mod state;
 mod store;
@@ -18,4 +19,7 @@ pub use memory::MemoryStore;
 pub use outcome::{classify, Outcome};
 pub use pool::{Pool, PoolSettings};
 pub use select::{choose, Candidate, Strategy};
-pub use store::{Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, WINDOW};
+pub use redis::{RedisSettings, RedisStore, RedisTarget};
+pub use store::{
+    Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState, WINDOW,
+};

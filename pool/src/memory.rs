@@ -37,7 +37,7 @@ impl PoolState {
         self.cursor = 0;
     }
 
-    fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], now: Instant) -> Acquire {
+    fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], share: u32, now: Instant) -> Acquire {
         self.align(spec);
         let mut candidates = Vec::with_capacity(spec.keys.len());
         let mut wait: Option<Duration> = None;
@@ -46,12 +46,13 @@ impl PoolState {
                 continue;
             }
             state.advance(now);
-            let ready_in = state.ready_in(key.rpm, now);
+            let rpm = (key.rpm / share).max(1);
+            let ready_in = state.ready_in(rpm, now);
             if ready_in.is_zero() {
                 candidates.push(Candidate {
                     index,
                     used: state.used(),
-                    rpm: u64::from(key.rpm),
+                    rpm: u64::from(rpm),
                     weight: u64::from(key.weight),
                 });
             } else {
@@ -71,14 +72,31 @@ impl PoolState {
 
 /// Pool state in memory. Exact sliding windows; time from tokio's clock, so paused-time tests
 /// drive it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     pools: RwLock<HashMap<String, Arc<Mutex<PoolState>>>>,
+    /// Each key's limit is divided by this: an instance serving on local state while a shared
+    /// store is away enforces only its share of the limit.
+    share: u32,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_share(1)
+    }
+
+    /// A store enforcing `1/share` of every key's limit.
+    pub fn with_share(share: u32) -> Self {
+        MemoryStore {
+            pools: RwLock::default(),
+            share: share.max(1),
+        }
     }
 
     fn pool(&self, name: &str) -> Arc<Mutex<PoolState>> {
@@ -108,7 +126,7 @@ impl MemoryStore {
     /// The synchronous core of [`Store::acquire`], for callers that hold no runtime context.
     pub fn acquire_now(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
         let now = Instant::now();
-        self.with_pool(spec, |p| p.acquire(spec, tried, now))
+        self.with_pool(spec, |p| p.acquire(spec, tried, self.share, now))
     }
 
     pub fn report_now(&self, spec: &PoolSpec, index: usize, report: Report) {

@@ -111,6 +111,27 @@ pub struct KeyStatus {
     pub last_status: Option<u16>,
 }
 
+/// Where pool state is kept right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreState {
+    /// In this process only, by configuration.
+    Embedded,
+    /// In the shared store, one truth for every instance.
+    Shared,
+    /// The shared store is away; serving on this instance's local state until it is back.
+    Degraded,
+}
+
+impl StoreState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreState::Embedded => "embedded",
+            StoreState::Shared => "shared",
+            StoreState::Degraded => "degraded",
+        }
+    }
+}
+
 /// Where pool state lives. Implementations: [`crate::MemoryStore`] (one process) and, in the
 /// proxy's deployment, a shared store.
 pub trait Store: Send + Sync {
@@ -127,4 +148,9 @@ pub trait Store: Send + Sync {
 
     /// Every key's current state.
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>>;
+
+    /// Where state is kept right now.
+    fn state(&self) -> StoreState {
+        StoreState::Embedded
+    }
 }

@@ -46,6 +46,7 @@ pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
                 .map(|k| Key::new(*k, Secret::new(*k), 60, 1))
                 .collect(),
         }],
+        store: None,
     }
 }
 

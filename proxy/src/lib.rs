@@ -14,7 +14,7 @@ pub mod upstream;
 
 use config::Config;
 use keyrelay_metrics::Metrics;
-use keyrelay_pool::{MemoryStore, Store};
+use keyrelay_pool::{MemoryStore, RedisStore, Store};
 use std::sync::Arc;
 
 pub use server::Running;
@@ -32,9 +32,24 @@ pub enum StartError {
     Setup(String),
 }
 
-/// Start keyrelay with `config` on the embedded store.
+/// Start keyrelay with `config`: on Redis when `[store]` is configured (even if Redis is down
+/// right now), else on the embedded store.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with_store(config, Arc::new(MemoryStore::new())).await
+    let store = build_store(&config).await?;
+    start_with_store(config, store).await
+}
+
+/// The pool store `config` asks for.
+pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match &config.store {
+        None => Arc::new(MemoryStore::new()),
+        Some(s) => {
+            let store = RedisStore::connect(&s.target, s.settings.clone())
+                .await
+                .map_err(StartError::Setup)?;
+            store
+        }
+    })
 }
 
 /// Start keyrelay with `config` and a given pool store.

@@ -56,11 +56,12 @@ fn init_tracing(json: bool) {
     }
 }
 
-fn check(path: &std::path::Path) -> bool {
+async fn check(path: &std::path::Path) -> bool {
     match Config::load(path) {
         Ok(config) => {
             println!("{}: ok", path.display());
             println!("listen {}", config.server.listen);
+            let store_ok = check_store(&config).await;
             for p in &config.providers {
                 println!(
                     "provider {} at {} -> {} ({}, {} keys, max {} attempts)",
@@ -87,10 +88,38 @@ fn check(path: &std::path::Path) -> bool {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            true
+            store_ok
         }
         Err(e) => {
             eprint!("{}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// Say which store is configured and whether it answers.
+async fn check_store(config: &Config) -> bool {
+    let Some(store) = &config.store else {
+        println!("store: embedded (in memory, this instance only)");
+        return true;
+    };
+    let mut settings = store.settings.clone();
+    // A one-off check may take longer than a hot-path command.
+    settings.connect_timeout = settings.connect_timeout.max(Duration::from_secs(2));
+    settings.command_timeout = settings.command_timeout.max(Duration::from_secs(2));
+    match keyrelay_pool::RedisStore::connect(&store.target, settings).await {
+        Ok(s) => match s.ping().await {
+            Ok(()) => {
+                println!("store: redis at {} (answers)", store.display);
+                true
+            }
+            Err(e) => {
+                println!("store: redis at {} (does not answer: {e})", store.display);
+                false
+            }
+        },
+        Err(e) => {
+            println!("store: redis at {} ({e})", store.display);
             false
         }
     }
@@ -133,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_json);
     match cli.command {
         Some(Command::Check) => {
-            if !check(&cli.config) {
+            if !check(&cli.config).await {
                 std::process::exit(1);
             }
             Ok(())

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 /// Everything a request needs, built once at start-up.
 pub struct App {
+    store: Arc<dyn Store>,
     routes: Routes,
     auth: ClientAuth,
     client: UpstreamClient,
@@ -51,7 +52,8 @@ enum Failure {
 impl App {
     pub fn new(config: &Config, store: Arc<dyn Store>, metrics: Metrics) -> Result<App, String> {
         Ok(App {
-            routes: Routes::new(config, store)?,
+            routes: Routes::new(config, store.clone())?,
+            store,
             auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
             client: upstream::client(&config.upstream),
             upstream: config.upstream.clone(),
@@ -59,6 +61,11 @@ impl App {
             metrics,
             ids: RequestIds::new(),
         })
+    }
+
+    /// Where pool state is kept right now (embedded, shared, or degraded).
+    pub fn store_state(&self) -> keyrelay_pool::StoreState {
+        self.store.state()
     }
 
     pub fn routes(&self) -> &Routes {

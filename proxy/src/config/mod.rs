@@ -7,6 +7,7 @@ mod duration;
 mod keys;
 mod raw;
 mod secrets;
+mod store;
 mod validate;
 
 use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
@@ -86,6 +87,17 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub clients: Vec<ClientConfig>,
     pub providers: Vec<ProviderConfig>,
+    /// The shared store; `None` runs on the embedded in-memory store.
+    pub store: Option<StoreConfig>,
+}
+
+/// Where pool state is shared.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub target: keyrelay_pool::RedisTarget,
+    pub settings: keyrelay_pool::RedisSettings,
+    /// `host:port` of each node, for messages; never the URL (it may hold a password).
+    pub display: String,
 }
 
 /// One problem in a config file, named by its path.

@@ -10,6 +10,21 @@ pub(super) struct RawConfig {
     pub upstream: RawUpstream,
     pub clients: Vec<RawClient>,
     pub providers: Vec<RawProvider>,
+    pub store: Option<RawStore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawStore {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub password: Option<String>,
+    pub instances: Option<i64>,
+    pub connect_timeout: Option<String>,
+    pub wait_timeout: Option<String>,
+    pub command_timeout: Option<String>,
+    pub probe_interval: Option<String>,
+    pub probe_max_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

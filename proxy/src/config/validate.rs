@@ -34,7 +34,7 @@ impl Problems {
         });
     }
 
-    fn duration(&mut self, path: &str, value: Option<&str>, default: &str) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, value: Option<&str>, default: &str) -> Duration {
         match parse_duration(value.unwrap_or(default)) {
             Ok(d) => d,
             Err(e) => {
@@ -45,7 +45,7 @@ impl Problems {
     }
 
     /// A positive integer that fits in u32.
-    fn positive(&mut self, path: &str, value: Option<i64>, default: i64) -> u32 {
+    pub(super) fn positive(&mut self, path: &str, value: Option<i64>, default: i64) -> u32 {
         let v = value.unwrap_or(default);
         match u32::try_from(v) {
             Ok(n) if n > 0 => n,
@@ -115,12 +115,14 @@ pub(super) fn validate(
             providers.push(pc);
         }
     }
+    let store = raw.store.as_ref().and_then(|s| super::store::store(s, env, &mut p));
     if p.0.is_empty() {
         Ok(Config {
             server,
             upstream,
             clients,
             providers,
+            store,
         })
     } else {
         Err(ConfigErrors(p.0))

@@ -1,0 +1,112 @@
+//! Redis connections: where they come from (deadpool, single node or Cluster) and the
+//! multiplexed handle the hot path clones.
+//!
+//! deadpool checks every checked-out connection with a PING before handing it over. At one
+//! round trip per attempt that would double Redis traffic, so the store checks a connection
+//! out once, keeps its multiplexed handle (cheap to clone, safe to share) and returns to the
+//! pool only to replace a broken one.
+
+use super::RedisSettings;
+use deadpool_redis::redis::{self, Cmd, FromRedisValue, RedisResult, Script};
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
+
+/// Where the shared state lives. The URLs may carry a password: never log them.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// One Redis (`redis://` or `rediss://`).
+    Single(String),
+    /// Redis Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Single(_) => f.write_str("RedisTarget::Single(*****)"),
+            RedisTarget::Cluster(urls) => write!(f, "RedisTarget::Cluster({} nodes)", urls.len()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    pub(super) async fn load(&mut self, script: &Script) -> RedisResult<String> {
+        match self {
+            Conn::Single(c) => script.load_async(c).await,
+            Conn::Cluster(c) => script.load_async(c).await,
+        }
+    }
+}
+
+pub(super) enum Pools {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+fn pool_config(settings: &RedisSettings) -> PoolConfig {
+    let mut config = PoolConfig::new(2);
+    config.timeouts = Timeouts {
+        wait: Some(settings.wait_timeout),
+        create: Some(settings.connect_timeout),
+        recycle: Some(settings.command_timeout),
+    };
+    config
+}
+
+impl Pools {
+    pub(super) fn new(target: &RedisTarget, settings: &RedisSettings) -> Result<Pools, String> {
+        match target {
+            RedisTarget::Single(url) => {
+                let mut config = deadpool_redis::Config::from_url(url.clone());
+                config.pool = Some(pool_config(settings));
+                config
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map(Pools::Single)
+                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))
+            }
+            RedisTarget::Cluster(urls) => {
+                let mut config = deadpool_redis::cluster::Config::from_urls(urls.clone());
+                config.pool = Some(pool_config(settings));
+                config
+                    .create_pool(Some(Runtime::Tokio1))
+                    .map(Pools::Cluster)
+                    .map_err(|e| format!("redis cluster store: {}", describe(&e.to_string())))
+            }
+        }
+    }
+
+    /// A new connection, taken out of the pool for keeps.
+    pub(super) async fn fresh(&self) -> Result<Conn, String> {
+        match self {
+            Pools::Single(p) => {
+                let c = p.get().await.map_err(|e| describe(&e.to_string()))?;
+                Ok(Conn::Single(deadpool_redis::Connection::take(c)))
+            }
+            Pools::Cluster(p) => {
+                let c = p.get().await.map_err(|e| describe(&e.to_string()))?;
+                Ok(Conn::Cluster(deadpool_redis::cluster::Connection::take(c)))
+            }
+        }
+    }
+}
+
+/// An error text with anything URL-like cut, in case a library echoes the URL (and password).
+fn describe(text: &str) -> String {
+    if text.contains("://") || text.contains('@') {
+        "invalid redis URL".to_owned()
+    } else {
+        text.to_owned()
+    }
+}

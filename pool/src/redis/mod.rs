@@ -1,0 +1,378 @@
+//! The shared store: pool state in Redis (or Redis Cluster), so many instances act as one pool,
+//! with this process's memory as the fallback whenever Redis is away.
+//!
+//! # Data model
+//! Every key lives under `keyrelay:{<pool>}:`; the braces are a Cluster hash tag, so one pool's
+//! keys share a slot and each script touches a single node. Every key carries a TTL.
+//!
+//! | key                               | type   | holds                                   | TTL          |
+//! |-----------------------------------|--------|-----------------------------------------|--------------|
+//! | `keyrelay:{p}:w:<fingerprint>`    | zset   | one member per request, scored by ms    | window + 1 s |
+//! | `keyrelay:{p}:m:<fingerprint>`    | string | `cooling:<reason>` / `quarantined:<reason>` | the penalty |
+//! | `keyrelay:{p}:rr`                 | string | the shared round-robin cursor           | 1 day        |
+//! | `keyrelay:{p}:totals`             | hash   | fingerprint → requests counted          | 1 day        |
+//! | `keyrelay:{p}:seq`                | string | sequence making zset members unique     | 1 day        |
+//! | `keyrelay:{probe}:alive`          | string | written by the health probe             | 10 s         |
+//!
+//! Keys are named by fingerprint only: no secret, and nothing derived from one beyond the
+//! 12-hex-digit keyed fingerprint, is ever sent to Redis.
+//!
+//! # Round trips
+//! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer). A success needs
+//! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`. Scripts are loaded lazily
+//! and reloaded on `NOSCRIPT`.
+//!
+//! # Outage
+//! A command that errors or outlives `command_timeout` flips the store to degraded (logged
+//! once): requests are then served from local memory, each instance enforcing `1/instances` of
+//! each limit, while a background probe retries Redis with growing backoff and flips back
+//! when a write succeeds. No request ever waits on Redis longer than `command_timeout`.
+
+mod conn;
+
+use crate::memory::MemoryStore;
+use crate::select::Strategy;
+use crate::store::{
+    Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+};
+use conn::{Conn, Pools};
+use deadpool_redis::redis::{self, Cmd, Script};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub use conn::RedisTarget;
+
+/// Timeouts and outage behaviour of the shared store.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Opening one connection (TCP, TLS, AUTH).
+    pub connect_timeout: Duration,
+    /// Waiting for a pooled connection.
+    pub wait_timeout: Duration,
+    /// One command, from send to answer. The most a request ever waits on Redis.
+    pub command_timeout: Duration,
+    /// First probe delay after Redis is lost; doubles up to `probe_max_interval`.
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
+    /// Instances sharing the pool; each enforces `1/instances` of a limit while degraded.
+    pub instances: u32,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            connect_timeout: Duration::from_millis(50),
+            wait_timeout: Duration::from_millis(20),
+            command_timeout: Duration::from_millis(50),
+            probe_interval: Duration::from_millis(100),
+            probe_max_interval: Duration::from_secs(2),
+            instances: 1,
+        }
+    }
+}
+
+/// A pool's Redis keys and the fixed part of its script call, built once per spec.
+struct Prepared {
+    acquire: Cmd,
+    status: Cmd,
+    marks: Vec<String>,
+}
+
+impl Prepared {
+    fn new(spec: &PoolSpec, scripts: &Scripts) -> Prepared {
+        let base = format!("keyrelay:{{{}}}:", spec.name);
+        let n = spec.keys.len();
+        let mut keys: Vec<String> = spec.keys.iter().map(|k| format!("{base}w:{}", k.fingerprint)).collect();
+        let marks: Vec<String> = spec.keys.iter().map(|k| format!("{base}m:{}", k.fingerprint)).collect();
+        keys.extend(marks.iter().cloned());
+        keys.extend([format!("{base}rr"), format!("{base}totals"), format!("{base}seq")]);
+        let strategy = match spec.strategy {
+            Strategy::LeastLoaded => "ll",
+            Strategy::RoundRobin => "rr",
+            Strategy::Weighted => "w",
+        };
+        let mut acquire = redis::cmd("EVALSHA");
+        acquire.arg(scripts.acquire.get_hash()).arg(keys.len()).arg(&keys).arg(n).arg(strategy);
+        for k in &spec.keys {
+            acquire.arg(k.rpm).arg(k.weight).arg(&k.fingerprint);
+        }
+        let mut status = redis::cmd("EVALSHA");
+        status.arg(scripts.status.get_hash()).arg(keys.len()).arg(&keys).arg(n);
+        for k in &spec.keys {
+            status.arg(&k.fingerprint);
+        }
+        Prepared { acquire, status, marks }
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    mark: Script,
+    status: Script,
+}
+
+/// Redis-backed pool state with local fallback. Create with [`RedisStore::connect`].
+pub struct RedisStore {
+    pools: Pools,
+    conn: RwLock<Option<Conn>>,
+    local: MemoryStore,
+    degraded: AtomicBool,
+    wake: Arc<Notify>,
+    settings: RedisSettings,
+    scripts: Scripts,
+    prepared: Mutex<HashMap<u64, Arc<Prepared>>>,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("degraded", &self.degraded.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Build the store and try Redis once (bounded by the connect timeout). Starts degraded,
+    /// and probing, if Redis does not answer: keyrelay starts while Redis is down.
+    pub async fn connect(target: &RedisTarget, settings: RedisSettings) -> Result<Arc<RedisStore>, String> {
+        let pools = Pools::new(target, &settings)?;
+        let store = Arc::new(RedisStore {
+            pools,
+            conn: RwLock::new(None),
+            local: MemoryStore::with_share(settings.instances),
+            degraded: AtomicBool::new(true),
+            wake: Arc::new(Notify::new()),
+            scripts: Scripts {
+                acquire: Script::new(include_str!("acquire.lua")),
+                mark: Script::new(include_str!("mark.lua")),
+                status: Script::new(include_str!("status.lua")),
+            },
+            settings,
+            prepared: Mutex::new(HashMap::new()),
+            errors: AtomicU64::new(0),
+        });
+        match store.probe_once().await {
+            Ok(()) => tracing::info!("pool state shared through redis"),
+            Err(e) => tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers"),
+        }
+        tokio::spawn(probe_loop(Arc::downgrade(&store), store.wake.clone()));
+        Ok(store)
+    }
+
+    /// Commands that failed or timed out since start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    /// Check that Redis answers a write, once, within the connect and command timeouts.
+    pub async fn ping(&self) -> Result<(), String> {
+        self.probe_once().await
+    }
+
+    async fn probe_once(&self) -> Result<(), String> {
+        let limit = self.settings.connect_timeout + self.settings.wait_timeout + self.settings.command_timeout;
+        let attempt = async {
+            let mut conn = self.pools.fresh().await?;
+            let mut probe = redis::cmd("SET");
+            probe.arg("keyrelay:{probe}:alive").arg(1).arg("PX").arg(10_000);
+            conn.query::<()>(&probe).await.map_err(|e| e.to_string())?;
+            Ok::<Conn, String>(conn)
+        };
+        let conn = tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| "timed out".to_owned())??;
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        if self.degraded.swap(false, Ordering::AcqRel) {
+            tracing::info!("redis is back; pool state shared again");
+        }
+        Ok(())
+    }
+
+    fn prepared(&self, spec: &PoolSpec) -> Arc<Prepared> {
+        let mut map = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = map.get(&spec.generation) {
+            return p.clone();
+        }
+        // Specs of a reloaded config replace older ones; keep the map from growing.
+        if map.len() > 64 {
+            map.clear();
+        }
+        let p = Arc::new(Prepared::new(spec, &self.scripts));
+        map.insert(spec.generation, p.clone());
+        p
+    }
+
+    /// The live connection, unless degraded.
+    fn live(&self) -> Option<Conn> {
+        if self.is_degraded() {
+            return None;
+        }
+        self.conn.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Run `cmd` (an EVALSHA of `script`) within the command timeout, loading the script on
+    /// NOSCRIPT. Any failure degrades the store and returns None.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd, script: &Script) -> Option<T> {
+        let mut conn = self.live()?;
+        let call = async {
+            match conn.query::<T>(cmd).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    conn.load(script).await?;
+                    conn.query::<T>(cmd).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(self.settings.command_timeout, call).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.fail(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.fail("command timed out");
+                None
+            }
+        }
+    }
+
+    fn fail(&self, why: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = why, "redis store unavailable; serving on local state");
+            *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
+            self.wake.notify_one();
+        }
+    }
+
+    async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
+        let prepared = self.prepared(spec);
+        let mut cmd = prepared.acquire.clone();
+        let mut list = String::with_capacity(2 + tried.len() * 3);
+        list.push(',');
+        for i in tried {
+            list.push_str(&i.to_string());
+            list.push(',');
+        }
+        cmd.arg(list);
+        match self.run::<(i64, i64)>(&cmd, &self.scripts.acquire).await {
+            Some((1, i)) => Acquire::Key(usize::try_from(i).unwrap_or(0)),
+            Some((0, ms)) => Acquire::Wait(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            Some(_) => Acquire::Exhausted,
+            None => self.local.acquire_now(spec, tried),
+        }
+    }
+
+    async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
+        // Local state learns every mark too, so a fallback starts from what we knew.
+        self.local.report_now(spec, index, report);
+        let Some(mark) = report.mark else { return };
+        let (value, period) = match mark {
+            Mark::Cool { period, reason } => (format!("cooling:{reason}"), period),
+            Mark::Quarantine { period, reason } => (format!("quarantined:{reason}"), period),
+        };
+        let prepared = self.prepared(spec);
+        let Some(key) = prepared.marks.get(index) else { return };
+        let ms = period.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.mark.get_hash()).arg(1).arg(key).arg(value).arg(ms);
+        let _ = self.run::<i64>(&cmd, &self.scripts.mark).await;
+    }
+
+    async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
+        let prepared = self.prepared(spec);
+        let rows: Option<Vec<(u64, String, i64, u64)>> = self.run(&prepared.status, &self.scripts.status).await;
+        let Some(rows) = rows else {
+            return self.local.status_now(spec);
+        };
+        let local = self.local.status_now(spec);
+        rows.into_iter()
+            .zip(spec.keys.iter().enumerate())
+            .map(|((used, mark, ttl, total), (index, key))| KeyStatus {
+                index,
+                name: key.name.clone(),
+                fingerprint: key.fingerprint.clone(),
+                mode: mode_of(&mark, ttl),
+                used_this_minute: used,
+                rpm: key.rpm,
+                total,
+                last_status: local.get(index).and_then(|s| s.last_status),
+            })
+            .collect()
+    }
+}
+
+fn mode_of(mark: &str, ttl_ms: i64) -> KeyMode {
+    let remaining = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+    let reason = |r: &str| -> &'static str {
+        match r {
+            "rate_limited" => "rate_limited",
+            "unauthorized" => "unauthorized",
+            "manual" => "manual",
+            _ => "other",
+        }
+    };
+    match mark.split_once(':') {
+        _ if ttl_ms == -1 && !mark.is_empty() => KeyMode::Disabled,
+        Some(("cooling", r)) if ttl_ms > 0 => KeyMode::Cooling { remaining, reason: reason(r) },
+        Some(("quarantined", r)) if ttl_ms > 0 => KeyMode::Quarantined { remaining, reason: reason(r) },
+        _ => KeyMode::Ready,
+    }
+}
+
+async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
+    loop {
+        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else { return };
+        if !degraded {
+            // A wake sent before this wait is kept as a permit, so none is lost.
+            wake.notified().await;
+            continue;
+        }
+        let mut delay = store.upgrade().map_or(Duration::ZERO, |s| s.settings.probe_interval);
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(s) = store.upgrade() else { return };
+            if !s.is_degraded() || s.probe_once().await.is_ok() {
+                break;
+            }
+            delay = (delay * 2).min(s.settings.probe_max_interval);
+        }
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Let the probe task see the store is gone and end.
+        self.wake.notify_one();
+    }
+}
+
+impl Store for RedisStore {
+    fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire> {
+        Box::pin(self.acquire_shared(pool, tried))
+    }
+
+    fn report<'a>(&'a self, pool: &'a PoolSpec, index: usize, report: Report) -> StoreFuture<'a, ()> {
+        Box::pin(self.report_shared(pool, index, report))
+    }
+
+    fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
+        Box::pin(self.status_shared(pool))
+    }
+
+    fn state(&self) -> StoreState {
+        if self.is_degraded() {
+            StoreState::Degraded
+        } else {
+            StoreState::Shared
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The `[store]` section: Redis or Redis Cluster for shared pool state, and its timeouts.
+
+use super::raw::RawStore;
+use super::secrets::{resolve, Env};
+use super::validate::Problems;
+use super::StoreConfig;
+use keyrelay_pool::{RedisSettings, RedisTarget};
+
+pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<StoreConfig> {
+    let d = RedisSettings::default();
+    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
+    let settings = RedisSettings {
+        connect_timeout: p.duration("store.connect_timeout", raw.connect_timeout.as_deref(), &ms(d.connect_timeout)),
+        wait_timeout: p.duration("store.wait_timeout", raw.wait_timeout.as_deref(), &ms(d.wait_timeout)),
+        command_timeout: p.duration("store.command_timeout", raw.command_timeout.as_deref(), &ms(d.command_timeout)),
+        probe_interval: p.duration("store.probe_interval", raw.probe_interval.as_deref(), &ms(d.probe_interval)),
+        probe_max_interval: p.duration("store.probe_max_interval", raw.probe_max_interval.as_deref(), &ms(d.probe_max_interval)),
+        instances: p.positive("store.instances", raw.instances, 1),
+    };
+    for (path, v) in [("store.command_timeout", settings.command_timeout), ("store.connect_timeout", settings.connect_timeout)] {
+        if v.is_zero() {
+            p.add(path, "must be more than zero");
+        }
+    }
+    let password = match raw.password.as_deref() {
+        None => None,
+        Some(r) => match resolve(r, env) {
+            Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
+            Ok(_) => {
+                p.add("store.password", "one password, not a glob");
+                None
+            }
+            Err(e) => {
+                p.add("store.password", e);
+                None
+            }
+        },
+    };
+    let password = password.as_ref().map(|s| s.expose());
+    let (target, display) = match (&raw.url, &raw.cluster) {
+        (Some(_), Some(_)) => {
+            p.add("store", "give either url or cluster, not both");
+            return None;
+        }
+        (Some(u), None) => {
+            let (url, shown) = url("store.url", u, password, env, p)?;
+            (RedisTarget::Single(url), shown)
+        }
+        (None, Some(nodes)) if !nodes.is_empty() => {
+            let mut urls = Vec::new();
+            let mut shown = Vec::new();
+            for (i, n) in nodes.iter().enumerate() {
+                if let Some((u, s)) = url(&format!("store.cluster[{i}]"), n, password, env, p) {
+                    urls.push(u);
+                    shown.push(s);
+                }
+            }
+            (RedisTarget::Cluster(urls), format!("cluster {}", shown.join(", ")))
+        }
+        _ => {
+            p.add("store", "needs url = \"redis://host:6379/0\" or cluster = [\"redis://host:7000\", ...]");
+            return None;
+        }
+    };
+    Some(StoreConfig { target, settings, display })
+}
+
+/// Check one Redis URL (literal, or `env:`/`file:` when it holds a password) and splice in the
+/// password. Returns the URL and its `host:port` for display.
+fn url(path: &str, text: &str, password: Option<&str>, env: &dyn Env, p: &mut Problems) -> Option<(String, String)> {
+    let is_ref = text.starts_with("env:") || text.starts_with("file:");
+    let resolved = if is_ref {
+        match resolve(text, env) {
+            Ok(mut v) if v.len() == 1 => v.remove(0).secret.expose().to_owned(),
+            Ok(_) => {
+                p.add(path, "one URL, not a glob");
+                return None;
+            }
+            Err(e) => {
+                p.add(path, e);
+                return None;
+            }
+        }
+    } else {
+        text.to_owned()
+    };
+    let Some((scheme, rest)) = resolved.split_once("://").filter(|(s, _)| *s == "redis" || *s == "rediss") else {
+        p.add(path, "must be a redis:// or rediss:// URL");
+        return None;
+    };
+    let (userinfo, hostpart) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    if !is_ref && userinfo.is_some_and(|u| u.contains(':')) {
+        p.add(path, "a password in the config is a literal secret; use url = \"env:REDIS_URL\" or password = \"env:REDIS_PASSWORD\"");
+        return None;
+    }
+    let host = hostpart.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        p.add(path, "has no host");
+        return None;
+    }
+    let url = match (password, userinfo) {
+        (Some(pw), None) => format!("{scheme}://:{}@{rest}", encode(pw)),
+        (Some(pw), Some(user)) if !user.contains(':') => format!("{scheme}://{user}:{}@{hostpart}", encode(pw)),
+        _ => resolved.clone(),
+    };
+    Some((url, host.to_owned()))
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
