@@ -18,8 +18,8 @@ pub use key::{fingerprint, Key, Secret};
 pub use memory::MemoryStore;
 pub use outcome::{classify, Outcome};
 pub use pool::{Pool, PoolSettings};
-pub use select::{choose, Candidate, Strategy};
 pub use redis::{RedisSettings, RedisStore, RedisTarget};
+pub use select::{choose, Candidate, Strategy};
 pub use store::{
     Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState, WINDOW,
 };

@@ -85,26 +85,51 @@ impl Prepared {
     fn new(spec: &PoolSpec, scripts: &Scripts) -> Prepared {
         let base = format!("keyrelay:{{{}}}:", spec.name);
         let n = spec.keys.len();
-        let mut keys: Vec<String> = spec.keys.iter().map(|k| format!("{base}w:{}", k.fingerprint)).collect();
-        let marks: Vec<String> = spec.keys.iter().map(|k| format!("{base}m:{}", k.fingerprint)).collect();
+        let mut keys: Vec<String> = spec
+            .keys
+            .iter()
+            .map(|k| format!("{base}w:{}", k.fingerprint))
+            .collect();
+        let marks: Vec<String> = spec
+            .keys
+            .iter()
+            .map(|k| format!("{base}m:{}", k.fingerprint))
+            .collect();
         keys.extend(marks.iter().cloned());
-        keys.extend([format!("{base}rr"), format!("{base}totals"), format!("{base}seq")]);
+        keys.extend([
+            format!("{base}rr"),
+            format!("{base}totals"),
+            format!("{base}seq"),
+        ]);
         let strategy = match spec.strategy {
             Strategy::LeastLoaded => "ll",
             Strategy::RoundRobin => "rr",
             Strategy::Weighted => "w",
         };
         let mut acquire = redis::cmd("EVALSHA");
-        acquire.arg(scripts.acquire.get_hash()).arg(keys.len()).arg(&keys).arg(n).arg(strategy);
+        acquire
+            .arg(scripts.acquire.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(n)
+            .arg(strategy);
         for k in &spec.keys {
             acquire.arg(k.rpm).arg(k.weight).arg(&k.fingerprint);
         }
         let mut status = redis::cmd("EVALSHA");
-        status.arg(scripts.status.get_hash()).arg(keys.len()).arg(&keys).arg(n);
+        status
+            .arg(scripts.status.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(n);
         for k in &spec.keys {
             status.arg(&k.fingerprint);
         }
-        Prepared { acquire, status, marks }
+        Prepared {
+            acquire,
+            status,
+            marks,
+        }
     }
 }
 
@@ -138,7 +163,10 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Build the store and try Redis once (bounded by the connect timeout). Starts degraded,
     /// and probing, if Redis does not answer: keyrelay starts while Redis is down.
-    pub async fn connect(target: &RedisTarget, settings: RedisSettings) -> Result<Arc<RedisStore>, String> {
+    pub async fn connect(
+        target: &RedisTarget,
+        settings: RedisSettings,
+    ) -> Result<Arc<RedisStore>, String> {
         let pools = Pools::new(target, &settings)?;
         let store = Arc::new(RedisStore {
             pools,
@@ -157,7 +185,9 @@ impl RedisStore {
         });
         match store.probe_once().await {
             Ok(()) => tracing::info!("pool state shared through redis"),
-            Err(e) => tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers"),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers")
+            }
         }
         tokio::spawn(probe_loop(Arc::downgrade(&store), store.wake.clone()));
         Ok(store)
@@ -178,12 +208,26 @@ impl RedisStore {
     }
 
     async fn probe_once(&self) -> Result<(), String> {
-        let limit = self.settings.connect_timeout + self.settings.wait_timeout + self.settings.command_timeout;
+        let limit = self.settings.connect_timeout
+            + self.settings.wait_timeout
+            + self.settings.command_timeout;
         let attempt = async {
             let mut conn = self.pools.fresh().await?;
             let mut probe = redis::cmd("SET");
-            probe.arg("keyrelay:{probe}:alive").arg(1).arg("PX").arg(10_000);
+            probe
+                .arg("keyrelay:{probe}:alive")
+                .arg(1)
+                .arg("PX")
+                .arg(10_000);
             conn.query::<()>(&probe).await.map_err(|e| e.to_string())?;
+            // Load the scripts now, so the hot path never meets NOSCRIPT on a fresh server.
+            for script in [
+                &self.scripts.acquire,
+                &self.scripts.mark,
+                &self.scripts.status,
+            ] {
+                conn.load(script).await.map_err(|e| e.to_string())?;
+            }
             Ok::<Conn, String>(conn)
         };
         let conn = tokio::time::timeout(limit, attempt)
@@ -215,7 +259,10 @@ impl RedisStore {
         if self.is_degraded() {
             return None;
         }
-        self.conn.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Run `cmd` (an EVALSHA of `script`) within the command timeout, loading the script on
@@ -224,7 +271,9 @@ impl RedisStore {
         let mut conn = self.live()?;
         let call = async {
             match conn.query::<T>(cmd).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
                     conn.load(script).await?;
                     conn.query::<T>(cmd).await
                 }
@@ -247,7 +296,10 @@ impl RedisStore {
     fn fail(&self, why: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error = why, "redis store unavailable; serving on local state");
+            tracing::warn!(
+                error = why,
+                "redis store unavailable; serving on local state"
+            );
             *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
             self.wake.notify_one();
         }
@@ -280,16 +332,23 @@ impl RedisStore {
             Mark::Quarantine { period, reason } => (format!("quarantined:{reason}"), period),
         };
         let prepared = self.prepared(spec);
-        let Some(key) = prepared.marks.get(index) else { return };
+        let Some(key) = prepared.marks.get(index) else {
+            return;
+        };
         let ms = period.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.scripts.mark.get_hash()).arg(1).arg(key).arg(value).arg(ms);
+        cmd.arg(self.scripts.mark.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(value)
+            .arg(ms);
         let _ = self.run::<i64>(&cmd, &self.scripts.mark).await;
     }
 
     async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
         let prepared = self.prepared(spec);
-        let rows: Option<Vec<(u64, String, i64, u64)>> = self.run(&prepared.status, &self.scripts.status).await;
+        let rows: Option<Vec<(u64, String, i64, u64)>> =
+            self.run(&prepared.status, &self.scripts.status).await;
         let Some(rows) = rows else {
             return self.local.status_now(spec);
         };
@@ -322,21 +381,31 @@ fn mode_of(mark: &str, ttl_ms: i64) -> KeyMode {
     };
     match mark.split_once(':') {
         _ if ttl_ms == -1 && !mark.is_empty() => KeyMode::Disabled,
-        Some(("cooling", r)) if ttl_ms > 0 => KeyMode::Cooling { remaining, reason: reason(r) },
-        Some(("quarantined", r)) if ttl_ms > 0 => KeyMode::Quarantined { remaining, reason: reason(r) },
+        Some(("cooling", r)) if ttl_ms > 0 => KeyMode::Cooling {
+            remaining,
+            reason: reason(r),
+        },
+        Some(("quarantined", r)) if ttl_ms > 0 => KeyMode::Quarantined {
+            remaining,
+            reason: reason(r),
+        },
         _ => KeyMode::Ready,
     }
 }
 
 async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     loop {
-        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else { return };
+        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else {
+            return;
+        };
         if !degraded {
             // A wake sent before this wait is kept as a permit, so none is lost.
             wake.notified().await;
             continue;
         }
-        let mut delay = store.upgrade().map_or(Duration::ZERO, |s| s.settings.probe_interval);
+        let mut delay = store
+            .upgrade()
+            .map_or(Duration::ZERO, |s| s.settings.probe_interval);
         loop {
             tokio::time::sleep(delay).await;
             let Some(s) = store.upgrade() else { return };
@@ -360,7 +429,12 @@ impl Store for RedisStore {
         Box::pin(self.acquire_shared(pool, tried))
     }
 
-    fn report<'a>(&'a self, pool: &'a PoolSpec, index: usize, report: Report) -> StoreFuture<'a, ()> {
+    fn report<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        report: Report,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(self.report_shared(pool, index, report))
     }
 

@@ -10,14 +10,37 @@ pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<S
     let d = RedisSettings::default();
     let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
     let settings = RedisSettings {
-        connect_timeout: p.duration("store.connect_timeout", raw.connect_timeout.as_deref(), &ms(d.connect_timeout)),
-        wait_timeout: p.duration("store.wait_timeout", raw.wait_timeout.as_deref(), &ms(d.wait_timeout)),
-        command_timeout: p.duration("store.command_timeout", raw.command_timeout.as_deref(), &ms(d.command_timeout)),
-        probe_interval: p.duration("store.probe_interval", raw.probe_interval.as_deref(), &ms(d.probe_interval)),
-        probe_max_interval: p.duration("store.probe_max_interval", raw.probe_max_interval.as_deref(), &ms(d.probe_max_interval)),
+        connect_timeout: p.duration(
+            "store.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            &ms(d.connect_timeout),
+        ),
+        wait_timeout: p.duration(
+            "store.wait_timeout",
+            raw.wait_timeout.as_deref(),
+            &ms(d.wait_timeout),
+        ),
+        command_timeout: p.duration(
+            "store.command_timeout",
+            raw.command_timeout.as_deref(),
+            &ms(d.command_timeout),
+        ),
+        probe_interval: p.duration(
+            "store.probe_interval",
+            raw.probe_interval.as_deref(),
+            &ms(d.probe_interval),
+        ),
+        probe_max_interval: p.duration(
+            "store.probe_max_interval",
+            raw.probe_max_interval.as_deref(),
+            &ms(d.probe_max_interval),
+        ),
         instances: p.positive("store.instances", raw.instances, 1),
     };
-    for (path, v) in [("store.command_timeout", settings.command_timeout), ("store.connect_timeout", settings.connect_timeout)] {
+    for (path, v) in [
+        ("store.command_timeout", settings.command_timeout),
+        ("store.connect_timeout", settings.connect_timeout),
+    ] {
         if v.is_zero() {
             p.add(path, "must be more than zero");
         }
@@ -55,19 +78,35 @@ pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<S
                     shown.push(s);
                 }
             }
-            (RedisTarget::Cluster(urls), format!("cluster {}", shown.join(", ")))
+            (
+                RedisTarget::Cluster(urls),
+                format!("cluster {}", shown.join(", ")),
+            )
         }
         _ => {
-            p.add("store", "needs url = \"redis://host:6379/0\" or cluster = [\"redis://host:7000\", ...]");
+            p.add(
+                "store",
+                "needs url = \"redis://host:6379/0\" or cluster = [\"redis://host:7000\", ...]",
+            );
             return None;
         }
     };
-    Some(StoreConfig { target, settings, display })
+    Some(StoreConfig {
+        target,
+        settings,
+        display,
+    })
 }
 
 /// Check one Redis URL (literal, or `env:`/`file:` when it holds a password) and splice in the
 /// password. Returns the URL and its `host:port` for display.
-fn url(path: &str, text: &str, password: Option<&str>, env: &dyn Env, p: &mut Problems) -> Option<(String, String)> {
+fn url(
+    path: &str,
+    text: &str,
+    password: Option<&str>,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Option<(String, String)> {
     let is_ref = text.starts_with("env:") || text.starts_with("file:");
     let resolved = if is_ref {
         match resolve(text, env) {
@@ -84,7 +123,10 @@ fn url(path: &str, text: &str, password: Option<&str>, env: &dyn Env, p: &mut Pr
     } else {
         text.to_owned()
     };
-    let Some((scheme, rest)) = resolved.split_once("://").filter(|(s, _)| *s == "redis" || *s == "rediss") else {
+    let Some((scheme, rest)) = resolved
+        .split_once("://")
+        .filter(|(s, _)| *s == "redis" || *s == "rediss")
+    else {
         p.add(path, "must be a redis:// or rediss:// URL");
         return None;
     };
@@ -103,7 +145,9 @@ fn url(path: &str, text: &str, password: Option<&str>, env: &dyn Env, p: &mut Pr
     }
     let url = match (password, userinfo) {
         (Some(pw), None) => format!("{scheme}://:{}@{rest}", encode(pw)),
-        (Some(pw), Some(user)) if !user.contains(':') => format!("{scheme}://{user}:{}@{hostpart}", encode(pw)),
+        (Some(pw), Some(user)) if !user.contains(':') => {
+            format!("{scheme}://{user}:{}@{hostpart}", encode(pw))
+        }
         _ => resolved.clone(),
     };
     Some((url, host.to_owned()))

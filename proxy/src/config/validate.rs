@@ -115,7 +115,10 @@ pub(super) fn validate(
             providers.push(pc);
         }
     }
-    let store = raw.store.as_ref().and_then(|s| super::store::store(s, env, &mut p));
+    let store = raw
+        .store
+        .as_ref()
+        .and_then(|s| super::store::store(s, env, &mut p));
     if p.0.is_empty() {
         Ok(Config {
             server,

@@ -159,3 +159,4 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 pub const CHAT_STREAM: &str =
     r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+pub mod redis;

@@ -1,0 +1,414 @@
+//! Shared pool state in Redis: several instances act as one pool, and a Redis outage of any
+//! kind fails no request and slows none past the command timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use keyrelay::config::Config;
+use keyrelay::Running;
+use keyrelay_mock::MockUpstream;
+use keyrelay_mock::Reply as Script;
+use keyrelay_pool::{fingerprint, StoreState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::redis::{free_port, RedisCluster, RedisServer};
+use support::*;
+
+const COMMAND_TIMEOUT_MS: u64 = 50;
+
+struct Fleet {
+    mock: MockUpstream,
+    instances: Vec<Running>,
+}
+
+impl Fleet {
+    async fn start(n: usize, store: &str, provider_extra: &str) -> Fleet {
+        let mock = MockUpstream::start().await.unwrap();
+        let mut instances = Vec::new();
+        for _ in 0..n {
+            let text = format!(
+                "{}\n[store]\n{store}\ncommand_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nconnect_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"400ms\"\n",
+                config_text(&mock.url(), provider_extra, "")
+            );
+            let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+            instances.push(keyrelay::start(config).await.unwrap());
+        }
+        Fleet { mock, instances }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!(
+            "http://{}/v1/chat/completions",
+            self.instances[i % self.instances.len()].addr()
+        )
+    }
+
+    async fn chat(&self, i: usize) -> Reply {
+        send(
+            &http_client(),
+            post(
+                &self.url(i),
+                &[("authorization", &format!("Bearer {TOKEN}"))],
+                CHAT,
+            ),
+        )
+        .await
+    }
+
+    fn state(&self, i: usize) -> StoreState {
+        self.instances[i].app().store_state()
+    }
+
+    async fn wait_state(&self, want: StoreState, within: Duration) -> bool {
+        eventually(within, || {
+            self.instances.iter().all(|r| r.app().store_state() == want)
+        })
+        .await
+    }
+}
+
+fn mark_key(fp_of: &str) -> String {
+    format!("keyrelay:{{openai}}:m:{}", fingerprint(fp_of))
+}
+
+fn assert_no_secret_in(dump: &str) {
+    assert!(!dump.is_empty(), "nothing in redis at all");
+    for secret in KEYS.iter().chain([&TOKEN]) {
+        for frag in secret.as_bytes().windows(12) {
+            let frag = std::str::from_utf8(frag).unwrap();
+            assert!(
+                !dump.contains(frag),
+                "secret fragment {frag:?} in redis:\n{dump}"
+            );
+        }
+    }
+}
+
+async fn rotation_and_cooldown_across_instances(
+    fleet: &Fleet,
+    node_of_mark: impl Fn(&str) -> String,
+) {
+    let before = fleet.mock.calls(KEYS[0]);
+    fleet
+        .mock
+        .set(KEYS[0], Script::rate_limited(&[("retry-after", "30")]));
+    // Under any strategy key 0 comes up within three requests; stop when it has.
+    for i in 0..3 {
+        assert_eq!(fleet.chat(i).await.status, 200);
+        if fleet.mock.calls(KEYS[0]) > before {
+            break;
+        }
+    }
+    assert_eq!(fleet.mock.calls(KEYS[0]), before + 1);
+    // The cooldown instance 0 learned is honoured by the others on their next request.
+    fleet.mock.set(KEYS[0], Script::Normal);
+    for i in 0..12 {
+        assert_eq!(fleet.chat(i).await.status, 200);
+    }
+    assert_eq!(
+        fleet.mock.calls(KEYS[0]),
+        before + 1,
+        "an instance used a key another instance saw cooling"
+    );
+    let ttl: i64 = node_of_mark(&mark_key(KEYS[0])).trim().parse().unwrap();
+    assert!((28_000..=30_000).contains(&ttl), "mark ttl {ttl}");
+}
+
+#[tokio::test]
+async fn instances_share_rotation_cooldowns_and_round_robin() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(
+        3,
+        &format!("url = \"{}/0\"", redis.url()),
+        r#"strategy = "round-robin""#,
+    )
+    .await;
+    assert_eq!(fleet.state(0), StoreState::Shared);
+    // Round-robin order is one order for all instances.
+    for i in 0..9 {
+        assert_eq!(fleet.chat(i).await.status, 200);
+    }
+    let order: Vec<String> = fleet
+        .mock
+        .seen()
+        .iter()
+        .map(|s| s.key.clone().unwrap())
+        .collect();
+    for (i, key) in order.iter().enumerate() {
+        assert_eq!(key, KEYS[i % 3], "shared rotation broken at {i}: {order:?}");
+    }
+    rotation_and_cooldown_across_instances(&fleet, |k| redis.cli(&["PTTL", k])).await;
+    assert_no_secret_in(&redis.dump());
+    // Every key keyrelay wrote carries a TTL.
+    for key in redis
+        .cli(&["--scan", "--pattern", "keyrelay:*"])
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
+        assert!(ttl > 0, "{key} has no TTL");
+    }
+}
+
+#[tokio::test]
+async fn one_script_call_per_attempt() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    fleet.chat(0).await; // loads the script
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for i in 0..20 {
+        assert_eq!(fleet.chat(i).await.status, 200);
+    }
+    assert_eq!(redis.calls("evalsha"), 20);
+    // commandstats also counts the commands a script runs inside; these never run inside one,
+    // so any count here would be an extra round trip (deadpool's recycle PING, a reload).
+    for extra in [
+        "ping",
+        "unwatch",
+        "eval",
+        "script|load",
+        "multi",
+        "exec",
+        "hello",
+        "client|setinfo",
+    ] {
+        assert_eq!(redis.calls(extra), 0, "{extra} on the hot path");
+    }
+    // A 429 costs one more call (the mark); a success none.
+    fleet
+        .mock
+        .set(KEYS[0], Script::rate_limited(&[("retry-after", "5")]));
+    fleet
+        .mock
+        .set(KEYS[1], Script::rate_limited(&[("retry-after", "5")]));
+    fleet
+        .mock
+        .set(KEYS[2], Script::rate_limited(&[("retry-after", "5")]));
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(fleet.chat(0).await.status, 429);
+    assert_eq!(redis.calls("evalsha"), 6, "3 acquires + 3 marks");
+}
+
+#[tokio::test]
+async fn limit_holds_across_three_instances_at_twice_the_rate() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(3, &format!("url = \"{}\"", redis.url()), "rpm = 10").await;
+    let client = http_client();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (client, url) = (client.clone(), fleet.url(i));
+        tasks.push(tokio::spawn(async move {
+            send(
+                &client,
+                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
+            )
+            .await
+            .status
+            .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    for i in 0..3 {
+        assert_eq!(
+            fleet.state(i),
+            StoreState::Shared,
+            "instance {i} fell back to local state under load"
+        );
+    }
+    // 3 keys x 10 rpm = 30 a minute: the bound is 1.05 x the limit per key.
+    for k in KEYS {
+        let calls = fleet.mock.calls(k);
+        assert!(
+            calls as f64 <= 10.0 * 1.05,
+            "{k}: {calls} calls in one minute at rpm 10"
+        );
+    }
+    assert_eq!(ok, fleet.mock.total_calls());
+    assert_eq!(ok, 30, "every request within the shared limit was served");
+}
+
+/// Requests every few ms, alternating instances, until stopped: (status, latency) each.
+fn steady(
+    fleet: &Fleet,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Vec<(u16, Duration)>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = (0..fleet.instances.len()).map(|i| fleet.url(i)).collect();
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let client = http_client();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while !flag.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let r = send(
+                &client,
+                post(
+                    &urls[i % urls.len()],
+                    &[("authorization", &format!("Bearer {TOKEN}"))],
+                    CHAT,
+                ),
+            )
+            .await;
+            out.push((r.status.as_u16(), started.elapsed()));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        out
+    });
+    (stop, handle)
+}
+
+async fn finish(stop: Arc<AtomicBool>, handle: tokio::task::JoinHandle<Vec<(u16, Duration)>>) {
+    stop.store(true, Ordering::SeqCst);
+    let results = handle.await.unwrap();
+    assert!(results.len() > 20, "too few requests: {}", results.len());
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap();
+    let bound = Duration::from_millis(COMMAND_TIMEOUT_MS + 150);
+    assert!(
+        slowest <= bound,
+        "slowest request {slowest:?} > command timeout + margin {bound:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_fails_nothing() {
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    let (stop, handle) = steady(&fleet);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    assert!(
+        fleet
+            .wait_state(StoreState::Degraded, Duration::from_secs(5))
+            .await,
+        "never degraded"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never recovered"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    finish(stop, handle).await;
+    // Back on shared state: requests are counted in Redis again (the script was reloaded).
+    assert_eq!(fleet.chat(0).await.status, 200);
+    assert!(!redis
+        .cli(&["--scan", "--pattern", "keyrelay:{openai}:w:*"])
+        .trim()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn redis_frozen_with_sigstop_fails_nothing() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    let (stop, handle) = steady(&fleet);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.freeze();
+    assert!(
+        fleet
+            .wait_state(StoreState::Degraded, Duration::from_secs(5))
+            .await,
+        "never degraded"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.thaw();
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never recovered"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    finish(stop, handle).await;
+}
+
+#[tokio::test]
+async fn redis_client_pause_fails_nothing() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    let (stop, handle) = steady(&fleet);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    assert!(
+        fleet
+            .wait_state(StoreState::Degraded, Duration::from_secs(5))
+            .await,
+        "never degraded"
+    );
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never recovered"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    finish(stop, handle).await;
+}
+
+#[tokio::test]
+async fn starts_while_redis_is_down_and_joins_when_it_appears() {
+    let port = free_port();
+    let fleet = Fleet::start(1, &format!("url = \"redis://127.0.0.1:{port}\""), "").await;
+    assert_eq!(fleet.state(0), StoreState::Degraded);
+    for i in 0..3 {
+        assert_eq!(fleet.chat(i).await.status, 200);
+    }
+    let redis = RedisServer::start_on(port, false);
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never joined redis"
+    );
+    assert_eq!(fleet.chat(0).await.status, 200);
+    let windows = redis.cli(&["--scan", "--pattern", "keyrelay:{openai}:w:*"]);
+    assert!(
+        !windows.trim().is_empty(),
+        "request not counted in redis after joining"
+    );
+}
+
+#[tokio::test]
+async fn cluster_shares_rotation_cooldowns_and_limits() {
+    let cluster = RedisCluster::start();
+    let fleet = Fleet::start(2, &cluster.toml(), "rpm = 7").await;
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(5))
+            .await,
+        "cluster store not shared"
+    );
+    rotation_and_cooldown_across_instances(&fleet, |k| cluster.node_for(k).cli(&["PTTL", k])).await;
+    // Key 0 cools; keys 1 and 2 have 7 rpm each: 14 requests a minute between them, no more.
+    let mut i = 0;
+    while fleet.chat(i).await.status == 200 {
+        i += 1;
+        assert!(i < 30, "limit not enforced on the cluster");
+    }
+    assert_eq!(fleet.mock.calls(KEYS[1]), 7);
+    assert_eq!(fleet.mock.calls(KEYS[2]), 7);
+    assert_no_secret_in(&cluster.dump());
+}
