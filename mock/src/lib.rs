@@ -68,6 +68,8 @@ impl Reply {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     replies: Mutex<HashMap<String, Reply>>,
+    /// Off in the standalone binary, where a benchmark's millions of requests would pile up.
+    no_recording: std::sync::atomic::AtomicBool,
     pub(crate) seen: Mutex<Vec<Seen>>,
     pub(crate) counters: Counters,
 }
@@ -125,6 +127,11 @@ impl MockUpstream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.to_owned(), reply);
+    }
+
+    /// Stop (or resume) recording requests; counters and scripted replies still work.
+    pub fn set_recording(&self, on: bool) {
+        self.state.no_recording.store(!on, Ordering::Relaxed);
     }
 
     /// Every request received so far.
@@ -212,12 +219,14 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let key = credential(&parts.headers, parts.uri.query());
-    let seen = Seen::new(&parts, key.clone(), body.clone());
-    state
-        .seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(seen);
+    if !state.no_recording.load(Ordering::Relaxed) {
+        let seen = Seen::new(&parts, key.clone(), body.clone());
+        state
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(seen);
+    }
     let head_delay = header_num(&parts.headers, "x-mock-head-delay-ms", 0);
     if head_delay > 0 {
         tokio::time::sleep(Duration::from_millis(head_delay)).await;
@@ -298,6 +307,7 @@ fn normal(parts: &http::request::Parts, body: &Bytes, state: &Arc<State>) -> Res
 /// Run a mock until the process ends, `rate_limited` keys always answering 429.
 pub async fn serve_forever(addr: SocketAddr, rate_limited: &[String]) -> std::io::Result<()> {
     let mock = MockUpstream::bind(addr).await?;
+    mock.set_recording(false);
     for key in rate_limited {
         mock.set(key, Reply::rate_limited(&[("retry-after", "60")]));
     }
