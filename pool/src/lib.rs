@@ -21,5 +21,6 @@ pub use pool::{Pool, PoolSettings};
 pub use redis::{RedisSettings, RedisStore, RedisTarget};
 pub use select::{choose, Candidate, Strategy};
 pub use store::{
-    Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState, WINDOW,
+    Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+    WINDOW,
 };

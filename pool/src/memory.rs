@@ -2,7 +2,7 @@
 
 use crate::select::{choose, Candidate};
 use crate::state::KeyState;
-use crate::store::{Acquire, KeyStatus, PoolSpec, Report, Store, StoreFuture};
+use crate::store::{Acquire, KeyAction, KeyStatus, PoolSpec, Report, Store, StoreFuture};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio::time::{Duration, Instant};
@@ -47,7 +47,9 @@ impl PoolState {
             }
             state.advance(now);
             let rpm = (key.rpm / share).max(1);
-            let ready_in = state.ready_in(rpm, now);
+            let Some(ready_in) = state.ready_in(rpm, now) else {
+                continue;
+            };
             if ready_in.is_zero() {
                 candidates.push(Candidate {
                     index,
@@ -141,11 +143,15 @@ impl MemoryStore {
         });
     }
 
-    /// Clear a key's cooldown or quarantine.
-    pub fn reset_now(&self, spec: &PoolSpec, index: usize) {
+    /// An operator's action on one key.
+    pub fn act_now(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
         self.with_pool(spec, |p| {
             if let Some(state) = p.keys.get_mut(index) {
-                state.reset();
+                match action {
+                    KeyAction::Disable => state.disable(),
+                    KeyAction::Enable => state.enable(),
+                    KeyAction::Reset => state.reset(),
+                }
             }
         });
     }
@@ -192,6 +198,16 @@ impl Store for MemoryStore {
 
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
         Box::pin(std::future::ready(self.status_now(pool)))
+    }
+
+    fn act<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        action: KeyAction,
+    ) -> StoreFuture<'a, ()> {
+        self.act_now(pool, index, action);
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::key::Key;
 use crate::outcome::Outcome;
-use crate::store::{Acquire, KeyStatus, Mark, PoolSpec, Report, Store};
+use crate::store::{Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,11 @@ impl Pool {
             mark: self.mark_for(outcome),
         };
         self.store.report(&self.spec, index, report).await;
+    }
+
+    /// An operator's action on key `index`.
+    pub async fn act(&self, index: usize, action: KeyAction) {
+        self.store.act(&self.spec, index, action).await;
     }
 
     pub async fn status(&self) -> Vec<KeyStatus> {

@@ -10,6 +10,7 @@
 //!     └──────────────── until passes ◀──────────────────────┘
 //! ```
 //! Rate limits never disable a key for good: every Cooling and Quarantined state ends by time.
+//! Only an operator moves a key to Disabled (from any state) and back to Ready.
 //! A key at its rpm limit stays Ready but is not eligible until its oldest request leaves the
 //! window.
 
@@ -28,6 +29,8 @@ pub(crate) enum Mode {
         until: Instant,
         reason: &'static str,
     },
+    /// Out of service until an operator enables it again.
+    Disabled,
 }
 
 #[derive(Debug)]
@@ -68,11 +71,13 @@ impl KeyState {
         self.window.len() as u64
     }
 
-    /// How long until this key may serve again (zero when it may now). Call after `advance`.
-    pub(crate) fn ready_in(&self, rpm: u32, now: Instant) -> Duration {
+    /// How long until this key may serve again (zero when it may now; `None` while disabled).
+    /// Call after `advance`.
+    pub(crate) fn ready_in(&self, rpm: u32, now: Instant) -> Option<Duration> {
         let mode_wait = match self.mode {
             Mode::Ready => Duration::ZERO,
             Mode::Cooling { until, .. } | Mode::Quarantined { until, .. } => until - now,
+            Mode::Disabled => return None,
         };
         let limit_wait = if self.window.len() >= rpm as usize {
             // The oldest request that must leave before one more fits.
@@ -83,7 +88,7 @@ impl KeyState {
         } else {
             Duration::ZERO
         };
-        mode_wait.max(limit_wait)
+        Some(mode_wait.max(limit_wait))
     }
 
     pub(crate) fn count(&mut self, now: Instant) {
@@ -106,14 +111,28 @@ impl KeyState {
         let current_until = match self.mode {
             Mode::Ready => None,
             Mode::Cooling { until, .. } | Mode::Quarantined { until, .. } => Some(until),
+            Mode::Disabled => return,
         };
         if current_until.is_none_or(|c| c <= until) {
             self.mode = new;
         }
     }
 
+    /// Clear a cooldown or quarantine; a disabled key stays disabled.
     pub(crate) fn reset(&mut self) {
-        self.mode = Mode::Ready;
+        if self.mode != Mode::Disabled {
+            self.mode = Mode::Ready;
+        }
+    }
+
+    pub(crate) fn disable(&mut self) {
+        self.mode = Mode::Disabled;
+    }
+
+    pub(crate) fn enable(&mut self) {
+        if self.mode == Mode::Disabled {
+            self.mode = Mode::Ready;
+        }
     }
 
     pub(crate) fn public_mode(&self, now: Instant) -> KeyMode {
@@ -127,6 +146,7 @@ impl KeyState {
                 remaining: until.saturating_duration_since(now),
                 reason,
             },
+            Mode::Disabled => KeyMode::Disabled,
         }
     }
 }
@@ -147,12 +167,29 @@ mod tests {
             now,
         );
         k.advance(now);
-        assert_eq!(k.ready_in(10, now), Duration::from_secs(5));
+        assert_eq!(k.ready_in(10, now), Some(Duration::from_secs(5)));
         tokio::time::advance(Duration::from_secs(5)).await;
         let later = Instant::now();
         k.advance(later);
         assert_eq!(k.public_mode(later), KeyMode::Ready);
-        assert_eq!(k.ready_in(10, later), Duration::ZERO);
+        assert_eq!(k.ready_in(10, later), Some(Duration::ZERO));
+        k.disable();
+        k.mark(
+            Mark::Cool {
+                period: Duration::from_secs(1),
+                reason: "rate_limited",
+            },
+            later,
+        );
+        assert_eq!(
+            k.ready_in(10, later),
+            None,
+            "a mark does not undo a disable"
+        );
+        k.reset();
+        assert_eq!(k.public_mode(later), KeyMode::Disabled);
+        k.enable();
+        assert_eq!(k.public_mode(later), KeyMode::Ready);
     }
 
     #[tokio::test(start_paused = true)]
@@ -171,7 +208,7 @@ mod tests {
             },
             now,
         );
-        assert_eq!(k.ready_in(10, now), Duration::from_secs(600));
+        assert_eq!(k.ready_in(10, now), Some(Duration::from_secs(600)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -183,8 +220,8 @@ mod tests {
         k.count(Instant::now());
         let now = Instant::now();
         assert_eq!(k.used(), 2);
-        assert_eq!(k.ready_in(2, now), Duration::from_secs(40));
-        assert_eq!(k.ready_in(1, now), Duration::from_secs(60));
+        assert_eq!(k.ready_in(2, now), Some(Duration::from_secs(40)));
+        assert_eq!(k.ready_in(1, now), Some(Duration::from_secs(60)));
         tokio::time::advance(Duration::from_secs(40)).await;
         k.advance(Instant::now());
         assert_eq!(k.used(), 1);

@@ -111,6 +111,17 @@ pub struct KeyStatus {
     pub last_status: Option<u16>,
 }
 
+/// What an operator can do to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAction {
+    /// Take the key out of service until enabled.
+    Disable,
+    /// Put a disabled key back in service.
+    Enable,
+    /// Clear a cooldown or quarantine.
+    Reset,
+}
+
 /// Where pool state is kept right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreState {
@@ -148,6 +159,19 @@ pub trait Store: Send + Sync {
 
     /// Every key's current state.
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>>;
+
+    /// Apply an operator's action to key `index` (on every instance, for a shared store).
+    fn act<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        action: KeyAction,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Failed or timed-out store commands since start.
+    fn errors(&self) -> u64 {
+        0
+    }
 
     /// Where state is kept right now.
     fn state(&self) -> StoreState {

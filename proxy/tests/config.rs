@@ -231,3 +231,63 @@ fn check_prints_pools_with_fingerprints_and_never_a_secret() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers[0].rpm"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn store_section_is_checked() {
+    let base = provider("keys = \"env:KR_KEY_*\"");
+    let c = load(&format!("{base}[store]\nurl = \"redis://127.0.0.1:6390/0\"\ninstances = 3\ncommand_timeout = \"30ms\"\n")).unwrap();
+    let s = c.store.unwrap();
+    assert_eq!(s.display, "127.0.0.1:6390");
+    assert_eq!(s.settings.instances, 3);
+    assert_eq!(
+        s.settings.command_timeout,
+        std::time::Duration::from_millis(30)
+    );
+    assert!(load(&base).unwrap().store.is_none(), "no [store]: embedded");
+
+    let e = problems(&format!(
+        "{base}[store]\nurl = \"redis://:hunter2secret@127.0.0.1:6390\"\n"
+    ));
+    assert!(
+        e.mentions("store.url: a password in the config is a literal secret"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert_problem(
+        &format!("{base}[store]\nurl = \"http://127.0.0.1:6390\"\n"),
+        "store.url: must be a redis:// or rediss:// URL",
+    );
+    assert_problem(
+        &format!("{base}[store]\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n"),
+        "store: give either url or cluster, not both",
+    );
+    assert_problem(
+        &format!("{base}[store]\ncluster = [\"redis://b:2\", \"nope\"]\n"),
+        "store.cluster[1]: must be a redis:// or rediss:// URL",
+    );
+    assert_problem(
+        &format!("{base}[store]\nurl = \"redis://a:1\"\npassword = \"env:NO_SUCH_PW\"\n"),
+        "store.password: env var NO_SUCH_PW is not set",
+    );
+    assert_problem(
+        &format!("{base}[store]\nurl = \"redis://a:1\"\ncommand_timeout = \"0ms\"\n"),
+        "store.command_timeout: must be more than zero",
+    );
+    assert_problem(
+        &format!("{base}[store]\nurl = \"redis://a:1\"\ntimeout = \"1s\"\n"),
+        "store.timeout: unknown field",
+    );
+
+    let env = env().with("REDIS_PW", "p@ss word");
+    let c = Config::from_toml_str(
+        &format!("{base}[store]\nurl = \"rediss://cache:6380\"\npassword = \"env:REDIS_PW\"\n"),
+        &env,
+    )
+    .unwrap();
+    let s = c.store.unwrap();
+    assert_eq!(s.display, "cache:6380");
+    assert!(
+        !format!("{:?}", s.target).contains("p%40ss"),
+        "target debug shows the password"
+    );
+}

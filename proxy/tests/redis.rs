@@ -68,8 +68,22 @@ impl Fleet {
     }
 }
 
-fn mark_key(fp_of: &str) -> String {
-    format!("keyrelay:{{openai}}:m:{}", fingerprint(fp_of))
+const STATE: &str = "keyrelay:{openai}:state";
+
+/// Milliseconds left on a key's mark, read from the state hash on `node` against Redis time.
+fn mark_left_ms(node: &RedisServer, secret: &str) -> i64 {
+    let mark = node.cli(&["HGET", STATE, &format!("m:{}", fingerprint(secret))]);
+    let until: i64 = mark
+        .split('|')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no mark: {mark:?}"));
+    let time = node.cli(&["TIME"]);
+    let mut t = time.lines().map(|l| l.trim().parse::<i64>().unwrap());
+    let now = t.next().unwrap() * 1000 + t.next().unwrap() / 1000;
+    until - now
 }
 
 fn assert_no_secret_in(dump: &str) {
@@ -85,10 +99,7 @@ fn assert_no_secret_in(dump: &str) {
     }
 }
 
-async fn rotation_and_cooldown_across_instances(
-    fleet: &Fleet,
-    node_of_mark: impl Fn(&str) -> String,
-) {
+async fn rotation_and_cooldown_across_instances(fleet: &Fleet, state_node: &RedisServer) {
     let before = fleet.mock.calls(KEYS[0]);
     fleet
         .mock
@@ -111,8 +122,8 @@ async fn rotation_and_cooldown_across_instances(
         before + 1,
         "an instance used a key another instance saw cooling"
     );
-    let ttl: i64 = node_of_mark(&mark_key(KEYS[0])).trim().parse().unwrap();
-    assert!((28_000..=30_000).contains(&ttl), "mark ttl {ttl}");
+    let left = mark_left_ms(state_node, KEYS[0]);
+    assert!((28_000..=30_000).contains(&left), "mark has {left} ms left");
 }
 
 #[tokio::test]
@@ -138,7 +149,7 @@ async fn instances_share_rotation_cooldowns_and_round_robin() {
     for (i, key) in order.iter().enumerate() {
         assert_eq!(key, KEYS[i % 3], "shared rotation broken at {i}: {order:?}");
     }
-    rotation_and_cooldown_across_instances(&fleet, |k| redis.cli(&["PTTL", k])).await;
+    rotation_and_cooldown_across_instances(&fleet, &redis).await;
     assert_no_secret_in(&redis.dump());
     // Every key keyrelay wrote carries a TTL.
     for key in redis
@@ -394,21 +405,23 @@ async fn starts_while_redis_is_down_and_joins_when_it_appears() {
 #[tokio::test]
 async fn cluster_shares_rotation_cooldowns_and_limits() {
     let cluster = RedisCluster::start();
-    let fleet = Fleet::start(2, &cluster.toml(), "rpm = 7").await;
+    let fleet = Fleet::start(2, &cluster.toml(), "rpm = 8").await;
     assert!(
         fleet
             .wait_state(StoreState::Shared, Duration::from_secs(5))
             .await,
         "cluster store not shared"
     );
-    rotation_and_cooldown_across_instances(&fleet, |k| cluster.node_for(k).cli(&["PTTL", k])).await;
-    // Key 0 cools; keys 1 and 2 have 7 rpm each: 14 requests a minute between them, no more.
+    // One request first, so the pool's state hash exists and its node can be found.
+    assert_eq!(fleet.chat(0).await.status, 200);
+    rotation_and_cooldown_across_instances(&fleet, cluster.node_for(STATE)).await;
+    // Key 0 cools; keys 1 and 2 have 8 rpm each: 16 requests a minute between them, no more.
     let mut i = 0;
     while fleet.chat(i).await.status == 200 {
         i += 1;
         assert!(i < 30, "limit not enforced on the cluster");
     }
-    assert_eq!(fleet.mock.calls(KEYS[1]), 7);
-    assert_eq!(fleet.mock.calls(KEYS[2]), 7);
+    assert_eq!(fleet.mock.calls(KEYS[1]), 8);
+    assert_eq!(fleet.mock.calls(KEYS[2]), 8);
     assert_no_secret_in(&cluster.dump());
 }

@@ -5,22 +5,21 @@
 //! Every key lives under `keyrelay:{<pool>}:`; the braces are a Cluster hash tag, so one pool's
 //! keys share a slot and each script touches a single node. Every key carries a TTL.
 //!
-//! | key                               | type   | holds                                   | TTL          |
-//! |-----------------------------------|--------|-----------------------------------------|--------------|
-//! | `keyrelay:{p}:w:<fingerprint>`    | zset   | one member per request, scored by ms    | window + 1 s |
-//! | `keyrelay:{p}:m:<fingerprint>`    | string | `cooling:<reason>` / `quarantined:<reason>` | the penalty |
-//! | `keyrelay:{p}:rr`                 | string | the shared round-robin cursor           | 1 day        |
-//! | `keyrelay:{p}:totals`             | hash   | fingerprint → requests counted          | 1 day        |
-//! | `keyrelay:{p}:seq`                | string | sequence making zset members unique     | 1 day        |
-//! | `keyrelay:{probe}:alive`          | string | written by the health probe             | 10 s         |
+//! | key                            | type | holds                                          | TTL          |
+//! |--------------------------------|------|------------------------------------------------|--------------|
+//! | `keyrelay:{p}:w:<fingerprint>` | zset | one member per request (a request nonce), scored by Redis time in ms | window + 1 s |
+//! | `keyrelay:{p}:state`           | hash | `rr`: the shared round-robin cursor; `m:<fp>`: the key's mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `t:<fp>`: requests counted | 1 day, refreshed by use (longer if a mark needs it) |
+//! | `keyrelay:{probe}:alive`       | string | written by the health probe                  | 10 s         |
+//!
+//! A mark whose `until_ms` has passed is read as no mark; a disable has no end until enabled.
 //!
 //! Keys are named by fingerprint only: no secret, and nothing derived from one beyond the
 //! 12-hex-digit keyed fingerprint, is ever sent to Redis.
 //!
 //! # Round trips
 //! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer). A success needs
-//! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`. Scripts are loaded lazily
-//! and reloaded on `NOSCRIPT`.
+//! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`. Scripts are loaded on
+//! every (re)connect and reloaded on `NOSCRIPT`.
 //!
 //! # Outage
 //! A command that errors or outlives `command_timeout` flips the store to degraded (logged
@@ -33,7 +32,7 @@ mod conn;
 use crate::memory::MemoryStore;
 use crate::select::Strategy;
 use crate::store::{
-    Acquire, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+    Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
 };
 use conn::{Conn, Pools};
 use deadpool_redis::redis::{self, Cmd, Script};
@@ -74,48 +73,50 @@ impl Default for RedisSettings {
     }
 }
 
-/// A pool's Redis keys and the fixed part of its script call, built once per spec.
+/// A pool's Redis keys and the fixed part of its script calls, built once per spec.
 struct Prepared {
-    acquire: Cmd,
+    /// EVALSHA acquire, keys and per-key arguments; the nonce and tried list are appended.
+    acquire_head: Cmd,
+    acquire_tail: Vec<String>,
     status: Cmd,
-    marks: Vec<String>,
+    state: String,
+    fingerprints: Vec<String>,
 }
 
 impl Prepared {
     fn new(spec: &PoolSpec, scripts: &Scripts) -> Prepared {
         let base = format!("keyrelay:{{{}}}:", spec.name);
         let n = spec.keys.len();
+        let state = format!("{base}state");
         let mut keys: Vec<String> = spec
             .keys
             .iter()
             .map(|k| format!("{base}w:{}", k.fingerprint))
             .collect();
-        let marks: Vec<String> = spec
-            .keys
-            .iter()
-            .map(|k| format!("{base}m:{}", k.fingerprint))
-            .collect();
-        keys.extend(marks.iter().cloned());
-        keys.extend([
-            format!("{base}rr"),
-            format!("{base}totals"),
-            format!("{base}seq"),
-        ]);
+        keys.push(state.clone());
         let strategy = match spec.strategy {
             Strategy::LeastLoaded => "ll",
             Strategy::RoundRobin => "rr",
             Strategy::Weighted => "w",
         };
-        let mut acquire = redis::cmd("EVALSHA");
-        acquire
+        let mut acquire_head = redis::cmd("EVALSHA");
+        acquire_head
             .arg(scripts.acquire.get_hash())
             .arg(keys.len())
             .arg(&keys)
             .arg(n)
             .arg(strategy);
-        for k in &spec.keys {
-            acquire.arg(k.rpm).arg(k.weight).arg(&k.fingerprint);
-        }
+        let acquire_tail = spec
+            .keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    k.rpm.to_string(),
+                    k.weight.to_string(),
+                    k.fingerprint.clone(),
+                ]
+            })
+            .collect();
         let mut status = redis::cmd("EVALSHA");
         status
             .arg(scripts.status.get_hash())
@@ -126,9 +127,11 @@ impl Prepared {
             status.arg(&k.fingerprint);
         }
         Prepared {
-            acquire,
+            acquire_head,
+            acquire_tail,
             status,
-            marks,
+            state,
+            fingerprints: spec.keys.iter().map(|k| k.fingerprint.clone()).collect(),
         }
     }
 }
@@ -150,6 +153,9 @@ pub struct RedisStore {
     scripts: Scripts,
     prepared: Mutex<HashMap<u64, Arc<Prepared>>>,
     errors: AtomicU64,
+    /// Request nonces: a random per-process prefix and a counter, unique across instances.
+    nonce_prefix: u64,
+    nonce: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -182,6 +188,11 @@ impl RedisStore {
             settings,
             prepared: Mutex::new(HashMap::new()),
             errors: AtomicU64::new(0),
+            nonce_prefix: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::process::id(),
+            ),
+            nonce: AtomicU64::new(0),
         });
         match store.probe_once().await {
             Ok(()) => tracing::info!("pool state shared through redis"),
@@ -307,7 +318,11 @@ impl RedisStore {
 
     async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
         let prepared = self.prepared(spec);
-        let mut cmd = prepared.acquire.clone();
+        // The fixed head is cloned (one buffer copy); the per-attempt parts are appended.
+        let mut cmd = prepared.acquire_head.clone();
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        cmd.arg(format!("{:x}.{nonce:x}", self.nonce_prefix));
+        cmd.arg(&prepared.acquire_tail);
         let mut list = String::with_capacity(2 + tried.len() * 3);
         list.push(',');
         for i in tried {
@@ -323,43 +338,71 @@ impl RedisStore {
         }
     }
 
-    async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
-        // Local state learns every mark too, so a fallback starts from what we knew.
-        self.local.report_now(spec, index, report);
-        let Some(mark) = report.mark else { return };
-        let (value, period) = match mark {
-            Mark::Cool { period, reason } => (format!("cooling:{reason}"), period),
-            Mark::Quarantine { period, reason } => (format!("quarantined:{reason}"), period),
-        };
+    /// Run mark.lua for key `index`: `action` is cooling, quarantined, disabled, enable or reset.
+    async fn mark(
+        &self,
+        spec: &PoolSpec,
+        index: usize,
+        action: &str,
+        reason: &str,
+        period: Duration,
+    ) {
         let prepared = self.prepared(spec);
-        let Some(key) = prepared.marks.get(index) else {
+        let Some(fp) = prepared.fingerprints.get(index) else {
             return;
         };
         let ms = period.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.mark.get_hash())
             .arg(1)
-            .arg(key)
-            .arg(value)
+            .arg(&prepared.state)
+            .arg(format!("m:{fp}"))
+            .arg(action)
+            .arg(reason)
             .arg(ms);
         let _ = self.run::<i64>(&cmd, &self.scripts.mark).await;
     }
 
+    async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
+        // Local state learns every mark too, so a fallback starts from what we knew.
+        self.local.report_now(spec, index, report);
+        match report.mark {
+            Some(Mark::Cool { period, reason }) => {
+                self.mark(spec, index, "cooling", reason, period).await
+            }
+            Some(Mark::Quarantine { period, reason }) => {
+                self.mark(spec, index, "quarantined", reason, period).await
+            }
+            None => {}
+        }
+    }
+
+    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
+        self.local.act_now(spec, index, action);
+        let action = match action {
+            KeyAction::Disable => "disabled",
+            KeyAction::Enable => "enable",
+            KeyAction::Reset => "reset",
+        };
+        self.mark(spec, index, action, "manual", Duration::ZERO)
+            .await;
+    }
+
     async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
         let prepared = self.prepared(spec);
-        let rows: Option<Vec<(u64, String, i64, u64)>> =
+        let rows: Option<Vec<(u64, String, u64, u64)>> =
             self.run(&prepared.status, &self.scripts.status).await;
-        let Some(rows) = rows else {
-            return self.local.status_now(spec);
-        };
         let local = self.local.status_now(spec);
+        let Some(rows) = rows else {
+            return local;
+        };
         rows.into_iter()
             .zip(spec.keys.iter().enumerate())
-            .map(|((used, mark, ttl, total), (index, key))| KeyStatus {
+            .map(|((used, mark, left, total), (index, key))| KeyStatus {
                 index,
                 name: key.name.clone(),
                 fingerprint: key.fingerprint.clone(),
-                mode: mode_of(&mark, ttl),
+                mode: mode_of(&mark, left),
                 used_this_minute: used,
                 rpm: key.rpm,
                 total,
@@ -369,26 +412,21 @@ impl RedisStore {
     }
 }
 
-fn mode_of(mark: &str, ttl_ms: i64) -> KeyMode {
-    let remaining = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
-    let reason = |r: &str| -> &'static str {
-        match r {
-            "rate_limited" => "rate_limited",
-            "unauthorized" => "unauthorized",
-            "manual" => "manual",
-            _ => "other",
-        }
+/// A mark as stored, `<until_ms>|<kind>|<reason>`, with `left_ms` still to run.
+fn mode_of(mark: &str, left_ms: u64) -> KeyMode {
+    let mut parts = mark.splitn(3, '|');
+    let (_, kind, reason) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let reason: &'static str = match reason {
+        "rate_limited" => "rate_limited",
+        "unauthorized" => "unauthorized",
+        "manual" => "manual",
+        _ => "other",
     };
-    match mark.split_once(':') {
-        _ if ttl_ms == -1 && !mark.is_empty() => KeyMode::Disabled,
-        Some(("cooling", r)) if ttl_ms > 0 => KeyMode::Cooling {
-            remaining,
-            reason: reason(r),
-        },
-        Some(("quarantined", r)) if ttl_ms > 0 => KeyMode::Quarantined {
-            remaining,
-            reason: reason(r),
-        },
+    let remaining = Duration::from_millis(left_ms);
+    match kind {
+        Some("disabled") => KeyMode::Disabled,
+        Some("cooling") if left_ms > 0 => KeyMode::Cooling { remaining, reason },
+        Some("quarantined") if left_ms > 0 => KeyMode::Quarantined { remaining, reason },
         _ => KeyMode::Ready,
     }
 }
@@ -440,6 +478,19 @@ impl Store for RedisStore {
 
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
         Box::pin(self.status_shared(pool))
+    }
+
+    fn act<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        action: KeyAction,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.act_shared(pool, index, action))
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> StoreState {
