@@ -11,6 +11,9 @@ use std::time::Duration;
 /// The demo's client token. Only ever valid for the demo, which listens on loopback by default.
 pub const DEMO_TOKEN: &str = "kr-demo-token";
 
+/// The demo's admin token, for the dashboard.
+pub const DEMO_ADMIN_TOKEN: &str = "kr-demo-admin";
+
 /// The demo's fake provider keys; the third always answers 429.
 pub const DEMO_KEYS: [&str; 3] = ["demo-key-1", "demo-key-2", "demo-key-3"];
 
@@ -22,6 +25,7 @@ pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             allow_unauthenticated: false,
+            shutdown_grace: Duration::from_secs(5),
         },
         upstream: UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
@@ -47,6 +51,10 @@ pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
                 .collect(),
         }],
         store: None,
+        admin: crate::config::AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: Some(Secret::new(DEMO_ADMIN_TOKEN)),
+        },
     }
 }
 
@@ -74,6 +82,10 @@ pub async fn run(listen: SocketAddr) -> Result<(), crate::StartError> {
     println!("  export OPENAI_BASE_URL=http://{addr}/v1");
     println!("  export OPENAI_API_KEY={DEMO_TOKEN}");
     println!();
+    if let Some(admin) = running.admin_addr() {
+        println!("Dashboard: http://{admin}/admin (admin token {DEMO_ADMIN_TOKEN}); metrics: http://{admin}/metrics");
+        println!();
+    }
     println!("Press Ctrl-C to stop.");
     let stopper = running.stopper();
     tokio::spawn(async move {

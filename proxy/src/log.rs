@@ -58,6 +58,9 @@ pub struct RequestLog {
     status: u16,
     metrics: Metrics,
     done: bool,
+    /// Time spent waiting on upstream response heads, over all attempts.
+    upstream_wait: std::time::Duration,
+    streaming: bool,
 }
 
 impl RequestLog {
@@ -73,7 +76,13 @@ impl RequestLog {
             status: 0,
             metrics,
             done: false,
+            upstream_wait: std::time::Duration::ZERO,
+            streaming: false,
         }
+    }
+
+    pub fn upstream_wait(&mut self, waited: std::time::Duration) {
+        self.upstream_wait += waited;
     }
 
     pub fn client(&mut self, name: &str) {
@@ -98,8 +107,15 @@ impl RequestLog {
     }
 
     /// Hand the log to the response body, which finishes it when the stream ends.
-    pub fn streaming(mut self, status: u16) -> Box<dyn EndHook> {
+    pub fn streaming(mut self, status: u16, provider: &str) -> Box<dyn EndHook> {
         self.status = status;
+        let head_after = self.started.elapsed();
+        self.metrics
+            .proxy_overhead
+            .with_label_values(&[provider])
+            .observe(head_after.saturating_sub(self.upstream_wait).as_secs_f64());
+        self.metrics.open_streams.inc();
+        self.streaming = true;
         Box::new(self)
     }
 
@@ -109,11 +125,20 @@ impl RequestLog {
         }
         self.done = true;
         self.metrics.in_flight.dec();
+        if self.streaming {
+            self.metrics.open_streams.dec();
+        }
         let provider = if self.provider.is_empty() {
             "none"
         } else {
             &self.provider
         };
+        if !self.provider.is_empty() {
+            self.metrics
+                .request_duration
+                .with_label_values(&[provider])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
         self.metrics
             .requests
             .with_label_values(&[provider, StatusClass::of(self.status).label()])

@@ -126,16 +126,35 @@ async fn check_store(config: &Config) -> bool {
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let running = keyrelay::start(config).await.context("starting keyrelay")?;
-    tracing::info!(addr = %running.addr(), "keyrelay listening");
-    let stopper = running.stopper();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stopper.send(Some(Duration::from_secs(30)));
-    });
-    running.wait().await;
+    let grace = Config::load(path)
+        .map(|c| c.server.shutdown_grace)
+        .unwrap_or(Duration::from_secs(30));
+    let running = keyrelay::start_from_file(path.to_owned())
+        .await
+        .context("starting keyrelay")?;
+    tracing::info!(addr = %running.addr(), admin = ?running.admin_addr(), "keyrelay listening");
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let live = running.live().clone();
+        let path = path.to_owned();
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if let Err(e) = keyrelay::reload_from(&live, &path) {
+                        tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
+                    }
+                }
+            });
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "draining: no new connections, in-flight requests may finish"
+    );
+    running.shutdown(grace).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use crate::error::ErrorShape;
 use crate::headers::sensitive_value;
 use http::{HeaderName, HeaderValue, Uri};
 use keyrelay_pool::{Pool, PoolSpec, Store};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct Provider {
     pub pool: Pool,
     pub max_attempts: u32,
     pub max_wait: Duration,
+    /// The provider's last reported remaining requests and tokens per key (-1: unknown).
+    remaining: Vec<[AtomicI64; 2]>,
 }
 
 impl Provider {
@@ -60,7 +63,50 @@ impl Provider {
             pool: Pool::new(spec, pc.settings, store),
             max_attempts: pc.max_attempts,
             max_wait: pc.max_wait,
+            remaining: pc
+                .keys
+                .iter()
+                .map(|_| [AtomicI64::new(-1), AtomicI64::new(-1)])
+                .collect(),
         })
+    }
+
+    /// Remember the remaining requests and tokens a response reports for key `index`
+    /// (OpenAI `x-ratelimit-remaining-*`, Anthropic `anthropic-ratelimit-*-remaining`).
+    pub fn observe_remaining(&self, index: usize, headers: &http::HeaderMap) {
+        let Some(slots) = self.remaining.get(index) else {
+            return;
+        };
+        let read = |names: [&str; 2]| {
+            names
+                .iter()
+                .find_map(|n| headers.get(*n))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        if let Some(n) = read([
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-requests-remaining",
+        ]) {
+            slots[0].store(n, Ordering::Relaxed);
+        }
+        if let Some(n) = read([
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-tokens-remaining",
+        ]) {
+            slots[1].store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Last reported (remaining requests, remaining tokens) of key `index`.
+    pub fn remaining(&self, index: usize) -> (Option<i64>, Option<i64>) {
+        let get = |i: usize| {
+            self.remaining
+                .get(index)
+                .map(|s| s[i].load(Ordering::Relaxed))
+                .filter(|n| *n >= 0)
+        };
+        (get(0), get(1))
     }
 
     pub fn key_value(&self, index: usize) -> Option<&HeaderValue> {

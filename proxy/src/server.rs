@@ -1,5 +1,6 @@
 //! The listener: accept loop, per-connection HTTP/1.1 and HTTP/2, graceful shutdown.
 
+use crate::config::Config;
 use crate::service::App;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -7,18 +8,74 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The app currently serving, swapped whole on reload, and whether we are draining.
+/// A request holds the `Arc<App>` it started with, so a reload never touches it.
+pub struct Live {
+    app: RwLock<Arc<App>>,
+    draining: AtomicBool,
+}
+
+impl Live {
+    pub fn new(app: Arc<App>) -> Arc<Live> {
+        Arc::new(Live {
+            app: RwLock::new(app),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn app(&self) -> Arc<App> {
+        self.app
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Build an app from `config` on the same store and metrics, and swap it in. Keys kept
+    /// keep their state (the store aligns by fingerprint); removed keys get no new requests.
+    /// Listener addresses and the store itself change only with a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let current = self.app();
+        let result = App::new(config, current.store().clone(), current.metrics().clone());
+        let label = if result.is_ok() { "success" } else { "failure" };
+        current.metrics().reloads.with_label_values(&[label]).inc();
+        let app = result?;
+        *self.app.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(app);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+}
+
 /// A running proxy listener.
 pub struct Running {
     addr: SocketAddr,
-    app: Arc<App>,
+    live: Arc<Live>,
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.admin {
+            task.abort();
+        }
+    }
 }
 
 impl Running {
@@ -26,19 +83,37 @@ impl Running {
         self.addr
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
+    /// The app serving now.
+    pub fn app(&self) -> Arc<App> {
+        self.live.app()
     }
 
-    /// Stop accepting, let open connections finish for up to `grace`, then return.
-    pub async fn shutdown(self, grace: Duration) {
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    pub(crate) fn with_admin(mut self, addr: SocketAddr, task: JoinHandle<()>) -> Running {
+        self.admin = Some((addr, task));
+        self
+    }
+
+    /// Drain: readiness turns 503 at once, the listener closes, open requests and streams get
+    /// up to `grace` to finish. Returns when they have (or the grace ran out).
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.live.set_draining();
         let _ = self.stop.send(Some(grace));
-        let _ = self.task.await;
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
     }
 
     /// Run until the accept loop ends (it ends only on shutdown).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    pub async fn wait(mut self) {
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
     }
 
     pub fn stopper(&self) -> watch::Sender<Option<Duration>> {
@@ -49,7 +124,7 @@ impl Running {
 /// Serve `app` on `listener` until told to stop.
 pub fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    live: Arc<Live>,
     header_read_timeout: Duration,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
@@ -60,7 +135,7 @@ pub fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let served = app.clone();
+    let served = live.clone();
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let grace = loop {
@@ -68,9 +143,9 @@ pub fn serve(
                 accepted = listener.accept() => {
                     let Ok((stream, _peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let app = served.clone();
+                    let live = served.clone();
                     let service = service_fn(move |req| {
-                        let app = app.clone();
+                        let app = live.app();
                         async move { Ok::<_, Infallible>(app.handle(req).await) }
                     });
                     let builder = builder.clone();
@@ -101,8 +176,30 @@ pub fn serve(
     });
     Ok(Running {
         addr,
-        app,
+        live,
         stop,
         task,
+        admin: None,
+    })
+}
+
+/// Serve the admin API on `listener` until the process ends.
+pub fn serve_admin(listener: TcpListener, admin: Arc<crate::admin::Admin>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     })
 }

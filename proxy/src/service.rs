@@ -63,6 +63,15 @@ impl App {
         })
     }
 
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Failed or timed-out shared-store commands since start.
+    pub fn store_errors(&self) -> u64 {
+        self.store.errors()
+    }
+
     /// Where pool state is kept right now (embedded, shared, or degraded).
     pub fn store_state(&self) -> keyrelay_pool::StoreState {
         self.store.state()
@@ -153,7 +162,13 @@ impl App {
         let mut last: Option<Failure> = None;
         let wait_until = Instant::now() + provider.max_wait;
         while tried.len() < max {
-            let index = match provider.pool.acquire(&tried).await {
+            let asked = Instant::now();
+            let acquired = provider.pool.acquire(&tried).await;
+            self.metrics
+                .store_seconds
+                .with_label_values(&["acquire"])
+                .observe(asked.elapsed().as_secs_f64());
+            let index = match acquired {
                 Acquire::Key(i) => i,
                 Acquire::Wait(d) if Instant::now() + d <= wait_until => {
                     tokio::time::sleep(d).await;
@@ -191,14 +206,17 @@ impl App {
                 Ok(resp) => {
                     let status = resp.status();
                     let outcome = classify(status, resp.headers(), SystemTime::now());
+                    let waited = started.elapsed();
+                    log.upstream_wait(waited);
                     self.metrics
                         .upstream_ttfb
                         .with_label_values(&[&provider.name])
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(waited.as_secs_f64());
+                    provider.observe_remaining(index, resp.headers());
                     self.record_attempt(provider, index, Some(status.as_u16()), &outcome)
                         .await;
                     if !outcome.retryable() {
-                        return self.pass_on(resp, log);
+                        return self.pass_on(provider, resp, log);
                     }
                     tracing::debug!(
                         key = key_name,
@@ -208,6 +226,7 @@ impl App {
                     last = Some(Failure::Answer(resp, outcome));
                 }
                 Err(e) => {
+                    log.upstream_wait(started.elapsed());
                     self.record_attempt(provider, index, None, &Outcome::TransportError)
                         .await;
                     last = Some(Failure::Error(e));
@@ -219,7 +238,7 @@ impl App {
                 // Never pass a refused-key body on: providers echo part of the key in it.
                 log.error(ProxyError::UpstreamRejectedKeys, provider.shape)
             }
-            Some(Failure::Answer(resp, _)) => self.pass_on(resp, log),
+            Some(Failure::Answer(resp, _)) => self.pass_on(provider, resp, log),
             Some(Failure::Error(e)) => log.error(e, provider.shape),
             None => log.error(ProxyError::NoUsableKey, provider.shape),
         }
@@ -251,11 +270,26 @@ impl App {
                 .with_label_values(&[&provider.name, &key.name, outcome.label()])
                 .inc();
         }
+        if let Some(mark) = provider.pool.mark_for(outcome) {
+            let reason = match mark {
+                keyrelay_pool::Mark::Cool { reason, .. }
+                | keyrelay_pool::Mark::Quarantine { reason, .. } => reason,
+            };
+            self.metrics
+                .cooldowns
+                .with_label_values(&[&provider.name, reason])
+                .inc();
+        }
         provider.pool.report(index, status, outcome).await;
     }
 
     /// Stream an upstream answer to the client, head first, body frame by frame.
-    fn pass_on(&self, resp: Response<Incoming>, log: RequestLog) -> Response<ProxyBody> {
+    fn pass_on(
+        &self,
+        provider: &Provider,
+        resp: Response<Incoming>,
+        log: RequestLog,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let sse = parts
@@ -268,7 +302,7 @@ impl App {
                 .headers
                 .insert("x-accel-buffering", HeaderValue::from_static("no"));
         }
-        let hook = log.streaming(parts.status.as_u16());
+        let hook = log.streaming(parts.status.as_u16(), &provider.name);
         Response::from_parts(
             parts,
             ProxyBody::streamed(body, self.upstream.idle_timeout, Some(hook)),

@@ -236,6 +236,8 @@ async fn anthropic_and_gemini_routes_answer_in_their_own_error_shape() {
         r#"
 [server]
 listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
 [[clients]]
 name = "t"
 token = "env:KR_TOKEN"

@@ -50,6 +50,15 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub allow_unauthenticated: bool,
+    /// How long in-flight requests and streams may run on after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// The admin listener: health, readiness, metrics; `/admin/*` only with a token.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +98,7 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// The shared store; `None` runs on the embedded in-memory store.
     pub store: Option<StoreConfig>,
+    pub admin: AdminConfig,
 }
 
 /// Where pool state is shared.

@@ -11,6 +11,14 @@ pub(super) struct RawConfig {
     pub clients: Vec<RawClient>,
     pub providers: Vec<RawProvider>,
     pub store: Option<RawStore>,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +42,7 @@ pub(super) struct RawServer {
     pub max_body_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub allow_unauthenticated: Option<bool>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,6 +11,8 @@ pub(super) mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
     pub const MAX_BODY_BYTES: i64 = 10 * 1024 * 1024;
     pub const HEADER_READ_TIMEOUT: &str = "10s";
+    pub const SHUTDOWN_GRACE: &str = "30s";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9091";
     pub const CONNECT_TIMEOUT: &str = "5s";
     pub const FIRST_BYTE_TIMEOUT: &str = "300s";
     pub const IDLE_TIMEOUT: &str = "120s";
@@ -119,6 +121,7 @@ pub(super) fn validate(
         .store
         .as_ref()
         .and_then(|s| super::store::store(s, env, &mut p));
+    let admin = admin(&raw, env, &mut p);
     if p.0.is_empty() {
         Ok(Config {
             server,
@@ -126,6 +129,7 @@ pub(super) fn validate(
             clients,
             providers,
             store,
+            admin,
         })
     } else {
         Err(ConfigErrors(p.0))
@@ -162,7 +166,43 @@ fn server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
             defaults::HEADER_READ_TIMEOUT,
         ),
         allow_unauthenticated: s.allow_unauthenticated.unwrap_or(false),
+        shutdown_grace: p.duration(
+            "server.shutdown_grace",
+            s.shutdown_grace.as_deref(),
+            defaults::SHUTDOWN_GRACE,
+        ),
     }
+}
+
+fn admin(raw: &RawConfig, env: &dyn Env, p: &mut Problems) -> AdminConfig {
+    let text = raw
+        .admin
+        .listen
+        .as_deref()
+        .unwrap_or(defaults::ADMIN_LISTEN);
+    let listen = text.parse().unwrap_or_else(|_| {
+        p.add(
+            "admin.listen",
+            format!("\"{text}\" is not an address like \"127.0.0.1:9091\""),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let token = raw
+        .admin
+        .token
+        .as_deref()
+        .and_then(|r| match resolve(r, env) {
+            Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
+            Ok(_) => {
+                p.add("admin.token", "one token, not a glob");
+                None
+            }
+            Err(e) => {
+                p.add("admin.token", e);
+                None
+            }
+        });
+    AdminConfig { listen, token }
 }
 
 fn clients(

@@ -17,6 +17,7 @@ use keyrelay_mock::MockUpstream;
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "kr-test-client-token-0123456789";
+pub const ADMIN_TOKEN: &str = "kr-test-admin-token-9876543210";
 pub const KEYS: [&str; 3] = [
     "sk-test-key-AAAAAAAAAAAAAAAA",
     "sk-test-key-BBBBBBBBBBBBBBBB",
@@ -27,6 +28,7 @@ pub const KEYS: [&str; 3] = [
 pub fn env() -> MapEnv {
     MapEnv::default()
         .with("KR_TOKEN", TOKEN)
+        .with("KR_ADMIN", ADMIN_TOKEN)
         .with("KR_KEY_1", KEYS[0])
         .with("KR_KEY_2", KEYS[1])
         .with("KR_KEY_3", KEYS[2])
@@ -44,6 +46,10 @@ listen = "127.0.0.1:0"
 [upstream]
 first_byte_timeout = "5s"
 idle_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "env:KR_ADMIN"
 
 [[clients]]
 name = "tests"

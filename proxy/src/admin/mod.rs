@@ -1,0 +1,197 @@
+//! The admin listener: health, readiness, Prometheus metrics, key status and key actions, config
+//! reload, and a small dashboard. Separate from the proxy port; `/admin/*` needs the admin token.
+
+mod status;
+
+use crate::body::ProxyBody;
+use crate::server::Live;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keyrelay_pool::{KeyAction, Secret};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub use status::{refresh_metrics, rfc3339};
+
+/// Re-reads the config and swaps it in; `Err` carries a message naming every problem.
+pub type Reloader =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the admin handlers need.
+pub struct Admin {
+    live: Arc<Live>,
+    token: Option<[u8; 32]>,
+    reload: Option<Reloader>,
+}
+
+impl Admin {
+    pub fn new(live: Arc<Live>, token: Option<&Secret>, reload: Option<Reloader>) -> Admin {
+        Admin {
+            live,
+            token: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+            reload,
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+        let Some(expected) = &self.token else {
+            return Err(json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "the admin API is off: set [admin] token = \"env:NAME\" to turn it on"}),
+            ));
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        if bool::from(digest.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "missing or wrong admin token"}),
+            ))
+        }
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => {
+                json(StatusCode::OK, serde_json::json!({"status": "alive"}))
+            }
+            (&Method::GET, ["readyz"]) => self.readyz().await,
+            (&Method::GET, ["metrics"]) => {
+                let app = self.live.app();
+                refresh_metrics(&app).await;
+                let mut resp = Response::new(ProxyBody::full(app.metrics().encode()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            (_, ["admin", ..]) => match self.authorized_page(&req, &method, &segments) {
+                Some(resp) => resp,
+                None => self.admin(&method, &segments).await,
+            },
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not found"}),
+            ),
+        }
+    }
+
+    /// The dashboard page itself needs no token (it asks for one); every API call does.
+    fn authorized_page(
+        &self,
+        req: &Request<Incoming>,
+        method: &Method,
+        segments: &[&str],
+    ) -> Option<Response<ProxyBody>> {
+        if method == Method::GET && segments == ["admin"] && self.token.is_some() {
+            let mut resp = Response::new(ProxyBody::full(DASHBOARD));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return Some(resp);
+        }
+        self.authorized(req).err()
+    }
+
+    async fn admin(&self, method: &Method, segments: &[&str]) -> Response<ProxyBody> {
+        match (method, segments) {
+            (&Method::GET, ["admin", "api-keys", "status"]) => {
+                json(StatusCode::OK, status::status_json(&self.live.app()).await)
+            }
+            (&Method::POST, ["admin", "keys", provider, key, action]) => {
+                let action = match *action {
+                    "disable" => KeyAction::Disable,
+                    "enable" => KeyAction::Enable,
+                    "reset" => KeyAction::Reset,
+                    _ => {
+                        return json(
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"error": "actions: disable, enable, reset"}),
+                        )
+                    }
+                };
+                status::act(&self.live.app(), provider, key, action).await
+            }
+            (&Method::POST, ["admin", "reload"]) => match &self.reload {
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "this instance was not started from a config file"}),
+                ),
+                Some(reload) => match reload().await {
+                    Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
+                    Err(e) => json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"reloaded": false, "error": e}),
+                    ),
+                },
+            },
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not found"}),
+            ),
+        }
+    }
+
+    async fn readyz(&self) -> Response<ProxyBody> {
+        let app = self.live.app();
+        let draining = self.live.draining();
+        let mut providers = serde_json::Map::new();
+        let mut all_usable = true;
+        for p in app.routes().providers() {
+            let status = p.pool.status().await;
+            let usable = status
+                .iter()
+                .filter(|k| matches!(k.mode.label(), "ready" | "cooling"))
+                .count();
+            all_usable &= usable > 0;
+            providers.insert(
+                p.name.clone(),
+                serde_json::json!({"usable_keys": usable, "keys": status.len()}),
+            );
+        }
+        let ready = !draining && all_usable;
+        let body = serde_json::json!({
+            "ready": ready,
+            "draining": draining,
+            "store": app.store_state().label(),
+            "providers": providers,
+        });
+        json(
+            if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            body,
+        )
+    }
+}
+
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

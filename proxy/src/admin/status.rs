@@ -1,0 +1,159 @@
+//! Key status as the admin API shows it, key actions, and the per-key gauges refreshed at scrape.
+
+use super::json;
+use crate::body::ProxyBody;
+use crate::service::App;
+use http::{Response, StatusCode};
+use keyrelay_pool::{KeyAction, KeyMode, StoreState};
+use std::time::{Duration, SystemTime};
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T04:05:06.789Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+fn mode_parts(mode: &KeyMode, now: SystemTime) -> (Option<&'static str>, Option<String>) {
+    let until = |d: &Duration| Some(rfc3339(now + *d));
+    match mode {
+        KeyMode::Ready => (None, None),
+        KeyMode::Cooling { remaining, reason } | KeyMode::Quarantined { remaining, reason } => {
+            (Some(reason), until(remaining))
+        }
+        KeyMode::Disabled => (Some("manual"), None),
+    }
+}
+
+/// The `/admin/api-keys/status` document.
+pub async fn status_json(app: &App) -> serde_json::Value {
+    let now = SystemTime::now();
+    let mut pools = Vec::new();
+    for p in app.routes().providers() {
+        let keys = p.pool.status().await;
+        let total_minute: u64 = keys.iter().map(|k| k.used_this_minute).sum();
+        let capacity: u64 = keys.iter().map(|k| u64::from(k.rpm)).sum();
+        let rows: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                let (reason, until) = mode_parts(&k.mode, now);
+                let remaining = p.remaining(k.index);
+                serde_json::json!({
+                    "index": k.index,
+                    "name": k.name,
+                    "fingerprint": k.fingerprint,
+                    "state": k.mode.label(),
+                    "reason": reason,
+                    "until": until,
+                    "requests_this_minute": k.used_this_minute,
+                    "rpm_limit": k.rpm,
+                    "percent_used": (k.used_this_minute as f64 * 100.0 / f64::from(k.rpm.max(1)) * 10.0).round() / 10.0,
+                    "total_requests": k.total,
+                    "last_status": k.last_status,
+                    "remaining_requests": remaining.0,
+                    "remaining_tokens": remaining.1,
+                })
+            })
+            .collect();
+        pools.push(serde_json::json!({
+            "provider": p.name,
+            "route": p.route,
+            "strategy": p.pool.spec().strategy.as_str(),
+            "total_requests_this_minute": total_minute,
+            "capacity": capacity,
+            "keys": rows,
+        }));
+    }
+    serde_json::json!({
+        "timestamp": rfc3339(now),
+        "store": app.store_state().label(),
+        "pools": pools,
+    })
+}
+
+/// Apply an operator action to `provider`'s key named by name, fingerprint or index.
+pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Response<ProxyBody> {
+    let Some(p) = app.routes().providers().iter().find(|p| p.name == provider) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such provider"}),
+        );
+    };
+    let keys = &p.pool.spec().keys;
+    let index = keys
+        .iter()
+        .position(|k| k.name == key || k.fingerprint == key)
+        .or_else(|| key.parse::<usize>().ok().filter(|i| *i < keys.len()));
+    let Some(index) = index else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such key"}),
+        );
+    };
+    p.pool.act(index, action).await;
+    let status = p.pool.status().await;
+    let state = status.get(index).map_or("unknown", |s| s.mode.label());
+    tracing::info!(provider, key = %keys[index].name, action = ?action, state, "operator action");
+    json(
+        StatusCode::OK,
+        serde_json::json!({"provider": provider, "key": keys[index].name, "fingerprint": keys[index].fingerprint, "state": state}),
+    )
+}
+
+/// Bring the per-key and store gauges up to date; called on each scrape.
+pub async fn refresh_metrics(app: &App) {
+    let m = app.metrics();
+    for p in app.routes().providers() {
+        for k in p.pool.status().await {
+            for state in ["ready", "cooling", "quarantined", "disabled"] {
+                m.key_state
+                    .with_label_values(&[&p.name, &k.name, state])
+                    .set(i64::from(k.mode.label() == state));
+            }
+            m.key_requests_minute
+                .with_label_values(&[&p.name, &k.name])
+                .set(i64::try_from(k.used_this_minute).unwrap_or(i64::MAX));
+            m.key_rpm_limit
+                .with_label_values(&[&p.name, &k.name])
+                .set(i64::from(k.rpm));
+        }
+    }
+    m.store_degraded
+        .set(i64::from(app.store_state() == StoreState::Degraded));
+    let errors = app.store_errors();
+    let seen = m.store_errors.get();
+    if errors > seen {
+        m.store_errors.inc_by(errors - seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_320_306_789);
+        assert_eq!(rfc3339(t), "2026-11-22T04:05:06.789Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
