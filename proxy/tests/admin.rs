@@ -1,0 +1,324 @@
+//! The admin listener: health, readiness, metrics, key status and actions, reload and drain.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use keyrelay_mock::Reply as Script;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn admin_url(h: &Harness, path: &str) -> String {
+    format!("http://{}{path}", h.proxy.admin_addr().unwrap())
+}
+
+async fn admin(h: &Harness, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut b = Request::builder().method(method).uri(admin_url(h, path));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    h.send(b.body(Full::default()).unwrap()).await
+}
+
+async fn status(h: &Harness) -> serde_json::Value {
+    let r = admin(h, "GET", "/admin/api-keys/status", Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn key_state(doc: &serde_json::Value, index: usize) -> String {
+    doc["pools"][0]["keys"][index]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn assert_no_secret(text: &str) {
+    for secret in KEYS.iter().chain([&TOKEN, &ADMIN_TOKEN]) {
+        for frag in secret.as_bytes().windows(12) {
+            let frag = std::str::from_utf8(frag).unwrap();
+            assert!(!text.contains(frag), "secret fragment {frag:?} in:\n{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let h = Harness::start("").await;
+    assert_eq!(admin(&h, "GET", "/healthz", None).await.status, 200);
+    let ready = admin(&h, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["store"], "embedded");
+    h.mock
+        .set(KEYS[0], Script::rate_limited(&[("retry-after", "30")]));
+    for _ in 0..3 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    assert_eq!(
+        h.send(post(
+            &h.url("/v1/chat/completions"),
+            &[("authorization", "Bearer wrong")],
+            CHAT
+        ))
+        .await
+        .status,
+        401
+    );
+    let m = admin(&h, "GET", "/metrics", None).await;
+    assert_eq!(m.status, 200);
+    assert!(m.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = m.text();
+    for expected in [
+        r#"keyrelay_requests_total{provider="openai",status="2xx"} 3"#,
+        r#"keyrelay_upstream_attempts_total{key="KR_KEY_1",outcome="rate_limited",provider="openai"} 1"#,
+        r#"keyrelay_retries_total{provider="openai",reason="rate_limited"} 1"#,
+        r#"keyrelay_cooldowns_total{provider="openai",reason="rate_limited"} 1"#,
+        r#"keyrelay_key_state{key="KR_KEY_1",provider="openai",state="cooling"} 1"#,
+        r#"keyrelay_key_rpm_limit{key="KR_KEY_2",provider="openai"} 10000"#,
+        r#"keyrelay_client_auth_failures_total{reason="invalid"} 1"#,
+        "keyrelay_store_degraded 0",
+        "keyrelay_upstream_ttfb_seconds_bucket",
+        "keyrelay_proxy_added_seconds_bucket",
+        "keyrelay_store_seconds_bucket",
+        "keyrelay_in_flight_requests 0",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert_no_secret(&text);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_token() {
+    let h = Harness::start("").await;
+    for (method, path) in [
+        ("GET", "/admin/api-keys/status"),
+        ("POST", "/admin/keys/openai/KR_KEY_1/disable"),
+        ("POST", "/admin/reload"),
+    ] {
+        assert_eq!(admin(&h, method, path, None).await.status, 401, "{path}");
+        assert_eq!(
+            admin(&h, method, path, Some("wrong")).await.status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            admin(&h, method, path, Some(TOKEN)).await.status,
+            401,
+            "client token on {path}"
+        );
+    }
+    assert_eq!(
+        key_state(&status(&h).await, 0),
+        "ready",
+        "nothing was disabled"
+    );
+    let page = admin(&h, "GET", "/admin", None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<table") || page.text().contains("keyrelay"));
+}
+
+#[tokio::test]
+async fn admin_routes_are_off_without_a_token() {
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let text = config_text(&mock.url(), "", "").replace("token = \"env:KR_ADMIN\"\n", "");
+    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
+        .await
+        .unwrap();
+    let client = http_client();
+    let url = format!(
+        "http://{}/admin/api-keys/status",
+        proxy.admin_addr().unwrap()
+    );
+    let r = send(
+        &client,
+        Request::get(&url)
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("admin API is off"), "{}", r.text());
+    let health = send(
+        &client,
+        Request::get(format!("http://{}/healthz", proxy.admin_addr().unwrap()))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test]
+async fn status_shows_a_cooldown_and_reset_clears_it() {
+    let h = Harness::start(r#"strategy = "round-robin""#).await;
+    h.mock.set(
+        KEYS[0],
+        Script::rate_limited(&[
+            ("retry-after", "30"),
+            ("x-ratelimit-remaining-requests", "0"),
+        ]),
+    );
+    assert_eq!(h.chat(CHAT).await.status, 200);
+    let doc = status(&h).await;
+    assert!(doc["timestamp"].as_str().unwrap().ends_with('Z'));
+    let pool = &doc["pools"][0];
+    assert_eq!(pool["provider"], "openai");
+    assert_eq!(pool["capacity"], 30_000);
+    assert_eq!(pool["total_requests_this_minute"], 2);
+    let k0 = &pool["keys"][0];
+    assert_eq!(k0["name"], "KR_KEY_1");
+    assert_eq!(k0["fingerprint"], keyrelay_pool::fingerprint(KEYS[0]));
+    assert_eq!(k0["state"], "cooling");
+    assert_eq!(k0["reason"], "rate_limited");
+    assert!(k0["until"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(k0["last_status"], 429);
+    assert_eq!(k0["remaining_requests"], 0);
+    assert_eq!(k0["requests_this_minute"], 1);
+    assert_eq!(pool["keys"][1]["state"], "ready");
+    assert_no_secret(&doc.to_string());
+
+    let r = admin(
+        &h,
+        "POST",
+        "/admin/keys/openai/KR_KEY_1/reset",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "ready");
+    assert_eq!(key_state(&status(&h).await, 0), "ready");
+    h.mock.set(KEYS[0], Script::Normal);
+    let before = h.mock.calls(KEYS[0]);
+    for _ in 0..3 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    assert_eq!(h.mock.calls(KEYS[0]), before + 1, "reset key serves again");
+    assert_eq!(
+        admin(
+            &h,
+            "POST",
+            "/admin/keys/openai/nope/reset",
+            Some(ADMIN_TOKEN)
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        admin(
+            &h,
+            "POST",
+            "/admin/keys/nope/KR_KEY_1/reset",
+            Some(ADMIN_TOKEN)
+        )
+        .await
+        .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn disable_takes_a_key_out_until_enabled_and_readiness_follows() {
+    let h = Harness::start("").await;
+    let fp = keyrelay_pool::fingerprint(KEYS[1]);
+    assert_eq!(
+        admin(
+            &h,
+            "POST",
+            &format!("/admin/keys/openai/{fp}/disable"),
+            Some(ADMIN_TOKEN)
+        )
+        .await
+        .json()["state"],
+        "disabled"
+    );
+    for _ in 0..6 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    assert_eq!(h.mock.calls(KEYS[1]), 0, "disabled key used");
+    for k in ["0", "2"] {
+        admin(
+            &h,
+            "POST",
+            &format!("/admin/keys/openai/{k}/disable"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    }
+    let ready = admin(&h, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["providers"]["openai"]["usable_keys"], 0);
+    let r = h.chat(CHAT).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "no_usable_key");
+    admin(
+        &h,
+        "POST",
+        "/admin/keys/openai/KR_KEY_2/enable",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(admin(&h, "GET", "/readyz", None).await.status, 200);
+    assert_eq!(h.chat(CHAT).await.status, 200);
+    assert_eq!(h.mock.calls(KEYS[1]), 1);
+}
+
+#[tokio::test]
+async fn drain_lets_a_stream_finish_and_refuses_new_connections() {
+    let h = Harness::start("").await;
+    let req = post(
+        &h.url("/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("x-mock-chunks", "5"),
+            ("x-mock-delay-ms", "1000"),
+        ],
+        CHAT_STREAM,
+    );
+    let resp = h.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let addr = h.proxy.addr();
+    let admin_addr = h.proxy.admin_addr().unwrap();
+    let live = h.proxy.live().clone();
+    let started = Instant::now();
+    let Harness {
+        proxy,
+        mock,
+        client,
+    } = h;
+    let drain = tokio::spawn(proxy.shutdown(Duration::from_secs(30)));
+    assert!(eventually(Duration::from_secs(1), || live.draining()).await);
+    let ready = send(
+        &client,
+        Request::get(format!("http://{admin_addr}/readyz"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        ready.status, 503,
+        "readiness must fail at once when draining"
+    );
+    let refused = eventually(Duration::from_secs(2), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(refused, "new connections still accepted while draining");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut by the drain: {text}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("drain did not finish")
+        .unwrap();
+    drop(mock);
+}
