@@ -153,6 +153,7 @@ impl RequestLog {
             attempts = self.attempts,
             end,
             bytes,
+            upstream_ms = self.upstream_wait.as_millis() as u64,
             ms = self.started.elapsed().as_millis() as u64,
             "request"
         );

@@ -322,3 +322,173 @@ async fn drain_lets_a_stream_finish_and_refuses_new_connections() {
         .unwrap();
     drop(mock);
 }
+
+/// A config file whose keys are `file:` secrets, so the test needs no process environment.
+fn write_config(
+    dir: &std::path::Path,
+    mock_url: &str,
+    keys: &[usize],
+    extra: &str,
+) -> std::path::PathBuf {
+    for (i, k) in KEYS.iter().enumerate() {
+        std::fs::write(dir.join(format!("key{i}")), k).unwrap();
+    }
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    std::fs::write(dir.join("admin"), ADMIN_TOKEN).unwrap();
+    let list: Vec<String> = keys
+        .iter()
+        .map(|i| {
+            format!(
+                "{{ name = \"k{i}\", secret = \"file:{}\" }}",
+                dir.join(format!("key{i}")).display()
+            )
+        })
+        .collect();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"file:{admin}\"\n[[clients]]\nname = \"t\"\ntoken = \"file:{token}\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{mock_url}/v1\"\nstrategy = \"round-robin\"\nkeys = [{keys}]\n{extra}",
+        admin = dir.join("admin").display(),
+        token = dir.join("token").display(),
+        keys = list.join(", "),
+    );
+    let path = dir.join("keyrelay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_keys_under_load_without_failures() {
+    let dir = std::env::temp_dir().join(format!("keyrelay-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let path = write_config(&dir, &mock.url(), &[0, 1], "");
+    let proxy = keyrelay::start_from_file(path.clone()).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
+    let admin_base = format!("http://{}", proxy.admin_addr().unwrap());
+
+    // Steady traffic for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let load = tokio::spawn(async move {
+        let client = http_client();
+        let mut statuses = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            statuses.push(
+                send(
+                    &client,
+                    post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
+                )
+                .await
+                .status
+                .as_u16(),
+            );
+        }
+        statuses
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || mock.calls(KEYS[0]) > 3
+            && mock.calls(KEYS[1]) > 3)
+        .await
+    );
+
+    // Add key 2, remove key 0.
+    write_config(&dir, &mock.url(), &[1, 2], "");
+    let client = http_client();
+    let reload = |token: &str| {
+        Request::post(format!("{admin_base}/admin/reload"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    let r = send(&client, reload(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let k0_at_reload = mock.calls(KEYS[0]);
+    assert!(
+        eventually(Duration::from_secs(2), || mock.calls(KEYS[2]) > 3).await,
+        "added key never served"
+    );
+    assert!(
+        mock.calls(KEYS[0]) <= k0_at_reload + 1,
+        "removed key kept getting requests"
+    );
+
+    // An invalid config is refused, named, and the running one keeps serving.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path).unwrap().replace(
+            "strategy = \"round-robin\"",
+            "strategy = \"random\"\nrpm = 0",
+        ),
+    )
+    .unwrap();
+    let r = send(&client, reload(ADMIN_TOKEN)).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("providers[0].strategy") && r.text().contains("providers[0].rpm"),
+        "{}",
+        r.text()
+    );
+    let k2 = mock.calls(KEYS[2]);
+    assert!(
+        eventually(Duration::from_secs(2), || mock.calls(KEYS[2]) > k2 + 3).await,
+        "old config stopped serving"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = load.await.unwrap();
+    assert!(statuses.len() > 20);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "failed requests during reload: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    let metrics = send(
+        &client,
+        Request::get(format!("{admin_base}/metrics"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains(r#"keyrelay_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keyrelay_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn metrics_exposition_passes_promtool() {
+    let h = Harness::start("").await;
+    h.mock.set(KEYS[2], Script::status(401));
+    for _ in 0..4 {
+        h.chat(CHAT).await;
+    }
+    let text = admin(&h, "GET", "/metrics", None).await.text();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool could not run (Debian package prometheus; .ci/run installs it): {e}")
+        });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
