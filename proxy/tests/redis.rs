@@ -425,3 +425,103 @@ async fn cluster_shares_rotation_cooldowns_and_limits() {
     assert_eq!(fleet.mock.calls(KEYS[2]), 8);
     assert_no_secret_in(&cluster.dump());
 }
+
+async fn admin_call(fleet: &Fleet, i: usize, method: &str, path: &str) -> Reply {
+    let url = format!("http://{}{path}", fleet.instances[i].admin_addr().unwrap());
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    send(&http_client(), req).await
+}
+
+#[tokio::test]
+async fn admin_status_and_actions_act_on_every_instance() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(
+        2,
+        &format!("url = \"{}\"", redis.url()),
+        r#"strategy = "round-robin""#,
+    )
+    .await;
+    fleet
+        .mock
+        .set(KEYS[0], Script::rate_limited(&[("retry-after", "60")]));
+    assert_eq!(fleet.chat(0).await.status, 200);
+    // Instance 1 never saw the 429, yet shows the cooldown.
+    let doc = admin_call(&fleet, 1, "GET", "/admin/api-keys/status")
+        .await
+        .json();
+    assert_eq!(doc["store"], "shared");
+    let k0 = &doc["pools"][0]["keys"][0];
+    assert_eq!(k0["state"], "cooling", "{doc}");
+    assert_eq!(k0["reason"], "rate_limited");
+    assert_eq!(doc["pools"][0]["total_requests_this_minute"], 2);
+    // A reset on instance 1 frees the key for instance 0.
+    fleet.mock.set(KEYS[0], Script::Normal);
+    let r = admin_call(&fleet, 1, "POST", "/admin/keys/openai/KR_KEY_1/reset").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = admin_call(&fleet, 0, "GET", "/admin/api-keys/status")
+        .await
+        .json();
+    assert_eq!(doc["pools"][0]["keys"][0]["state"], "ready", "{doc}");
+    let before = fleet.mock.calls(KEYS[0]);
+    for _ in 0..3 {
+        assert_eq!(fleet.chat(0).await.status, 200);
+    }
+    assert_eq!(fleet.mock.calls(KEYS[0]), before + 1);
+    // Disable on instance 0 holds on instance 1.
+    admin_call(&fleet, 0, "POST", "/admin/keys/openai/KR_KEY_2/disable").await;
+    let before = fleet.mock.calls(KEYS[1]);
+    for _ in 0..6 {
+        assert_eq!(fleet.chat(1).await.status, 200);
+    }
+    assert_eq!(
+        fleet.mock.calls(KEYS[1]),
+        before,
+        "key disabled on instance 0 used by instance 1"
+    );
+    let doc = admin_call(&fleet, 1, "GET", "/admin/api-keys/status")
+        .await
+        .json();
+    assert_eq!(doc["pools"][0]["keys"][1]["state"], "disabled");
+    admin_call(&fleet, 1, "POST", "/admin/keys/openai/KR_KEY_2/enable").await;
+    let doc = admin_call(&fleet, 0, "GET", "/admin/api-keys/status")
+        .await
+        .json();
+    assert_eq!(doc["pools"][0]["keys"][1]["state"], "ready");
+    let ready = admin_call(&fleet, 0, "GET", "/readyz").await;
+    assert_eq!(ready.json()["store"], "shared");
+    assert_no_secret_in(&redis.dump());
+}
+
+#[tokio::test]
+async fn degraded_shows_on_readiness_and_metrics() {
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::start(1, &format!("url = \"{}\"", redis.url()), "").await;
+    redis.kill();
+    assert_eq!(fleet.chat(0).await.status, 200);
+    assert!(
+        fleet
+            .wait_state(StoreState::Degraded, Duration::from_secs(5))
+            .await
+    );
+    let ready = admin_call(&fleet, 0, "GET", "/readyz").await;
+    assert_eq!(ready.json()["store"], "degraded");
+    let metrics = admin_call(&fleet, 0, "GET", "/metrics").await.text();
+    assert!(metrics.contains("keyrelay_store_degraded 1"), "{metrics}");
+    assert!(
+        !metrics.contains("keyrelay_store_errors_total 0"),
+        "{metrics}"
+    );
+    redis.restart();
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await
+    );
+    let metrics = admin_call(&fleet, 0, "GET", "/metrics").await.text();
+    assert!(metrics.contains("keyrelay_store_degraded 0"), "{metrics}");
+}
