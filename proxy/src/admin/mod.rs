@@ -38,9 +38,10 @@ impl Admin {
         }
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+    /// The refusal for a request without the right admin token, if it lacks it.
+    fn rejection(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
         let Some(expected) = &self.token else {
-            return Err(json(
+            return Some(json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "the admin API is off: set [admin] token = \"env:NAME\" to turn it on"}),
             ));
@@ -53,9 +54,9 @@ impl Admin {
             .unwrap_or_default();
         let digest: [u8; 32] = Sha256::digest(presented).into();
         if bool::from(digest.ct_eq(expected)) {
-            Ok(())
+            None
         } else {
-            Err(json(
+            Some(json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"error": "missing or wrong admin token"}),
             ))
@@ -107,7 +108,7 @@ impl Admin {
             );
             return Some(resp);
         }
-        self.authorized(req).err()
+        self.rejection(req)
     }
 
     async fn admin(&self, method: &Method, segments: &[&str]) -> Response<ProxyBody> {

@@ -1,0 +1,200 @@
+//! The docker-compose topology as plain processes: two keyrelay binaries on one Redis, scraped
+//! by a real Prometheus, queried through its HTTP API. Plus the compose configs themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use http::Request;
+use http_body_util::Full;
+use keyrelay::config::{Config, MapEnv};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::redis::{free_port, RedisServer};
+use support::*;
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn deploy_configs_are_valid() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let live = std::fs::read_to_string(format!("{root}/keyrelay.toml")).unwrap();
+    let env = MapEnv::default()
+        .with("KEYRELAY_TOKEN_MY_APP", "t")
+        .with("KEYRELAY_ADMIN_TOKEN", "a")
+        .with("OPENAI_API_KEY_1", "k1");
+    let c = Config::from_toml_str(&live, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.store.unwrap().display, "redis:6379");
+    let demo = std::fs::read_to_string(format!("{root}/demo.toml")).unwrap();
+    let env = MapEnv::default()
+        .with("KEYRELAY_DEMO_TOKEN", "t")
+        .with("KEYRELAY_ADMIN_TOKEN", "a")
+        .with("DEMO_KEY_1", "demo-key-1")
+        .with("DEMO_KEY_2", "demo-key-2")
+        .with("DEMO_KEY_3", "demo-key-3");
+    let c = Config::from_toml_str(&demo, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.providers[0].keys.len(), 3);
+}
+
+async fn get(url: &str) -> Option<Reply> {
+    let req = Request::get(url).body(Full::default()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(2), http_client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .ok()?
+        .to_bytes();
+    Some(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+async fn wait_ok(url: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if get(url).await.is_some_and(|r| r.status == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_scraped_by_prometheus() {
+    let redis = RedisServer::start();
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrelay-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut instances = Vec::new();
+    let mut admin_ports = Vec::new();
+    for i in 0..2 {
+        let (port, admin) = (free_port(), free_port());
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\n",
+            mock.url(),
+            redis.url()
+        );
+        let path = dir.join(format!("k{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .arg("--config")
+            .arg(&path)
+            .current_dir(&dir)
+            .env("KR_TOKEN", TOKEN)
+            .env("KR_ADMIN", ADMIN_TOKEN)
+            .env("KR_KEY_1", KEYS[0])
+            .env("KR_KEY_2", KEYS[1])
+            .env("KEYRELAY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        instances.push((Proc(child), port));
+        admin_ports.push(admin);
+    }
+    for admin in &admin_ports {
+        wait_ok(
+            &format!("http://127.0.0.1:{admin}/readyz"),
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let client = http_client();
+    for (i, (_, port)) in instances.iter().enumerate() {
+        for _ in 0..=i {
+            let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+            assert_eq!(
+                send(
+                    &client,
+                    post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
+                )
+                .await
+                .status,
+                200
+            );
+        }
+    }
+
+    let prom_port = free_port();
+    let targets: Vec<String> = admin_ports
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: keyrelay\n    static_configs:\n      - targets: [{}]\n", targets.join(", ")),
+    )
+    .unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "prometheus could not start (Debian package prometheus; .ci/run installs it): {e}"
+            )
+        });
+    let _prometheus = Proc(prometheus);
+    wait_ok(
+        &format!("http://127.0.0.1:{prom_port}/-/ready"),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let query = format!(
+        "http://127.0.0.1:{prom_port}/api/v1/query?query=keyrelay_requests_total%7Bstatus%3D%222xx%22%7D"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let values = loop {
+        if let Some(r) = get(&query).await {
+            let v = r.json();
+            let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            if results.len() == 2 {
+                let mut values: Vec<String> = results
+                    .iter()
+                    .map(|s| s["value"][1].as_str().unwrap().to_owned())
+                    .collect();
+                values.sort();
+                break values;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped both instances"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(values, ["1", "2"], "per-instance request counts as scraped");
+    // Both instances share one pool: Redis counted all three requests.
+    let counted: usize = redis
+        .cli(&["--scan", "--pattern", "keyrelay:{openai}:w:*"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|k| redis.cli(&["ZCARD", k]).trim().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(counted, 3);
+    drop(instances);
+    let _ = std::fs::remove_dir_all(&dir);
+}
