@@ -26,6 +26,7 @@ pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
             header_read_timeout: Duration::from_secs(10),
             allow_unauthenticated: false,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         },
         upstream: UpstreamConfig {
             connect_timeout: Duration::from_secs(5),

@@ -144,6 +144,7 @@ pub fn serve(
                     let Ok((stream, _peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
                     let live = served.clone();
+                    let tls = live.app().tls().cloned();
                     let service = service_fn(move |req| {
                         let app = live.app();
                         async move { Ok::<_, Infallible>(app.handle(req).await) }
@@ -151,8 +152,17 @@ pub fn serve(
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn).await {
+                        let result = match tls {
+                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                            Some(acceptor) => {
+                                // The handshake shares the header timeout: a silent client cannot hold it open.
+                                let Ok(Ok(tls)) = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await else {
+                                    return;
+                                };
+                                watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await
+                            }
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });

@@ -24,6 +24,7 @@ use tracing::Instrument;
 /// Everything a request needs, built once at start-up.
 pub struct App {
     store: Arc<dyn Store>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
     auth: ClientAuth,
     client: UpstreamClient,
@@ -54,6 +55,11 @@ impl App {
         Ok(App {
             routes: Routes::new(config, store.clone())?,
             store,
+            tls: config
+                .server
+                .tls
+                .clone()
+                .map(tokio_rustls::TlsAcceptor::from),
             auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
             client: upstream::client(&config.upstream),
             upstream: config.upstream.clone(),
@@ -61,6 +67,11 @@ impl App {
             metrics,
             ids: RequestIds::new(),
         })
+    }
+
+    /// The listener's TLS acceptor, if TLS is configured (swapped with the config on reload).
+    pub fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

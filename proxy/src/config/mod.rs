@@ -8,6 +8,7 @@ mod keys;
 mod raw;
 mod secrets;
 mod store;
+mod tls;
 mod validate;
 
 use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// How long in-flight requests and streams may run on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// TLS for the proxy listener, when `tls_cert` and `tls_key` are set.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// The admin listener: health, readiness, metrics; `/admin/*` only with a token.

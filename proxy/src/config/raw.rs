@@ -43,6 +43,8 @@ pub(super) struct RawServer {
     pub header_read_timeout: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

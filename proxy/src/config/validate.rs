@@ -71,7 +71,13 @@ pub(super) fn validate(
     for path in unknown {
         p.add(path, "unknown field");
     }
-    let server = server(&raw, &mut p);
+    let mut server = server(&raw, &mut p);
+    server.tls = super::tls::tls(
+        raw.server.tls_cert.as_deref(),
+        raw.server.tls_key.as_deref(),
+        env,
+        &mut p,
+    );
     let upstream = UpstreamConfig {
         connect_timeout: p.duration(
             "upstream.connect_timeout",
@@ -171,6 +177,7 @@ fn server(raw: &RawConfig, p: &mut Problems) -> ServerConfig {
             s.shutdown_grace.as_deref(),
             defaults::SHUTDOWN_GRACE,
         ),
+        tls: None,
     }
 }
 

@@ -1,0 +1,84 @@
+//! `[server] tls_cert` / `tls_key`: optional TLS on the proxy listener, read and checked at load
+//! (and so again at each reload).
+
+use super::secrets::resolve;
+use super::validate::Problems;
+use super::Env;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+
+/// Build the listener's TLS config from `file:` (or `env:`) references to PEM, or report why not.
+pub(super) fn tls(
+    cert: Option<&str>,
+    key: Option<&str>,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            p.add(
+                "server.tls_key",
+                "missing; tls_cert and tls_key go together",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            p.add(
+                "server.tls_cert",
+                "missing; tls_cert and tls_key go together",
+            );
+            return None;
+        }
+    };
+    let read = |path: &str, r: &str, p: &mut Problems| match resolve(r, env) {
+        Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
+        Ok(_) => {
+            p.add(path, "one file, not a glob");
+            None
+        }
+        Err(e) => {
+            p.add(path, e);
+            None
+        }
+    };
+    let cert_pem = read("server.tls_cert", cert, p);
+    let key_pem = read("server.tls_key", key, p);
+    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.expose().as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+    if certs.is_empty() {
+        p.add("server.tls_cert", "no PEM certificate found");
+        return None;
+    }
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()) else {
+        p.add("server.tls_key", "no PEM private key found");
+        return None;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let built = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|e| e.to_string())
+        });
+    match built {
+        Ok(mut config) => {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(config))
+        }
+        Err(e) => {
+            p.add(
+                "server.tls_key",
+                format!("does not match the certificate: {e}"),
+            );
+            None
+        }
+    }
+}

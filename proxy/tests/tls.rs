@@ -1,0 +1,225 @@
+//! TLS on the proxy listener: self-signed certificates made by the test, HTTP/1.1 and HTTP/2 by
+//! ALPN, certificates swapped by a reload.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use support::*;
+
+struct Cert {
+    cert: String,
+    der: Vec<u8>,
+    key: String,
+}
+
+fn self_signed() -> Cert {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    Cert {
+        cert: c.cert.pem(),
+        der: c.cert.der().to_vec(),
+        key: c.key_pair.serialize_pem(),
+    }
+}
+
+fn write(dir: &Path, name: &str, c: &Cert) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, &c.cert).unwrap();
+    std::fs::write(&key, &c.key).unwrap();
+    (cert, key)
+}
+
+/// A client trusting only `c`.
+fn client_trusting(
+    c: &Cert,
+    h2: bool,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+fn chat_req(port: u16) -> Request<Full<Bytes>> {
+    post(
+        &format!("https://localhost:{port}/v1/chat/completions"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        CHAT,
+    )
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyrelay-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn serves_https_on_http1_and_http2() {
+    let dir = tempdir("serve");
+    let c = self_signed();
+    let (cert, key) = write(&dir, "a", &c);
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let text = config_text(
+        &mock.url(),
+        "",
+        &format!(
+            "tls_cert = \"file:{}\"\ntls_key = \"file:{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
+        .await
+        .unwrap();
+    let port = proxy.addr().port();
+    for h2 in [false, true] {
+        let resp = client_trusting(&c, h2)
+            .request(chat_req(port))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let want = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(resp.version(), want);
+    }
+    assert_eq!(mock.total_calls(), 2);
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = http_client()
+        .request(post(
+            &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            CHAT,
+        ))
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+    assert_eq!(mock.total_calls(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bad_tls_settings_are_named() {
+    let dir = tempdir("bad");
+    let c = self_signed();
+    let (cert, _) = write(&dir, "a", &c);
+    let mock_url = "http://127.0.0.1:1";
+    let text = config_text(
+        mock_url,
+        "",
+        &format!("tls_cert = \"file:{}\"", cert.display()),
+    );
+    let e = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap_err();
+    assert!(e.mentions("server.tls_key: missing"), "{e}");
+    let text = config_text(
+        mock_url,
+        "",
+        &format!(
+            "tls_cert = \"file:{0}\"\ntls_key = \"file:{0}\"",
+            cert.display()
+        ),
+    );
+    let e = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap_err();
+    assert!(
+        e.mentions("server.tls_key: no PEM private key found"),
+        "{e}"
+    );
+    let text = config_text(
+        mock_url,
+        "",
+        "tls_cert = \"file:/nonexistent.crt\"\ntls_key = \"file:/nonexistent.key\"",
+    );
+    let e = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap_err();
+    assert!(
+        e.mentions("server.tls_cert: cannot read secret file /nonexistent.crt"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn reload_swaps_the_certificate() {
+    let dir = tempdir("reload");
+    let (a, b) = (self_signed(), self_signed());
+    let (cert, key) = write(&dir, "live", &a);
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    for (i, k) in KEYS.iter().enumerate() {
+        std::fs::write(dir.join(format!("key{i}")), k).unwrap();
+    }
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"file:{}\"\ntls_key = \"file:{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"t\"\ntoken = \"file:{}\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = [{{ secret = \"file:{}\" }}]\n",
+        cert.display(),
+        key.display(),
+        dir.join("token").display(),
+        mock.url(),
+        dir.join("key0").display()
+    );
+    let path = dir.join("keyrelay.toml");
+    std::fs::write(&path, text).unwrap();
+    let proxy = keyrelay::start_from_file(path.clone()).await.unwrap();
+    let port = proxy.addr().port();
+    assert_eq!(
+        client_trusting(&a, false)
+            .request(chat_req(port))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        client_trusting(&b, false)
+            .request(chat_req(port))
+            .await
+            .is_err(),
+        "b trusted before the swap"
+    );
+    write(&dir, "live", &b);
+    keyrelay::reload_from(proxy.live(), &path).unwrap();
+    assert_eq!(
+        client_trusting(&b, false)
+            .request(chat_req(port))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        client_trusting(&a, false)
+            .request(chat_req(port))
+            .await
+            .is_err(),
+        "old certificate still served"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
