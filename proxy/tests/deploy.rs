@@ -7,6 +7,7 @@ mod support;
 use http::Request;
 use http_body_util::Full;
 use keyrelay::config::{Config, MapEnv};
+use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::redis::{free_port, RedisServer};
@@ -196,5 +197,135 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
         .sum();
     assert_eq!(counted, 3);
     drop(instances);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrelay-signals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = |keys: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"signals-app\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"{keys}\"\n",
+            mock.url()
+        )
+    };
+    let path = dir.join("keyrelay.toml");
+    std::fs::write(&path, config("env:KR_KEY_1")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args(["--log-json", "--config"])
+        .arg(&path)
+        .current_dir(&dir)
+        .env("KR_TOKEN", TOKEN)
+        .env("KR_ADMIN", ADMIN_TOKEN)
+        .env("KR_KEY_1", KEYS[0])
+        .env("KR_KEY_2", KEYS[1])
+        .env("KEYRELAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let pid = proc.0.id().to_string();
+    wait_ok(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let status = || async {
+        let req = Request::get(format!("http://127.0.0.1:{admin}/admin/api-keys/status"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::default())
+            .unwrap();
+        send(&http_client(), req).await.json()["pools"][0]["keys"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(status().await, 1);
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    assert_eq!(
+        send(
+            &http_client(),
+            post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
+        )
+        .await
+        .status,
+        200
+    );
+
+    std::fs::write(&path, config("env:KR_KEY_*")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status().await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the config"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A slow stream is in flight when SIGTERM arrives: it finishes, then the process exits 0.
+    let stream = post(
+        &url,
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("x-mock-chunks", "3"),
+            ("x-mock-delay-ms", "700"),
+        ],
+        CHAT_STREAM,
+    );
+    let resp = http_client().request(stream).await.unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"),
+        "stream cut by the drain"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keyrelay did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(proc.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let access: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "keyrelay::access")
+        .collect();
+    assert_eq!(access.len(), 2, "one access line per request:\n{stderr}");
+    let f = &access[0]["fields"];
+    assert_eq!(f["client"], "signals-app");
+    assert_eq!(f["provider"], "openai");
+    assert_eq!(f["key"], "KR_KEY_1");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["attempts"], 1);
+    assert!(f["id"].is_string() && f["bytes"].as_u64().unwrap() > 0 && f["upstream_ms"].is_u64());
+    for secret in [TOKEN, KEYS[0], KEYS[1], ADMIN_TOKEN] {
+        assert!(!stderr.contains(&secret[..12]), "secret in the logs");
+    }
+    assert!(stderr.contains("configuration reloaded"));
     let _ = std::fs::remove_dir_all(&dir);
 }
