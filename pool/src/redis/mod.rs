@@ -113,7 +113,8 @@ impl Prepared {
                 [
                     k.rpm.to_string(),
                     k.weight.to_string(),
-                    k.fingerprint.clone(),
+                    format!("m:{}", k.fingerprint),
+                    format!("t:{}", k.fingerprint),
                 ]
             })
             .collect();
@@ -322,6 +323,10 @@ impl RedisStore {
         let mut cmd = prepared.acquire_head.clone();
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         cmd.arg(format!("{:x}.{nonce:x}", self.nonce_prefix));
+        // Rotation start for ties under least-loaded and weighted, which need no shared cursor.
+        cmd.arg(nonce % spec.keys.len().max(1) as u64);
+        // Trim expired window entries on one call in 16 (they are never counted anyway).
+        cmd.arg(u8::from(nonce % 16 == 0));
         cmd.arg(&prepared.acquire_tail);
         let mut list = String::with_capacity(2 + tried.len() * 3);
         list.push(',');
