@@ -300,21 +300,45 @@ async fn finish(stop: Arc<AtomicBool>, handle: tokio::task::JoinHandle<Vec<(u16,
     );
 }
 
-#[tokio::test]
-async fn redis_killed_and_restarted_fails_nothing() {
+/// The ways Redis goes away during a steady stream of requests.
+#[derive(Clone, Copy)]
+enum Outage {
+    KillAndRestart,
+    Freeze,
+    ClientPause,
+}
+
+/// Run `outage` under steady traffic on two instances: no request may fail or outlast the
+/// command timeout plus a margin, and the store must degrade and recover by itself.
+async fn outage_fails_nothing(outage: Outage) -> (Fleet, RedisServer) {
     let mut redis = RedisServer::start();
     let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
     let (stop, handle) = steady(&fleet);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    redis.kill();
+    match outage {
+        Outage::KillAndRestart => redis.kill(),
+        Outage::Freeze => redis.freeze(),
+        Outage::ClientPause => {
+            redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+        }
+    }
     assert!(
         fleet
             .wait_state(StoreState::Degraded, Duration::from_secs(5))
             .await,
         "never degraded"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    redis.restart();
+    match outage {
+        Outage::KillAndRestart => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            redis.restart();
+        }
+        Outage::Freeze => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            redis.thaw();
+        }
+        Outage::ClientPause => {}
+    }
     assert!(
         fleet
             .wait_state(StoreState::Shared, Duration::from_secs(10))
@@ -323,6 +347,12 @@ async fn redis_killed_and_restarted_fails_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     finish(stop, handle).await;
+    (fleet, redis)
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_fails_nothing() {
+    let (fleet, redis) = outage_fails_nothing(Outage::KillAndRestart).await;
     // Back on shared state: requests are counted in Redis again (the script was reloaded).
     assert_eq!(fleet.chat(0).await.status, 200);
     assert!(!redis
@@ -333,50 +363,12 @@ async fn redis_killed_and_restarted_fails_nothing() {
 
 #[tokio::test]
 async fn redis_frozen_with_sigstop_fails_nothing() {
-    let redis = RedisServer::start();
-    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
-    let (stop, handle) = steady(&fleet);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    redis.freeze();
-    assert!(
-        fleet
-            .wait_state(StoreState::Degraded, Duration::from_secs(5))
-            .await,
-        "never degraded"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    redis.thaw();
-    assert!(
-        fleet
-            .wait_state(StoreState::Shared, Duration::from_secs(10))
-            .await,
-        "never recovered"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    finish(stop, handle).await;
+    outage_fails_nothing(Outage::Freeze).await;
 }
 
 #[tokio::test]
 async fn redis_client_pause_fails_nothing() {
-    let redis = RedisServer::start();
-    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
-    let (stop, handle) = steady(&fleet);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
-    assert!(
-        fleet
-            .wait_state(StoreState::Degraded, Duration::from_secs(5))
-            .await,
-        "never degraded"
-    );
-    assert!(
-        fleet
-            .wait_state(StoreState::Shared, Duration::from_secs(10))
-            .await,
-        "never recovered"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    finish(stop, handle).await;
+    outage_fails_nothing(Outage::ClientPause).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The `[store]` section: Redis or Redis Cluster for shared pool state, and its timeouts.
 
 use super::raw::RawStore;
-use super::secrets::{resolve, Env};
+use super::secrets::Env;
 use super::validate::Problems;
 use super::StoreConfig;
 use keyrelay_pool::{RedisSettings, RedisTarget};
@@ -45,20 +45,10 @@ pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<S
             p.add(path, "must be more than zero");
         }
     }
-    let password = match raw.password.as_deref() {
-        None => None,
-        Some(r) => match resolve(r, env) {
-            Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
-            Ok(_) => {
-                p.add("store.password", "one password, not a glob");
-                None
-            }
-            Err(e) => {
-                p.add("store.password", e);
-                None
-            }
-        },
-    };
+    let password = raw
+        .password
+        .as_deref()
+        .and_then(|r| p.secret("store.password", r, env));
     let password = password.as_ref().map(|s| s.expose());
     let (target, display) = match (&raw.url, &raw.cluster) {
         (Some(_), Some(_)) => {
@@ -109,17 +99,7 @@ fn url(
 ) -> Option<(String, String)> {
     let is_ref = text.starts_with("env:") || text.starts_with("file:");
     let resolved = if is_ref {
-        match resolve(text, env) {
-            Ok(mut v) if v.len() == 1 => v.remove(0).secret.expose().to_owned(),
-            Ok(_) => {
-                p.add(path, "one URL, not a glob");
-                return None;
-            }
-            Err(e) => {
-                p.add(path, e);
-                return None;
-            }
-        }
+        p.secret(path, text, env)?.expose().to_owned()
     } else {
         text.to_owned()
     };

@@ -1,7 +1,6 @@
 //! `[server] tls_cert` / `tls_key`: optional TLS on the proxy listener, read and checked at load
 //! (and so again at each reload).
 
-use super::secrets::resolve;
 use super::validate::Problems;
 use super::Env;
 use rustls::pki_types::pem::PemObject;
@@ -33,19 +32,8 @@ pub(super) fn tls(
             return None;
         }
     };
-    let read = |path: &str, r: &str, p: &mut Problems| match resolve(r, env) {
-        Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
-        Ok(_) => {
-            p.add(path, "one file, not a glob");
-            None
-        }
-        Err(e) => {
-            p.add(path, e);
-            None
-        }
-    };
-    let cert_pem = read("server.tls_cert", cert, p);
-    let key_pem = read("server.tls_key", key, p);
+    let cert_pem = p.secret("server.tls_cert", cert, env);
+    let key_pem = p.secret("server.tls_key", key, env);
     let (cert_pem, key_pem) = (cert_pem?, key_pem?);
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert_pem.expose().as_bytes())

@@ -198,17 +198,7 @@ fn admin(raw: &RawConfig, env: &dyn Env, p: &mut Problems) -> AdminConfig {
         .admin
         .token
         .as_deref()
-        .and_then(|r| match resolve(r, env) {
-            Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
-            Ok(_) => {
-                p.add("admin.token", "one token, not a glob");
-                None
-            }
-            Err(e) => {
-                p.add("admin.token", e);
-                None
-            }
-        });
+        .and_then(|r| p.secret("admin.token", r, env));
     AdminConfig { listen, token }
 }
 
@@ -241,22 +231,14 @@ fn clients(
             );
             continue;
         };
-        match resolve(reference, env) {
-            Ok(mut r) if r.len() == 1 => {
-                let token = r.remove(0).secret;
-                if out.iter().any(|o| o.token == token) {
-                    p.add(
-                        format!("{path}.token"),
-                        "the same token is given to another client",
-                    );
-                }
-                out.push(ClientConfig { name, token });
+        if let Some(token) = p.secret(&format!("{path}.token"), reference, env) {
+            if out.iter().any(|o| o.token == token) {
+                p.add(
+                    format!("{path}.token"),
+                    "the same token is given to another client",
+                );
             }
-            Ok(_) => p.add(
-                format!("{path}.token"),
-                "a client has one token; a glob is not allowed here",
-            ),
-            Err(e) => p.add(format!("{path}.token"), e),
+            out.push(ClientConfig { name, token });
         }
     }
     if raw.clients.is_empty() {
@@ -421,5 +403,20 @@ fn check_route(r: &str) -> Result<String, String> {
 impl Problems {
     pub(super) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Resolve a reference that must name exactly one secret, noting any problem at `path`.
+    pub(super) fn secret(&mut self, path: &str, reference: &str, env: &dyn Env) -> Option<Secret> {
+        match resolve(reference, env) {
+            Ok(mut v) if v.len() == 1 => Some(v.remove(0).secret),
+            Ok(_) => {
+                self.add(path, "names one value; a glob is not allowed here");
+                None
+            }
+            Err(e) => {
+                self.add(path, e);
+                None
+            }
+        }
     }
 }
