@@ -291,3 +291,34 @@ fn store_section_is_checked() {
         "target debug shows the password"
     );
 }
+
+#[test]
+fn dotenv_in_the_working_directory_is_loaded() {
+    let dir = std::env::temp_dir().join(format!("keyrelay-dotenv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("keyrelay.toml"),
+        provider("keys = \"env:KR_DOTENV_KEY_*\"").replace("env:KR_TOKEN", "env:KR_DOTENV_TOKEN"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "KR_DOTENV_TOKEN=tok-from-dotenv\nKR_DOTENV_KEY_1=sk-from-dotenv-1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args(["check", "--config", "keyrelay.toml"])
+        .env_remove("KEYRELAY_CONFIG")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("KR_DOTENV_KEY_1"), "{stdout}");
+    assert!(!stdout.contains("from-dotenv"), "secret printed: {stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

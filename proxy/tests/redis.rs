@@ -517,3 +517,51 @@ async fn degraded_shows_on_readiness_and_metrics() {
     let metrics = admin_call(&fleet, 0, "GET", "/metrics").await.text();
     assert!(metrics.contains("keyrelay_store_degraded 0"), "{metrics}");
 }
+
+#[test]
+fn check_says_which_store_and_whether_it_answers() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("keyrelay-check-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |url: &str| {
+        let text = format!(
+            "{}\n[store]\nurl = \"{url}\"\n",
+            config_text("http://127.0.0.1:1", "", "")
+        );
+        let path = dir.join("k.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .current_dir(&dir)
+            .env("KR_TOKEN", TOKEN)
+            .env("KR_ADMIN", ADMIN_TOKEN)
+            .env("KR_KEY_1", KEYS[0])
+            .env("KEYRELAY_LOG", "error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&redis.url());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "store: redis at 127.0.0.1:{} (answers)",
+            redis.port
+        )),
+        "{out}"
+    );
+    let dead = free_port();
+    let (code, out) = run(&format!("redis://127.0.0.1:{dead}"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "store: redis at 127.0.0.1:{dead} (does not answer"
+        )),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
