@@ -329,3 +329,89 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
     assert!(stderr.contains("configuration reloaded"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_redis_outage_is_logged_once_not_per_request() {
+    let mut redis = RedisServer::start();
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrelay-outage-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let path = dir.join("k.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"200ms\"\n",
+            mock.url(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .arg("--config")
+        .arg(&path)
+        .current_dir(&dir)
+        .env("KR_TOKEN", TOKEN)
+        .env("KR_KEY_1", KEYS[0])
+        .env("KEYRELAY_LOG", "warn,keyrelay_pool=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    wait_ok(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let client = http_client();
+    let store = || async {
+        get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .map(|r| r.json()["store"].clone())
+    };
+    redis.kill();
+    for _ in 0..30 {
+        assert_eq!(
+            send(
+                &client,
+                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    assert_eq!(store().await, Some(Value::from("degraded")));
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store().await != Some(Value::from("shared")) {
+        assert!(Instant::now() < deadline, "never back on shared state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        send(
+            &client,
+            post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &proc.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = proc.0.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(proc.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        stderr.matches("redis store unavailable").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("redis is back").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -199,6 +199,31 @@ async fn one_script_call_per_attempt() {
     redis.cli(&["CONFIG", "RESETSTAT"]);
     assert_eq!(fleet.chat(0).await.status, 429);
     assert_eq!(redis.calls("evalsha"), 6, "3 acquires + 3 marks");
+    // Scripts flushed (as after a failover to a fresh replica): NOSCRIPT, load, run again.
+    for k in KEYS {
+        fleet.mock.set(k, Script::Normal);
+    }
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let r = admin_call(&fleet, 0, "POST", "/admin/keys/openai/KR_KEY_1/reset").await;
+    assert_eq!(r.status, 200);
+    for k in ["KR_KEY_2", "KR_KEY_3"] {
+        admin_call(&fleet, 0, "POST", &format!("/admin/keys/openai/{k}/reset")).await;
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(fleet.chat(1).await.status, 200);
+    assert_eq!(
+        fleet.state(1),
+        StoreState::Shared,
+        "NOSCRIPT must not degrade the store"
+    );
+    assert_eq!(
+        redis.calls("script|load"),
+        1,
+        "the script is loaded once after NOSCRIPT"
+    );
+    assert_eq!(fleet.chat(1).await.status, 200);
+    assert_eq!(redis.calls("script|load"), 1);
 }
 
 #[tokio::test]

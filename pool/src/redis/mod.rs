@@ -157,6 +157,8 @@ pub struct RedisStore {
     /// Request nonces: a random per-process prefix and a counter, unique across instances.
     nonce_prefix: u64,
     nonce: AtomicU64,
+    /// Whether Redis has ever answered, so the first connect is not logged as a recovery.
+    connected_before: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -194,12 +196,10 @@ impl RedisStore {
                 std::process::id(),
             ),
             nonce: AtomicU64::new(0),
+            connected_before: AtomicBool::new(false),
         });
-        match store.probe_once().await {
-            Ok(()) => tracing::info!("pool state shared through redis"),
-            Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers")
-            }
+        if let Err(e) = store.probe_once().await {
+            tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers");
         }
         tokio::spawn(probe_loop(Arc::downgrade(&store), store.wake.clone()));
         Ok(store)
@@ -247,7 +247,11 @@ impl RedisStore {
             .map_err(|_| "timed out".to_owned())??;
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         if self.degraded.swap(false, Ordering::AcqRel) {
-            tracing::info!("redis is back; pool state shared again");
+            if self.connected_before.swap(true, Ordering::AcqRel) {
+                tracing::info!("redis is back; pool state shared again");
+            } else {
+                tracing::info!("pool state shared through redis");
+            }
         }
         Ok(())
     }
