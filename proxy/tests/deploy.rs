@@ -16,6 +16,36 @@ use support::*;
 /// A child process killed (by its PID) when dropped.
 struct Proc(Child);
 
+/// The keyrelay binary on `config`, run from `dir`, with the test secrets in its environment
+/// and `KEYRELAY_LOG=log`; stderr piped when `capture`, for log assertions.
+fn spawn_keyrelay(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    extra_args: &[&str],
+    log: &str,
+    capture: bool,
+) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args(extra_args)
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .env("KR_TOKEN", TOKEN)
+        .env("KR_ADMIN", ADMIN_TOKEN)
+        .env("KR_KEY_1", KEYS[0])
+        .env("KR_KEY_2", KEYS[1])
+        .env("KEYRELAY_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -90,20 +120,7 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
         );
         let path = dir.join(format!("k{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-            .arg("--config")
-            .arg(&path)
-            .current_dir(&dir)
-            .env("KR_TOKEN", TOKEN)
-            .env("KR_ADMIN", ADMIN_TOKEN)
-            .env("KR_KEY_1", KEYS[0])
-            .env("KR_KEY_2", KEYS[1])
-            .env("KEYRELAY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        instances.push((Proc(child), port));
+        instances.push((spawn_keyrelay(&path, &dir, &[], "warn", false), port));
         admin_ports.push(admin);
     }
     for admin in &admin_ports {
@@ -214,20 +231,7 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
     };
     let path = dir.join("keyrelay.toml");
     std::fs::write(&path, config("env:KR_KEY_1")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args(["--log-json", "--config"])
-        .arg(&path)
-        .current_dir(&dir)
-        .env("KR_TOKEN", TOKEN)
-        .env("KR_ADMIN", ADMIN_TOKEN)
-        .env("KR_KEY_1", KEYS[0])
-        .env("KR_KEY_2", KEYS[1])
-        .env("KEYRELAY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
+    let mut proc = spawn_keyrelay(&path, &dir, &["--log-json"], "info", true);
     let pid = proc.0.id().to_string();
     wait_ok(
         &format!("http://127.0.0.1:{admin}/readyz"),
@@ -347,18 +351,7 @@ async fn a_redis_outage_is_logged_once_not_per_request() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .arg("--config")
-        .arg(&path)
-        .current_dir(&dir)
-        .env("KR_TOKEN", TOKEN)
-        .env("KR_KEY_1", KEYS[0])
-        .env("KEYRELAY_LOG", "warn,keyrelay_pool=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
+    let mut proc = spawn_keyrelay(&path, &dir, &[], "warn,keyrelay_pool=info", true);
     wait_ok(
         &format!("http://127.0.0.1:{admin}/readyz"),
         Duration::from_secs(20),
