@@ -90,8 +90,13 @@ async fn start_with(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let running = server::serve(listener, live.clone(), config.server.header_read_timeout)
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let running = server::serve(
+        listener,
+        live.clone(),
+        config.server.header_read_timeout,
+        config.server.shutdown_grace,
+    )
+    .map_err(|source| StartError::Listen { addr, source })?;
     let admin_addr = config.admin.listen;
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await

@@ -126,12 +126,10 @@ async fn check_store(config: &Config) -> bool {
 }
 
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let grace = Config::load(path)
-        .map(|c| c.server.shutdown_grace)
-        .unwrap_or(Duration::from_secs(30));
     let running = keyrelay::start_from_file(path.to_owned())
         .await
         .context("starting keyrelay")?;
+    let grace = running.shutdown_grace();
     tracing::info!(addr = %running.addr(), admin = ?running.admin_addr(), "keyrelay listening");
     #[cfg(unix)]
     {

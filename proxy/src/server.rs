@@ -68,6 +68,7 @@ pub struct Running {
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    shutdown_grace: Duration,
 }
 
 impl Drop for Running {
@@ -90,6 +91,11 @@ impl Running {
 
     pub fn live(&self) -> &Arc<Live> {
         &self.live
+    }
+
+    /// The drain time configured at start (`server.shutdown_grace`).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -126,6 +132,7 @@ pub fn serve(
     listener: TcpListener,
     live: Arc<Live>,
     header_read_timeout: Duration,
+    shutdown_grace: Duration,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(None);
@@ -190,6 +197,7 @@ pub fn serve(
         stop,
         task,
         admin: None,
+        shutdown_grace,
     })
 }
 
