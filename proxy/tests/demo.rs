@@ -71,3 +71,22 @@ async fn demo_starts_and_answers_a_chat_completion() {
         assert_eq!(r.json()["object"], "chat.completion");
     }
 }
+
+#[test]
+fn readme_demo_command_picks_the_keyrelay_binary() {
+    // `cargo run --release -- demo` at the root needs one default package with one binary.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let manifest = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("default-members = [\"proxy\"]"),
+        "workspace default-members must be the proxy"
+    );
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(readme.contains("cargo run --release -- demo"));
+    assert!(readme.contains("cargo nextest run --workspace"));
+    let ci = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
+    assert!(
+        ci.contains("cargo nextest run --workspace"),
+        ".ci/run must call the README's test command"
+    );
+}
