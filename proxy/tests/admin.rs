@@ -372,15 +372,7 @@ async fn reload_adds_and_removes_keys_under_load_without_failures() {
         let client = http_client();
         let mut statuses = Vec::new();
         while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-            statuses.push(
-                send(
-                    &client,
-                    post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
-                )
-                .await
-                .status
-                .as_u16(),
-            );
+            statuses.push(chat_at(&client, &url).await.status.as_u16());
         }
         statuses
     });

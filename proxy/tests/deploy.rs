@@ -134,15 +134,7 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
     for (i, (_, port)) in instances.iter().enumerate() {
         for _ in 0..=i {
             let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-            assert_eq!(
-                send(
-                    &client,
-                    post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
-                )
-                .await
-                .status,
-                200
-            );
+            assert_eq!(chat_at(&client, &url).await.status, 200);
         }
     }
 
@@ -250,15 +242,7 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
     };
     assert_eq!(status().await, 1);
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    assert_eq!(
-        send(
-            &http_client(),
-            post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(chat_at(&http_client(), &url).await.status, 200);
 
     std::fs::write(&path, config("env:KR_KEY_*")).unwrap();
     assert!(Command::new("kill")
@@ -366,15 +350,7 @@ async fn a_redis_outage_is_logged_once_not_per_request() {
     };
     redis.kill();
     for _ in 0..30 {
-        assert_eq!(
-            send(
-                &client,
-                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
-            )
-            .await
-            .status,
-            200
-        );
+        assert_eq!(chat_at(&client, &url).await.status, 200);
     }
     assert_eq!(store().await, Some(Value::from("degraded")));
     redis.restart();
@@ -383,15 +359,7 @@ async fn a_redis_outage_is_logged_once_not_per_request() {
         assert!(Instant::now() < deadline, "never back on shared state");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        send(
-            &client,
-            post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT)
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(chat_at(&client, &url).await.status, 200);
     assert!(Command::new("kill")
         .args(["-TERM", &proc.0.id().to_string()])
         .status()

@@ -191,11 +191,7 @@ async fn unreachable_upstream_is_502_and_slow_head_is_504() {
         .unwrap();
     let client = http_client();
     let url = format!("http://{}/v1/chat/completions", proxy.addr());
-    let r = send(
-        &client,
-        post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
-    )
-    .await;
+    let r = chat_at(&client, &url).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["code"], "upstream_unreachable");
 

@@ -45,15 +45,7 @@ impl Fleet {
     }
 
     async fn chat(&self, i: usize) -> Reply {
-        send(
-            &http_client(),
-            post(
-                &self.url(i),
-                &[("authorization", &format!("Bearer {TOKEN}"))],
-                CHAT,
-            ),
-        )
-        .await
+        chat_at(&http_client(), &self.url(i)).await
     }
 
     fn state(&self, i: usize) -> StoreState {
@@ -235,13 +227,7 @@ async fn limit_holds_across_three_instances_at_twice_the_rate() {
     for i in 0..60 {
         let (client, url) = (client.clone(), fleet.url(i));
         tasks.push(tokio::spawn(async move {
-            send(
-                &client,
-                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
-            )
-            .await
-            .status
-            .as_u16()
+            chat_at(&client, &url).await.status.as_u16()
         }));
     }
     let mut ok = 0;

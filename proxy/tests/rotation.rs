@@ -172,14 +172,9 @@ async fn spread(strategy: &str) -> [usize; 3] {
     for _ in 0..200 {
         let client = h.client.clone();
         let url = h.url("/v1/chat/completions");
-        tasks.push(tokio::spawn(async move {
-            send(
-                &client,
-                post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
-            )
-            .await
-            .status
-        }));
+        tasks.push(tokio::spawn(
+            async move { chat_at(&client, &url).await.status },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);

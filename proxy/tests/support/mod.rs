@@ -148,6 +148,15 @@ pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full
     }
 }
 
+/// POST a chat completion to `url` with the client token as a Bearer header.
+pub async fn chat_at(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Reply {
+    send(
+        client,
+        post(url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
+    )
+    .await
+}
+
 /// Poll `check` until it holds or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
