@@ -69,10 +69,19 @@ impl Pools {
     pub(super) fn new(target: &RedisTarget, settings: &RedisSettings) -> Result<Pools, String> {
         match target {
             RedisTarget::Single(url) => {
-                let mut config = deadpool_redis::Config::from_url(url.clone());
-                config.pool = Some(pool_config(settings));
-                config
-                    .create_pool(Some(Runtime::Tokio1))
+                // deadpool's own Config resets the TCP settings; build the manager from a
+                // ConnectionInfo instead, with TCP_NODELAY: the hot path writes one small
+                // command per attempt and must not wait on Nagle for the previous answer.
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
+                let info =
+                    info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+                let manager = deadpool_redis::Manager::new(info)
+                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
+                deadpool_redis::Pool::builder(manager)
+                    .config(pool_config(settings))
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map(Pools::Single)
                     .map_err(|e| format!("redis store: {}", describe(&e.to_string())))
             }

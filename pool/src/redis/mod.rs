@@ -5,13 +5,16 @@
 //! Every key lives under `keyrelay:{<pool>}:`; the braces are a Cluster hash tag, so one pool's
 //! keys share a slot and each script touches a single node. Every key carries a TTL.
 //!
-//! | key                            | type | holds                                          | TTL          |
-//! |--------------------------------|------|------------------------------------------------|--------------|
-//! | `keyrelay:{p}:w:<fingerprint>` | zset | one member per request (a request nonce), scored by Redis time in ms | window + 1 s |
-//! | `keyrelay:{p}:state`           | hash | `rr`: the shared round-robin cursor; `m:<fp>`: the key's mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `t:<fp>`: requests counted | 1 day, refreshed by use (longer if a mark needs it) |
-//! | `keyrelay:{probe}:alive`       | string | written by the health probe                  | 10 s         |
+//! | key                   | type | holds                                                     | TTL   |
+//! |-----------------------|------|-----------------------------------------------------------|-------|
+//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`) | 1 day, refreshed by use (longer if a mark needs it) |
+//! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time) | 125 s, renewed by each new bucket |
+//! | `keyrelay:{probe}:alive` | string | written by the health probe                           | 10 s  |
 //!
-//! A mark whose `until_ms` has passed is read as no mark; a disable has no end until enabled.
+//! A key's window is its buckets of the last 61 whole seconds: a bucket counts until all of its
+//! second has left the minute, so no key takes more than its rpm in any 60 s (and at least
+//! 60/61 of it). A mark whose `until_ms` has passed is read as no mark; a disable has no end
+//! until enabled.
 //!
 //! Keys are named by fingerprint only: no secret, and nothing derived from one beyond the
 //! 12-hex-digit keyed fingerprint, is ever sent to Redis.
@@ -75,8 +78,10 @@ impl Default for RedisSettings {
 
 /// A pool's Redis keys and the fixed part of its script calls, built once per spec.
 struct Prepared {
-    /// EVALSHA acquire, keys and per-key arguments; the nonce and tried list are appended.
+    /// EVALSHA acquire with its keys and strategy; the per-attempt parts follow.
     acquire_head: Cmd,
+    /// The state fields the script reads (`rr`, `x`, then each key's `m:` and `n:`) and each
+    /// key's rpm, weight and fingerprint.
     acquire_tail: Vec<String>,
     status: Cmd,
     state: String,
@@ -88,12 +93,7 @@ impl Prepared {
         let base = format!("keyrelay:{{{}}}:", spec.name);
         let n = spec.keys.len();
         let state = format!("{base}state");
-        let mut keys: Vec<String> = spec
-            .keys
-            .iter()
-            .map(|k| format!("{base}w:{}", k.fingerprint))
-            .collect();
-        keys.push(state.clone());
+        let keys = [state.clone(), format!("{base}b")];
         let strategy = match spec.strategy {
             Strategy::LeastLoaded => "ll",
             Strategy::RoundRobin => "rr",
@@ -106,17 +106,23 @@ impl Prepared {
             .arg(&keys)
             .arg(n)
             .arg(strategy);
-        let acquire_tail = spec
-            .keys
-            .iter()
-            .flat_map(|k| {
-                [
-                    k.rpm.to_string(),
-                    k.weight.to_string(),
-                    format!("m:{}", k.fingerprint),
-                    format!("t:{}", k.fingerprint),
-                ]
-            })
+        let fields = spec.keys.iter().flat_map(|k| {
+            [
+                format!("m:{}", k.fingerprint),
+                format!("n:{}", k.fingerprint),
+            ]
+        });
+        let limits = spec.keys.iter().flat_map(|k| {
+            [
+                k.rpm.to_string(),
+                k.weight.to_string(),
+                k.fingerprint.clone(),
+            ]
+        });
+        let acquire_tail = ["rr".to_owned(), "x".to_owned()]
+            .into_iter()
+            .chain(fields)
+            .chain(limits)
             .collect();
         let mut status = redis::cmd("EVALSHA");
         status
@@ -154,9 +160,8 @@ pub struct RedisStore {
     scripts: Scripts,
     prepared: Mutex<HashMap<u64, Arc<Prepared>>>,
     errors: AtomicU64,
-    /// Request nonces: a random per-process prefix and a counter, unique across instances.
-    nonce_prefix: u64,
-    nonce: AtomicU64,
+    /// Acquire calls made, for tie rotation and housekeeping.
+    calls: AtomicU64,
     /// Whether Redis has ever answered, so the first connect is not logged as a recovery.
     connected_before: AtomicBool,
 }
@@ -191,11 +196,7 @@ impl RedisStore {
             settings,
             prepared: Mutex::new(HashMap::new()),
             errors: AtomicU64::new(0),
-            nonce_prefix: std::hash::BuildHasher::hash_one(
-                &std::collections::hash_map::RandomState::new(),
-                std::process::id(),
-            ),
-            nonce: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             connected_before: AtomicBool::new(false),
         });
         if let Err(e) = store.probe_once().await {
@@ -325,13 +326,11 @@ impl RedisStore {
         let prepared = self.prepared(spec);
         // The fixed head is cloned (one buffer copy); the per-attempt parts are appended.
         let mut cmd = prepared.acquire_head.clone();
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        cmd.arg(format!("{:x}.{nonce:x}", self.nonce_prefix));
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         // Rotation start for ties under least-loaded and weighted, which need no shared cursor.
-        cmd.arg(nonce % spec.keys.len().max(1) as u64);
-        // Trim expired window entries on one call in 16 (they are never counted anyway).
-        cmd.arg(u8::from(nonce % 16 == 0));
-        cmd.arg(&prepared.acquire_tail);
+        cmd.arg(call % spec.keys.len().max(1) as u64);
+        // Refresh the state hash's TTL on one call in 16.
+        cmd.arg(u8::from(call % 16 == 0));
         let mut list = String::with_capacity(2 + tried.len() * 3);
         list.push(',');
         for i in tried {
@@ -339,6 +338,7 @@ impl RedisStore {
             list.push(',');
         }
         cmd.arg(list);
+        cmd.arg(&prepared.acquire_tail);
         match self.run::<(i64, i64)>(&cmd, &self.scripts.acquire).await {
             Some((1, i)) => Acquire::Key(usize::try_from(i).unwrap_or(0)),
             Some((0, ms)) => Acquire::Wait(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
