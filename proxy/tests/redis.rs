@@ -24,12 +24,18 @@ struct Fleet {
 
 impl Fleet {
     async fn start(n: usize, store: &str, provider_extra: &str) -> Fleet {
+        Fleet::start_keys(n, store, provider_extra, r#"keys = "env:KR_KEY_*""#).await
+    }
+
+    /// As `start`, with `keys` in place of the provider's `keys = "env:KR_KEY_*"` line.
+    async fn start_keys(n: usize, store: &str, provider_extra: &str, keys: &str) -> Fleet {
         let mock = MockUpstream::start().await.unwrap();
         let mut instances = Vec::new();
         for _ in 0..n {
             let text = format!(
                 "{}\n[store]\n{store}\ncommand_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nconnect_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"400ms\"\n",
                 config_text(&mock.url(), provider_extra, "")
+                    .replace(r#"keys = "env:KR_KEY_*""#, keys)
             );
             let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
             instances.push(keyrelay::start(config).await.unwrap());
@@ -151,6 +157,63 @@ async fn instances_share_rotation_cooldowns_and_round_robin() {
     {
         let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
         assert!(ttl > 0, "{key} has no TTL");
+    }
+}
+
+/// Sends `count` requests one after another, alternating over the fleet's instances, and
+/// returns how many each key served.
+async fn sequential_spread(fleet: &Fleet, count: usize) -> [usize; 3] {
+    for i in 0..count {
+        assert_eq!(fleet.chat(i).await.status, 200);
+    }
+    assert_eq!(fleet.mock.total_calls(), count);
+    [
+        fleet.mock.calls(KEYS[0]),
+        fleet.mock.calls(KEYS[1]),
+        fleet.mock.calls(KEYS[2]),
+    ]
+}
+
+#[tokio::test]
+async fn least_loaded_on_redis_balances_across_instances() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    assert_eq!(fleet.state(0), StoreState::Shared);
+    // Each pick goes to a key with the fewest requests this minute, counted in Redis.
+    assert_eq!(sequential_spread(&fleet, 30).await, [10, 10, 10]);
+    let counts: Vec<i64> = KEYS
+        .iter()
+        .map(|k| {
+            let v = redis.cli(&["HGET", STATE, &format!("n:{}", fingerprint(k))]);
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("n: field {v:?}"))
+        })
+        .collect();
+    assert_eq!(counts, [10, 10, 10]);
+}
+
+#[tokio::test]
+async fn weighted_on_redis_follows_the_weights_across_instances() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_keys(
+        2,
+        &format!("url = \"{}\"", redis.url()),
+        r#"strategy = "weighted""#,
+        r#"keys = [
+  { secret = "env:KR_KEY_1", weight = 1 },
+  { secret = "env:KR_KEY_2", weight = 2 },
+  { secret = "env:KR_KEY_3", weight = 3 },
+]"#,
+    )
+    .await;
+    assert_eq!(fleet.state(0), StoreState::Shared);
+    let got = sequential_spread(&fleet, 60).await;
+    for (served, want) in got.iter().zip([10, 20, 30]) {
+        assert!(
+            served.abs_diff(want) <= 1,
+            "weights 1:2:3 over 60 requests: {got:?}"
+        );
     }
 }
 

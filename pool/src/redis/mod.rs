@@ -80,8 +80,7 @@ impl Default for RedisSettings {
 struct Prepared {
     /// EVALSHA acquire with its keys and strategy; the per-attempt parts follow.
     acquire_head: Cmd,
-    /// The state fields the script reads (`rr`, `x`, then each key's `m:` and `n:`) and each
-    /// key's rpm, weight and fingerprint.
+    /// Each key's fingerprint and rpm, then (weighted only) each key's weight.
     acquire_tail: Vec<String>,
     status: Cmd,
     state: String,
@@ -104,26 +103,15 @@ impl Prepared {
             .arg(scripts.acquire.get_hash())
             .arg(keys.len())
             .arg(&keys)
-            .arg(n)
             .arg(strategy);
-        let fields = spec.keys.iter().flat_map(|k| {
-            [
-                format!("m:{}", k.fingerprint),
-                format!("n:{}", k.fingerprint),
-            ]
-        });
-        let limits = spec.keys.iter().flat_map(|k| {
-            [
-                k.rpm.to_string(),
-                k.weight.to_string(),
-                k.fingerprint.clone(),
-            ]
-        });
-        let acquire_tail = ["rr".to_owned(), "x".to_owned()]
-            .into_iter()
-            .chain(fields)
-            .chain(limits)
+        let mut acquire_tail: Vec<String> = spec
+            .keys
+            .iter()
+            .flat_map(|k| [k.fingerprint.clone(), k.rpm.to_string()])
             .collect();
+        if spec.strategy == Strategy::Weighted {
+            acquire_tail.extend(spec.keys.iter().map(|k| k.weight.to_string()));
+        }
         let mut status = redis::cmd("EVALSHA");
         status
             .arg(scripts.status.get_hash())
@@ -327,10 +315,10 @@ impl RedisStore {
         // The fixed head is cloned (one buffer copy); the per-attempt parts are appended.
         let mut cmd = prepared.acquire_head.clone();
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        // Rotation start for ties under least-loaded and weighted, which need no shared cursor.
-        cmd.arg(call % spec.keys.len().max(1) as u64);
-        // Refresh the state hash's TTL on one call in 16.
-        cmd.arg(u8::from(call % 16 == 0));
+        // The script starts ties under least-loaded and weighted (which need no shared cursor)
+        // at call % n, and refreshes the state hash's TTL when call % 16 == 0: kept below
+        // 16 * n so it stays a small number.
+        cmd.arg(call % (16 * spec.keys.len().max(1) as u64));
         let mut list = String::with_capacity(2 + tried.len() * 3);
         list.push(',');
         for i in tried {
