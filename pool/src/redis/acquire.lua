@@ -21,6 +21,10 @@ local rr = strategy == 'rr'
 local n = (#ARGV - 3) / 2
 if strategy == 'w' then n = (#ARGV - 3) / 3 end
 local state, buckets = KEYS[1], KEYS[2]
+-- Redis keeps a small hash as a listpack, which it searches field by field: a bucket hash of a
+-- minute's seconds would cost microseconds per lookup. A value over 64 bytes makes it a hash
+-- table for good, with constant-time lookups; both hashes carry one, in field '_'.
+local TABLE = 'keyrelay: this value is longer than 64 bytes so that Redis keeps the hash a hash table'
 local t = redis.call('TIME')
 local secs = t[1]
 local sec = tonumber(secs)
@@ -163,6 +167,7 @@ end
 local fp = ARGV[4 + 2 * best]
 -- A new bucket (the first request of this second for this key) renews the hash's TTL.
 if redis.call('HINCRBY', buckets, fp .. ':' .. secs, '1') == 1 then
+  redis.call('HSETNX', buckets, '_', TABLE)
   redis.call('PEXPIRE', buckets, '125000')
 end
 writes[w + 1] = fields[m0 + 2 * best + 1]; writes[w + 2] = best_used + 1
@@ -183,6 +188,7 @@ if rr then
 end
 redis.call('HSET', state, unpack(writes))
 if first or call % 16 == 0 then
+  redis.call('HSETNX', state, '_', TABLE)
   -- A day from now, unless a mark already asked for longer (GT never shortens; it does not
   -- apply to a key without a TTL, hence the second call).
   redis.call('PEXPIRE', state, '86400000', 'GT')

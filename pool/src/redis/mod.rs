@@ -7,14 +7,19 @@
 //!
 //! | key                   | type | holds                                                     | TTL   |
 //! |-----------------------|------|-----------------------------------------------------------|-------|
-//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`) | 1 day, refreshed by use (longer if a mark needs it) |
-//! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time) | 125 s, renewed by each new bucket |
+//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day, refreshed by use (longer if a mark needs it) |
+//! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s, renewed by each new bucket |
 //! | `keyrelay:{probe}:alive` | string | written by the health probe                           | 10 s  |
 //!
 //! A key's window is its buckets of the last 61 whole seconds: a bucket counts until all of its
 //! second has left the minute, so no key takes more than its rpm in any 60 s (and at least
 //! 60/61 of it). A mark whose `until_ms` has passed is read as no mark; a disable has no end
 //! until enabled.
+//!
+//! Redis stores a small hash as a listpack and finds a field by walking it; with a minute of
+//! buckets per key that walk costs microseconds per lookup. One value longer than 64 bytes
+//! (`hash-max-listpack-value`) converts a hash to a hash table for good, with constant-time
+//! lookups, so the script writes field `_` into both hashes.
 //!
 //! Keys are named by fingerprint only: no secret, and nothing derived from one beyond the
 //! 12-hex-digit keyed fingerprint, is ever sent to Redis.
