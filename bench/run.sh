@@ -12,6 +12,8 @@ CONNS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
 KEYS="${BENCH_KEYS:-4}"
 NO_BUILD="${BENCH_NO_BUILD:-0}"
+ROUNDS="${BENCH_STORE_ROUNDS:-6}"
+ROUND_SECONDS="${BENCH_STORE_SECONDS:-5}"
 READY_DEADLINE=30 # seconds to wait for a process to answer
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -20,10 +22,11 @@ die() {
   exit 1
 }
 
-for v in SECONDS_PER_RUN WARMUP CONNS THREADS KEYS; do
+for v in SECONDS_PER_RUN WARMUP CONNS THREADS KEYS ROUNDS ROUND_SECONDS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
-((SECONDS_PER_RUN > 0 && CONNS > 0 && THREADS > 0 && KEYS > 0)) || die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS and BENCH_KEYS must be > 0"
+((SECONDS_PER_RUN > 0 && CONNS > 0 && THREADS > 0 && KEYS > 0 && ROUNDS > 0 && ROUND_SECONDS > 0)) ||
+  die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_KEYS, BENCH_STORE_ROUNDS and BENCH_STORE_SECONDS must be > 0"
 ((CONNS >= THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
 
 # ---------------------------------------------------------------- tools
@@ -136,15 +139,19 @@ start_redis() {
   done
 }
 
-# start_keyrelay [STORE_URL]: keyrelay in front of the mock, on Redis when a URL is given.
+# start_keyrelay [STORE_URL [NAME]]: keyrelay in front of the mock, on Redis when a URL is
+# given; NAME (default keyrelay) names its directory and log under $TMP.
 start_keyrelay() {
-  local store_url="${1:-}"
+  local store_url="${1:-}" name="${2:-keyrelay}"
   KR_PORT="$(free_port)"
-  local dir="$TMP/keyrelay" i
+  local dir="$TMP/$name" i
   mkdir -p "$dir"
   cat >"$dir/bench.toml" <<EOF
 [server]
 listen = "127.0.0.1:$KR_PORT"
+
+[admin]
+listen = "127.0.0.1:$(free_port)"
 
 [[clients]]
 name = "bench"
@@ -165,16 +172,18 @@ EOF
     envs+=("BENCH_OPENAI_KEY_$i=sk-bench-key-$i")
   done
   # From its own temp dir, so no .env of the caller's is picked up.
-  (cd "$dir" && exec env "${envs[@]}" "$KEYRELAY" --config "$dir/bench.toml") >"$TMP/keyrelay.log" 2>&1 &
+  (cd "$dir" && exec env "${envs[@]}" "$KEYRELAY" --config "$dir/bench.toml") >"$TMP/$name.log" 2>&1 &
   KR_PID=$!
   PIDS+=("$KR_PID")
-  wait_http keyrelay "$KR_PID" "http://127.0.0.1:$KR_PORT/v1/chat/completions"
+  wait_http "$name" "$KR_PID" "http://127.0.0.1:$KR_PORT/v1/chat/completions"
 }
 
+# stop_all: stop every process this measurement started.
 stop_all() {
-  [[ -n "$KR_PID" ]] && stop_pid "$KR_PID"
-  [[ -n "$MOCK_PID" ]] && stop_pid "$MOCK_PID"
-  [[ -n "$REDIS_PID" ]] && stop_pid "$REDIS_PID"
+  local pid
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+    stop_pid "$pid"
+  done
   KR_PID="" MOCK_PID="" REDIS_PID=""
   PIDS=()
 }
@@ -192,7 +201,7 @@ body_for() { # scenario -> JSON body
 url_auth() {
   case "$1" in
     direct) URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions" AUTH="$DIRECT_KEY" ;;
-    keyrelay | keyrelay-redis) URL="http://127.0.0.1:$KR_PORT/v1/chat/completions" AUTH="$TOKEN" ;;
+    keyrelay) URL="http://127.0.0.1:$KR_PORT/v1/chat/completions" AUTH="$TOKEN" ;;
     *) die "unknown target $1" ;;
   esac
 }
@@ -235,7 +244,7 @@ to_ms() {
     printf "%.2f", n }'
 }
 
-declare -A RPS P50 P99 NON2XX SOCKERR RSS CMDS
+declare -A RPS P50 P99 NON2XX SOCKERR RSS
 
 # measure SCENARIO TARGET: fresh mock (and keyrelay), verify, warm up, run wrk, parse.
 # A fresh mock (and keyrelay) per run, so no run inherits warm state from another.
@@ -244,10 +253,6 @@ measure() {
   start_mock
   case "$target" in
     keyrelay) start_keyrelay ;;
-    keyrelay-redis)
-      start_redis
-      start_keyrelay "redis://127.0.0.1:$REDIS_PORT/0"
-      ;;
   esac
   verify "$scenario" "$target"
   url_auth "$target"
@@ -255,7 +260,6 @@ measure() {
   if ((WARMUP > 0)); then
     wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "$URL" >/dev/null 2>&1 || die "wrk warm-up failed for $k"
   fi
-  if [[ "$target" == keyrelay-redis ]]; then redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null; fi
   log "measuring $scenario via $target (${SECONDS_PER_RUN}s, -c $CONNS -t $THREADS)"
   {
     echo "# scenario=$scenario target=$target url=$URL"
@@ -273,16 +277,6 @@ $(tail -n 40 "$TMP/keyrelay.log")"
 
   RSS[$k]="mock $(rss_mib "$MOCK_PID") MiB"
   if [[ "$target" != direct ]]; then RSS[$k]+=", keyrelay $(rss_mib "$KR_PID") MiB"; fi
-  CMDS[$k]=""
-  if [[ "$target" == keyrelay-redis ]]; then
-    local evalsha requests
-    redis-cli -p "$REDIS_PORT" INFO commandstats >"$OUT/$1-$2.commandstats.txt"
-    evalsha="$(awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }' "$OUT/$1-$2.commandstats.txt" | tr -d '\r')"
-    requests="$(awk '/requests in/ { print $1; exit }' "$raw")"
-    CMDS[$k]="$(awk -v e="${evalsha:-0}" -v r="${requests:-0}" 'BEGIN { if (r > 0) printf "%.3f", e / r; else printf "n/a" }')"
-    echo "# redis: ${evalsha:-0} EVALSHA for ${requests:-0} requests (${CMDS[$k]} per request)" >>"$raw"
-    RSS[$k]+=", redis $(rss_mib "$REDIS_PID") MiB"
-  fi
   echo "# rss after run: ${RSS[$k]}" >>"$raw"
   if [[ "$target" != direct && -s "$TMP/keyrelay.log" ]]; then
     { echo "# keyrelay log (warn and above, last 20 lines):"; tail -n 20 "$TMP/keyrelay.log" | sed 's/^/#   /'; } >>"$raw"
@@ -300,15 +294,70 @@ $(cat "$raw")"
   stop_all
 }
 
+# wrk_run URL LUA SECONDS RAW: one measured wrk run, its output in RAW.
+wrk_run() {
+  wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --timeout 10s --latency -s "$2" "$1" >"$4" 2>&1 ||
+    die "wrk failed for $1; output:
+$(cat "$4")"
+}
+
+# The Redis store against the embedded store: both keyrelays run side by side in front of one
+# mock, and wrk alternates between them, ROUNDS runs each in ABBA order, so a slow spell of a
+# shared machine falls on both alike instead of on whichever ran second.
+STORE_RPS_EMB=() STORE_RPS_RED=() STORE_NON2XX=0 STORE_CMDS="" STORE_RSS=""
+compare_stores() {
+  local emb_port emb_pid red_port red_pid lua r t port raw requests evalsha total_red=0
+  start_mock
+  start_redis
+  start_keyrelay "" keyrelay
+  emb_port="$KR_PORT" emb_pid="$KR_PID"
+  start_keyrelay "redis://127.0.0.1:$REDIS_PORT/0" keyrelay-redis
+  red_port="$KR_PORT" red_pid="$KR_PID"
+  KR_PORT="$emb_port" verify chat keyrelay
+  KR_PORT="$red_port" verify chat keyrelay
+  lua="$(lua_for chat keyrelay)"
+  if ((WARMUP > 0)); then
+    for port in "$emb_port" "$red_port"; do
+      wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null 2>&1 ||
+        die "wrk warm-up failed on port $port"
+    done
+  fi
+  redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+  log "comparing stores: $ROUNDS rounds of ${ROUND_SECONDS}s on each, alternating (-c $CONNS -t $THREADS)"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for t in $( ((r % 2)) && echo "embedded redis" || echo "redis embedded"); do
+      if [[ "$t" == embedded ]]; then port="$emb_port"; else port="$red_port"; fi
+      raw="$OUT/stores-$t-$r.txt"
+      wrk_run "http://127.0.0.1:$port/v1/chat/completions" "$lua" "$ROUND_SECONDS" "$raw"
+      STORE_NON2XX=$((STORE_NON2XX + $(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$raw")))
+      if [[ "$t" == embedded ]]; then
+        STORE_RPS_EMB[r]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
+      else
+        STORE_RPS_RED[r]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
+        requests="$(awk '/requests in/ { print $1; exit }' "$raw")"
+        total_red=$((total_red + ${requests:-0}))
+      fi
+    done
+  done
+  kill -0 "$emb_pid" 2>/dev/null || die "keyrelay (embedded) died during the store comparison"
+  kill -0 "$red_pid" 2>/dev/null || die "keyrelay (redis) died during the store comparison"
+  redis-cli -p "$REDIS_PORT" INFO commandstats >"$OUT/stores-redis.commandstats.txt"
+  evalsha="$(awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }' "$OUT/stores-redis.commandstats.txt" | tr -d '\r')"
+  STORE_CMDS="$(awk -v e="${evalsha:-0}" -v r="$total_red" 'BEGIN { if (r > 0) printf "%.3f", e / r; else printf "n/a" }')"
+  STORE_RSS="keyrelay embedded $(rss_mib "$emb_pid") MiB, keyrelay redis $(rss_mib "$red_pid") MiB, redis $(rss_mib "$REDIS_PID") MiB"
+  stop_all
+}
+
 # ---------------------------------------------------------------- run
 mkdir -p "$OUT"
 SCENARIOS=(chat stream)
-declare -A TARGETS=([chat]="direct keyrelay keyrelay-redis" [stream]="direct keyrelay")
+declare -A TARGETS=([chat]="direct keyrelay" [stream]="direct keyrelay")
 for s in "${SCENARIOS[@]}"; do
   for t in ${TARGETS[$s]}; do
     measure "$s" "$t"
   done
 done
+compare_stores
 
 # ---------------------------------------------------------------- report
 declare -A LABEL=([chat]="chat (non-stream)" [stream]="chat stream (5 chunks)")
@@ -316,29 +365,48 @@ declare -A LABEL=([chat]="chat (non-stream)" [stream]="chat stream (5 chunks)")
   echo "keyrelay benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo '+dirty'), $(nproc) CPUs"
   echo "wrk -t $THREADS -c $CONNS -d ${SECONDS_PER_RUN}s (after ${WARMUP}s warm-up), $KEYS keys in the pool; latencies in ms"
   echo
-  printf '%-24s %-14s %10s %9s %9s %8s %8s %8s %9s %10s\n' scenario target 'req/s' p50 p99 non-2xx 'sock err' '/direct' '/embedded' 'redis/req'
-  printf '%-24s %-14s %10s %9s %9s %8s %8s %8s %9s %10s\n' "$(printf '%.0s-' {1..24})" -------------- ---------- --------- --------- -------- -------- -------- --------- ----------
+  printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' scenario target 'req/s' p50 p99 non-2xx 'sock err' '/direct'
+  printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' "$(printf '%.0s-' {1..24})" ---------- ---------- --------- --------- -------- -------- --------
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
   for s in "${SCENARIOS[@]}"; do
     for t in ${TARGETS[$s]}; do
-      k="$s/$t" vs_direct="" vs_embedded=""
+      k="$s/$t" vs_direct=""
       if [[ "$t" != direct ]]; then vs_direct="$(ratio "${RPS[$k]}" "${RPS[$s/direct]}")"; fi
-      if [[ "$t" == keyrelay-redis ]]; then vs_embedded="$(ratio "${RPS[$k]}" "${RPS[$s/keyrelay]}")"; fi
-      printf '%-24s %-14s %10s %9s %9s %8s %8s %8s %9s %10s\n' "${LABEL[$s]}" "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "${SOCKERR[$k]}" "$vs_direct" "$vs_embedded" "${CMDS[$k]:-}"
+      printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' "${LABEL[$s]}" "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "${SOCKERR[$k]}" "$vs_direct"
     done
   done
   echo
-  echo "/direct: throughput relative to the mock alone; /embedded: Redis store relative to the embedded store;"
-  echo "redis/req: EVALSHA calls per client request (INFO commandstats): one script call per attempt."
+  echo "/direct: throughput relative to the mock alone."
+  echo
+  echo "Redis store vs embedded store, chat (non-stream), both keyrelays side by side,"
+  echo "$ROUNDS rounds of ${ROUND_SECONDS}s each, alternating (ABBA):"
+  printf '%-6s %14s %14s %8s\n' round 'embedded req/s' 'redis req/s' ratio
+  ratios=()
+  sum_emb=0 sum_red=0
+  for ((r = 1; r <= ROUNDS; r++)); do
+    ratios+=("$(ratio "${STORE_RPS_RED[r]}" "${STORE_RPS_EMB[r]}")")
+    sum_emb=$((sum_emb + STORE_RPS_EMB[r])) sum_red=$((sum_red + STORE_RPS_RED[r]))
+    printf '%-6s %14s %14s %8s\n' "$r" "${STORE_RPS_EMB[r]}" "${STORE_RPS_RED[r]}" "${ratios[r - 1]}"
+  done
+  median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+  printf '%-6s %14s %14s %8s\n' mean "$((sum_emb / ROUNDS))" "$((sum_red / ROUNDS))" "$(ratio "$sum_red" "$sum_emb")"
+  echo "Redis store / embedded store: $(ratio "$sum_red" "$sum_emb") (mean of rounds), $median (median of rounds); target >= 0.80"
+  echo "Redis commands per request: $STORE_CMDS EVALSHA (INFO commandstats over all Redis rounds; target 1.000)"
+  echo "non-2xx responses in the comparison: $STORE_NON2XX"
   echo
   for s in "${SCENARIOS[@]}"; do
     for t in ${TARGETS[$s]}; do
       echo "memory after $s/$t: ${RSS[$s/$t]}"
     done
   done
+  echo "memory after the store comparison: $STORE_RSS"
 } | tee "$OUT/summary.txt"
 
 status=0
+if ((STORE_NON2XX != 0)); then
+  log "WARNING: the store comparison had $STORE_NON2XX non-2xx responses; its ratio is not a valid result"
+  status=1
+fi
 for k in "${!NON2XX[@]}"; do
   if [[ "${NON2XX[$k]}" != 0 ]]; then
     log "WARNING: $k had ${NON2XX[$k]} non-2xx responses; its req/s is not a valid result (see $OUT/${k/\//-}.txt)"
