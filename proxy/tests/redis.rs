@@ -226,6 +226,31 @@ async fn weighted_on_redis_follows_the_weights_across_instances() {
 }
 
 #[tokio::test]
+async fn least_loaded_on_redis_weighs_each_key_by_its_own_limit() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_keys(
+        2,
+        &format!("url = \"{}\"", redis.url()),
+        "",
+        r#"keys = [
+  { secret = "env:KR_KEY_1", rpm = 100 },
+  { secret = "env:KR_KEY_2", rpm = 200 },
+  { secret = "env:KR_KEY_3", rpm = 300 },
+]"#,
+    )
+    .await;
+    assert_eq!(fleet.state(0), StoreState::Shared);
+    // Least-loaded takes the key with the least share of its own limit: 1:2:3 here.
+    let got = sequential_spread(&fleet, 60).await;
+    for (served, want) in got.iter().zip([10, 20, 30]) {
+        assert!(
+            served.abs_diff(want) <= 1,
+            "limits 100:200:300 over 60 requests: {got:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn one_script_call_per_attempt() {
     let redis = RedisServer::start();
     let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;

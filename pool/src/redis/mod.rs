@@ -98,9 +98,16 @@ impl Prepared {
         let n = spec.keys.len();
         let state = format!("{base}state");
         let keys = [state.clone(), format!("{base}b")];
+        // Where every key has the same limit (least-loaded) or weight (weighted), the least
+        // share is the least count: the script compares counts and never converts the limits.
+        let same = |f: fn(&crate::key::Key) -> u32| {
+            spec.keys.windows(2).all(|pair| f(&pair[0]) == f(&pair[1]))
+        };
         let strategy = match spec.strategy {
-            Strategy::LeastLoaded => "ll",
             Strategy::RoundRobin => "rr",
+            Strategy::LeastLoaded if same(|k| k.rpm) => "lc",
+            Strategy::Weighted if same(|k| k.weight) => "lc",
+            Strategy::LeastLoaded => "ll",
             Strategy::Weighted => "w",
         };
         let mut acquire_head = redis::cmd("EVALSHA");
@@ -332,9 +339,10 @@ impl RedisStore {
         }
         cmd.arg(list);
         cmd.arg(&prepared.acquire_tail);
-        match self.run::<(i64, i64)>(&cmd, &self.scripts.acquire).await {
-            Some((1, i)) => Acquire::Key(usize::try_from(i).unwrap_or(0)),
-            Some((0, ms)) => Acquire::Wait(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        // index + 1 for a counted key, -wait_ms when none is ready yet, 0 when none can serve.
+        match self.run::<i64>(&cmd, &self.scripts.acquire).await {
+            Some(i) if i > 0 => Acquire::Key(usize::try_from(i - 1).unwrap_or(0)),
+            Some(i) if i < 0 => Acquire::Wait(Duration::from_millis(i.unsigned_abs())),
             Some(_) => Acquire::Exhausted,
             None => self.local.acquire_now(spec, tried),
         }
