@@ -1,7 +1,7 @@
 -- Pick a key for one attempt, count it, and answer, in one round trip.
 -- KEYS: the pool's state hash, then its bucket hash.
 -- ARGV: the strategy, a call counter (ties under lc/ll/w start at counter % n; on
---       counter % 16 == 0 the state hash's TTL is refreshed), the tried list (",0,2,"),
+--       counter % 64 == 0 the state hash's TTL is refreshed), the tried list (",0,2,"),
 --       then per key its fingerprint and rpm, then (w only) per key its weight.
 --       Strategies: rr (round-robin from the shared cursor); lc (least count: least-loaded or
 --       weighted where every key has the same limit or weight); ll (least share of its own
@@ -208,7 +208,7 @@ if first or rr or w > 0 then
 else
   redis.call('HSET', state, fields[m0 + 2 * best + 1], best_used + 1)
 end
-if first or call % 16 == 0 then
+if first or call % 64 == 0 then
   redis.call('HSETNX', state, '_', TABLE)
   -- A day from now, unless a mark already asked for longer (GT never shortens; it does not
   -- apply to a key without a TTL, hence the second call).

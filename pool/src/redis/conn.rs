@@ -76,7 +76,12 @@ impl Pools {
                     .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
                 let info =
                     info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-                let manager = deadpool_redis::Manager::new(info)
+                // The store bounds every command itself (`command_timeout`, and NOSCRIPT's reload
+                // within it); a second, library-side timer per command would only cost.
+                let connection = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(None);
+                let manager = deadpool_redis::Manager::new_with_config(info, connection)
                     .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
                 deadpool_redis::Pool::builder(manager)
                     .config(pool_config(settings))

@@ -328,16 +328,20 @@ impl RedisStore {
         let mut cmd = prepared.acquire_head.clone();
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         // The script starts ties under least-loaded and weighted (which need no shared cursor)
-        // at call % n, and refreshes the state hash's TTL when call % 16 == 0: kept below
-        // 16 * n so it stays a small number.
-        cmd.arg(call % (16 * spec.keys.len().max(1) as u64));
-        let mut list = String::with_capacity(2 + tried.len() * 3);
-        list.push(',');
-        for i in tried {
-            list.push_str(&i.to_string());
+        // at call % n, and refreshes the state hash's TTL when call % 64 == 0: kept below
+        // 64 * n so it stays a small number.
+        cmd.arg(call % (64 * spec.keys.len().max(1) as u64));
+        if tried.is_empty() {
+            cmd.arg(",");
+        } else {
+            let mut list = String::with_capacity(1 + tried.len() * 3);
             list.push(',');
+            for i in tried {
+                list.push_str(&i.to_string());
+                list.push(',');
+            }
+            cmd.arg(list);
         }
-        cmd.arg(list);
         cmd.arg(&prepared.acquire_tail);
         // index + 1 for a counted key, -wait_ms when none is ready yet, 0 when none can serve.
         match self.run::<i64>(&cmd, &self.scripts.acquire).await {
