@@ -11,7 +11,7 @@ use keyrelay_mock::Reply as Script;
 use keyrelay_pool::{fingerprint, StoreState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::redis::{free_port, RedisCluster, RedisServer};
 use support::*;
 
@@ -690,6 +690,64 @@ async fn admin_status_and_actions_act_on_every_instance() {
     let ready = admin_call(&fleet, 0, "GET", "/readyz").await;
     assert_eq!(ready.json()["store"], "shared");
     assert_no_secret_in(&redis.dump());
+}
+
+/// `mk` in the state hash: the latest end of any mark (absent: no mark in force).
+fn mark_horizon(redis: &RedisServer) -> Option<u64> {
+    let v = redis.cli(&["HGET", STATE, "mk"]);
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.parse().unwrap_or_else(|_| panic!("mk {v:?}")))
+}
+
+#[tokio::test]
+async fn marks_are_read_only_while_one_is_in_force() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(
+        2,
+        &format!("url = \"{}\"", redis.url()),
+        r#"strategy = "round-robin""#,
+    )
+    .await;
+    assert_eq!(fleet.chat(0).await.status, 200);
+    assert_eq!(mark_horizon(&redis), None, "no mark yet");
+    // A 1 s cooldown on the key next in turn raises the horizon to its end.
+    let next = fleet.mock.total_calls() % 3;
+    fleet
+        .mock
+        .set(KEYS[next], Script::rate_limited(&[("retry-after", "1")]));
+    assert_eq!(fleet.chat(1).await.status, 200);
+    let horizon = mark_horizon(&redis).expect("a cooldown sets mk");
+    let left = mark_left_ms(&redis, KEYS[next]);
+    assert!((1..=1_000).contains(&left), "mark has {left} ms left");
+    fleet.mock.set(KEYS[next], Script::Normal);
+    // When it has passed, the key serves again (on either instance) and the horizon is gone.
+    let before = fleet.mock.calls(KEYS[next]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut i = 0;
+    while fleet.mock.calls(KEYS[next]) == before {
+        assert!(Instant::now() < deadline, "cooled key never came back");
+        assert_eq!(fleet.chat(i).await.status, 200);
+        i += 1;
+    }
+    // Redis runs on this host's clock: the key served after the cooldown's end.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        now_ms + 5 >= horizon,
+        "key back {} ms early",
+        horizon - now_ms
+    );
+    assert_eq!(mark_horizon(&redis), None, "mk left after every mark ended");
+    // A disable holds the horizon at never until the key is enabled and a request has run.
+    admin_call(&fleet, 0, "POST", "/admin/keys/openai/KR_KEY_2/disable").await;
+    assert_eq!(mark_horizon(&redis), Some((1 << 53) - 1));
+    assert_eq!(fleet.chat(1).await.status, 200);
+    assert_eq!(mark_horizon(&redis), Some((1 << 53) - 1));
+    admin_call(&fleet, 1, "POST", "/admin/keys/openai/KR_KEY_2/enable").await;
+    assert_eq!(fleet.chat(0).await.status, 200);
+    assert_eq!(mark_horizon(&redis), None);
 }
 
 #[tokio::test]

@@ -1,28 +1,32 @@
 -- Pick a key for one attempt, count it, and answer, in one round trip.
 -- KEYS: the pool's state hash, then its bucket hash.
--- ARGV: the strategy, a call counter (ties under lc/ll/w start at counter % n; on
---       counter % 64 == 0 the state hash's TTL is refreshed), the tried list (",0,2,"),
---       then per key its fingerprint and rpm, then (w only) per key its weight.
+-- ARGV: the strategy, a call counter (ties under ll/w start at counter % n), the tried list
+--       (",0,2,"), then per key its fingerprint and rpm, then (w only) per key its weight.
 --       Strategies: rr (round-robin from the shared cursor); lc (least count: least-loaded or
---       weighted where every key has the same limit or weight); ll (least share of its own
---       rpm); w (least share of its weight).
+--       weighted where every key has the same limit or weight; a tie goes to the lowest index,
+--       and the count it adds breaks the next tie); ll (least share of its own rpm); w (least
+--       share of its weight).
 -- Returns index + 1 (counted), -wait_ms (none ready yet), or 0 (nothing can serve).
 --
 -- Windows are per-second buckets (`<fp>:<second>` in the bucket hash), with each key's live
 -- total kept in `n:<fp>`. A bucket counts until its whole second has left the minute, so a
 -- window spans at most 61 s and a key never takes more than its rpm in any 60 s.
 --
--- Cost model (Redis 7, measured): an argument costs ~0.1 us, a redis.call ~1 us, and in Lua a
--- table ~0.3 us and a string-to-number conversion ~0.2 us. So the hot path is TIME, one HMGET
--- (the next expiry, the cursor under rr, each key's mark and count), one HINCRBY (the bucket)
--- and one HSET; it builds one table of its own (the field list), converts a key's rpm only
--- when its count has as many digits, and answers with a single number. The rest is paid
--- rarely: moving expired buckets out of `n` (once a second for the whole pool, when `x` is
--- due) and finding when a full key frees up (once per full period, in `f:<fp>`).
+-- Cost model (Redis 7, instructions per call measured with callgrind): a script call with
+-- its arguments ~26k; a redis.call ~5k, plus ~1.2k per field it names; a number passed to a
+-- command ~2k (formatted with printf); in Lua, tonumber ~1.9k (strtod), a concatenation
+-- ~0.7k, a table ~1-2k, a string comparison ~0.6k. So the hot path (lc, no mark in force,
+-- nothing due) is TIME, one HMGET (`x`, `mk`, each key's count), one HINCRBY of the bucket
+-- and one of the count, converts no number at all, compares counts as decimal strings
+-- (shorter is smaller; digit strings of one length order the same under any collation) and
+-- answers with a single number. Marks are read only while `mk` says one may be in force.
+-- The rest is paid rarely: moving expired buckets out of `n` (once a second for the whole
+-- pool, when `x` is due) and finding when a full key frees up (once per full period, in
+-- `f:<fp>`).
 local strategy = ARGV[1]
-local call = tonumber(ARGV[2])
 local tried = ARGV[3]
 local rr = strategy == 'rr'
+local by_share = strategy == 'll' or strategy == 'w'
 local n = (#ARGV - 3) / 2
 if strategy == 'w' then n = (#ARGV - 3) / 3 end
 local state, buckets = KEYS[1], KEYS[2]
@@ -32,35 +36,32 @@ local state, buckets = KEYS[1], KEYS[2]
 local TABLE = 'keyrelay: this value is longer than 64 bytes so that Redis keeps the hash a hash table'
 local t = redis.call('TIME')
 local secs = t[1]
-local sec = tonumber(secs)
-local now -- milliseconds, computed when a mark or a full key needs it
+local sec, now -- seconds and milliseconds as numbers, computed where needed
 
--- vals[1]: x; vals[2]: rr (rr only); then per key i: mark at m0 + 2i, count at m0 + 2i + 1.
+-- vals[1]: x; vals[2]: mk; vals[3]: rr (rr only); then key i's count at c0 + i.
 -- The list is made by copying as many ARGV entries as it needs fields (one allocation at its
--- final size, where growing it would reallocate it three times), then overwritten.
-local fields, m0
+-- final size, where growing it would reallocate it), then overwritten.
+local fields, c0
 if rr then
-  fields = {unpack(ARGV, 2, 3 + 2 * n)}
-  fields[2] = 'rr'
-  m0 = 3
+  fields = {unpack(ARGV, 1, 3 + n)}
+  fields[3] = 'rr'
+  c0 = 4
 else
-  fields = {unpack(ARGV, 3, 3 + 2 * n)}
-  m0 = 2
+  fields = {unpack(ARGV, 1, 2 + n)}
+  c0 = 3
 end
 fields[1] = 'x'
-for i = 0, n - 1 do
-  local fp = ARGV[4 + 2 * i]
-  fields[m0 + 2 * i] = 'm:' .. fp
-  fields[m0 + 2 * i + 1] = 'n:' .. fp
-end
+fields[2] = 'mk'
+for i = 0, n - 1 do fields[c0 + i] = 'n:' .. ARGV[4 + 2 * i] end
 local vals = redis.call('HMGET', state, unpack(fields))
 -- Writes to the state hash besides the count, made on the rare paths.
 local writes, w = nil, 0
 
--- x: the second at which some key's oldest bucket leaves the window (absent: none).
-local due = vals[1] and tonumber(vals[1]) or 0
-if due > 0 and due <= sec then
+-- x: the second at which some key's oldest bucket leaves the window ('0' or absent: none).
+local due = vals[1]
+if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
   -- Move expired buckets out of every key's count (into its total), and find the next due.
+  sec = tonumber(secs)
   writes = {}
   local next_due = 0
   for i = 0, n - 1 do
@@ -70,7 +71,7 @@ if due > 0 and due <= sec then
     if oldest > 0 and oldest <= sec - 61 then
       -- Buckets of a key lie within 60 s of its oldest one. When all of them have left the
       -- window, its whole count goes (the bucket hash may have expired already).
-      local count = tonumber(vals[m0 + 2 * i + 1]) or 0
+      local count = tonumber(vals[c0 + i]) or 0
       local names = {}
       for s = oldest, math.min(sec - 61, oldest + 60) do names[#names + 1] = fp .. ':' .. s end
       local dropped = count
@@ -82,8 +83,8 @@ if due > 0 and due <= sec then
       redis.call('HDEL', buckets, unpack(names))
       local used = math.max(0, count - dropped)
       if used > 0 then oldest = sec - 60 else oldest = 0 end
-      vals[m0 + 2 * i + 1] = used
-      writes[w + 1] = fields[m0 + 2 * i + 1]; writes[w + 2] = used
+      vals[c0 + i] = tostring(used)
+      writes[w + 1] = fields[c0 + i]; writes[w + 2] = used
       writes[w + 3] = 'o:' .. fp; writes[w + 4] = oldest
       writes[w + 5] = 't:' .. fp; writes[w + 6] = (tonumber(ot[2]) or 0) + dropped
       w = w + 6
@@ -95,39 +96,69 @@ if due > 0 and due <= sec then
   w = w + 2
 end
 
-local cursor
-if rr then
-  cursor = (tonumber(vals[2]) or 0) % n
-else
-  cursor = call % n
+-- mk: no mark ends later than this (ms; a disable counts as never). Written by mark.lua, and
+-- brought down here to what the marks in force need, or removed when none is.
+local marks
+local mk = vals[2]
+if mk then
+  sec = sec or tonumber(secs)
+  now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local top = 0
+  if tonumber(mk) > now then
+    local names = {}
+    for i = 0, n - 1 do names[i + 1] = 'm:' .. ARGV[4 + 2 * i] end
+    marks = redis.call('HMGET', state, unpack(names))
+    for i = 1, n do
+      if marks[i] then
+        local until_ms, kind = string.match(marks[i], '^(%d+)|(%a+)')
+        if kind == 'disabled' then
+          top = tonumber(mk)
+        elseif until_ms and tonumber(until_ms) > math.max(now, top) then
+          top = tonumber(until_ms)
+        end
+      end
+    end
+  end
+  if top == 0 then
+    redis.call('HDEL', state, 'mk')
+  elseif top < tonumber(mk) then
+    writes = writes or {}
+    writes[w + 1] = 'mk'; writes[w + 2] = top
+    w = w + 2
+  end
 end
-local by_share = strategy == 'll' or strategy == 'w'
-local best, best_used, best_den
+
+local cursor = 0
+if rr then
+  cursor = (tonumber(vals[3]) or 0) % n
+elseif by_share then
+  cursor = tonumber(ARGV[2]) % n
+end
+local best, best_c, best_used, best_den
 local wait = -1
 local any_tried = tried ~= ','
 for j = 0, n - 1 do
   local i = (cursor + j) % n
   if not (any_tried and string.find(tried, ',' .. i .. ',', 1, true)) then
-    local mark = vals[m0 + 2 * i]
+    local mark = marks and marks[i + 1]
     local ready_in, disabled = 0, false
     if mark then
       local until_ms, kind = string.match(mark, '^(%d+)|(%a+)')
       if kind == 'disabled' then
         disabled = true
       elseif until_ms then
-        now = now or sec * 1000 + math.floor(tonumber(t[2]) / 1000)
         ready_in = math.max(0, tonumber(until_ms) - now)
       end
     end
     if not disabled then
       local rpm_s = ARGV[5 + 2 * i]
-      local count = vals[m0 + 2 * i + 1]
-      local used = count and tonumber(count) or 0
-      -- A count with fewer digits than the rpm is below it, with no conversion of the rpm.
-      if count and (type(count) ~= 'string' or #count >= #rpm_s) and used >= tonumber(rpm_s) then
-        -- Full: f:<fp> holds when it frees up, unless that has passed and must be found again.
-        local rpm = tonumber(rpm_s)
+      local c = vals[c0 + i] or '0'
+      -- Full when the count reaches the rpm, compared as decimal strings.
+      if #c > #rpm_s or (#c == #rpm_s and c >= rpm_s) then
+        -- f:<fp> holds when it frees up, unless that has passed and must be found again.
+        local used, rpm = tonumber(c), tonumber(rpm_s)
         local fp = ARGV[4 + 2 * i]
+        sec = sec or tonumber(secs)
         now = now or sec * 1000 + math.floor(tonumber(t[2]) / 1000)
         local of = redis.call('HMGET', state, 'o:' .. fp, 'f:' .. fp)
         local full = tonumber(of[2]) or 0
@@ -155,17 +186,16 @@ for j = 0, n - 1 do
       if ready_in <= 0 then
         if rr then
           -- Round-robin takes the first ready key from the shared cursor.
-          best, best_used = i, used
+          best, best_c = i, c
           break
-        end
-        if by_share then
-          local den
+        elseif by_share then
+          local used, den = tonumber(c), nil
           if strategy == 'w' then den = tonumber(ARGV[3 + 2 * n + 1 + i]) else den = tonumber(rpm_s) end
           if best == nil or used * best_den < best_used * den then
-            best, best_used, best_den = i, used, den
+            best, best_c, best_used, best_den = i, c, used, den
           end
-        elseif best == nil or used < best_used then
-          best, best_used = i, used
+        elseif best == nil or #c < #best_c or (#c == #best_c and c < best_c) then
+          best, best_c = i, c
         end
       elseif wait < 0 or ready_in < wait then
         wait = ready_in
@@ -181,21 +211,25 @@ if best == nil then
 end
 
 local fp = ARGV[4 + 2 * best]
--- A new bucket (the first request of this second for this key) renews the hash's TTL.
-if redis.call('HINCRBY', buckets, fp .. ':' .. secs, '1') == 1 then
+-- A new bucket (the first request of this second for this key) renews both hashes' TTLs,
+-- below: at most once a second per key.
+local fresh = redis.call('HINCRBY', buckets, fp .. ':' .. secs, '1') == 1
+if fresh then
   redis.call('HSETNX', buckets, '_', TABLE)
   redis.call('PEXPIRE', buckets, '125000')
 end
-local first = best_used == 0
+local first = best_c == '0'
 if first or rr or w > 0 then
   writes = writes or {}
-  writes[w + 1] = fields[m0 + 2 * best + 1]; writes[w + 2] = best_used + 1
+  writes[w + 1] = fields[c0 + best]; writes[w + 2] = tonumber(best_c) + 1
   w = w + 2
   if first then
     -- No live bucket before this one: it is the key's oldest, and may be the next to expire.
+    sec = sec or tonumber(secs)
+    local due_n = tonumber(due) or 0
     writes[w + 1] = 'o:' .. fp; writes[w + 2] = secs
     w = w + 2
-    if due <= 0 or sec + 61 < due then
+    if due_n <= 0 or sec + 61 < due_n then
       writes[w + 1] = 'x'; writes[w + 2] = sec + 61
       w = w + 2
     end
@@ -206,9 +240,9 @@ if first or rr or w > 0 then
   end
   redis.call('HSET', state, unpack(writes))
 else
-  redis.call('HSET', state, fields[m0 + 2 * best + 1], best_used + 1)
+  redis.call('HINCRBY', state, fields[c0 + best], '1')
 end
-if first or call % 64 == 0 then
+if fresh then
   redis.call('HSETNX', state, '_', TABLE)
   -- A day from now, unless a mark already asked for longer (GT never shortens; it does not
   -- apply to a key without a TTL, hence the second call).

@@ -7,7 +7,7 @@
 //!
 //! | key                   | type | holds                                                     | TTL   |
 //! |-----------------------|------|-----------------------------------------------------------|-------|
-//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day, refreshed by use (longer if a mark needs it) |
+//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; `mk`: no mark ends later than this (ms; a disable counts as never), so the marks are read only while one may be in force; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day, refreshed by use (longer if a mark needs it) |
 //! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s, renewed by each new bucket |
 //! | `keyrelay:{probe}:alive` | string | written by the health probe                           | 10 s  |
 //!
@@ -327,10 +327,9 @@ impl RedisStore {
         // The fixed head is cloned (one buffer copy); the per-attempt parts are appended.
         let mut cmd = prepared.acquire_head.clone();
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        // The script starts ties under least-loaded and weighted (which need no shared cursor)
-        // at call % n, and refreshes the state hash's TTL when call % 64 == 0: kept below
-        // 64 * n so it stays a small number.
-        cmd.arg(call % (64 * spec.keys.len().max(1) as u64));
+        // The script starts ties under least-loaded and weighted by share (which need no
+        // shared cursor) at call % n; sent as that, a small number.
+        cmd.arg(call % spec.keys.len().max(1) as u64);
         if tried.is_empty() {
             cmd.arg(",");
         } else {
