@@ -1,7 +1,9 @@
 -- Pick a key for one attempt, count it, and answer, in one round trip.
 -- KEYS: the pool's state hash, then its bucket hash.
 -- ARGV: the strategy, a call counter (ties under ll/w start at counter % n), the tried list
---       (",0,2,"), then per key its fingerprint and rpm, then (w only) per key its weight.
+--       (",0,2,"), then the fields the script reads from the state hash: 'x', 'mk', 'rr' (rr
+--       only) and per key its count field `n:<fp>`; then per key its rpm, then (w only) per
+--       key its weight. The field names come ready-made: building them here costs more.
 --       Strategies: rr (round-robin from the shared cursor); lc (least count: least-loaded or
 --       weighted where every key has the same limit or weight; a tie goes to the lowest index,
 --       and the count it adds breaks the next tie); ll (least share of its own rpm); w (least
@@ -16,8 +18,8 @@
 -- its arguments ~26k; a redis.call ~5k, plus ~1.2k per field it names; a number passed to a
 -- command ~2k (formatted with printf); in Lua, tonumber ~1.9k (strtod), a concatenation
 -- ~0.7k, a table ~1-2k, a string comparison ~0.6k. So the hot path (lc, no mark in force,
--- nothing due) is TIME, one HMGET (`x`, `mk`, each key's count), one HINCRBY of the bucket
--- and one of the count, converts no number at all, compares counts as decimal strings
+-- nothing due) is TIME, one HMGET (`x`, `mk`, each key's count, its fields straight from
+-- ARGV), one HINCRBY of the bucket and one of the count, builds no table, converts no number, compares counts as decimal strings
 -- (shorter is smaller; digit strings of one length order the same under any collation) and
 -- answers with a single number. Marks are read only while `mk` says one may be in force.
 -- The rest is paid rarely: moving expired buckets out of `n` (once a second for the whole
@@ -27,8 +29,13 @@ local strategy = ARGV[1]
 local tried = ARGV[3]
 local rr = strategy == 'rr'
 local by_share = strategy == 'll' or strategy == 'w'
-local n = (#ARGV - 3) / 2
-if strategy == 'w' then n = (#ARGV - 3) / 3 end
+-- vals[1]: x; vals[2]: mk; vals[3]: rr (rr only); key i's count at vals[c0 + i], its field
+-- name at ARGV[3 + c0 + i], its rpm at ARGV[r0 + i], its weight (w) at ARGV[r0 + n + i].
+local c0 = 3
+if rr then c0 = 4 end
+local n = (#ARGV - 2 - c0) / 2
+if strategy == 'w' then n = (#ARGV - 2 - c0) / 3 end
+local r0 = 3 + c0 + n
 local state, buckets = KEYS[1], KEYS[2]
 -- Redis keeps a small hash as a listpack, which it searches field by field: a bucket hash of a
 -- minute's seconds would cost microseconds per lookup. A value over 64 bytes makes it a hash
@@ -38,22 +45,7 @@ local t = redis.call('TIME')
 local secs = t[1]
 local sec, now -- seconds and milliseconds as numbers, computed where needed
 
--- vals[1]: x; vals[2]: mk; vals[3]: rr (rr only); then key i's count at c0 + i.
--- The list is made by copying as many ARGV entries as it needs fields (one allocation at its
--- final size, where growing it would reallocate it), then overwritten.
-local fields, c0
-if rr then
-  fields = {unpack(ARGV, 1, 3 + n)}
-  fields[3] = 'rr'
-  c0 = 4
-else
-  fields = {unpack(ARGV, 1, 2 + n)}
-  c0 = 3
-end
-fields[1] = 'x'
-fields[2] = 'mk'
-for i = 0, n - 1 do fields[c0 + i] = 'n:' .. ARGV[4 + 2 * i] end
-local vals = redis.call('HMGET', state, unpack(fields))
+local vals = redis.call('HMGET', state, unpack(ARGV, 4, r0 - 1))
 -- Writes to the state hash besides the count, made on the rare paths.
 local writes, w = nil, 0
 
@@ -65,7 +57,7 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
   writes = {}
   local next_due = 0
   for i = 0, n - 1 do
-    local fp = ARGV[4 + 2 * i]
+    local fp = string.sub(ARGV[3 + c0 + i], 3)
     local ot = redis.call('HMGET', state, 'o:' .. fp, 't:' .. fp)
     local oldest = tonumber(ot[1]) or 0
     if oldest > 0 and oldest <= sec - 61 then
@@ -84,7 +76,7 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
       local used = math.max(0, count - dropped)
       if used > 0 then oldest = sec - 60 else oldest = 0 end
       vals[c0 + i] = tostring(used)
-      writes[w + 1] = fields[c0 + i]; writes[w + 2] = used
+      writes[w + 1] = ARGV[3 + c0 + i]; writes[w + 2] = used
       writes[w + 3] = 'o:' .. fp; writes[w + 4] = oldest
       writes[w + 5] = 't:' .. fp; writes[w + 6] = (tonumber(ot[2]) or 0) + dropped
       w = w + 6
@@ -106,7 +98,7 @@ if mk then
   local top = 0
   if tonumber(mk) > now then
     local names = {}
-    for i = 0, n - 1 do names[i + 1] = 'm:' .. ARGV[4 + 2 * i] end
+    for i = 0, n - 1 do names[i + 1] = 'm:' .. string.sub(ARGV[3 + c0 + i], 3) end
     marks = redis.call('HMGET', state, unpack(names))
     for i = 1, n do
       if marks[i] then
@@ -151,13 +143,13 @@ for j = 0, n - 1 do
       end
     end
     if not disabled then
-      local rpm_s = ARGV[5 + 2 * i]
+      local rpm_s = ARGV[r0 + i]
       local c = vals[c0 + i] or '0'
       -- Full when the count reaches the rpm, compared as decimal strings.
       if #c > #rpm_s or (#c == #rpm_s and c >= rpm_s) then
         -- f:<fp> holds when it frees up, unless that has passed and must be found again.
         local used, rpm = tonumber(c), tonumber(rpm_s)
-        local fp = ARGV[4 + 2 * i]
+        local fp = string.sub(ARGV[3 + c0 + i], 3)
         sec = sec or tonumber(secs)
         now = now or sec * 1000 + math.floor(tonumber(t[2]) / 1000)
         local of = redis.call('HMGET', state, 'o:' .. fp, 'f:' .. fp)
@@ -190,7 +182,7 @@ for j = 0, n - 1 do
           break
         elseif by_share then
           local used, den = tonumber(c), nil
-          if strategy == 'w' then den = tonumber(ARGV[3 + 2 * n + 1 + i]) else den = tonumber(rpm_s) end
+          if strategy == 'w' then den = tonumber(ARGV[r0 + n + i]) else den = tonumber(rpm_s) end
           if best == nil or used * best_den < best_used * den then
             best, best_c, best_used, best_den = i, c, used, den
           end
@@ -210,7 +202,7 @@ if best == nil then
   return -math.max(1, wait)
 end
 
-local fp = ARGV[4 + 2 * best]
+local fp = string.sub(ARGV[3 + c0 + best], 3)
 -- A new bucket (the first request of this second for this key) renews both hashes' TTLs,
 -- below: at most once a second per key.
 local fresh = redis.call('HINCRBY', buckets, fp .. ':' .. secs, '1') == 1
@@ -221,7 +213,7 @@ end
 local first = best_c == '0'
 if first or rr or w > 0 then
   writes = writes or {}
-  writes[w + 1] = fields[c0 + best]; writes[w + 2] = tonumber(best_c) + 1
+  writes[w + 1] = ARGV[3 + c0 + best]; writes[w + 2] = tonumber(best_c) + 1
   w = w + 2
   if first then
     -- No live bucket before this one: it is the key's oldest, and may be the next to expire.
@@ -240,7 +232,7 @@ if first or rr or w > 0 then
   end
   redis.call('HSET', state, unpack(writes))
 else
-  redis.call('HINCRBY', state, fields[c0 + best], '1')
+  redis.call('HINCRBY', state, ARGV[3 + c0 + best], '1')
 end
 if fresh then
   redis.call('HSETNX', state, '_', TABLE)

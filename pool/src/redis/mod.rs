@@ -85,7 +85,8 @@ impl Default for RedisSettings {
 struct Prepared {
     /// EVALSHA acquire with its keys and strategy; the per-attempt parts follow.
     acquire_head: Cmd,
-    /// Each key's fingerprint and rpm, then (weighted only) each key's weight.
+    /// The state fields acquire.lua reads (`x`, `mk`, `rr` under round-robin, each key's
+    /// `n:<fp>`), each key's rpm, then (weighted only) each key's weight.
     acquire_tail: Vec<String>,
     status: Cmd,
     state: String,
@@ -116,11 +117,13 @@ impl Prepared {
             .arg(keys.len())
             .arg(&keys)
             .arg(strategy);
-        let mut acquire_tail: Vec<String> = spec
-            .keys
-            .iter()
-            .flat_map(|k| [k.fingerprint.clone(), k.rpm.to_string()])
-            .collect();
+        // The state fields the script reads, then the limits (see acquire.lua).
+        let mut acquire_tail: Vec<String> = vec!["x".into(), "mk".into()];
+        if spec.strategy == Strategy::RoundRobin {
+            acquire_tail.push("rr".into());
+        }
+        acquire_tail.extend(spec.keys.iter().map(|k| format!("n:{}", k.fingerprint)));
+        acquire_tail.extend(spec.keys.iter().map(|k| k.rpm.to_string()));
         if spec.strategy == Strategy::Weighted {
             acquire_tail.extend(spec.keys.iter().map(|k| k.weight.to_string()));
         }
