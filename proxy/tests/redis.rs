@@ -201,18 +201,23 @@ async fn least_loaded_on_redis_balances_across_instances() {
     }
 }
 
-#[tokio::test]
-async fn weighted_on_redis_follows_the_weights_across_instances() {
+/// Two instances on one Redis, three keys with the given per-key setting `field` of 1:2:3
+/// (times `unit`) under `strategy`: 60 sequential requests must split 10:20:30.
+async fn spread_follows_one_two_three(strategy: &str, field: &str, unit: u32) {
     let redis = RedisServer::start();
+    let keys: String = (1..=3)
+        .map(|i| {
+            format!(
+                "  {{ secret = \"env:KR_KEY_{i}\", {field} = {} }},\n",
+                i * unit
+            )
+        })
+        .collect();
     let fleet = Fleet::start_keys(
         2,
         &format!("url = \"{}\"", redis.url()),
-        r#"strategy = "weighted""#,
-        r#"keys = [
-  { secret = "env:KR_KEY_1", weight = 1 },
-  { secret = "env:KR_KEY_2", weight = 2 },
-  { secret = "env:KR_KEY_3", weight = 3 },
-]"#,
+        &format!("strategy = \"{strategy}\""),
+        &format!("keys = [\n{keys}]"),
     )
     .await;
     assert_eq!(fleet.state(0), StoreState::Shared);
@@ -220,34 +225,20 @@ async fn weighted_on_redis_follows_the_weights_across_instances() {
     for (served, want) in got.iter().zip([10, 20, 30]) {
         assert!(
             served.abs_diff(want) <= 1,
-            "weights 1:2:3 over 60 requests: {got:?}"
+            "{strategy} with {field} 1:2:3 over 60 requests: {got:?}"
         );
     }
 }
 
 #[tokio::test]
+async fn weighted_on_redis_follows_the_weights_across_instances() {
+    spread_follows_one_two_three("weighted", "weight", 1).await;
+}
+
+#[tokio::test]
 async fn least_loaded_on_redis_weighs_each_key_by_its_own_limit() {
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_keys(
-        2,
-        &format!("url = \"{}\"", redis.url()),
-        "",
-        r#"keys = [
-  { secret = "env:KR_KEY_1", rpm = 100 },
-  { secret = "env:KR_KEY_2", rpm = 200 },
-  { secret = "env:KR_KEY_3", rpm = 300 },
-]"#,
-    )
-    .await;
-    assert_eq!(fleet.state(0), StoreState::Shared);
-    // Least-loaded takes the key with the least share of its own limit: 1:2:3 here.
-    let got = sequential_spread(&fleet, 60).await;
-    for (served, want) in got.iter().zip([10, 20, 30]) {
-        assert!(
-            served.abs_diff(want) <= 1,
-            "limits 100:200:300 over 60 requests: {got:?}"
-        );
-    }
+    // Least-loaded takes the key with the least share of its own limit.
+    spread_follows_one_two_three("least-loaded", "rpm", 100).await;
 }
 
 #[tokio::test]
