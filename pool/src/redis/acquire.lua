@@ -19,9 +19,10 @@
 -- command ~2k (formatted with printf); in Lua, tonumber ~1.9k (strtod), a concatenation
 -- ~0.7k, a table ~1-2k, a string comparison ~0.6k. So the hot path (lc, no mark in force,
 -- nothing due) is TIME, one HMGET (`x`, `mk`, each key's count, its fields straight from
--- ARGV), one HINCRBY of the bucket and one of the count, builds no table, converts no number, compares counts as decimal strings
--- (shorter is smaller; digit strings of one length order the same under any collation) and
--- answers with a single number. Marks are read only while `mk` says one may be in force.
+-- ARGV), one HINCRBY of the bucket and one of the count; it builds no table, converts no
+-- number, compares counts as decimal strings (shorter is smaller; digit strings of one
+-- length order the same under any collation) and answers with a single number. Marks are
+-- read only while `mk` says one may be in force. All of it: ~75k instructions per call.
 -- The rest is paid rarely: moving expired buckets out of `n` (once a second for the whole
 -- pool, when `x` is due) and finding when a full key frees up (once per full period, in
 -- `f:<fp>`).
