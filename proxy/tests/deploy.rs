@@ -198,12 +198,10 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
     };
     assert_eq!(values, ["1", "2"], "per-instance request counts as scraped");
     // Both instances share one pool: Redis counted all three requests.
-    let buckets = redis.cli(&["HGETALL", "keyrelay:{openai}:b"]);
-    let lines: Vec<&str> = buckets.lines().filter(|l| !l.is_empty()).collect();
-    let counted: usize = lines
-        .chunks(2)
-        .filter(|pair| pair[0] != "_")
-        .map(|pair| pair[1].trim().parse::<usize>().unwrap())
+    let counted: usize = redis
+        .pool_hash("keyrelay:{openai}:b")
+        .iter()
+        .map(|(_, n)| n.parse::<usize>().unwrap())
         .sum();
     assert_eq!(counted, 3);
     drop(instances);

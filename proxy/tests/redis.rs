@@ -350,18 +350,14 @@ const BUCKETS: &str = "keyrelay:{openai}:b";
 /// Move the pool's whole history `secs` seconds into the past, as if that much time had gone
 /// by: every bucket, every key's oldest second and freeing time, and the next expiry.
 fn age_history(redis: &RedisServer, secs: i64) {
-    let buckets = redis.cli(&["HGETALL", BUCKETS]);
-    let lines: Vec<&str> = buckets.lines().filter(|l| !l.is_empty()).collect();
-    for pair in lines.chunks(2).filter(|p| p[0] != "_") {
-        let (fp, sec) = pair[0].rsplit_once(':').unwrap();
+    for (name, count) in redis.pool_hash(BUCKETS) {
+        let (fp, sec) = name.rsplit_once(':').unwrap();
         let sec: i64 = sec.parse().unwrap();
-        redis.cli(&["HDEL", BUCKETS, pair[0]]);
-        redis.cli(&["HSET", BUCKETS, &format!("{fp}:{}", sec - secs), pair[1]]);
+        redis.cli(&["HDEL", BUCKETS, &name]);
+        redis.cli(&["HSET", BUCKETS, &format!("{fp}:{}", sec - secs), &count]);
     }
-    let state = redis.cli(&["HGETALL", STATE]);
-    let lines: Vec<&str> = state.lines().filter(|l| !l.is_empty()).collect();
-    for pair in lines.chunks(2) {
-        let (field, value) = (pair[0], pair[1].trim());
+    for (field, value) in redis.pool_hash(STATE) {
+        let field = field.as_str();
         let shifted = match field.split(':').next().unwrap() {
             "o" | "x" => value.parse::<i64>().unwrap() - secs,
             "f" => value.parse::<i64>().unwrap() - secs * 1000,
@@ -411,11 +407,7 @@ async fn full_keys_free_up_as_their_requests_leave_the_minute() {
         assert_eq!(fleet.mock.calls(k), 4);
     }
     // The expired buckets are gone; only this second's remain.
-    let buckets = redis
-        .cli(&["HKEYS", BUCKETS])
-        .lines()
-        .filter(|l| !l.is_empty() && *l != "_")
-        .count();
+    let buckets = redis.pool_hash(BUCKETS).len();
     assert!(buckets <= 6, "{buckets} buckets left");
 
     // Long after every bucket left (and the bucket hash may have expired): counts reset whole.

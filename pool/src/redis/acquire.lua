@@ -94,10 +94,11 @@ end
 local marks
 local mk = vals[2]
 if mk then
+  mk = tonumber(mk)
   sec = sec or tonumber(secs)
   now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
   local top = 0
-  if tonumber(mk) > now then
+  if mk > now then
     local names = {}
     for i = 0, n - 1 do names[i + 1] = 'm:' .. string.sub(ARGV[3 + c0 + i], 3) end
     marks = redis.call('HMGET', state, unpack(names))
@@ -105,7 +106,7 @@ if mk then
       if marks[i] then
         local until_ms, kind = string.match(marks[i], '^(%d+)|(%a+)')
         if kind == 'disabled' then
-          top = tonumber(mk)
+          top = mk
         elseif until_ms and tonumber(until_ms) > math.max(now, top) then
           top = tonumber(until_ms)
         end
@@ -114,7 +115,7 @@ if mk then
   end
   if top == 0 then
     redis.call('HDEL', state, 'mk')
-  elseif top < tonumber(mk) then
+  elseif top < mk then
     writes = writes or {}
     writes[w + 1] = 'mk'; writes[w + 2] = top
     w = w + 2

@@ -116,6 +116,18 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Fields and values of hash `key`, without the `_` marker keyrelay writes into every
+    /// pool hash to keep it a hash table (see `pool/src/redis`).
+    pub fn pool_hash(&self, key: &str) -> Vec<(String, String)> {
+        let out = self.cli(&["HGETALL", key]);
+        let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+        lines
+            .chunks(2)
+            .filter(|pair| pair[0] != "_")
+            .map(|pair| (pair[0].to_owned(), pair[1].trim().to_owned()))
+            .collect()
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.pid().to_string()])
