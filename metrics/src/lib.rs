@@ -1,67 +1,52 @@
-//! keyrelay-metrics: one Prometheus registry, typed handles, closed label sets, text encoding.
+//! keyrelay-metrics: one Prometheus registry, typed recording methods, closed label sets, text
+//! encoding.
 //!
-//! Labels take only values from closed sets (provider and key names come from the validated
-//! config, status classes, outcomes and reasons from enums), so cardinality is bounded by the
-//! pool size and no free text, let alone a secret, can become a label.
+//! Callers never name a label: they call a method (`provider.attempt(key, outcome)`), whose
+//! arguments are closed enums ([`labels`], the pool's `Outcome` and `Mark`) or names from the
+//! validated config. So cardinality is bounded by the pool size, no free text (let alone a
+//! secret) can become a label, and a wrong label count cannot exist. Per-provider handles are
+//! resolved once, when a config is built, in [`ProviderMetrics`].
 
+mod labels;
+mod provider;
+mod store;
+
+pub use labels::{AuthFailure, ReloadResult, StatusClass, StoreOp};
+pub use provider::ProviderMetrics;
+
+use keyrelay_pool::Store;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// Status classes of client-facing responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusClass {
-    Informational,
-    Success,
-    Redirect,
-    ClientError,
-    ServerError,
-}
-
-impl StatusClass {
-    pub fn of(status: u16) -> StatusClass {
-        match status {
-            100..=199 => StatusClass::Informational,
-            200..=299 => StatusClass::Success,
-            300..=399 => StatusClass::Redirect,
-            400..=499 => StatusClass::ClientError,
-            _ => StatusClass::ServerError,
-        }
-    }
-
-    pub fn label(&self) -> &'static str {
-        match self {
-            StatusClass::Informational => "1xx",
-            StatusClass::Success => "2xx",
-            StatusClass::Redirect => "3xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
-        }
-    }
-}
-
-/// Every metric keyrelay exports.
+/// Every metric keyrelay exports. Cheap to clone: one shared registry.
 #[derive(Clone)]
 pub struct Metrics {
+    families: Arc<Families>,
+}
+
+/// The registered metric families.
+pub(crate) struct Families {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub attempts: IntCounterVec,
-    pub retries: IntCounterVec,
-    pub upstream_ttfb: HistogramVec,
-    pub request_duration: HistogramVec,
-    pub proxy_overhead: HistogramVec,
-    pub in_flight: IntGauge,
-    pub open_streams: IntGauge,
-    pub client_auth_failures: IntCounterVec,
-    pub cooldowns: IntCounterVec,
-    pub key_state: IntGaugeVec,
-    pub key_requests_minute: IntGaugeVec,
-    pub key_rpm_limit: IntGaugeVec,
-    pub store_seconds: HistogramVec,
-    pub store_errors: IntCounter,
-    pub store_degraded: IntGauge,
-    pub reloads: IntCounterVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) attempts: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) cooldowns: IntCounterVec,
+    pub(crate) upstream_ttfb: HistogramVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) proxy_overhead: HistogramVec,
+    in_flight: IntGauge,
+    open_streams: IntGauge,
+    client_auth_failures: IntCounterVec,
+    key_state: IntGaugeVec,
+    key_requests_minute: IntGaugeVec,
+    key_rpm_limit: IntGaugeVec,
+    store_seconds: HistogramVec,
+    reloads: IntCounterVec,
+    store_watched: OnceLock<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +88,12 @@ impl Builder {
         )
     }
 
+    fn single_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(
+            IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static gauge {name}: {e}")),
+        )
+    }
+
     fn histogram(&self, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
         self.register(
             HistogramVec::new(
@@ -114,117 +105,243 @@ impl Builder {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
+impl Families {
+    fn new() -> Families {
         let b = Builder(Registry::new());
-        let in_flight = b.register(
-            IntGauge::new("keyrelay_in_flight_requests", "Requests being served.")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-        );
-        let open_streams = b.register(
-            IntGauge::new(
+        let (requests, attempts, retries, cooldowns, client_auth_failures, reloads) =
+            Self::counters(&b);
+        let (key_state, key_requests_minute, key_rpm_limit) = Self::key_gauges(&b);
+        let (upstream_ttfb, request_duration, proxy_overhead, store_seconds) = Self::histograms(&b);
+        Families {
+            requests,
+            attempts,
+            retries,
+            cooldowns,
+            client_auth_failures,
+            reloads,
+            key_state,
+            key_requests_minute,
+            key_rpm_limit,
+            upstream_ttfb,
+            request_duration,
+            proxy_overhead,
+            store_seconds,
+            in_flight: b.single_gauge("keyrelay_in_flight_requests", "Requests being served."),
+            open_streams: b.single_gauge(
                 "keyrelay_open_streams",
                 "Upstream response bodies being streamed.",
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-        );
-        let store_errors = b.register(
-            IntCounter::new(
-                "keyrelay_store_errors_total",
-                "Shared store commands that failed or timed out.",
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-        );
-        let store_degraded = b.register(
-            IntGauge::new(
-                "keyrelay_store_degraded",
-                "1 while the shared store is away and pool state is local to this instance.",
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-        );
-        Metrics {
-            requests: b.counter(
+            ),
+            store_watched: OnceLock::new(),
+            registry: b.0,
+        }
+    }
+
+    #[allow(
+        clippy::type_complexity,
+        reason = "a tuple of families, named at the call site"
+    )]
+    fn counters(
+        b: &Builder,
+    ) -> (
+        IntCounterVec,
+        IntCounterVec,
+        IntCounterVec,
+        IntCounterVec,
+        IntCounterVec,
+        IntCounterVec,
+    ) {
+        (
+            b.counter(
                 "keyrelay_requests_total",
                 "Client requests answered, by provider and status class.",
                 &["provider", "status"],
             ),
-            attempts: b.counter(
+            b.counter(
                 "keyrelay_upstream_attempts_total",
                 "Upstream attempts, by provider, key name and outcome.",
                 &["provider", "key", "outcome"],
             ),
-            retries: b.counter(
+            b.counter(
                 "keyrelay_retries_total",
                 "Requests sent again on another key, by provider and reason.",
                 &["provider", "reason"],
             ),
-            client_auth_failures: b.counter(
-                "keyrelay_client_auth_failures_total",
-                "Client requests refused for a missing or wrong token.",
-                &["reason"],
-            ),
-            cooldowns: b.counter(
+            b.counter(
                 "keyrelay_cooldowns_total",
                 "Cooldowns and quarantines started, by provider and reason.",
                 &["provider", "reason"],
             ),
-            reloads: b.counter(
+            b.counter(
+                "keyrelay_client_auth_failures_total",
+                "Client requests refused for a missing or wrong token.",
+                &["reason"],
+            ),
+            b.counter(
                 "keyrelay_config_reloads_total",
                 "Config reloads, by result.",
                 &["result"],
             ),
-            key_state: b.gauge(
+        )
+    }
+
+    fn key_gauges(b: &Builder) -> (IntGaugeVec, IntGaugeVec, IntGaugeVec) {
+        (
+            b.gauge(
                 "keyrelay_key_state",
                 "1 for each key's current state (ready, cooling, quarantined, disabled).",
                 &["provider", "key", "state"],
             ),
-            key_requests_minute: b.gauge(
+            b.gauge(
                 "keyrelay_key_requests_this_minute",
                 "Requests counted against each key in the sliding minute.",
                 &["provider", "key"],
             ),
-            key_rpm_limit: b.gauge(
+            b.gauge(
                 "keyrelay_key_rpm_limit",
                 "Each key's requests-per-minute limit.",
                 &["provider", "key"],
             ),
-            upstream_ttfb: b.histogram(
+        )
+    }
+
+    fn histograms(b: &Builder) -> (HistogramVec, HistogramVec, HistogramVec, HistogramVec) {
+        (
+            b.histogram(
                 "keyrelay_upstream_ttfb_seconds",
                 "Time from sending upstream to the response head, per attempt.",
                 &["provider"],
                 &LATENCY_BUCKETS,
             ),
-            request_duration: b.histogram(
+            b.histogram(
                 "keyrelay_request_duration_seconds",
                 "Whole request, from arrival to the last body byte.",
                 &["provider"],
                 &LATENCY_BUCKETS,
             ),
-            proxy_overhead: b.histogram(
+            b.histogram(
                 "keyrelay_proxy_added_seconds",
                 "Time to the response head not spent waiting on the upstream.",
                 &["provider"],
                 &FAST_BUCKETS,
             ),
-            store_seconds: b.histogram(
+            b.histogram(
                 "keyrelay_store_seconds",
                 "Pool store round trips, by operation.",
                 &["op"],
                 &FAST_BUCKETS,
             ),
-            in_flight,
-            open_streams,
-            store_errors,
-            store_degraded,
-            registry: b.0,
+        )
+    }
+}
+
+/// The states a key's `keyrelay_key_state` series are written for.
+const KEY_STATES: [&str; 4] = ["ready", "cooling", "quarantined", "disabled"];
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            families: Arc::new(Families::new()),
         }
+    }
+
+    /// The handles of one provider (or `"none"` for requests that matched no route), resolved
+    /// once; build them when a config is built, not per request.
+    pub fn provider(&self, name: &str) -> ProviderMetrics {
+        ProviderMetrics::new(self.families.clone(), name)
+    }
+
+    pub fn client_auth_failure(&self, why: AuthFailure) {
+        self.families
+            .client_auth_failures
+            .with_label_values(&[why.label()])
+            .inc();
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.families
+            .reloads
+            .with_label_values(&[result.label()])
+            .inc();
+    }
+
+    pub fn store_round_trip(&self, op: StoreOp, took: Duration) {
+        self.families
+            .store_seconds
+            .with_label_values(&[op.label()])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn request_started(&self) {
+        self.families.in_flight.inc();
+    }
+
+    pub fn request_ended(&self) {
+        self.families.in_flight.dec();
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> i64 {
+        self.families.in_flight.get()
+    }
+
+    /// Response bodies being streamed now.
+    pub fn open_streams(&self) -> i64 {
+        self.families.open_streams.get()
+    }
+
+    pub fn stream_opened(&self) {
+        self.families.open_streams.inc();
+    }
+
+    pub fn stream_closed(&self) {
+        self.families.open_streams.dec();
+    }
+
+    /// Export the store's error count and degraded state, read from it at each scrape. The
+    /// first store watched is kept: the store lives as long as the process.
+    pub fn watch_store(&self, store: Arc<dyn Store>) {
+        self.families.store_watched.get_or_init(|| {
+            match store::StoreCollector::new(store) {
+                Ok(c) => {
+                    if let Err(e) = self.families.registry.register(Box::new(c)) {
+                        unreachable!("store collector registered once: {e}");
+                    }
+                }
+                Err(e) => unreachable!("static store metrics: {e}"),
+            };
+        });
+    }
+
+    /// Drop every per-key series, before they are written afresh from the current pools (so a
+    /// key removed by a reload leaves `/metrics`).
+    pub fn clear_keys(&self) {
+        self.families.key_state.reset();
+        self.families.key_requests_minute.reset();
+        self.families.key_rpm_limit.reset();
+    }
+
+    /// One key's state (a label of the closed set ready, cooling, quarantined, disabled), use
+    /// this minute and limit.
+    pub fn key(&self, provider: &str, key: &str, state: &str, used: u64, rpm: u32) {
+        let f = &self.families;
+        for s in KEY_STATES {
+            f.key_state
+                .with_label_values(&[provider, key, s])
+                .set(i64::from(s == state));
+        }
+        f.key_requests_minute
+            .with_label_values(&[provider, key])
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        f.key_rpm_limit
+            .with_label_values(&[provider, key])
+            .set(i64::from(rpm));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
         // Encoding well-formed families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&self.families.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }
@@ -236,30 +353,5 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_registers_and_encodes() {
-        let m = Metrics::new();
-        m.requests
-            .with_label_values(&["openai", StatusClass::of(429).label()])
-            .inc();
-        m.key_state
-            .with_label_values(&["openai", "k1", "ready"])
-            .set(1);
-        m.store_seconds
-            .with_label_values(&["acquire"])
-            .observe(0.0003);
-        let text = m.encode();
-        assert!(
-            text.contains(r#"keyrelay_requests_total{provider="openai",status="4xx"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains("keyrelay_store_degraded 0"), "{text}");
-        assert!(
-            text.contains(r#"keyrelay_key_state{key="k1",provider="openai",state="ready"} 1"#),
-            "{text}"
-        );
-    }
-}
+#[path = "tests.rs"]
+mod tests;

@@ -84,6 +84,28 @@ pub fn rate_limit_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
     best
 }
 
+/// What the provider says is left of a key's quota: (requests, tokens), as OpenAI's
+/// `x-ratelimit-remaining-*` or Anthropic's `anthropic-ratelimit-*-remaining` report it.
+pub fn remaining_quota(headers: &HeaderMap) -> (Option<i64>, Option<i64>) {
+    let read = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| header(headers, n))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+    };
+    (
+        read([
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-requests-remaining",
+        ]),
+        read([
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-tokens-remaining",
+        ]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +176,18 @@ mod tests {
         ]);
         assert_eq!(rate_limit_hint(&h, now), Some(Duration::from_secs(360)));
         assert_eq!(rate_limit_hint(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn remaining_quota_from_either_provider() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "41"),
+            ("x-ratelimit-remaining-tokens", " 9000 "),
+        ]);
+        assert_eq!(remaining_quota(&h), (Some(41), Some(9000)));
+        let h = headers(&[("anthropic-ratelimit-tokens-remaining", "12")]);
+        assert_eq!(remaining_quota(&h), (None, Some(12)));
+        let h = headers(&[("x-ratelimit-remaining-requests", "many")]);
+        assert_eq!(remaining_quota(&h), (None, None));
     }
 }

@@ -1,11 +1,14 @@
 //! keyrelay-pool: provider API keys, how an upstream answer is judged, and which key serves next.
 //!
-//! No HTTP server lives here. The proxy asks a [`Pool`] for a key, forwards with it, then reports
-//! the [`Outcome`] it observed; a [`Store`] keeps the per-key state (in memory, or shared).
+//! No HTTP server lives here. The proxy asks a [`Pool`] for a [`Lease`] on a key, forwards with
+//! the lease's credential, then reports the answer through the lease, which classifies it into an
+//! [`Outcome`], marks the key if need be and records what the provider said of its quota; a
+//! [`Store`] keeps the per-key state (in memory, or shared).
 
 mod hints;
 mod key;
 mod memory;
+mod observed;
 mod outcome;
 mod pool;
 mod redis;
@@ -13,11 +16,12 @@ mod select;
 mod state;
 mod store;
 
-pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint};
+pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint, remaining_quota};
 pub use key::{fingerprint, Key, Secret};
 pub use memory::MemoryStore;
+pub use observed::{Observed, Quota};
 pub use outcome::{classify, Outcome};
-pub use pool::{Pool, PoolSettings};
+pub use pool::{Acquired, Answer, KeyAuth, Lease, Pool, PoolError, PoolSettings, Tried, Verdict};
 pub use redis::{RedisSettings, RedisStore, RedisTarget};
 pub use select::{choose, Candidate, Strategy};
 pub use store::{

@@ -1,10 +1,14 @@
-//! A provider's key pool: its keys, its settings, and the store that holds its state.
+//! A provider's key pool: its keys, its settings, the store that holds its state, and the
+//! [`Lease`] through which one attempt uses one key and reports how it went.
 
+use crate::hints::remaining_quota;
 use crate::key::Key;
-use crate::outcome::Outcome;
+use crate::observed::{Observed, Quota};
+use crate::outcome::{classify, Outcome};
 use crate::store::{Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How outcomes turn into penalties.
 #[derive(Clone, Copy, Debug)]
@@ -27,11 +31,35 @@ impl Default for PoolSettings {
     }
 }
 
-/// A pool: spec plus settings plus store. Cheap to share behind an `Arc`.
+/// How a key goes on the wire: the header it is sent in, and whether as `Bearer <key>`.
+#[derive(Clone, Debug)]
+pub struct KeyAuth {
+    pub header: HeaderName,
+    pub bearer: bool,
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The secret has bytes a header cannot carry (the secret itself is never shown).
+    #[error("key \"{key}\" of pool \"{pool}\" is not a valid header value")]
+    InvalidKeyHeader { pool: String, key: String },
+}
+
+/// What a pool keeps per key beside its spec: the ready-made credential and its quota slot.
+struct Held {
+    credential: HeaderValue,
+    quota: Arc<Quota>,
+}
+
+/// A pool: spec plus settings plus store, and each key's ready-made credential. Cheap to share
+/// behind an `Arc`; built once per config.
 pub struct Pool {
     spec: PoolSpec,
     settings: PoolSettings,
     store: Arc<dyn Store>,
+    auth: KeyAuth,
+    held: Vec<Held>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -43,13 +71,130 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The keys an attempt loop has leased so far; the pool skips them.
+#[derive(Debug, Default)]
+pub struct Tried(Vec<usize>);
+
+impl Tried {
+    pub fn with_capacity(n: usize) -> Self {
+        Tried(Vec::with_capacity(n))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The answer to "may this attempt have a key?".
+#[derive(Debug)]
+pub enum Acquired<'p> {
+    /// This key, counted against its limit; report the attempt's result through it.
+    Lease(Lease<'p>),
+    /// No untried key is ready; the first one will be in this long.
+    Wait(Duration),
+    /// Every key was tried already, or none can serve at all.
+    Exhausted,
+}
+
+/// One attempt's hold on one key: everything the attempt needs to send, and the one way to
+/// say how it went.
+#[derive(Debug)]
+pub struct Lease<'p> {
+    pool: &'p Pool,
+    index: usize,
+}
+
+/// What an attempt came to, as the pool is told it.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer<'a> {
+    /// A response head arrived.
+    Head {
+        status: StatusCode,
+        headers: &'a HeaderMap,
+    },
+    /// None did: the request failed in transport or timed out.
+    Failed,
+}
+
+/// How the pool judged an attempt: its outcome, and the mark it put on the key, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub mark: Option<Mark>,
+}
+
+impl<'p> Lease<'p> {
+    pub fn key(&self) -> &'p Key {
+        &self.pool.spec.keys[self.index]
+    }
+
+    /// The header that carries the key, and its value (marked sensitive).
+    pub fn credential(&self) -> (&'p HeaderName, &'p HeaderValue) {
+        (
+            &self.pool.auth.header,
+            &self.pool.held[self.index].credential,
+        )
+    }
+
+    /// Judge the attempt, record what the provider reported about the key, mark the key if the
+    /// outcome earns it, and say what happened.
+    pub async fn report(self, answer: Answer<'_>) -> Verdict {
+        let (status, outcome) = match answer {
+            Answer::Head { status, headers } => {
+                self.pool.held[self.index]
+                    .quota
+                    .record(remaining_quota(headers));
+                (
+                    Some(status.as_u16()),
+                    classify(status, headers, SystemTime::now()),
+                )
+            }
+            Answer::Failed => (None, Outcome::TransportError),
+        };
+        let mark = self.pool.mark_for(&outcome);
+        let report = Report { status, mark };
+        self.pool
+            .store
+            .report(&self.pool.spec, self.index, report)
+            .await;
+        Verdict { outcome, mark }
+    }
+}
+
 impl Pool {
-    pub fn new(spec: PoolSpec, settings: PoolSettings, store: Arc<dyn Store>) -> Self {
-        Pool {
+    /// Build a pool, each key's credential made here once. `observed` keeps the providers'
+    /// quota reports by fingerprint across reloads.
+    pub fn new(
+        spec: PoolSpec,
+        settings: PoolSettings,
+        store: Arc<dyn Store>,
+        auth: KeyAuth,
+        observed: &Observed,
+    ) -> Result<Self, PoolError> {
+        let held = spec
+            .keys
+            .iter()
+            .map(|k| {
+                let credential =
+                    credential(&auth, k).ok_or_else(|| PoolError::InvalidKeyHeader {
+                        pool: spec.name.clone(),
+                        key: k.name.clone(),
+                    })?;
+                let quota = observed.slot(&k.fingerprint);
+                Ok(Held { credential, quota })
+            })
+            .collect::<Result<Vec<_>, PoolError>>()?;
+        Ok(Pool {
             spec,
             settings,
             store,
-        }
+            auth,
+            held,
+        })
     }
 
     pub fn spec(&self) -> &PoolSpec {
@@ -60,16 +205,20 @@ impl Pool {
         &self.spec.name
     }
 
-    pub fn key(&self, index: usize) -> Option<&Key> {
-        self.spec.keys.get(index)
-    }
-
-    pub async fn acquire(&self, tried: &[usize]) -> Acquire {
-        self.store.acquire(&self.spec, tried).await
+    /// A lease on a ready key not tried yet, counted against its limit (one store round trip).
+    pub async fn acquire(&self, tried: &mut Tried) -> Acquired<'_> {
+        match self.store.acquire(&self.spec, &tried.0).await {
+            Acquire::Key(index) if index < self.spec.keys.len() => {
+                tried.0.push(index);
+                Acquired::Lease(Lease { pool: self, index })
+            }
+            Acquire::Key(_) | Acquire::Exhausted => Acquired::Exhausted,
+            Acquire::Wait(d) => Acquired::Wait(d),
+        }
     }
 
     /// The mark an outcome earns, if any.
-    pub fn mark_for(&self, outcome: &Outcome) -> Option<Mark> {
+    fn mark_for(&self, outcome: &Outcome) -> Option<Mark> {
         match outcome {
             Outcome::RateLimited { retry_after } => Some(Mark::Cool {
                 period: retry_after
@@ -86,12 +235,17 @@ impl Pool {
         }
     }
 
-    pub async fn report(&self, index: usize, status: Option<u16>, outcome: &Outcome) {
-        let report = Report {
-            status,
-            mark: self.mark_for(outcome),
-        };
-        self.store.report(&self.spec, index, report).await;
+    /// The position of the key named by name, fingerprint or index, for operators.
+    pub fn find(&self, key: &str) -> Option<usize> {
+        let keys = &self.spec.keys;
+        keys.iter()
+            .position(|k| k.name == key || k.fingerprint == key)
+            .or_else(|| key.parse::<usize>().ok().filter(|i| *i < keys.len()))
+    }
+
+    /// What the provider last reported as left of key `index`'s quota: (requests, tokens).
+    pub fn quota(&self, index: usize) -> (Option<i64>, Option<i64>) {
+        self.held.get(index).map_or((None, None), |h| h.quota.get())
     }
 
     /// An operator's action on key `index`.
@@ -102,6 +256,21 @@ impl Pool {
     pub async fn status(&self) -> Vec<KeyStatus> {
         self.store.status(&self.spec).await
     }
+}
+
+/// `Bearer <key>` or the bare key, as a sensitive header value (never shown by `Debug`).
+fn credential(auth: &KeyAuth, key: &Key) -> Option<HeaderValue> {
+    let secret = key.secret.expose();
+    let mut value = if auth.bearer {
+        let mut text = String::with_capacity(7 + secret.len());
+        text.push_str("Bearer ");
+        text.push_str(secret);
+        HeaderValue::from_str(&text).ok()?
+    } else {
+        HeaderValue::from_str(secret).ok()?
+    };
+    value.set_sensitive(true);
+    Some(value)
 }
 
 #[cfg(test)]
@@ -116,11 +285,32 @@ mod tests {
             Key::new("a", Secret::new("sa"), 10, 1),
             Key::new("b", Secret::new("sb"), 10, 1),
         ];
+        let auth = KeyAuth {
+            header: http::header::AUTHORIZATION,
+            bearer: true,
+        };
         Pool::new(
             PoolSpec::new("p", keys, Strategy::RoundRobin),
             PoolSettings::default(),
             Arc::new(MemoryStore::new()),
+            auth,
+            &Observed::default(),
         )
+        .unwrap()
+    }
+
+    async fn lease<'p>(p: &'p Pool, tried: &mut Tried) -> Lease<'p> {
+        match p.acquire(tried).await {
+            Acquired::Lease(l) => l,
+            other => panic!("no lease: {other:?}"),
+        }
+    }
+
+    fn head(status: u16, headers: &HeaderMap) -> Answer<'_> {
+        Answer::Head {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -155,13 +345,104 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lease_carries_its_key_and_credential() {
+        let p = pool();
+        let mut tried = Tried::default();
+        let l = lease(&p, &mut tried).await;
+        assert_eq!(l.key().name, "a");
+        let (name, value) = l.credential();
+        assert_eq!(name, http::header::AUTHORIZATION);
+        assert_eq!(value, "Bearer sa");
+        assert!(value.is_sensitive());
+        assert!(!format!("{l:?}").contains("sa\""), "{l:?}");
+        let l = lease(&p, &mut tried).await;
+        assert_eq!(l.key().name, "b");
+        assert_eq!(tried.len(), 2);
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn unauthorized_key_is_quarantined_then_returns() {
         let p = pool();
-        assert_eq!(p.acquire(&[]).await, Acquire::Key(0));
-        p.report(0, Some(401), &Outcome::Unauthorized).await;
-        assert_eq!(p.acquire(&[]).await, Acquire::Key(1));
-        assert_eq!(p.acquire(&[]).await, Acquire::Key(1));
+        let l = lease(&p, &mut Tried::default()).await;
+        let verdict = l.report(head(401, &HeaderMap::new())).await;
+        assert_eq!(verdict.outcome, Outcome::Unauthorized);
+        assert!(matches!(verdict.mark, Some(Mark::Quarantine { .. })));
+        assert_eq!(lease(&p, &mut Tried::default()).await.key().name, "b");
+        assert_eq!(lease(&p, &mut Tried::default()).await.key().name, "b");
         tokio::time::advance(Duration::from_secs(600)).await;
-        assert_eq!(p.acquire(&[1]).await, Acquire::Key(0));
+        let mut tried = Tried::default();
+        assert_eq!(lease(&p, &mut tried).await.key().name, "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_keep_the_providers_quota_across_rebuilds() {
+        let observed = Observed::default();
+        let build = || {
+            let keys = vec![Key::new("a", Secret::new("sa"), 10, 1)];
+            let auth = KeyAuth {
+                header: HeaderName::from_static("x-api-key"),
+                bearer: false,
+            };
+            let spec = PoolSpec::new("p", keys, Strategy::RoundRobin);
+            let store = Arc::new(MemoryStore::new());
+            Pool::new(spec, PoolSettings::default(), store, auth, &observed).unwrap()
+        };
+        let p = build();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("7"),
+        );
+        let verdict = lease(&p, &mut Tried::default())
+            .await
+            .report(head(200, &h))
+            .await;
+        assert_eq!(
+            verdict,
+            Verdict {
+                outcome: Outcome::Success,
+                mark: None
+            }
+        );
+        assert_eq!(p.quota(0), (Some(7), None));
+        let again = build();
+        assert_eq!(again.quota(0), (Some(7), None));
+        let (_, value) = lease(&again, &mut Tried::default()).await.credential();
+        assert_eq!(value, "sa");
+    }
+
+    #[test]
+    fn a_secret_that_is_no_header_value_is_refused_by_name() {
+        let keys = vec![Key::new("bad", Secret::new("s\nx"), 10, 1)];
+        let auth = KeyAuth {
+            header: http::header::AUTHORIZATION,
+            bearer: true,
+        };
+        let spec = PoolSpec::new("p", keys, Strategy::RoundRobin);
+        let store = Arc::new(MemoryStore::new());
+        let err = Pool::new(
+            spec,
+            PoolSettings::default(),
+            store,
+            auth,
+            &Observed::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key \"bad\" of pool \"p\" is not a valid header value"
+        );
+    }
+
+    #[test]
+    fn operators_name_keys_by_name_fingerprint_or_index() {
+        let p = pool();
+        let fp = p.spec().keys[1].fingerprint.clone();
+        assert_eq!(p.find("a"), Some(0));
+        assert_eq!(p.find(&fp), Some(1));
+        assert_eq!(p.find("1"), Some(1));
+        assert_eq!(p.find("2"), None);
+        assert_eq!(p.find("zz"), None);
     }
 }

@@ -63,7 +63,7 @@ pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
 pub async fn run(listen: SocketAddr) -> Result<(), crate::StartError> {
     let mock = MockUpstream::start()
         .await
-        .map_err(|e| crate::StartError::Setup(format!("cannot start the mock upstream: {e}")))?;
+        .map_err(crate::StartError::MockUpstream)?;
     mock.set(DEMO_KEYS[2], Reply::rate_limited(&[("retry-after", "30")]));
     let running = crate::start(config(listen, &mock.url())).await?;
     let addr = running.addr();

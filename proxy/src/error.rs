@@ -1,6 +1,7 @@
 //! keyrelay's own errors, and the one place they become HTTP responses in the provider's shape.
 
 use crate::body::ProxyBody;
+use crate::upstream::UpstreamError;
 use http::{HeaderValue, Response, StatusCode};
 use std::time::Duration;
 
@@ -41,6 +42,16 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("upstream refused every key tried")]
     UpstreamRejectedKeys,
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        if e.timed_out() {
+            ProxyError::UpstreamTimeout
+        } else {
+            ProxyError::UpstreamUnreachable
+        }
+    }
 }
 
 /// Whole seconds to wait, rounded up, at least 1.

@@ -1,6 +1,6 @@
 //! Header surgery: client credentials out, hop-by-hop headers out, the pool key in.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// Every header a client may carry its keyrelay token in.
 pub const CREDENTIAL_HEADERS: [HeaderName; 4] = [
@@ -89,16 +89,10 @@ pub fn query_without_key(query: &str) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
-/// A header value holding a secret, marked sensitive so HTTP/2 never indexes it.
-pub fn sensitive_value(text: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(text).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn credentials_in_every_style() {

@@ -14,14 +14,14 @@ pub mod service;
 pub mod upstream;
 
 use config::Config;
-use keyrelay_metrics::Metrics;
-use keyrelay_pool::{MemoryStore, RedisStore, Store};
+use keyrelay_metrics::ReloadResult;
+use keyrelay_pool::{MemoryStore, PoolError, RedisStore, Store};
 use server::Live;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use server::Running;
-pub use service::App;
+pub use service::{App, Shared};
 
 /// Why keyrelay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,31 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{path}: {source}", path = .path.display())]
+    Config {
+        path: PathBuf,
+        source: config::ConfigErrors,
+    },
     #[error("{0}")]
-    Setup(String),
+    Store(String),
+    #[error(transparent)]
+    Build(#[from] PoolError),
+    #[error("cannot start the mock upstream: {0}")]
+    MockUpstream(#[source] std::io::Error),
+}
+
+/// Why a reload was refused; the config serving before keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid: every problem, by its path.
+    #[error("{path}: {source}", path = .path.display())]
+    Config {
+        path: PathBuf,
+        source: config::ConfigErrors,
+    },
+    /// The file is valid but its pools could not be built.
+    #[error(transparent)]
+    Build(#[from] PoolError),
 }
 
 /// Start keyrelay with `config`: on Redis when `[store]` is configured (even if Redis is down
@@ -44,26 +67,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// Start from a config file; `/admin/reload` and [`reload_from`] re-read it.
 pub async fn start_from_file(path: PathBuf) -> Result<Running, StartError> {
-    let config =
-        Config::load(&path).map_err(|e| StartError::Setup(format!("{}: {e}", path.display())))?;
+    let config = Config::load(&path).map_err(|source| StartError::Config {
+        path: path.clone(),
+        source,
+    })?;
     let store = build_store(&config).await?;
     start_with(config, store, Some(path)).await
 }
 
 /// Re-read `path` and swap the new config in; the old one keeps serving if it is invalid.
-pub fn reload_from(live: &Live, path: &std::path::Path) -> Result<(), String> {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            live.app()
-                .metrics()
-                .reloads
-                .with_label_values(&["failure"])
-                .inc();
-            return Err(format!("{}: {e}", path.display()));
+pub fn reload_from(live: &Live, path: &std::path::Path) -> Result<(), ReloadError> {
+    match Config::load(path) {
+        Ok(config) => live.reload(&config),
+        Err(source) => {
+            live.app().metrics().reload(ReloadResult::Failure);
+            Err(ReloadError::Config {
+                path: path.to_owned(),
+                source,
+            })
         }
-    };
-    live.reload(&config)
+    }
 }
 
 /// The pool store `config` asks for.
@@ -73,7 +96,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, StartError> 
         Some(s) => {
             let store = RedisStore::connect(&s.target, s.settings.clone())
                 .await
-                .map_err(StartError::Setup)?;
+                .map_err(StartError::Store)?;
             store
         }
     })
@@ -84,7 +107,7 @@ async fn start_with(
     store: Arc<dyn Store>,
     path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
-    let app = Arc::new(App::new(&config, store, Metrics::new()).map_err(StartError::Setup)?);
+    let app = Arc::new(App::new(&config, Shared::new(store))?);
     let live = Live::new(app);
     let addr = config.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -97,19 +120,22 @@ async fn start_with(
         config.server.shutdown_grace,
     )
     .map_err(|source| StartError::Listen { addr, source })?;
-    let admin_addr = config.admin.listen;
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+    let (bound, task) = start_admin(&config, live, path).await?;
+    Ok(running.with_admin(bound, task))
+}
+
+/// Bind and serve the admin listener.
+async fn start_admin(
+    config: &Config,
+    live: Arc<Live>,
+    path: Option<PathBuf>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let addr = config.admin.listen;
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: admin_addr,
-            source,
-        })?;
-    let bound = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Listen {
-            addr: admin_addr,
-            source,
-        })?;
+        .map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
     let reloader: Option<admin::Reloader> = path.map(|path| {
         let live = live.clone();
         let reload: admin::Reloader = Arc::new(move || {
@@ -123,6 +149,5 @@ async fn start_with(
         config.admin.token.as_ref(),
         reloader,
     ));
-    let task = server::serve_admin(admin_listener, admin);
-    Ok(running.with_admin(bound, task))
+    Ok((bound, server::serve_admin(listener, admin)))
 }

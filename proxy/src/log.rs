@@ -3,11 +3,15 @@
 
 use crate::body::{EndHook, ProxyBody, StreamEnd};
 use crate::error::{ErrorShape, ProxyError};
+use crate::routes::Provider;
 use http::Response;
-use keyrelay_metrics::{Metrics, StatusClass};
+use keyrelay_metrics::{Metrics, ProviderMetrics};
+use keyrelay_pool::{Outcome, Verdict};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Request ids: a random per-process prefix and a counter, so ids are unique across instances.
@@ -47,55 +51,93 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// What is known about a request so far; written out once at its end. Holds names only.
+/// One attempt as the request's facts keep it.
+struct Attempt {
+    key: String,
+    /// How long the response head took, when one came.
+    head_after: Option<Duration>,
+    verdict: Verdict,
+}
+
+/// What is known about a request so far; its metrics and its one log line are written once,
+/// when its answer is decided (attempts) and when its response ends (the rest). Holds names
+/// only.
 pub struct RequestLog {
     id: RequestId,
     started: Instant,
     client: String,
-    provider: String,
-    key: String,
-    attempts: u32,
+    /// The provider once routed; until then the `"none"` handles.
+    provider: Option<Arc<Provider>>,
+    unrouted: ProviderMetrics,
+    attempts: Vec<Attempt>,
     status: u16,
     metrics: Metrics,
     done: bool,
     /// Time spent waiting on upstream response heads, over all attempts.
-    upstream_wait: std::time::Duration,
+    upstream_wait: Duration,
     streaming: bool,
 }
 
 impl RequestLog {
-    pub fn new(id: RequestId, metrics: Metrics) -> Self {
-        metrics.in_flight.inc();
+    pub fn new(id: RequestId, metrics: Metrics, unrouted: ProviderMetrics) -> Self {
+        metrics.request_started();
         RequestLog {
             id,
             started: Instant::now(),
             client: String::new(),
-            provider: String::new(),
-            key: String::new(),
-            attempts: 0,
+            provider: None,
+            unrouted,
+            attempts: Vec::new(),
             status: 0,
             metrics,
             done: false,
-            upstream_wait: std::time::Duration::ZERO,
+            upstream_wait: Duration::ZERO,
             streaming: false,
         }
-    }
-
-    pub fn upstream_wait(&mut self, waited: std::time::Duration) {
-        self.upstream_wait += waited;
     }
 
     pub fn client(&mut self, name: &str) {
         self.client = name.to_owned();
     }
 
-    pub fn provider(&mut self, name: &str) {
-        self.provider = name.to_owned();
+    pub fn provider(&mut self, provider: &Arc<Provider>) {
+        self.provider = Some(provider.clone());
     }
 
-    pub fn attempt(&mut self, key: &str) {
-        self.attempts += 1;
-        self.key = key.to_owned();
+    /// One attempt: the key it used, how long it waited upstream, whether a head came, and
+    /// the pool's verdict.
+    pub fn attempt(&mut self, key: &str, waited: Duration, answered: bool, verdict: Verdict) {
+        self.upstream_wait += waited;
+        self.attempts.push(Attempt {
+            key: key.to_owned(),
+            head_after: answered.then_some(waited),
+            verdict,
+        });
+    }
+
+    fn handles(&self) -> &ProviderMetrics {
+        self.provider
+            .as_ref()
+            .map_or(&self.unrouted, |p| &p.metrics)
+    }
+
+    /// The attempts' facts, written once the answer is decided.
+    fn emit_attempts(&self) {
+        let m = self.handles();
+        let mut previous: Option<&Outcome> = None;
+        for a in &self.attempts {
+            if let Some(after) = previous {
+                m.retry(after);
+            }
+            m.attempt(&a.key, &a.verdict.outcome);
+            if let Some(waited) = a.head_after {
+                m.upstream_head(waited);
+            }
+            if let Some(mark) = &a.verdict.mark {
+                m.marked(mark);
+            }
+            previous = Some(&a.verdict.outcome);
+        }
     }
 
     /// Answer with keyrelay's own error and finish the log.
@@ -107,14 +149,13 @@ impl RequestLog {
     }
 
     /// Hand the log to the response body, which finishes it when the stream ends.
-    pub fn streaming(mut self, status: u16, provider: &str) -> Box<dyn EndHook> {
+    pub fn streaming(mut self, status: u16) -> Box<dyn EndHook> {
         self.status = status;
         let head_after = self.started.elapsed();
-        self.metrics
-            .proxy_overhead
-            .with_label_values(&[provider])
-            .observe(head_after.saturating_sub(self.upstream_wait).as_secs_f64());
-        self.metrics.open_streams.inc();
+        self.handles()
+            .proxy_added(head_after.saturating_sub(self.upstream_wait));
+        self.emit_attempts();
+        self.metrics.stream_opened();
         self.streaming = true;
         Box::new(self)
     }
@@ -124,37 +165,30 @@ impl RequestLog {
             return;
         }
         self.done = true;
-        self.metrics.in_flight.dec();
+        if !self.streaming {
+            self.emit_attempts();
+        }
+        self.metrics.request_ended();
         if self.streaming {
-            self.metrics.open_streams.dec();
+            self.metrics.stream_closed();
         }
-        let provider = if self.provider.is_empty() {
-            "none"
-        } else {
-            &self.provider
-        };
-        if !self.provider.is_empty() {
-            self.metrics
-                .request_duration
-                .with_label_values(&[provider])
-                .observe(self.started.elapsed().as_secs_f64());
-        }
-        self.metrics
-            .requests
-            .with_label_values(&[provider, StatusClass::of(self.status).label()])
-            .inc();
+        let took = self.started.elapsed();
+        let routed = self.provider.is_some();
+        self.handles().answered(self.status, routed.then_some(took));
+        let provider = self.provider.as_ref().map_or("", |p| p.name.as_str());
+        let key = self.attempts.last().map_or("", |a| a.key.as_str());
         tracing::info!(
             target: "keyrelay::access",
             id = %self.id,
             client = %self.client,
-            provider = %self.provider,
-            key = %self.key,
+            provider,
+            key,
             status = self.status,
-            attempts = self.attempts,
+            attempts = self.attempts.len(),
             end,
             bytes,
             upstream_ms = self.upstream_wait.as_millis() as u64,
-            ms = self.started.elapsed().as_millis() as u64,
+            ms = took.as_millis() as u64,
             "request"
         );
     }

@@ -2,10 +2,10 @@
 
 use crate::config::{AuthStyle, Config, ProviderConfig};
 use crate::error::ErrorShape;
-use crate::headers::sensitive_value;
-use http::{HeaderName, HeaderValue, Uri};
-use keyrelay_pool::{Pool, PoolSpec, Store};
-use std::sync::atomic::{AtomicI64, Ordering};
+use crate::service::Shared;
+use http::{HeaderName, Uri};
+use keyrelay_metrics::ProviderMetrics;
+use keyrelay_pool::{KeyAuth, Pool, PoolError, PoolSpec};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,36 +14,17 @@ pub struct Provider {
     pub name: String,
     pub route: String,
     pub base_url: String,
-    pub auth_header: HeaderName,
-    /// The ready-made auth header value of each pool key, in pool order.
-    key_values: Vec<HeaderValue>,
     pub shape: ErrorShape,
+    /// The keys, each with its ready-made credential, and the store behind them.
     pub pool: Pool,
     pub max_attempts: u32,
     pub max_wait: Duration,
-    /// The provider's last reported remaining requests and tokens per key (-1: unknown).
-    remaining: Vec<[AtomicI64; 2]>,
+    pub metrics: ProviderMetrics,
 }
 
 impl Provider {
-    fn new(pc: &ProviderConfig, store: Arc<dyn Store>) -> Result<Provider, String> {
-        let key_values = pc
-            .keys
-            .iter()
-            .map(|k| {
-                let text = match pc.auth {
-                    AuthStyle::Bearer => format!("Bearer {}", k.secret.expose()),
-                    _ => k.secret.expose().to_owned(),
-                };
-                sensitive_value(&text).ok_or_else(|| {
-                    format!(
-                        "key \"{}\" of provider \"{}\" is not a valid header value",
-                        k.name, pc.name
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (auth_header, shape) = match pc.auth {
+    fn new(pc: &ProviderConfig, shared: &Shared) -> Result<Provider, PoolError> {
+        let (header, shape) = match pc.auth {
             AuthStyle::Bearer => (http::header::AUTHORIZATION, ErrorShape::OpenAi),
             AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), ErrorShape::Anthropic),
             AuthStyle::XGoogApiKey => (
@@ -52,65 +33,28 @@ impl Provider {
             ),
             AuthStyle::ApiKey => (HeaderName::from_static("api-key"), ErrorShape::OpenAi),
         };
+        let auth = KeyAuth {
+            header,
+            bearer: matches!(pc.auth, AuthStyle::Bearer),
+        };
         let spec = PoolSpec::new(pc.name.clone(), pc.keys.clone(), pc.strategy);
+        let pool = Pool::new(
+            spec,
+            pc.settings,
+            shared.store.clone(),
+            auth,
+            &shared.observed,
+        )?;
         Ok(Provider {
             name: pc.name.clone(),
             route: pc.route.clone(),
             base_url: pc.base_url.clone(),
-            auth_header,
-            key_values,
             shape,
-            pool: Pool::new(spec, pc.settings, store),
+            pool,
             max_attempts: pc.max_attempts,
             max_wait: pc.max_wait,
-            remaining: pc
-                .keys
-                .iter()
-                .map(|_| [AtomicI64::new(-1), AtomicI64::new(-1)])
-                .collect(),
+            metrics: shared.metrics.provider(&pc.name),
         })
-    }
-
-    /// Remember the remaining requests and tokens a response reports for key `index`
-    /// (OpenAI `x-ratelimit-remaining-*`, Anthropic `anthropic-ratelimit-*-remaining`).
-    pub fn observe_remaining(&self, index: usize, headers: &http::HeaderMap) {
-        let Some(slots) = self.remaining.get(index) else {
-            return;
-        };
-        let read = |names: [&str; 2]| {
-            names
-                .iter()
-                .find_map(|n| headers.get(*n))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        };
-        if let Some(n) = read([
-            "x-ratelimit-remaining-requests",
-            "anthropic-ratelimit-requests-remaining",
-        ]) {
-            slots[0].store(n, Ordering::Relaxed);
-        }
-        if let Some(n) = read([
-            "x-ratelimit-remaining-tokens",
-            "anthropic-ratelimit-tokens-remaining",
-        ]) {
-            slots[1].store(n, Ordering::Relaxed);
-        }
-    }
-
-    /// Last reported (remaining requests, remaining tokens) of key `index`.
-    pub fn remaining(&self, index: usize) -> (Option<i64>, Option<i64>) {
-        let get = |i: usize| {
-            self.remaining
-                .get(index)
-                .map(|s| s[i].load(Ordering::Relaxed))
-                .filter(|n| *n >= 0)
-        };
-        (get(0), get(1))
-    }
-
-    pub fn key_value(&self, index: usize) -> Option<&HeaderValue> {
-        self.key_values.get(index)
     }
 
     /// `{base_url}{rest}?{query}`
@@ -137,11 +81,11 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> Result<Routes, String> {
+    pub fn new(config: &Config, shared: &Shared) -> Result<Routes, PoolError> {
         let mut providers = config
             .providers
             .iter()
-            .map(|pc| Provider::new(pc, store.clone()).map(Arc::new))
+            .map(|pc| Provider::new(pc, shared).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         providers.sort_by_key(|p| std::cmp::Reverse(p.route.len()));
         Ok(Routes { providers })

@@ -2,10 +2,12 @@
 
 use crate::config::Config;
 use crate::service::App;
+use crate::ReloadError;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use keyrelay_metrics::ReloadResult;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,11 +51,14 @@ impl Live {
     /// Build an app from `config` on the same store and metrics, and swap it in. Keys kept
     /// keep their state (the store aligns by fingerprint); removed keys get no new requests.
     /// Listener addresses and the store itself change only with a restart.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
+    pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
         let current = self.app();
-        let result = App::new(config, current.store().clone(), current.metrics().clone());
-        let label = if result.is_ok() { "success" } else { "failure" };
-        current.metrics().reloads.with_label_values(&[label]).inc();
+        let result = App::new(config, current.shared().clone());
+        current.metrics().reload(if result.is_ok() {
+            ReloadResult::Success
+        } else {
+            ReloadResult::Failure
+        });
         let app = result?;
         *self.app.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(app);
         tracing::info!("configuration reloaded");
@@ -149,30 +154,7 @@ pub fn serve(
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let live = served.clone();
-                    let tls = live.app().tls().cloned();
-                    let service = service_fn(move |req| {
-                        let app = live.app();
-                        async move { Ok::<_, Infallible>(app.handle(req).await) }
-                    });
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let result = match tls {
-                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-                            Some(acceptor) => {
-                                // The handshake shares the header timeout: a silent client cannot hold it open.
-                                let Ok(Ok(tls)) = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await else {
-                                    return;
-                                };
-                                watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await
-                            }
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
+                    serve_connection(stream, &served, &builder, graceful.watcher(), header_read_timeout);
                 }
                 changed = stopped.changed() => {
                     if changed.is_err() { break Duration::ZERO; }
@@ -199,6 +181,48 @@ pub fn serve(
         admin: None,
         shutdown_grace,
     })
+}
+
+/// Serve one accepted client connection (TLS first when configured) on its own task, watched
+/// for graceful shutdown.
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    live: &Arc<Live>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_read_timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = live.app().tls().cloned();
+    let live = live.clone();
+    let service = service_fn(move |req| {
+        let app = live.app();
+        async move { Ok::<_, Infallible>(app.handle(req).await) }
+    });
+    let builder = builder.clone();
+    tokio::spawn(async move {
+        let result = match tls {
+            None => {
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                    .await
+            }
+            Some(acceptor) => {
+                // The handshake shares the header timeout: a silent client cannot hold it open.
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(tls), service))
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }
 
 /// Serve the admin API on `listener` until the process ends.

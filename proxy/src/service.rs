@@ -1,4 +1,5 @@
-//! The request pipeline, as named steps: route, authenticate, buffer, then try keys in turn.
+//! The request pipeline, as named steps: route, authenticate, buffer, then try keys in turn,
+//! each attempt one lease from the pool and one report back to it.
 
 use crate::auth::ClientAuth;
 use crate::body::{buffer_request, ProxyBody};
@@ -9,29 +10,49 @@ use crate::headers::{
 };
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{Provider, Routes};
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{self, UpstreamClient, UpstreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use keyrelay_metrics::Metrics;
-use keyrelay_pool::{classify, Acquire, Outcome, Store};
+use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
+use keyrelay_pool::{Acquired, Answer, Lease, Observed, Outcome, PoolError, Store, Tried};
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// Everything a request needs, built once at start-up.
+/// What outlives a config: the pool store, the metrics, and what providers reported of each
+/// key. A reload builds a new [`App`] around the same `Shared`.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub observed: Arc<Observed>,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn Store>) -> Shared {
+        let metrics = Metrics::new();
+        metrics.watch_store(store.clone());
+        Shared {
+            store,
+            metrics,
+            observed: Observed::new(),
+        }
+    }
+}
+
+/// Everything a request needs, built once per config.
 pub struct App {
-    store: Arc<dyn Store>,
+    shared: Shared,
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
     auth: ClientAuth,
     client: UpstreamClient,
     upstream: UpstreamConfig,
     max_body: usize,
-    metrics: Metrics,
     ids: RequestIds,
+    unrouted: ProviderMetrics,
 }
 
 /// A request after the client-side steps: ready to send to any key.
@@ -42,19 +63,27 @@ struct Prepared {
     body: Bytes,
 }
 
-/// Why the key loop stopped without a response to pass on as is.
+/// Why the key loop stopped without a response to pass on as it is.
 enum Failure {
     /// An upstream answer that asked for another key (kept to pass on if none is left).
     Answer(Response<Incoming>, Outcome),
     /// No answer at all.
-    Error(ProxyError),
+    Error(UpstreamError),
+}
+
+/// What the attempt loop does next, after asking the pool.
+enum Next<'p> {
+    Try(Lease<'p>),
+    /// Answer now with keyrelay's own error.
+    Refuse(ProxyError),
+    /// Stop trying; answer with the last failure.
+    GiveUp,
 }
 
 impl App {
-    pub fn new(config: &Config, store: Arc<dyn Store>, metrics: Metrics) -> Result<App, String> {
+    pub fn new(config: &Config, shared: Shared) -> Result<App, PoolError> {
         Ok(App {
-            routes: Routes::new(config, store.clone())?,
-            store,
+            routes: Routes::new(config, &shared)?,
             tls: config
                 .server
                 .tls
@@ -64,8 +93,9 @@ impl App {
             client: upstream::client(&config.upstream),
             upstream: config.upstream.clone(),
             max_body: config.server.max_body_bytes,
-            metrics,
             ids: RequestIds::new(),
+            unrouted: shared.metrics.provider("none"),
+            shared,
         })
     }
 
@@ -74,18 +104,14 @@ impl App {
         self.tls.as_ref()
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// Failed or timed-out shared-store commands since start.
-    pub fn store_errors(&self) -> u64 {
-        self.store.errors()
+    /// What a reloaded config carries over.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Where pool state is kept right now (embedded, shared, or degraded).
     pub fn store_state(&self) -> keyrelay_pool::StoreState {
-        self.store.state()
+        self.shared.store.state()
     }
 
     pub fn routes(&self) -> &Routes {
@@ -93,14 +119,14 @@ impl App {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.shared.metrics
     }
 
     /// Serve one client request. Never fails: every error becomes a provider-shaped answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let id = self.ids.next();
         let span = tracing::info_span!("request", id = %id);
-        let log = RequestLog::new(id, self.metrics.clone());
+        let log = RequestLog::new(id, self.shared.metrics.clone(), self.unrouted.clone());
         async move {
             let mut resp = self.serve(req, log).await;
             if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
@@ -119,14 +145,13 @@ impl App {
         // Step 1: who is asking.
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let Some(client) = self.auth.authenticate(&presented) else {
-            self.metrics
-                .client_auth_failures
-                .with_label_values(&[if presented.is_empty() {
-                    "missing"
+            self.shared
+                .metrics
+                .client_auth_failure(if presented.is_empty() {
+                    AuthFailure::Missing
                 } else {
-                    "invalid"
-                }])
-                .inc();
+                    AuthFailure::Invalid
+                });
             return log.error(ProxyError::Unauthorized, shape);
         };
         log.client(client);
@@ -135,7 +160,7 @@ impl App {
             return log.error(ProxyError::UnknownRoute, shape);
         };
         let provider = provider.clone();
-        log.provider(&provider.name);
+        log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
         let Ok(uri) = provider.upstream_uri(rest, query.as_deref()) else {
             return log.error(ProxyError::UnknownRoute, shape);
@@ -162,161 +187,131 @@ impl App {
         self.forward(&provider, prepared, log).await
     }
 
+    /// Try keys until one gives an answer to pass on, or none is left.
     async fn forward(
         &self,
         provider: &Provider,
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let max = provider.max_attempts as usize;
-        let mut tried: Vec<usize> = Vec::with_capacity(max);
+        let mut tried = Tried::with_capacity(provider.max_attempts as usize);
         let mut last: Option<Failure> = None;
         let wait_until = Instant::now() + provider.max_wait;
-        while tried.len() < max {
-            let asked = Instant::now();
-            let acquired = provider.pool.acquire(&tried).await;
-            self.metrics
-                .store_seconds
-                .with_label_values(&["acquire"])
-                .observe(asked.elapsed().as_secs_f64());
-            let index = match acquired {
-                Acquire::Key(i) => i,
-                Acquire::Wait(d) if Instant::now() + d <= wait_until => {
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-                Acquire::Wait(d) if last.is_none() => {
-                    return log.error(
-                        ProxyError::AllKeysCooling { retry_after: d },
-                        provider.shape,
-                    );
-                }
-                Acquire::Wait(_) | Acquire::Exhausted => break,
+        loop {
+            let lease = match self.next_key(provider, &mut tried, &last, wait_until).await {
+                Next::Try(lease) => lease,
+                Next::Refuse(e) => return log.error(e, provider.shape),
+                Next::GiveUp => break,
             };
-            tried.push(index);
-            if tried.len() > 1 {
-                let reason = match &last {
-                    Some(Failure::Answer(_, o)) => o.label(),
-                    _ => Outcome::TransportError.label(),
-                };
-                self.metrics
-                    .retries
-                    .with_label_values(&[&provider.name, reason])
-                    .inc();
-            }
-            let key_name = provider.pool.key(index).map_or("", |k| k.name.as_str());
-            log.attempt(key_name);
+            let key = lease.key();
             let started = Instant::now();
-            match upstream::send(
+            let sent = upstream::send(
                 &self.client,
-                self.attempt(provider, &req, index),
+                attempt(&req, &lease),
                 self.upstream.first_byte_timeout,
             )
-            .await
-            {
+            .await;
+            let waited = started.elapsed();
+            let answer = match &sent {
+                Ok(resp) => Answer::Head {
+                    status: resp.status(),
+                    headers: resp.headers(),
+                },
+                Err(_) => Answer::Failed,
+            };
+            let verdict = lease.report(answer).await;
+            log.attempt(&key.name, waited, sent.is_ok(), verdict);
+            match sent {
+                Ok(resp) if !verdict.outcome.retryable() => {
+                    return pass_on(resp, log, &self.upstream);
+                }
                 Ok(resp) => {
-                    let status = resp.status();
-                    let outcome = classify(status, resp.headers(), SystemTime::now());
-                    let waited = started.elapsed();
-                    log.upstream_wait(waited);
-                    self.metrics
-                        .upstream_ttfb
-                        .with_label_values(&[&provider.name])
-                        .observe(waited.as_secs_f64());
-                    provider.observe_remaining(index, resp.headers());
-                    self.record_attempt(provider, index, Some(status.as_u16()), &outcome)
-                        .await;
-                    if !outcome.retryable() {
-                        return self.pass_on(provider, resp, log);
-                    }
-                    tracing::debug!(
-                        key = key_name,
-                        outcome = outcome.label(),
-                        "trying the next key"
-                    );
-                    last = Some(Failure::Answer(resp, outcome));
+                    tracing::debug!(key = %key.name, outcome = verdict.outcome.label(), "trying the next key");
+                    last = Some(Failure::Answer(resp, verdict.outcome));
                 }
-                Err(e) => {
-                    log.upstream_wait(started.elapsed());
-                    self.record_attempt(provider, index, None, &Outcome::TransportError)
-                        .await;
-                    last = Some(Failure::Error(e));
-                }
+                Err(e) => last = Some(Failure::Error(e)),
             }
         }
         match last {
-            Some(Failure::Answer(_, Outcome::Unauthorized)) => {
-                // Never pass a refused-key body on: providers echo part of the key in it.
-                log.error(ProxyError::UpstreamRejectedKeys, provider.shape)
+            Some(Failure::Answer(resp, outcome)) if outcome != Outcome::Unauthorized => {
+                pass_on(resp, log, &self.upstream)
             }
-            Some(Failure::Answer(resp, _)) => self.pass_on(provider, resp, log),
-            Some(Failure::Error(e)) => log.error(e, provider.shape),
-            None => log.error(ProxyError::NoUsableKey, provider.shape),
+            last => log.error(give_up(last), provider.shape),
         }
     }
 
-    /// The upstream request for one attempt: the prepared request plus this key's header.
-    fn attempt(&self, provider: &Provider, req: &Prepared, index: usize) -> Request<Full<Bytes>> {
-        let mut out = Request::new(Full::new(req.body.clone()));
-        *out.method_mut() = req.method.clone();
-        *out.uri_mut() = req.uri.clone();
-        *out.headers_mut() = req.headers.clone();
-        if let Some(value) = provider.key_value(index) {
-            out.headers_mut()
-                .insert(provider.auth_header.clone(), value.clone());
-        }
-        out
-    }
-
-    async fn record_attempt(
+    /// Ask the pool for the next key; wait for one to free up while `max_wait` allows.
+    async fn next_key<'p>(
         &self,
-        provider: &Provider,
-        index: usize,
-        status: Option<u16>,
-        outcome: &Outcome,
-    ) {
-        if let Some(key) = provider.pool.key(index) {
-            self.metrics
-                .attempts
-                .with_label_values(&[&provider.name, &key.name, outcome.label()])
-                .inc();
+        provider: &'p Provider,
+        tried: &mut Tried,
+        last: &Option<Failure>,
+        wait_until: Instant,
+    ) -> Next<'p> {
+        while tried.len() < provider.max_attempts as usize {
+            let asked = Instant::now();
+            let acquired = provider.pool.acquire(tried).await;
+            self.shared
+                .metrics
+                .store_round_trip(StoreOp::Acquire, asked.elapsed());
+            match acquired {
+                Acquired::Lease(lease) => return Next::Try(lease),
+                Acquired::Wait(d) if Instant::now() + d <= wait_until => {
+                    tokio::time::sleep(d).await;
+                }
+                Acquired::Wait(d) if last.is_none() => {
+                    return Next::Refuse(ProxyError::AllKeysCooling { retry_after: d })
+                }
+                Acquired::Wait(_) | Acquired::Exhausted => return Next::GiveUp,
+            }
         }
-        if let Some(mark) = provider.pool.mark_for(outcome) {
-            let reason = match mark {
-                keyrelay_pool::Mark::Cool { reason, .. }
-                | keyrelay_pool::Mark::Quarantine { reason, .. } => reason,
-            };
-            self.metrics
-                .cooldowns
-                .with_label_values(&[&provider.name, reason])
-                .inc();
-        }
-        provider.pool.report(index, status, outcome).await;
+        Next::GiveUp
     }
+}
 
-    /// Stream an upstream answer to the client, head first, body frame by frame.
-    fn pass_on(
-        &self,
-        provider: &Provider,
-        resp: Response<Incoming>,
-        log: RequestLog,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let sse = parts
+/// The client's answer when no key gave one to pass on: the one place an attempt's failure
+/// becomes keyrelay's own error.
+fn give_up(last: Option<Failure>) -> ProxyError {
+    match last {
+        // Only a refused key's answer is kept back: providers echo part of the key in it.
+        Some(Failure::Answer(..)) => ProxyError::UpstreamRejectedKeys,
+        Some(Failure::Error(e)) => e.into(),
+        None => ProxyError::NoUsableKey,
+    }
+}
+
+/// The upstream request for one attempt: the prepared request plus the lease's credential.
+fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
+    let mut out = Request::new(Full::new(req.body.clone()));
+    *out.method_mut() = req.method.clone();
+    *out.uri_mut() = req.uri.clone();
+    *out.headers_mut() = req.headers.clone();
+    let (name, value) = lease.credential();
+    out.headers_mut().insert(name.clone(), value.clone());
+    out
+}
+
+/// Stream an upstream answer to the client, head first, body frame by frame.
+fn pass_on(
+    resp: Response<Incoming>,
+    log: RequestLog,
+    upstream: &UpstreamConfig,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let sse = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        parts
             .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if sse {
-            parts
-                .headers
-                .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        }
-        let hook = log.streaming(parts.status.as_u16(), &provider.name);
-        Response::from_parts(
-            parts,
-            ProxyBody::streamed(body, self.upstream.idle_timeout, Some(hook)),
-        )
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
+    let hook = log.streaming(parts.status.as_u16());
+    Response::from_parts(
+        parts,
+        ProxyBody::streamed(body, upstream.idle_timeout, Some(hook)),
+    )
 }

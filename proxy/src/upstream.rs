@@ -1,7 +1,6 @@
 //! The one shared upstream client, and sending one attempt with its time limit.
 
 use crate::config::UpstreamConfig;
-use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -36,38 +35,73 @@ pub fn client(config: &UpstreamConfig) -> UpstreamClient {
         .build(https)
 }
 
+/// Why an attempt got no response head. Classified by hyper's own predicates and error types,
+/// never by message text; the cause is kept for the debug log.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, DNS, TLS, or the connect timeout).
+    #[error("could not connect to the upstream")]
+    Connect {
+        timed_out: bool,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The connection failed after it was made.
+    #[error("the upstream connection failed")]
+    Transport(#[source] hyper_util::client::legacy::Error),
+    /// No response head within the first-byte timeout.
+    #[error("no response head within {0:?}")]
+    FirstByteTimeout(Duration),
+}
+
+impl UpstreamError {
+    fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
+        if e.is_connect() {
+            let timed_out = io_kind(&e) == Some(std::io::ErrorKind::TimedOut);
+            UpstreamError::Connect {
+                timed_out,
+                source: e,
+            }
+        } else {
+            UpstreamError::Transport(e)
+        }
+    }
+
+    /// Whether the failure was a timer running out rather than a refusal or reset.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            UpstreamError::Connect { timed_out, .. } => *timed_out,
+            UpstreamError::Transport(_) => false,
+            UpstreamError::FirstByteTimeout(_) => true,
+        }
+    }
+}
+
+/// The kind of the first I/O error in `e`'s chain of causes.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = err.source();
+    }
+    None
+}
+
 /// Send one attempt; the response head must arrive within `first_byte`.
 pub async fn send(
     client: &UpstreamClient,
     req: Request<Full<Bytes>>,
     first_byte: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Incoming>, UpstreamError> {
     match tokio::time::timeout(first_byte, client.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
-            tracing::debug!(connect = e.is_connect(), "upstream transport error");
-            if is_timeout(&e) {
-                Err(ProxyError::UpstreamTimeout)
-            } else {
-                Err(ProxyError::UpstreamUnreachable)
-            }
+            let e = UpstreamError::classify(e);
+            tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
+            Err(e)
         }
-        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Err(_) => Err(UpstreamError::FirstByteTimeout(first_byte)),
     }
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }

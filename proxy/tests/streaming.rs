@@ -174,10 +174,7 @@ async fn client_leaving_before_the_head_drops_the_upstream_request() {
     // The upstream connection must close: the mock's handler is dropped mid-delay, so no
     // response is ever produced. Observe it through keyrelay's in-flight gauge.
     let app = h.proxy.app().clone();
-    let idle = eventually(Duration::from_secs(1), || {
-        app.metrics().in_flight.get() == 0
-    })
-    .await;
+    let idle = eventually(Duration::from_secs(1), || app.metrics().in_flight() == 0).await;
     assert!(idle, "request still in flight after the client left");
 }
 

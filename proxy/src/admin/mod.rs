@@ -16,9 +16,10 @@ use subtle::ConstantTimeEq;
 
 pub use status::{refresh_metrics, rfc3339};
 
-/// Re-reads the config and swaps it in; `Err` carries a message naming every problem.
-pub type Reloader =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// Re-reads the config and swaps it in; `Err` names every problem.
+pub type Reloader = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), crate::ReloadError>> + Send>> + Send + Sync,
+>;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -27,6 +28,7 @@ pub struct Admin {
     live: Arc<Live>,
     token: Option<[u8; 32]>,
     reload: Option<Reloader>,
+    scrape: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -35,6 +37,7 @@ impl Admin {
             live,
             token: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
             reload,
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -74,8 +77,13 @@ impl Admin {
             (&Method::GET, ["readyz"]) => self.readyz().await,
             (&Method::GET, ["metrics"]) => {
                 let app = self.live.app();
-                refresh_metrics(&app).await;
-                let mut resp = Response::new(ProxyBody::full(app.metrics().encode()));
+                // One scrape at a time: each rewrites the per-key series before encoding.
+                let text = {
+                    let _one = self.scrape.lock().await;
+                    refresh_metrics(&app).await;
+                    app.metrics().encode()
+                };
+                let mut resp = Response::new(ProxyBody::full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -139,7 +147,7 @@ impl Admin {
                     Ok(()) => json(StatusCode::OK, serde_json::json!({"reloaded": true})),
                     Err(e) => json(
                         StatusCode::BAD_REQUEST,
-                        serde_json::json!({"reloaded": false, "error": e}),
+                        serde_json::json!({"reloaded": false, "error": e.to_string()}),
                     ),
                 },
             },

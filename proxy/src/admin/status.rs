@@ -4,7 +4,7 @@ use super::json;
 use crate::body::ProxyBody;
 use crate::service::App;
 use http::{Response, StatusCode};
-use keyrelay_pool::{KeyAction, KeyMode, StoreState};
+use keyrelay_pool::{KeyAction, KeyMode};
 use std::time::{Duration, SystemTime};
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T04:05:06.789Z`.
@@ -54,7 +54,7 @@ pub async fn status_json(app: &App) -> serde_json::Value {
             .iter()
             .map(|k| {
                 let (reason, until) = mode_parts(&k.mode, now);
-                let remaining = p.remaining(k.index);
+                let remaining = p.pool.quota(k.index);
                 serde_json::json!({
                     "index": k.index,
                     "name": k.name,
@@ -97,11 +97,7 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
         );
     };
     let keys = &p.pool.spec().keys;
-    let index = keys
-        .iter()
-        .position(|k| k.name == key || k.fingerprint == key)
-        .or_else(|| key.parse::<usize>().ok().filter(|i| *i < keys.len()));
-    let Some(index) = index else {
+    let Some(index) = p.pool.find(key) else {
         return json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such key"}),
@@ -117,30 +113,19 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
     )
 }
 
-/// Bring the per-key and store gauges up to date; called on each scrape.
+/// Write the per-key gauges afresh from the current pools (a key a reload removed leaves
+/// them); called on each scrape. The store's own figures are read by their collector.
 pub async fn refresh_metrics(app: &App) {
-    let m = app.metrics();
+    let mut rows = Vec::new();
     for p in app.routes().providers() {
-        for k in p.pool.status().await {
-            for state in ["ready", "cooling", "quarantined", "disabled"] {
-                m.key_state
-                    .with_label_values(&[&p.name, &k.name, state])
-                    .set(i64::from(k.mode.label() == state));
-            }
-            m.key_requests_minute
-                .with_label_values(&[&p.name, &k.name])
-                .set(i64::try_from(k.used_this_minute).unwrap_or(i64::MAX));
-            m.key_rpm_limit
-                .with_label_values(&[&p.name, &k.name])
-                .set(i64::from(k.rpm));
-        }
+        rows.push((p, p.pool.status().await));
     }
-    m.store_degraded
-        .set(i64::from(app.store_state() == StoreState::Degraded));
-    let errors = app.store_errors();
-    let seen = m.store_errors.get();
-    if errors > seen {
-        m.store_errors.inc_by(errors - seen);
+    let m = app.metrics();
+    m.clear_keys();
+    for (p, keys) in rows {
+        for k in keys {
+            m.key(&p.name, &k.name, k.mode.label(), k.used_this_minute, k.rpm);
+        }
     }
 }
 

@@ -1,0 +1,86 @@
+//! Tests of the registry: every family registers, encodes, and records through its method.
+
+use super::*;
+use keyrelay_pool::{Mark, MemoryStore, Outcome};
+
+#[test]
+fn every_metric_registers_and_encodes() {
+    let m = Metrics::new();
+    m.watch_store(Arc::new(MemoryStore::new()));
+    let p = m.provider("openai");
+    p.answered(429, Some(Duration::from_millis(3)));
+    p.attempt("k1", &Outcome::RateLimited { retry_after: None });
+    p.retry(&Outcome::TransportError);
+    p.marked(&Mark::Cool {
+        period: Duration::from_secs(1),
+        reason: "rate_limited",
+    });
+    m.key("openai", "k1", "ready", 3, 60);
+    m.store_round_trip(StoreOp::Acquire, Duration::from_micros(300));
+    m.client_auth_failure(AuthFailure::Missing);
+    m.reload(ReloadResult::Failure);
+    let text = m.encode();
+    for line in [
+        r#"keyrelay_requests_total{provider="openai",status="4xx"} 1"#,
+        r#"keyrelay_upstream_attempts_total{key="k1",outcome="rate_limited",provider="openai"} 1"#,
+        r#"keyrelay_retries_total{provider="openai",reason="transport_error"} 1"#,
+        r#"keyrelay_cooldowns_total{provider="openai",reason="rate_limited"} 1"#,
+        r#"keyrelay_key_state{key="k1",provider="openai",state="ready"} 1"#,
+        r#"keyrelay_key_state{key="k1",provider="openai",state="cooling"} 0"#,
+        r#"keyrelay_key_requests_this_minute{key="k1",provider="openai"} 3"#,
+        r#"keyrelay_store_seconds_count{op="acquire"} 1"#,
+        r#"keyrelay_client_auth_failures_total{reason="missing"} 1"#,
+        r#"keyrelay_config_reloads_total{result="failure"} 1"#,
+        "keyrelay_store_degraded 0",
+        "keyrelay_store_errors_total 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn cleared_keys_leave_the_exposition() {
+    let m = Metrics::new();
+    m.key("openai", "gone", "cooling", 1, 10);
+    assert!(m.encode().contains(r#"key="gone""#));
+    m.clear_keys();
+    m.key("openai", "kept", "ready", 0, 10);
+    let text = m.encode();
+    assert!(!text.contains(r#"key="gone""#), "{text}");
+    assert!(text.contains(r#"key="kept""#), "{text}");
+}
+
+#[test]
+fn store_figures_are_read_not_accumulated() {
+    let m = Metrics::new();
+    m.watch_store(Arc::new(MemoryStore::new()));
+    // Scraping twice must not add anything up.
+    let _ = m.encode();
+    let text = m.encode();
+    assert!(text.contains("keyrelay_store_errors_total 0"), "{text}");
+    // A second store is ignored: the first one is the process's.
+    m.watch_store(Arc::new(MemoryStore::new()));
+    assert_eq!(
+        m.encode().matches("keyrelay_store_errors_total 0").count(),
+        1
+    );
+}
+
+#[test]
+fn a_series_appears_only_once_used() {
+    let m = Metrics::new();
+    let p = m.provider("openai");
+    assert!(!m.encode().contains("keyrelay_requests_total"));
+    p.answered(200, None);
+    p.answered(201, None);
+    let text = m.encode();
+    assert!(
+        text.contains(r#"keyrelay_requests_total{provider="openai",status="2xx"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"status="4xx""#), "{text}");
+    assert!(
+        !text.contains("keyrelay_request_duration_seconds_count"),
+        "{text}"
+    );
+}
