@@ -5,6 +5,7 @@
 //! [`Outcome`], marks the key if need be and records what the provider said of its quota; a
 //! [`Store`] keeps the per-key state (in memory, or shared).
 
+mod budget;
 mod hints;
 mod key;
 mod memory;
@@ -12,6 +13,7 @@ mod observed;
 mod outcome;
 mod pool;
 mod redis;
+mod refusals;
 mod select;
 mod state;
 mod store;
@@ -20,7 +22,8 @@ pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint, remaining
 pub use key::{fingerprint, Key, Secret};
 pub use memory::MemoryStore;
 pub use observed::{Observed, Quota};
-pub use outcome::{classify, Outcome};
+pub use budget::{BudgetSettings, RetryBudget};
+pub use outcome::{classify, needs_body, Outcome};
 pub use pool::{Acquired, Answer, KeyAuth, Lease, Pool, PoolError, PoolSettings, Tried, Verdict};
 pub use redis::{RedisSettings, RedisStore, RedisTarget};
 pub use select::{choose, Candidate, Strategy};

@@ -1,10 +1,12 @@
 //! A provider's key pool: its keys, its settings, the store that holds its state, and the
 //! [`Lease`] through which one attempt uses one key and reports how it went.
 
+use crate::budget::{BudgetSettings, RetryBudget};
 use crate::hints::remaining_quota;
 use crate::key::Key;
 use crate::observed::{Observed, Quota};
 use crate::outcome::{classify, Outcome};
+use crate::refusals::Refusals;
 use crate::store::{Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
@@ -19,6 +21,10 @@ pub struct PoolSettings {
     pub quarantine: Duration,
     /// Upper bound on any provider hint, so a bogus Retry-After cannot park a key for days.
     pub max_cooldown: Duration,
+    /// How long a key refused for a route (403 permission or scope) is skipped on that route.
+    pub refusal_memory: Duration,
+    /// How much retrying on other keys the provider allows.
+    pub budget: BudgetSettings,
 }
 
 impl Default for PoolSettings {
@@ -27,6 +33,8 @@ impl Default for PoolSettings {
             cooldown: Duration::from_secs(60),
             quarantine: Duration::from_secs(600),
             max_cooldown: Duration::from_secs(3600),
+            refusal_memory: Duration::from_secs(300),
+            budget: BudgetSettings::default(),
         }
     }
 }
@@ -60,6 +68,8 @@ pub struct Pool {
     store: Arc<dyn Store>,
     auth: KeyAuth,
     held: Vec<Held>,
+    refusals: Refusals,
+    budget: RetryBudget,
 }
 
 impl std::fmt::Debug for Pool {
@@ -71,21 +81,38 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// The keys an attempt loop has leased so far; the pool skips them.
-#[derive(Debug, Default)]
-pub struct Tried(Vec<usize>);
+/// One request's attempt loop as the pool sees it: the route it is for, the keys leased so far
+/// (skipped from now on), and its standing with the retry budget.
+#[derive(Debug)]
+pub struct Tried<'a> {
+    route: &'a str,
+    keys: Vec<usize>,
+    /// Whether the first attempt was added to the retry budget.
+    deposited: bool,
+    /// Retries the budget granted so far.
+    granted: usize,
+    /// Whether a key remembered as refused on this route was given its one chance.
+    refused_chance: bool,
+}
 
-impl Tried {
-    pub fn with_capacity(n: usize) -> Self {
-        Tried(Vec::with_capacity(n))
+impl<'a> Tried<'a> {
+    /// A new attempt loop for a request to `route` (the path, without the query).
+    pub fn new(route: &'a str, max_attempts: usize) -> Self {
+        Tried {
+            route,
+            keys: Vec::with_capacity(max_attempts),
+            deposited: false,
+            granted: 0,
+            refused_chance: false,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
     }
 }
 
@@ -98,6 +125,8 @@ pub enum Acquired<'p> {
     Wait(Duration),
     /// Every key was tried already, or none can serve at all.
     Exhausted,
+    /// A retry would exceed the provider's retry budget: the last answer stands.
+    OverBudget,
 }
 
 /// One attempt's hold on one key: everything the attempt needs to send, and the one way to
@@ -106,6 +135,7 @@ pub enum Acquired<'p> {
 pub struct Lease<'p> {
     pool: &'p Pool,
     index: usize,
+    route: &'p str,
 }
 
 /// What an attempt came to, as the pool is told it.
@@ -115,9 +145,12 @@ pub enum Answer<'a> {
     Head {
         status: StatusCode,
         headers: &'a HeaderMap,
+        /// The error body, read where [`crate::needs_body`] asked for it.
+        body: Option<&'a [u8]>,
     },
-    /// None did: the request failed in transport or timed out.
-    Failed,
+    /// None did: the request failed in transport or timed out, after it was `sent` (so the
+    /// provider may be working on it) or provably before.
+    Failed { sent: bool },
 }
 
 /// How the pool judged an attempt: its outcome, and the mark it put on the key, if any.
@@ -144,17 +177,26 @@ impl<'p> Lease<'p> {
     /// outcome earns it, and say what happened.
     pub async fn report(self, answer: Answer<'_>) -> Verdict {
         let (status, outcome) = match answer {
-            Answer::Head { status, headers } => {
+            Answer::Head {
+                status,
+                headers,
+                body,
+            } => {
                 self.pool.held[self.index]
                     .quota
                     .record(remaining_quota(headers));
                 (
                     Some(status.as_u16()),
-                    classify(status, headers, SystemTime::now()),
+                    classify(status, headers, body, SystemTime::now()),
                 )
             }
-            Answer::Failed => (None, Outcome::TransportError),
+            Answer::Failed { sent: false } => (None, Outcome::NotSent),
+            Answer::Failed { sent: true } => (None, Outcome::Lost),
         };
+        if outcome == Outcome::Forbidden {
+            let period = self.pool.settings.refusal_memory;
+            self.pool.refusals.remember(self.index, self.route, period);
+        }
         let mark = self.pool.mark_for(&outcome);
         let report = Report { status, mark };
         self.pool
@@ -189,6 +231,8 @@ impl Pool {
             })
             .collect::<Result<Vec<_>, PoolError>>()?;
         Ok(Pool {
+            budget: RetryBudget::new(settings.budget),
+            refusals: Refusals::default(),
             spec,
             settings,
             store,
@@ -205,16 +249,67 @@ impl Pool {
         &self.spec.name
     }
 
-    /// A lease on a ready key not tried yet, counted against its limit (one store round trip).
-    pub async fn acquire(&self, tried: &mut Tried) -> Acquired<'_> {
-        match self.store.acquire(&self.spec, &tried.0).await {
+    /// A lease on a ready key not tried yet and not refused on the route, counted against its
+    /// limit (one store round trip). A retry must fit the retry budget.
+    pub async fn acquire<'a>(&'a self, tried: &mut Tried<'a>) -> Acquired<'a> {
+        if !self.budget_allows(tried) {
+            return Acquired::OverBudget;
+        }
+        let acquired = match self.skipped(tried) {
+            None => self.store.acquire(&self.spec, &tried.keys).await,
+            Some(skip) => self.store.acquire(&self.spec, &skip).await,
+        };
+        match acquired {
             Acquire::Key(index) if index < self.spec.keys.len() => {
-                tried.0.push(index);
-                Acquired::Lease(Lease { pool: self, index })
+                tried.keys.push(index);
+                Acquired::Lease(Lease {
+                    pool: self,
+                    index,
+                    route: tried.route,
+                })
             }
             Acquire::Key(_) | Acquire::Exhausted => Acquired::Exhausted,
             Acquire::Wait(d) => Acquired::Wait(d),
         }
+    }
+
+    /// The first attempt adds to the budget; each later one must be granted a retry (once,
+    /// however often it then waits for a key).
+    fn budget_allows(&self, tried: &mut Tried<'_>) -> bool {
+        if tried.keys.is_empty() {
+            if !tried.deposited {
+                self.budget.deposit();
+                tried.deposited = true;
+            }
+            return true;
+        }
+        if tried.granted >= tried.keys.len() {
+            return true;
+        }
+        let granted = self.budget.withdraw();
+        if granted {
+            tried.granted = tried.keys.len();
+        }
+        granted
+    }
+
+    /// The keys to skip beyond those tried: those refused on the route, unless that would skip
+    /// every key, in which case one refused key gets one chance to answer for itself.
+    fn skipped(&self, tried: &mut Tried<'_>) -> Option<Vec<usize>> {
+        if !self.refusals.any() {
+            return None;
+        }
+        let mut skip = tried.keys.clone();
+        self.refusals.refused(tried.route, &mut skip);
+        if skip.len() == tried.keys.len() {
+            return None;
+        }
+        let every = (0..self.spec.keys.len()).all(|i| skip.contains(&i));
+        if every && !tried.refused_chance {
+            tried.refused_chance = true;
+            return None;
+        }
+        Some(skip)
     }
 
     /// The mark an outcome earns, if any.
@@ -299,7 +394,7 @@ mod tests {
         .unwrap()
     }
 
-    async fn lease<'p>(p: &'p Pool, tried: &mut Tried) -> Lease<'p> {
+    async fn lease<'p>(p: &'p Pool, tried: &mut Tried<'p>) -> Lease<'p> {
         match p.acquire(tried).await {
             Acquired::Lease(l) => l,
             other => panic!("no lease: {other:?}"),
@@ -310,6 +405,7 @@ mod tests {
         Answer::Head {
             status: StatusCode::from_u16(status).unwrap(),
             headers,
+            body: None,
         }
     }
 
@@ -341,13 +437,14 @@ mod tests {
             Some(Mark::Quarantine { .. })
         ));
         assert_eq!(p.mark_for(&Outcome::ServerError), None);
-        assert_eq!(p.mark_for(&Outcome::TransportError), None);
+        assert_eq!(p.mark_for(&Outcome::NotSent), None);
+        assert_eq!(p.mark_for(&Outcome::Forbidden), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_carries_its_key_and_credential() {
         let p = pool();
-        let mut tried = Tried::default();
+        let mut tried = Tried::new("/v1/chat", 3);
         let l = lease(&p, &mut tried).await;
         assert_eq!(l.key().name, "a");
         let (name, value) = l.credential();
@@ -364,14 +461,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unauthorized_key_is_quarantined_then_returns() {
         let p = pool();
-        let l = lease(&p, &mut Tried::default()).await;
+        let l = lease(&p, &mut Tried::new("/v1/chat", 3)).await;
         let verdict = l.report(head(401, &HeaderMap::new())).await;
         assert_eq!(verdict.outcome, Outcome::Unauthorized);
         assert!(matches!(verdict.mark, Some(Mark::Quarantine { .. })));
-        assert_eq!(lease(&p, &mut Tried::default()).await.key().name, "b");
-        assert_eq!(lease(&p, &mut Tried::default()).await.key().name, "b");
+        assert_eq!(lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name, "b");
+        assert_eq!(lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name, "b");
         tokio::time::advance(Duration::from_secs(600)).await;
-        let mut tried = Tried::default();
+        let mut tried = Tried::new("/v1/chat", 3);
         assert_eq!(lease(&p, &mut tried).await.key().name, "a");
     }
 
@@ -394,7 +491,7 @@ mod tests {
             "x-ratelimit-remaining-requests",
             HeaderValue::from_static("7"),
         );
-        let verdict = lease(&p, &mut Tried::default())
+        let verdict = lease(&p, &mut Tried::new("/v1/chat", 3))
             .await
             .report(head(200, &h))
             .await;
@@ -408,7 +505,7 @@ mod tests {
         assert_eq!(p.quota(0), (Some(7), None));
         let again = build();
         assert_eq!(again.quota(0), (Some(7), None));
-        let (_, value) = lease(&again, &mut Tried::default()).await.credential();
+        let (_, value) = lease(&again, &mut Tried::new("/v1/chat", 3)).await.credential();
         assert_eq!(value, "sa");
     }
 
@@ -444,5 +541,94 @@ mod tests {
         assert_eq!(p.find("1"), Some(1));
         assert_eq!(p.find("2"), None);
         assert_eq!(p.find("zz"), None);
+    }
+
+    fn three(settings: PoolSettings) -> Pool {
+        let keys = ["a", "b", "c"]
+            .map(|n| Key::new(n, Secret::new(format!("s{n}")), 1000, 1))
+            .to_vec();
+        let auth = KeyAuth {
+            header: http::header::AUTHORIZATION,
+            bearer: true,
+        };
+        let spec = PoolSpec::new("p", keys, Strategy::RoundRobin);
+        let store = Arc::new(MemoryStore::new());
+        Pool::new(spec, settings, store, auth, &Observed::default()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_skips_the_key_on_its_route_only() {
+        let p = three(PoolSettings::default());
+        let none = HeaderMap::new();
+        let mut tried = Tried::new("/v1/fine_tuning/jobs", 3);
+        let l = lease(&p, &mut tried).await;
+        assert_eq!(l.key().name, "a");
+        let verdict = l.report(head(403, &none)).await;
+        assert_eq!(verdict, Verdict { outcome: Outcome::Forbidden, mark: None });
+        // Other routes still get key a, in its round-robin turn.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let mut t = Tried::new("/v1/chat", 3);
+            seen.push(lease(&p, &mut t).await.key().name.clone());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        // The refused route skips a.
+        for _ in 0..4 {
+            let mut t = Tried::new("/v1/fine_tuning/jobs", 3);
+            assert_ne!(lease(&p, &mut t).await.key().name, "a");
+        }
+        // Until the memory ends.
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let mut t = Tried::new("/v1/fine_tuning/jobs", 3);
+            seen.push(lease(&p, &mut t).await.key().name.clone());
+        }
+        assert!(seen.contains(&"a".to_owned()), "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_key_refused_a_route_one_gets_a_chance() {
+        let p = three(PoolSettings::default());
+        let none = HeaderMap::new();
+        let mut tried = Tried::new("/v1/x", 3);
+        for _ in 0..3 {
+            lease(&p, &mut tried).await.report(head(403, &none)).await;
+        }
+        let mut tried = Tried::new("/v1/x", 3);
+        let l = lease(&p, &mut tried).await;
+        l.report(head(403, &none)).await;
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_budget() {
+        let mut settings = PoolSettings::default();
+        settings.budget = BudgetSettings {
+            ratio: 0.0,
+            min_per_second: 0,
+        };
+        let p = three(settings);
+        let mut tried = Tried::new("/v1/chat", 3);
+        let _first = lease(&p, &mut tried).await;
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::OverBudget));
+        let mut settings = PoolSettings::default();
+        settings.budget = BudgetSettings {
+            ratio: 0.0,
+            min_per_second: 1,
+        };
+        let p = three(settings);
+        // 10 retries in the 10 s window, then none.
+        let mut granted = 0;
+        for _ in 0..6 {
+            let mut tried = Tried::new("/v1/chat", 3);
+            for _ in 0..3 {
+                if let Acquired::Lease(_) = p.acquire(&mut tried).await {
+                    granted += 1;
+                }
+            }
+        }
+        assert_eq!(granted, 6 + 10);
     }
 }
