@@ -1,8 +1,8 @@
 //! `[server] tls_cert` / `tls_key`: optional TLS on the proxy listener, read and checked at load
 //! (and so again at each reload).
 
-use super::validate::Problems;
-use super::Env;
+use super::problems::Problems;
+use super::secrets::Env;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
