@@ -143,21 +143,14 @@ fn from_table(
     }
 }
 
+/// A key's own `rpm` or `weight`, or the provider's when absent.
 fn number(t: &toml::Table, field: &str, path: &str, default: u32, p: &mut Problems) -> u32 {
+    let path = format!("{path}.{field}");
     match t.get(field) {
         None => default,
-        Some(toml::Value::Integer(n)) => match u32::try_from(*n) {
-            Ok(v) if v > 0 => v,
-            _ => {
-                p.add(
-                    format!("{path}.{field}"),
-                    format!("must be a whole number from 1 to {}, got {n}", u32::MAX),
-                );
-                default
-            }
-        },
+        Some(toml::Value::Integer(n)) => p.positive(&path, Some(*n), default),
         Some(_) => {
-            p.add(format!("{path}.{field}"), "must be a whole number");
+            p.add(path, "must be a whole number");
             default
         }
     }
