@@ -1,10 +1,7 @@
 //! `keyrelay demo`: keyrelay on the embedded store in front of the built-in mock upstream.
 
-use crate::config::{
-    AuthStyle, ClientConfig, Config, ProviderConfig, ServerConfig, UpstreamConfig,
-};
+use crate::config::{Config, ConfigError, MapEnv};
 use keyrelay_mock::{MockUpstream, Reply};
-use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,46 +14,54 @@ pub const DEMO_ADMIN_TOKEN: &str = "kr-demo-admin";
 /// The demo's fake provider keys; the third always answers 429.
 pub const DEMO_KEYS: [&str; 3] = ["demo-key-1", "demo-key-2", "demo-key-3"];
 
-/// The demo configuration in front of a mock at `mock_url`.
-pub fn config(listen: SocketAddr, mock_url: &str) -> Config {
-    Config {
-        server: ServerConfig {
-            listen,
-            max_body_bytes: 10 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            allow_unauthenticated: false,
-            shutdown_grace: Duration::from_secs(5),
-            tls: None,
-        },
-        upstream: UpstreamConfig {
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(60),
-        },
-        clients: vec![ClientConfig {
-            name: "demo".into(),
-            token: Secret::new(DEMO_TOKEN),
-        }],
-        providers: vec![ProviderConfig {
-            name: "openai".into(),
-            base_url: format!("{mock_url}/v1"),
-            auth: AuthStyle::Bearer,
-            route: "/v1".into(),
-            strategy: Strategy::RoundRobin,
-            settings: PoolSettings::default(),
-            max_attempts: 3,
-            max_wait: Duration::ZERO,
-            keys: DEMO_KEYS
-                .iter()
-                .map(|k| Key::new(*k, Secret::new(*k), 60, 1))
-                .collect(),
-        }],
-        store: None,
-        admin: crate::config::AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: Some(Secret::new(DEMO_ADMIN_TOKEN)),
-        },
-    }
+/// What the demo sets; everything else is the loader's default, as for any config file.
+/// `LISTEN` and `BASE_URL` are filled in; secrets come from [`demo_env`].
+const DEMO_TOML: &str = r#"
+[server]
+listen = LISTEN
+shutdown_grace = "5s"
+
+[upstream]
+first_byte_timeout = "60s"
+idle_timeout = "60s"
+
+[admin]
+listen = "127.0.0.1:0"
+token = "env:DEMO_ADMIN_TOKEN"
+
+[[clients]]
+name = "demo"
+token = "env:DEMO_TOKEN"
+
+[[providers]]
+name = "openai"
+base_url = BASE_URL
+strategy = "round-robin"
+rpm = 60
+keys = [
+  { name = "demo-key-1", secret = "env:DEMO_KEY_1" },
+  { name = "demo-key-2", secret = "env:DEMO_KEY_2" },
+  { name = "demo-key-3", secret = "env:DEMO_KEY_3" },
+]
+"#;
+
+/// The demo's secrets, as the environment `DEMO_TOML` refers to.
+fn demo_env() -> MapEnv {
+    DEMO_KEYS.iter().enumerate().fold(
+        MapEnv::default()
+            .with("DEMO_TOKEN", DEMO_TOKEN)
+            .with("DEMO_ADMIN_TOKEN", DEMO_ADMIN_TOKEN),
+        |env, (i, key)| env.with(&format!("DEMO_KEY_{}", i + 1), key),
+    )
+}
+
+/// The demo configuration in front of a mock at `mock_url`, loaded like any config file.
+pub fn config(listen: SocketAddr, mock_url: &str) -> Result<Config, ConfigError> {
+    let quoted = |s: String| toml::Value::String(s).to_string();
+    let text = DEMO_TOML
+        .replace("LISTEN", &quoted(listen.to_string()))
+        .replace("BASE_URL", &quoted(format!("{mock_url}/v1")));
+    Config::from_toml_str(&text, &demo_env())
 }
 
 /// Start the mock and keyrelay, print how to use them, and run until interrupted.
@@ -65,7 +70,9 @@ pub async fn run(listen: SocketAddr) -> Result<(), crate::StartError> {
         .await
         .map_err(crate::StartError::MockUpstream)?;
     mock.set(DEMO_KEYS[2], Reply::rate_limited(&[("retry-after", "30")]));
-    let running = crate::start(config(listen, &mock.url())).await?;
+    let config = config(listen, &mock.url())
+        .map_err(|e| crate::StartError::Setup(format!("the demo config is invalid: {e}")))?;
+    let running = crate::start(config).await?;
     let addr = running.addr();
     println!("keyrelay demo listening on http://{addr}");
     println!(
@@ -96,4 +103,32 @@ pub async fn run(listen: SocketAddr) -> Result<(), crate::StartError> {
     running.wait().await;
     drop(mock);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_loads_with_its_keys_and_tokens() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let c = config(listen, "http://127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.listen, listen);
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        let p = &c.providers[0];
+        assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(p.route, "/v1");
+        assert_eq!(p.strategy, keyrelay_pool::Strategy::RoundRobin);
+        let keys: Vec<_> = p.keys.iter().map(|k| (k.name.as_str(), k.rpm)).collect();
+        assert_eq!(keys, DEMO_KEYS.map(|k| (k, 60)));
+        assert!(p
+            .keys
+            .iter()
+            .zip(DEMO_KEYS)
+            .all(|(k, s)| k.secret.expose() == s));
+        assert_eq!(c.clients[0].token.expose(), DEMO_TOKEN);
+        let admin = c.admin.token.as_ref().map(|t| t.expose());
+        assert_eq!(admin, Some(DEMO_ADMIN_TOKEN));
+        assert_eq!(c.admin.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
 }

@@ -3,15 +3,15 @@
 
 mod support;
 
-use keyrelay::config::{Config, ConfigErrors, MapEnv};
+use keyrelay::config::{Config, ConfigError, MapEnv};
 use std::process::Command;
 use support::*;
 
-fn load(text: &str) -> Result<Config, ConfigErrors> {
+fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml_str(text, &env())
 }
 
-fn problems(text: &str) -> ConfigErrors {
+fn problems(text: &str) -> ConfigError {
     match load(text) {
         Ok(_) => panic!("config was accepted:\n{text}"),
         Err(e) => e,
@@ -144,7 +144,7 @@ fn bad_url_zero_limit_and_bad_values_are_each_named() {
     ] {
         assert!(e.mentions(expected), "expected `{expected}` in:\n{e}");
     }
-    assert_eq!(e.0.len(), 7, "{e}");
+    assert_eq!(e.problems().len(), 7, "{e}");
     assert_problem(
         &provider("base_url = \"ftp://x\"\nkeys = \"env:KR_KEY_1\"")
             .replace("base_url = \"https://api.openai.com/v1\"\n", ""),
@@ -321,4 +321,209 @@ fn dotenv_in_the_working_directory_is_loaded() {
     assert!(stdout.contains("KR_DOTENV_KEY_1"), "{stdout}");
     assert!(!stdout.contains("from-dotenv"), "secret printed: {stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml");
+
+/// One `Default: <value>` documented in the example config, and the field it belongs to.
+#[derive(Debug)]
+struct Documented {
+    section: String,
+    field: String,
+    value: toml::Value,
+}
+
+/// Every documented default in `text`: a comment holding `Default: <TOML value>` belongs to the
+/// next `field = value` line, written out or commented out (`# field = value`); sections
+/// commented out (`# [store]`) count as sections.
+fn documented_defaults(text: &str) -> Vec<Documented> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut pending: Option<toml::Value> = None;
+    for line in text.lines() {
+        let bare = line.trim_start_matches('#').trim();
+        if bare.starts_with('[') {
+            section = bare.trim_matches(['[', ']']).to_owned();
+            assert!(
+                pending.is_none(),
+                "a default documented for no field before [{section}]"
+            );
+            continue;
+        }
+        if let Some((_, literal)) = bare.split_once("Default: ") {
+            let parsed: toml::Table = toml::from_str(&format!("v = {}", literal.trim()))
+                .unwrap_or_else(|e| panic!("`{line}`: the default is not a TOML value: {e}"));
+            pending = Some(parsed["v"].clone());
+            continue;
+        }
+        let field_line = toml::from_str::<toml::Table>(bare)
+            .ok()
+            .filter(|t| t.len() == 1);
+        if let (Some(t), Some(value)) = (field_line, pending.take()) {
+            let field = t.keys().next().unwrap().clone();
+            out.push(Documented {
+                section: section.clone(),
+                field,
+                value,
+            });
+        }
+    }
+    out
+}
+
+/// The smallest config that loads, with `[store]` so its defaults apply too.
+fn minimal() -> toml::Table {
+    toml::from_str(
+        "[[clients]]\nname = \"c\"\ntoken = \"env:KR_TOKEN\"\n\
+         [[providers]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:1\"\nkeys = \"env:KR_KEY_1\"\n\
+         [store]\nurl = \"redis://127.0.0.1:6390\"\n",
+    )
+    .unwrap()
+}
+
+/// `minimal()` with `section.field = value` set (`providers` means the first provider).
+fn with(d: &Documented, value: toml::Value) -> String {
+    let mut t = minimal();
+    let section = t
+        .entry(d.section.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let table = match section {
+        toml::Value::Array(items) => items[0].as_table_mut().unwrap(),
+        other => other.as_table_mut().unwrap(),
+    };
+    table.insert(d.field.clone(), value);
+    toml::to_string(&t).unwrap()
+}
+
+/// The same value, changed: a number plus one, a bool flipped, a string with `1ms` appended
+/// (still a duration when it was one).
+fn changed(v: &toml::Value) -> toml::Value {
+    match v {
+        toml::Value::Integer(n) => toml::Value::Integer(n + 1),
+        toml::Value::Boolean(b) => toml::Value::Boolean(!b),
+        toml::Value::String(s) => toml::Value::String(format!("{s}1ms")),
+        other => panic!("no change for {other}"),
+    }
+}
+
+fn loaded(text: &str) -> String {
+    format!("{:?}", load(text).unwrap_or_else(|e| panic!("{e}\n{text}")))
+}
+
+#[test]
+fn every_default_the_example_documents_is_the_one_applied() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let documented = documented_defaults(&text);
+    let mut named: Vec<String> = documented
+        .iter()
+        .map(|d| format!("{}.{}", d.section, d.field))
+        .collect();
+    named.sort();
+    let expected = [
+        "admin.listen",
+        "providers.auth",
+        "providers.cooldown",
+        "providers.max_attempts",
+        "providers.max_cooldown",
+        "providers.max_wait",
+        "providers.quarantine",
+        "providers.rpm",
+        "providers.strategy",
+        "providers.weight",
+        "server.allow_unauthenticated",
+        "server.header_read_timeout",
+        "server.listen",
+        "server.max_body_bytes",
+        "server.shutdown_grace",
+        "store.command_timeout",
+        "store.connect_timeout",
+        "store.instances",
+        "store.probe_interval",
+        "store.probe_max_interval",
+        "store.wait_timeout",
+        "upstream.connect_timeout",
+        "upstream.first_byte_timeout",
+        "upstream.idle_timeout",
+    ];
+    assert_eq!(
+        named, expected,
+        "fields whose default config.toml documents"
+    );
+
+    let omitted = loaded(&toml::to_string(&minimal()).unwrap());
+    let mut sensitive = 0;
+    for d in &documented {
+        let written = loaded(&with(d, d.value.clone()));
+        assert_eq!(
+            written, omitted,
+            "config.toml documents {}.{} = {} as the default, but leaving it out loads otherwise",
+            d.section, d.field, d.value
+        );
+        // The comparison sees this field: another value, where valid, loads differently.
+        if let Ok(other) = Config::from_toml_str(&with(d, changed(&d.value)), &env()) {
+            assert_ne!(format!("{other:?}"), omitted, "{}.{}", d.section, d.field);
+            sensitive += 1;
+        }
+    }
+    // All but the two addresses, auth and strategy (a changed string is no longer valid there).
+    assert!(
+        sensitive >= 20,
+        "only {sensitive} defaults were shown to matter"
+    );
+}
+
+#[test]
+fn the_documented_default_route_is_applied() {
+    // config.toml: Default "/v1" for a provider named openai, "/<name>" for others.
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert!(
+        text.contains("Default \"/v1\" for a provider named openai,\n# \"/<name>\" for others.")
+    );
+    assert_eq!(
+        load(&provider("keys = \"env:KR_KEY_1\""))
+            .unwrap()
+            .providers[0]
+            .route,
+        "/v1"
+    );
+    let other = provider("keys = \"env:KR_KEY_1\"").replace("\"openai\"", "\"mistral\"");
+    assert_eq!(load(&other).unwrap().providers[0].route, "/mistral");
+}
+
+#[test]
+fn load_keeps_the_cause_and_prints_as_before() {
+    use std::error::Error;
+    let missing =
+        std::env::temp_dir().join(format!("keyrelay-no-such-{}.toml", std::process::id()));
+    let e = Config::load(&missing).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(
+        io.map(std::io::Error::kind),
+        Some(std::io::ErrorKind::NotFound)
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "invalid configuration (1 problems):\n  - cannot read {}: {}\n",
+            missing.display(),
+            io.unwrap()
+        )
+    );
+
+    let e = problems("[server\nlisten = 1");
+    assert!(matches!(e, ConfigError::Parse(_)), "{e:?}");
+    assert!(e.source().is_some_and(|s| s.is::<toml::de::Error>()));
+    assert!(
+        e.to_string()
+            .starts_with("invalid configuration (1 problems):\n  - not valid config TOML: "),
+        "{e}"
+    );
+
+    let e = problems(&provider("keys = [{ name = \"a\", secret = \"env:KR_KEY_1\" }, { name = \"b\", secret = \"env:OPENAI_API_KEY_2\" }]\nrpm = 0"));
+    assert!(matches!(e, ConfigError::Invalid(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration (2 problems):\n  - providers[0].rpm: must be a whole number from 1 to 4294967295, got 0\n  - providers[0].keys[1].secret: env var OPENAI_API_KEY_2 is not set\n"
+    );
 }

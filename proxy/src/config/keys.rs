@@ -1,7 +1,7 @@
 //! A provider's `keys` entry: a secret reference or a list of key tables, each checked by path.
 
+use super::problems::Problems;
 use super::secrets::{resolve, Env};
-use super::validate::Problems;
 use keyrelay_pool::Key;
 
 const KEY_FIELDS: [&str; 4] = ["name", "secret", "rpm", "weight"];
@@ -49,21 +49,24 @@ pub(super) fn keys(
     if out.is_empty() && p.len() == before {
         p.add(&path, "the provider has no keys");
     }
-    for (j, k) in out.iter().enumerate() {
-        if out[..j].iter().any(|o| o.name == k.name) {
-            p.add(&path, format!("duplicate key name \"{}\"", k.name));
+    duplicates(&out, &path, p);
+    out
+}
+
+/// No two keys of a provider may share a name or a secret.
+fn duplicates(keys: &[Key], path: &str, p: &mut Problems) {
+    for (j, k) in keys.iter().enumerate() {
+        if keys[..j].iter().any(|o| o.name == k.name) {
+            p.add(path, format!("duplicate key name \"{}\"", k.name));
         }
-        if let Some(o) = out[..j].iter().find(|o| o.secret == k.secret) {
-            p.add(
-                &path,
-                format!(
-                    "keys \"{}\" and \"{}\" have the same secret",
-                    o.name, k.name
-                ),
+        if let Some(o) = keys[..j].iter().find(|o| o.secret == k.secret) {
+            let message = format!(
+                "keys \"{}\" and \"{}\" have the same secret",
+                o.name, k.name
             );
+            p.add(path, message);
         }
     }
-    out
 }
 
 fn from_reference(
@@ -140,21 +143,14 @@ fn from_table(
     }
 }
 
+/// A key's own `rpm` or `weight`, or the provider's when absent.
 fn number(t: &toml::Table, field: &str, path: &str, default: u32, p: &mut Problems) -> u32 {
+    let path = format!("{path}.{field}");
     match t.get(field) {
         None => default,
-        Some(toml::Value::Integer(n)) => match u32::try_from(*n) {
-            Ok(v) if v > 0 => v,
-            _ => {
-                p.add(
-                    format!("{path}.{field}"),
-                    format!("must be a whole number from 1 to {}, got {n}", u32::MAX),
-                );
-                default
-            }
-        },
+        Some(toml::Value::Integer(n)) => p.positive(&path, Some(*n), default),
         Some(_) => {
-            p.add(format!("{path}.{field}"), "must be a whole number");
+            p.add(path, "must be a whole number");
             default
         }
     }

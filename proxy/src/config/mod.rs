@@ -1,23 +1,34 @@
 //! keyrelay's configuration: the TOML shape users write, and the validated form the proxy runs.
 //!
 //! Loading happens once: [`Config::from_toml_str`] parses, resolves secrets and validates, and
-//! either returns a [`Config`] or every problem found, each named by its path in the file.
+//! either returns a [`Config`] or a [`ConfigError`] listing every problem found, each named by
+//! its path in the file. Defaults live in `defaults.rs` only; each section has its own checker
+//! (`server.rs`, `clients.rs`, `providers.rs` and `keys.rs`, `store.rs`, `admin.rs`), and all of
+//! them note problems in one [`Problems`] list.
 
+mod admin;
+mod clients;
+mod defaults;
 mod duration;
+mod error;
 mod keys;
+mod problems;
+mod providers;
 mod raw;
 mod secrets;
+mod server;
 mod store;
 mod tls;
 mod validate;
 
 use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use error::ConfigError;
+pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv};
 
 /// How a provider expects its key.
@@ -113,60 +124,18 @@ pub struct StoreConfig {
     pub display: String,
 }
 
-/// One problem in a config file, named by its path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found while loading a config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<Problem>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
-        for p in &self.0 {
-            writeln!(f, "  - {p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-impl ConfigErrors {
-    /// Whether any problem's text contains `needle` (for tests and tooling).
-    pub fn mentions(&self, needle: &str) -> bool {
-        self.0.iter().any(|p| p.to_string().contains(needle))
-    }
-}
-
 impl Config {
     /// Parse, resolve secrets through `env`, and validate.
-    pub fn from_toml_str(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
-        let (raw, unknown) = raw::parse(text).map_err(|p| ConfigErrors(vec![p]))?;
+    pub fn from_toml_str(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (raw, unknown) = raw::parse(text).map_err(ConfigError::Parse)?;
         validate::validate(raw, unknown, env)
     }
 
     /// Read a file and load it with the process environment.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![Problem {
-                path: String::new(),
-                message: format!("cannot read {}: {e}", path.display()),
-            }])
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
         })?;
         Self::from_toml_str(&text, &ProcessEnv)
     }

@@ -1,6 +1,5 @@
 //! The config file as written: every field optional, so validation can report all gaps at once.
 
-use super::Problem;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,15 +82,10 @@ pub(super) struct RawProvider {
 }
 
 /// Parse TOML into the raw shape, collecting the path of every field we do not know.
-pub(super) fn parse(text: &str) -> Result<(RawConfig, Vec<String>), Problem> {
+pub(super) fn parse(text: &str) -> Result<(RawConfig, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);
-    let raw = serde_ignored::deserialize(de, |path| unknown.push(render_path(&path))).map_err(
-        |e: toml::de::Error| Problem {
-            path: String::new(),
-            message: format!("not valid config TOML: {}", e.to_string().trim()),
-        },
-    )?;
+    let raw = serde_ignored::deserialize(de, |path| unknown.push(render_path(&path)))?;
     Ok((raw, unknown))
 }
 

@@ -54,56 +54,71 @@ pub(super) struct Resolved {
 /// The error never includes the reference's value if it looks like a literal secret.
 pub(super) fn resolve(reference: &str, env: &dyn Env) -> Result<Vec<Resolved>, String> {
     if let Some(name) = reference.strip_prefix("env:") {
-        if let Some(prefix) = name.strip_suffix('*') {
-            if prefix.is_empty() {
-                return Err("env:* would take every variable; give a prefix".into());
-            }
-            let mut vars: Vec<(String, String)> = env
-                .vars()
-                .into_iter()
-                .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
-                .collect();
-            vars.sort();
-            if vars.is_empty() {
-                return Err(format!("no env var matches {name}"));
-            }
-            return Ok(vars
-                .into_iter()
-                .map(|(name, value)| Resolved {
-                    name,
-                    secret: Secret::new(value.trim()),
-                })
-                .collect());
-        }
-        if name.is_empty() {
-            return Err("env: needs a variable name".into());
-        }
-        return match env.var(name) {
-            Some(v) if !v.trim().is_empty() => Ok(vec![Resolved {
-                name: name.to_owned(),
-                secret: Secret::new(v.trim()),
-            }]),
-            Some(_) => Err(format!("env var {name} is empty")),
-            None => Err(format!("env var {name} is not set")),
+        return match name.strip_suffix('*') {
+            Some(prefix) => env_glob(name, prefix, env),
+            None => env_var(name, env).map(|r| vec![r]),
         };
     }
     if let Some(path) = reference.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?;
-        let value = text.trim();
-        if value.is_empty() {
-            return Err(format!("secret file {path} is empty"));
-        }
-        let name = std::path::Path::new(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.to_owned());
-        return Ok(vec![Resolved {
-            name,
-            secret: Secret::new(value),
-        }]);
+        return file(path).map(|r| vec![r]);
     }
     Err("literal secrets are not allowed in the config; use \"env:NAME\", \"env:PREFIX_*\" or \"file:PATH\"".into())
+}
+
+/// `env:PREFIX_*`: every non-empty variable with the prefix, sorted by name.
+fn env_glob(name: &str, prefix: &str, env: &dyn Env) -> Result<Vec<Resolved>, String> {
+    if prefix.is_empty() {
+        return Err("env:* would take every variable; give a prefix".into());
+    }
+    let mut vars: Vec<(String, String)> = env
+        .vars()
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+        .collect();
+    vars.sort();
+    if vars.is_empty() {
+        return Err(format!("no env var matches {name}"));
+    }
+    Ok(vars
+        .into_iter()
+        .map(|(name, value)| Resolved {
+            name,
+            secret: Secret::new(value.trim()),
+        })
+        .collect())
+}
+
+/// `env:NAME`: one variable, set and not blank.
+fn env_var(name: &str, env: &dyn Env) -> Result<Resolved, String> {
+    if name.is_empty() {
+        return Err("env: needs a variable name".into());
+    }
+    match env.var(name) {
+        Some(v) if !v.trim().is_empty() => Ok(Resolved {
+            name: name.to_owned(),
+            secret: Secret::new(v.trim()),
+        }),
+        Some(_) => Err(format!("env var {name} is empty")),
+        None => Err(format!("env var {name} is not set")),
+    }
+}
+
+/// `file:PATH`: the file's trimmed text, named after the file.
+fn file(path: &str) -> Result<Resolved, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(format!("secret file {path} is empty"));
+    }
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned());
+    Ok(Resolved {
+        name,
+        secret: Secret::new(value),
+    })
 }
 
 #[cfg(test)]

@@ -1,63 +1,68 @@
 //! The `[store]` section: Redis or Redis Cluster for shared pool state, and its timeouts.
 
+use super::problems::Problems;
 use super::raw::RawStore;
 use super::secrets::Env;
-use super::validate::Problems;
-use super::StoreConfig;
+use super::{defaults, StoreConfig};
 use keyrelay_pool::{RedisSettings, RedisTarget};
 
 pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<StoreConfig> {
-    let d = RedisSettings::default();
-    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
-    let settings = RedisSettings {
-        connect_timeout: p.duration(
-            "store.connect_timeout",
-            raw.connect_timeout.as_deref(),
-            &ms(d.connect_timeout),
-        ),
-        wait_timeout: p.duration(
-            "store.wait_timeout",
-            raw.wait_timeout.as_deref(),
-            &ms(d.wait_timeout),
-        ),
-        command_timeout: p.duration(
-            "store.command_timeout",
-            raw.command_timeout.as_deref(),
-            &ms(d.command_timeout),
-        ),
-        probe_interval: p.duration(
-            "store.probe_interval",
-            raw.probe_interval.as_deref(),
-            &ms(d.probe_interval),
-        ),
-        probe_max_interval: p.duration(
-            "store.probe_max_interval",
-            raw.probe_max_interval.as_deref(),
-            &ms(d.probe_max_interval),
-        ),
-        instances: p.positive("store.instances", raw.instances, 1),
-    };
-    for (path, v) in [
-        ("store.command_timeout", settings.command_timeout),
-        ("store.connect_timeout", settings.connect_timeout),
-    ] {
-        if v.is_zero() {
-            p.add(path, "must be more than zero");
-        }
-    }
+    let settings = settings(raw, p);
     let password = raw
         .password
         .as_deref()
         .and_then(|r| p.secret("store.password", r, env));
     let password = password.as_ref().map(|s| s.expose());
-    let (target, display) = match (&raw.url, &raw.cluster) {
+    let (target, display) = target(raw, password, env, p)?;
+    Some(StoreConfig {
+        target,
+        settings,
+        display,
+    })
+}
+
+/// Timeouts and instance count; each absent one is the Redis store's default.
+fn settings(raw: &RawStore, p: &mut Problems) -> RedisSettings {
+    let mut s = defaults::redis();
+    let mut field = |field: &str, value: &Option<String>, default| {
+        p.duration(&format!("store.{field}"), value.as_deref(), default)
+    };
+    s.connect_timeout = field("connect_timeout", &raw.connect_timeout, s.connect_timeout);
+    s.wait_timeout = field("wait_timeout", &raw.wait_timeout, s.wait_timeout);
+    s.command_timeout = field("command_timeout", &raw.command_timeout, s.command_timeout);
+    s.probe_interval = field("probe_interval", &raw.probe_interval, s.probe_interval);
+    s.probe_max_interval = field(
+        "probe_max_interval",
+        &raw.probe_max_interval,
+        s.probe_max_interval,
+    );
+    s.instances = p.positive("store.instances", raw.instances, s.instances);
+    for (path, v) in [
+        ("store.command_timeout", s.command_timeout),
+        ("store.connect_timeout", s.connect_timeout),
+    ] {
+        if v.is_zero() {
+            p.add(path, "must be more than zero");
+        }
+    }
+    s
+}
+
+/// One Redis or a cluster's seed nodes, with their `host:port`s for display.
+fn target(
+    raw: &RawStore,
+    password: Option<&str>,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Option<(RedisTarget, String)> {
+    match (&raw.url, &raw.cluster) {
         (Some(_), Some(_)) => {
             p.add("store", "give either url or cluster, not both");
-            return None;
+            None
         }
         (Some(u), None) => {
             let (url, shown) = url("store.url", u, password, env, p)?;
-            (RedisTarget::Single(url), shown)
+            Some((RedisTarget::Single(url), shown))
         }
         (None, Some(nodes)) if !nodes.is_empty() => {
             let mut urls = Vec::new();
@@ -68,24 +73,17 @@ pub(super) fn store(raw: &RawStore, env: &dyn Env, p: &mut Problems) -> Option<S
                     shown.push(s);
                 }
             }
-            (
-                RedisTarget::Cluster(urls),
-                format!("cluster {}", shown.join(", ")),
-            )
+            let display = format!("cluster {}", shown.join(", "));
+            Some((RedisTarget::Cluster(urls), display))
         }
         _ => {
             p.add(
                 "store",
                 "needs url = \"redis://host:6379/0\" or cluster = [\"redis://host:7000\", ...]",
             );
-            return None;
+            None
         }
-    };
-    Some(StoreConfig {
-        target,
-        settings,
-        display,
-    })
+    }
 }
 
 /// Check one Redis URL (literal, or `env:`/`file:` when it holds a password) and splice in the

@@ -1,0 +1,55 @@
+//! Every default the validator applies, defined once. The example `config.toml` documents each
+//! (`Default: value`), and `proxy/tests/config.rs` checks each documented value against what
+//! loading applies; the demo gets them by loading its config through the same validator.
+
+use super::AuthStyle;
+use keyrelay_pool::{PoolSettings, RedisSettings, Strategy};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+// [server]
+pub(super) const LISTEN: SocketAddr = loopback(8080);
+pub(super) const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ALLOW_UNAUTHENTICATED: bool = false;
+pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+// [admin]
+pub(super) const ADMIN_LISTEN: SocketAddr = loopback(9091);
+
+// [upstream]
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+// [[providers]]
+pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;
+pub(super) const STRATEGY: Strategy = Strategy::LeastLoaded;
+pub(super) const RPM: u32 = 10_000;
+pub(super) const WEIGHT: u32 = 1;
+pub(super) const MAX_ATTEMPTS: u32 = 3;
+pub(super) const MAX_WAIT: Duration = Duration::ZERO;
+
+/// A provider's route when none is given: `/v1` for `openai` (so `OPENAI_BASE_URL` works as
+/// is), `/<name>` for any other.
+pub(super) fn route(name: &str) -> String {
+    if name == "openai" {
+        "/v1".to_owned()
+    } else {
+        format!("/{name}")
+    }
+}
+
+/// A provider's cooldown, quarantine and hint cap: the pool's own defaults.
+pub(super) fn pool() -> PoolSettings {
+    PoolSettings::default()
+}
+
+/// `[store]` timeouts and instance count: the Redis store's own defaults.
+pub(super) fn redis() -> RedisSettings {
+    RedisSettings::default()
+}
