@@ -10,7 +10,7 @@ fn every_metric_registers_and_encodes() {
     let p = m.provider("openai");
     p.answered(429, Some(Duration::from_millis(3)));
     p.attempt("k1", &Outcome::RateLimited { retry_after: None });
-    p.retry(&Outcome::TransportError);
+    p.retry(&Outcome::NotSent);
     p.marked(&Mark::Cool {
         period: Duration::from_secs(1),
         reason: "rate_limited",

@@ -18,11 +18,11 @@ mod select;
 mod state;
 mod store;
 
+pub use budget::{BudgetSettings, RetryBudget};
 pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint, remaining_quota};
 pub use key::{fingerprint, Key, Secret};
 pub use memory::MemoryStore;
 pub use observed::{Observed, Quota};
-pub use budget::{BudgetSettings, RetryBudget};
 pub use outcome::{classify, needs_body, Outcome};
 pub use pool::{Acquired, Answer, KeyAuth, Lease, Pool, PoolError, PoolSettings, Tried, Verdict};
 pub use redis::{RedisSettings, RedisStore, RedisTarget};

@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(judge_with(403, openai), Outcome::Unauthorized);
         let anthropic = r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#;
         assert_eq!(judge_with(403, anthropic), Outcome::Forbidden);
-        assert_eq!(judge_with(400, r#"{"error":{"message":"bad model"}}"#), Outcome::ClientError);
+        assert_eq!(
+            judge_with(400, r#"{"error":{"message":"bad model"}}"#),
+            Outcome::ClientError
+        );
         // A message that merely echoes the words benches nothing.
         let echo = r#"{"error":{"message":"Invalid value: 'API_KEY_INVALID invalid_api_key'","code":null}}"#;
         assert_eq!(judge_with(400, echo), Outcome::ClientError);

@@ -465,8 +465,14 @@ mod tests {
         let verdict = l.report(head(401, &HeaderMap::new())).await;
         assert_eq!(verdict.outcome, Outcome::Unauthorized);
         assert!(matches!(verdict.mark, Some(Mark::Quarantine { .. })));
-        assert_eq!(lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name, "b");
-        assert_eq!(lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name, "b");
+        assert_eq!(
+            lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name,
+            "b"
+        );
+        assert_eq!(
+            lease(&p, &mut Tried::new("/v1/chat", 3)).await.key().name,
+            "b"
+        );
         tokio::time::advance(Duration::from_secs(600)).await;
         let mut tried = Tried::new("/v1/chat", 3);
         assert_eq!(lease(&p, &mut tried).await.key().name, "a");
@@ -505,7 +511,9 @@ mod tests {
         assert_eq!(p.quota(0), (Some(7), None));
         let again = build();
         assert_eq!(again.quota(0), (Some(7), None));
-        let (_, value) = lease(&again, &mut Tried::new("/v1/chat", 3)).await.credential();
+        let (_, value) = lease(&again, &mut Tried::new("/v1/chat", 3))
+            .await
+            .credential();
         assert_eq!(value, "sa");
     }
 
@@ -564,7 +572,13 @@ mod tests {
         let l = lease(&p, &mut tried).await;
         assert_eq!(l.key().name, "a");
         let verdict = l.report(head(403, &none)).await;
-        assert_eq!(verdict, Verdict { outcome: Outcome::Forbidden, mark: None });
+        assert_eq!(
+            verdict,
+            Verdict {
+                outcome: Outcome::Forbidden,
+                mark: None
+            }
+        );
         // Other routes still get key a, in its round-robin turn.
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -604,19 +618,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stop_at_the_budget() {
-        let mut settings = PoolSettings::default();
-        settings.budget = BudgetSettings {
-            ratio: 0.0,
-            min_per_second: 0,
+        let settings = PoolSettings {
+            budget: BudgetSettings {
+                ratio: 0.0,
+                min_per_second: 0,
+            },
+            ..PoolSettings::default()
         };
         let p = three(settings);
         let mut tried = Tried::new("/v1/chat", 3);
         let _first = lease(&p, &mut tried).await;
         assert!(matches!(p.acquire(&mut tried).await, Acquired::OverBudget));
-        let mut settings = PoolSettings::default();
-        settings.budget = BudgetSettings {
-            ratio: 0.0,
-            min_per_second: 1,
+        let settings = PoolSettings {
+            budget: BudgetSettings {
+                ratio: 0.0,
+                min_per_second: 1,
+            },
+            ..PoolSettings::default()
         };
         let p = three(settings);
         // 10 retries in the 10 s window, then none.

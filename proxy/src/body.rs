@@ -96,8 +96,26 @@ impl Drop for Streamed {
     }
 }
 
+/// An upstream answer read whole (a small error body), passed on as read.
+struct Held {
+    bytes: Option<Bytes>,
+    len: u64,
+    hook: Box<dyn EndHook>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let (end, sent) = match self.bytes {
+            None => (StreamEnd::Complete, self.len),
+            Some(_) => (StreamEnd::ClientGone, 0),
+        };
+        self.hook.ended(end, sent);
+    }
+}
+
 enum Kind {
     Full(Option<Bytes>),
+    Held(Held),
     Stream(Box<Streamed>),
 }
 
@@ -110,6 +128,17 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
+        }
+    }
+
+    /// An upstream body already read; `hook` sees it end.
+    pub fn read(bytes: Bytes, hook: Box<dyn EndHook>) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Held(Held {
+                len: bytes.len() as u64,
+                bytes: Some(bytes),
+                hook,
+            }),
         }
     }
 
@@ -136,7 +165,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let s = match &mut self.get_mut().kind {
-            Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => {
+                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))))
+            }
             Kind::Stream(s) => s,
         };
         if s.end.is_some() {
@@ -170,15 +201,17 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(b) => b.is_none(),
+            Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => b.is_none(),
             Kind::Stream(s) => s.end.is_some() || s.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Full(Some(b)) | Kind::Held(Held { bytes: Some(b), .. }) => {
+                SizeHint::with_exact(b.len() as u64)
+            }
+            Kind::Full(None) | Kind::Held(Held { bytes: None, .. }) => SizeHint::with_exact(0),
             Kind::Stream(s) => s.inner.size_hint(),
         }
     }

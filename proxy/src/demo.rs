@@ -70,8 +70,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), crate::StartError> {
         .await
         .map_err(crate::StartError::MockUpstream)?;
     mock.set(DEMO_KEYS[2], Reply::rate_limited(&[("retry-after", "30")]));
-    let config = config(listen, &mock.url())
-        .map_err(|e| crate::StartError::Setup(format!("the demo config is invalid: {e}")))?;
+    let config = config(listen, &mock.url()).map_err(crate::StartError::DemoConfig)?;
     let running = crate::start(config).await?;
     let addr = running.addr();
     println!("keyrelay demo listening on http://{addr}");

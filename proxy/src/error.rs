@@ -42,14 +42,55 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("upstream refused every key tried")]
     UpstreamRejectedKeys,
+    #[error("the upstream connection failed after the request was sent; not sent again, as the provider may have processed it")]
+    UpstreamLost,
+    /// Every key tried was refused for this request (permission or scope); the provider's
+    /// status and error type are kept, its message is not (it may echo part of a key).
+    #[error("the provider refused this request for every key tried ({kind})")]
+    UpstreamRefused { status: StatusCode, kind: ErrorKind },
+    #[error("the upstream's error answer could not be read")]
+    UpstreamUnreadable,
+}
+
+/// A provider's error type as keyrelay repeats it: a short word of letters and `_` (no digits,
+/// so no key fragment can pass as one), or `"refused"` when the provider's was anything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorKind(String);
+
+impl ErrorKind {
+    /// The type in a provider's error body: `error.type` (OpenAI, Anthropic), else
+    /// `error.status` (Gemini), else `error.code` when it is a word.
+    pub fn from_body(body: &[u8]) -> ErrorKind {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let e = &v["error"];
+        let word = [&e["type"], &e["status"], &e["code"]]
+            .into_iter()
+            .filter_map(|f| f.as_str())
+            .find(|w| {
+                !w.is_empty()
+                    && w.len() <= 48
+                    && w.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+            });
+        ErrorKind(word.unwrap_or("refused").to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
-        if e.timed_out() {
-            ProxyError::UpstreamTimeout
-        } else {
-            ProxyError::UpstreamUnreachable
+        match e {
+            e if e.timed_out() => ProxyError::UpstreamTimeout,
+            UpstreamError::Lost(_) => ProxyError::UpstreamLost,
+            _ => ProxyError::UpstreamUnreachable,
         }
     }
 }
@@ -69,9 +110,11 @@ impl ProxyError {
             ProxyError::BodyRead => StatusCode::BAD_REQUEST,
             ProxyError::AllKeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable | ProxyError::UpstreamRejectedKeys => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamRejectedKeys
+            | ProxyError::UpstreamLost
+            | ProxyError::UpstreamUnreadable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamRefused { status, .. } => *status,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -88,11 +131,15 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamRejectedKeys => "upstream_rejected_keys",
+            ProxyError::UpstreamLost => "upstream_connection_lost",
+            ProxyError::UpstreamRefused { .. } => "upstream_refused",
+            ProxyError::UpstreamUnreadable => "upstream_unreadable",
         }
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         match self {
+            ProxyError::UpstreamRefused { kind, .. } => kind.as_str(),
             ProxyError::Unauthorized => "authentication_error",
             ProxyError::UnknownRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
@@ -101,7 +148,9 @@ impl ProxyError {
             ProxyError::NoUsableKey
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamRejectedKeys => "api_error",
+            | ProxyError::UpstreamRejectedKeys
+            | ProxyError::UpstreamLost
+            | ProxyError::UpstreamUnreadable => "api_error",
         }
     }
 
@@ -113,7 +162,10 @@ impl ProxyError {
             ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",
             ProxyError::NoUsableKey | ProxyError::UpstreamUnreachable => "UNAVAILABLE",
             ProxyError::UpstreamTimeout => "DEADLINE_EXCEEDED",
-            ProxyError::UpstreamRejectedKeys => "INTERNAL",
+            ProxyError::UpstreamRejectedKeys
+            | ProxyError::UpstreamLost
+            | ProxyError::UpstreamUnreadable => "INTERNAL",
+            ProxyError::UpstreamRefused { .. } => "PERMISSION_DENIED",
         }
     }
 
@@ -186,6 +238,25 @@ mod tests {
         let resp = e.into_response(ErrorShape::OpenAi);
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "2");
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_providers_type_and_nothing_else() {
+        let anthropic = br#"{"type":"error","error":{"type":"permission_error","message":"key sk-ant-abc123 may not"}}"#;
+        let e = ProxyError::UpstreamRefused {
+            status: StatusCode::FORBIDDEN,
+            kind: ErrorKind::from_body(anthropic),
+        };
+        let body = e.body(ErrorShape::Anthropic);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "permission_error");
+        assert!(!body.contains("sk-ant"), "{body}");
+        assert_eq!(e.status(), 403);
+        let gemini = br#"{"error":{"code":403,"message":"m","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(ErrorKind::from_body(gemini).as_str(), "PERMISSION_DENIED");
+        let odd = br#"{"error":{"type":"sk-abc def","code":"AIzaSyA1234567890"}}"#;
+        assert_eq!(ErrorKind::from_body(odd).as_str(), "refused");
+        assert_eq!(ErrorKind::from_body(b"not json").as_str(), "refused");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum StartError {
     #[error("{path}: {source}", path = .path.display())]
     Config {
         path: PathBuf,
-        source: config::ConfigErrors,
+        source: config::ConfigError,
     },
     #[error("{0}")]
     Store(String),
@@ -42,6 +42,8 @@ pub enum StartError {
     Build(#[from] PoolError),
     #[error("cannot start the mock upstream: {0}")]
     MockUpstream(#[source] std::io::Error),
+    #[error("the demo config is invalid: {0}")]
+    DemoConfig(#[source] config::ConfigError),
 }
 
 /// Why a reload was refused; the config serving before keeps serving.
@@ -51,7 +53,7 @@ pub enum ReloadError {
     #[error("{path}: {source}", path = .path.display())]
     Config {
         path: PathBuf,
-        source: config::ConfigErrors,
+        source: config::ConfigError,
     },
     /// The file is valid but its pools could not be built.
     #[error(transparent)]

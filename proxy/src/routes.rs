@@ -19,6 +19,8 @@ pub struct Provider {
     pub pool: Pool,
     pub max_attempts: u32,
     pub max_wait: Duration,
+    pub deadline: Duration,
+    pub retry_after_send: bool,
     pub metrics: ProviderMetrics,
 }
 
@@ -53,6 +55,8 @@ impl Provider {
             pool,
             max_attempts: pc.max_attempts,
             max_wait: pc.max_wait,
+            deadline: pc.deadline,
+            retry_after_send: pc.retry_after_send,
             metrics: shared.metrics.provider(&pc.name),
         })
     }

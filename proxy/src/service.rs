@@ -4,19 +4,21 @@
 use crate::auth::ClientAuth;
 use crate::body::{buffer_request, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
-use crate::error::{ErrorShape, ProxyError};
+use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{
     prepare_request_headers, presented_credentials, query_without_key, strip_hop_by_hop,
 };
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{Provider, Routes};
-use crate::upstream::{self, UpstreamClient, UpstreamError};
+use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
-use keyrelay_pool::{Acquired, Answer, Lease, Observed, Outcome, PoolError, Store, Tried};
+use keyrelay_pool::{
+    needs_body, Acquired, Answer, Lease, Observed, Outcome, PoolError, Store, Tried,
+};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -65,8 +67,8 @@ struct Prepared {
 
 /// Why the key loop stopped without a response to pass on as it is.
 enum Failure {
-    /// An upstream answer that asked for another key (kept to pass on if none is left).
-    Answer(Response<Incoming>, Outcome),
+    /// An upstream answer that asked for another key (kept to answer from if none is left).
+    Answer(Answered, Outcome),
     /// No answer at all.
     Error(UpstreamError),
 }
@@ -78,6 +80,14 @@ enum Next<'p> {
     Refuse(ProxyError),
     /// Stop trying; answer with the last failure.
     GiveUp,
+}
+
+/// The time bounds of one request's attempt loop.
+struct Bounds {
+    /// Waiting for a key to free up ends here (`max_wait`, within the deadline).
+    wait_until: Instant,
+    /// Everything up to the response head ends here.
+    deadline: Instant,
 }
 
 impl App {
@@ -194,61 +204,66 @@ impl App {
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let mut tried = Tried::with_capacity(provider.max_attempts as usize);
+        let mut tried = Tried::new(req.uri.path(), provider.max_attempts as usize);
         let mut last: Option<Failure> = None;
-        let wait_until = Instant::now() + provider.max_wait;
+        let now = Instant::now();
+        let deadline = now + provider.deadline;
+        let bounds = Bounds {
+            wait_until: (now + provider.max_wait).min(deadline),
+            deadline,
+        };
         loop {
-            let lease = match self.next_key(provider, &mut tried, &last, wait_until).await {
+            let lease = match self.next_key(provider, &mut tried, &last, &bounds).await {
                 Next::Try(lease) => lease,
                 Next::Refuse(e) => return log.error(e, provider.shape),
                 Next::GiveUp => break,
             };
             let key = lease.key();
+            let limit = self
+                .upstream
+                .first_byte_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
             let started = Instant::now();
-            let sent = upstream::send(
-                &self.client,
-                attempt(&req, &lease),
-                self.upstream.first_byte_timeout,
-            )
-            .await;
+            let sent = upstream::send(&self.client, attempt(&req, &lease), limit, needs_body).await;
             let waited = started.elapsed();
             let answer = match &sent {
-                Ok(resp) => Answer::Head {
-                    status: resp.status(),
-                    headers: resp.headers(),
+                Ok(a) => Answer::Head {
+                    status: a.parts.status,
+                    headers: &a.parts.headers,
+                    body: a.read_body(),
                 },
-                Err(_) => Answer::Failed,
+                Err(e) => Answer::Failed { sent: e.sent() },
             };
             let verdict = lease.report(answer).await;
             log.attempt(&key.name, waited, sent.is_ok(), verdict);
+            let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
-                Ok(resp) if !verdict.outcome.retryable() => {
-                    return pass_on(resp, log, &self.upstream);
-                }
-                Ok(resp) => {
+                Ok(answered) if !again => return pass_on(answered, log, &self.upstream),
+                Ok(answered) => {
                     tracing::debug!(key = %key.name, outcome = verdict.outcome.label(), "trying the next key");
-                    last = Some(Failure::Answer(resp, verdict.outcome));
+                    last = Some(Failure::Answer(answered, verdict.outcome));
                 }
+                Err(e) if !again => return log.error(e.into(), provider.shape),
                 Err(e) => last = Some(Failure::Error(e)),
             }
         }
         match last {
-            Some(Failure::Answer(resp, outcome)) if outcome != Outcome::Unauthorized => {
-                pass_on(resp, log, &self.upstream)
+            Some(Failure::Answer(answered, outcome)) if passable(outcome) => {
+                pass_on(answered, log, &self.upstream)
             }
             last => log.error(give_up(last), provider.shape),
         }
     }
 
-    /// Ask the pool for the next key; wait for one to free up while `max_wait` allows.
+    /// Ask the pool for the next key; wait for one to free up while the bounds allow.
     async fn next_key<'p>(
         &self,
         provider: &'p Provider,
-        tried: &mut Tried,
+        tried: &mut Tried<'p>,
         last: &Option<Failure>,
-        wait_until: Instant,
+        bounds: &Bounds,
     ) -> Next<'p> {
-        while tried.len() < provider.max_attempts as usize {
+        while tried.len() < provider.max_attempts as usize && Instant::now() < bounds.deadline {
             let asked = Instant::now();
             let acquired = provider.pool.acquire(tried).await;
             self.shared
@@ -256,24 +271,39 @@ impl App {
                 .store_round_trip(StoreOp::Acquire, asked.elapsed());
             match acquired {
                 Acquired::Lease(lease) => return Next::Try(lease),
-                Acquired::Wait(d) if Instant::now() + d <= wait_until => {
+                Acquired::Wait(d) if Instant::now() + d <= bounds.wait_until => {
                     tokio::time::sleep(d).await;
                 }
                 Acquired::Wait(d) if last.is_none() => {
                     return Next::Refuse(ProxyError::AllKeysCooling { retry_after: d })
                 }
-                Acquired::Wait(_) | Acquired::Exhausted => return Next::GiveUp,
+                Acquired::Wait(_) | Acquired::Exhausted | Acquired::OverBudget => {
+                    return Next::GiveUp
+                }
             }
+        }
+        if last.is_none() {
+            return Next::Refuse(ProxyError::UpstreamTimeout);
         }
         Next::GiveUp
     }
+}
+
+/// Whether the last answer, when no key is left, goes to the client as it is: not a refused
+/// key's (providers echo part of the key in it) nor a refusal's (its message may too).
+fn passable(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::Unauthorized | Outcome::Forbidden)
 }
 
 /// The client's answer when no key gave one to pass on: the one place an attempt's failure
 /// becomes keyrelay's own error.
 fn give_up(last: Option<Failure>) -> ProxyError {
     match last {
-        // Only a refused key's answer is kept back: providers echo part of the key in it.
+        Some(Failure::Answer(answered, Outcome::Forbidden)) => ProxyError::UpstreamRefused {
+            status: answered.parts.status,
+            kind: ErrorKind::from_body(answered.read_body().unwrap_or_default()),
+        },
+        // Any other answer kept back is a refused key's.
         Some(Failure::Answer(..)) => ProxyError::UpstreamRejectedKeys,
         Some(Failure::Error(e)) => e.into(),
         None => ProxyError::NoUsableKey,
@@ -291,13 +321,10 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
     out
 }
 
-/// Stream an upstream answer to the client, head first, body frame by frame.
-fn pass_on(
-    resp: Response<Incoming>,
-    log: RequestLog,
-    upstream: &UpstreamConfig,
-) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
+/// Send an upstream answer to the client, head first, body frame by frame (or, for an error
+/// answer read to judge it, as read).
+fn pass_on(answered: Answered, log: RequestLog, upstream: &UpstreamConfig) -> Response<ProxyBody> {
+    let Answered { mut parts, body } = answered;
     strip_hop_by_hop(&mut parts.headers);
     let sse = parts
         .headers
@@ -310,8 +337,11 @@ fn pass_on(
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     let hook = log.streaming(parts.status.as_u16());
-    Response::from_parts(
-        parts,
-        ProxyBody::streamed(body, upstream.idle_timeout, Some(hook)),
-    )
+    let body = match body {
+        AnsweredBody::Streaming(body) => {
+            ProxyBody::streamed(body, upstream.idle_timeout, Some(hook))
+        }
+        AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
+    };
+    Response::from_parts(parts, body)
 }

@@ -2,8 +2,8 @@
 
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use http::Request;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,19 +39,26 @@ pub fn client(config: &UpstreamConfig) -> UpstreamClient {
 /// never by message text; the cause is kept for the debug log.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No connection could be made (refused, DNS, TLS, or the connect timeout).
+    /// No connection could be made (refused, DNS, TLS, or the connect timeout): not sent.
     #[error("could not connect to the upstream")]
     Connect {
         timed_out: bool,
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    /// The connection failed after it was made.
-    #[error("the upstream connection failed")]
-    Transport(#[source] hyper_util::client::legacy::Error),
-    /// No response head within the first-byte timeout.
+    /// The connection failed before the request was written (a pooled connection closed
+    /// first, or an HTTP/2 stream the server refused): not sent.
+    #[error("the upstream connection closed before the request was sent")]
+    Refused(#[source] hyper_util::client::legacy::Error),
+    /// The connection failed after the request was (or may have been) written.
+    #[error("the upstream connection failed after the request was sent")]
+    Lost(#[source] hyper_util::client::legacy::Error),
+    /// No response head within the attempt's time; the request was sent.
     #[error("no response head within {0:?}")]
     FirstByteTimeout(Duration),
+    /// An error answer whose (small) body could not be read whole in time.
+    #[error("the upstream's error body could not be read")]
+    Unreadable,
 }
 
 impl UpstreamError {
@@ -62,19 +69,50 @@ impl UpstreamError {
                 timed_out,
                 source: e,
             }
+        } else if never_sent(&e) {
+            UpstreamError::Refused(e)
         } else {
-            UpstreamError::Transport(e)
+            UpstreamError::Lost(e)
         }
+    }
+
+    /// Whether the request may have reached the provider.
+    pub fn sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Lost(_) | UpstreamError::FirstByteTimeout(_) | UpstreamError::Unreadable
+        )
     }
 
     /// Whether the failure was a timer running out rather than a refusal or reset.
     pub fn timed_out(&self) -> bool {
         match self {
             UpstreamError::Connect { timed_out, .. } => *timed_out,
-            UpstreamError::Transport(_) => false,
+            UpstreamError::Refused(_) | UpstreamError::Lost(_) | UpstreamError::Unreadable => false,
             UpstreamError::FirstByteTimeout(_) => true,
         }
     }
+}
+
+/// Whether hyper says the request was never written: canceled before it was sent, or an
+/// HTTP/2 stream refused (REFUSED_STREAM, which a GOAWAY also gives the streams above its
+/// last id).
+fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The kind of the first I/O error in `e`'s chain of causes.
@@ -89,19 +127,58 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> 
     None
 }
 
-/// Send one attempt; the response head must arrive within `first_byte`.
+/// An upstream answer: its head, and its body, still streaming or (a small error answer the
+/// pool must judge by its body) already read.
+pub struct Answered {
+    pub parts: http::response::Parts,
+    pub body: AnsweredBody,
+}
+
+pub enum AnsweredBody {
+    Streaming(Incoming),
+    Read(Bytes),
+}
+
+impl Answered {
+    /// The body, where it was read.
+    pub fn read_body(&self) -> Option<&[u8]> {
+        match &self.body {
+            AnsweredBody::Read(b) => Some(b),
+            AnsweredBody::Streaming(_) => None,
+        }
+    }
+}
+
+/// The most of an error answer's body read to judge it.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Send one attempt; the response head (and, where `read_body` asks for it, the whole error
+/// body) must arrive within `limit`.
 pub async fn send(
     client: &UpstreamClient,
     req: Request<Full<Bytes>>,
-    first_byte: Duration,
-) -> Result<Response<Incoming>, UpstreamError> {
-    match tokio::time::timeout(first_byte, client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
+    limit: Duration,
+    read_body: fn(http::StatusCode) -> bool,
+) -> Result<Answered, UpstreamError> {
+    let attempt = async {
+        let resp = client.request(req).await.map_err(|e| {
             let e = UpstreamError::classify(e);
             tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
-            Err(e)
+            e
+        })?;
+        let (parts, body) = resp.into_parts();
+        if !read_body(parts.status) {
+            let body = AnsweredBody::Streaming(body);
+            return Ok(Answered { parts, body });
         }
-        Err(_) => Err(UpstreamError::FirstByteTimeout(first_byte)),
-    }
+        let read = http_body_util::Limited::new(body, ERROR_BODY_LIMIT)
+            .collect()
+            .await;
+        let bytes = read.map_err(|_| UpstreamError::Unreadable)?.to_bytes();
+        let body = AnsweredBody::Read(bytes);
+        Ok(Answered { parts, body })
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or(Err(UpstreamError::FirstByteTimeout(limit)))
 }

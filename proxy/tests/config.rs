@@ -423,10 +423,15 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "admin.listen",
         "providers.auth",
         "providers.cooldown",
+        "providers.deadline",
         "providers.max_attempts",
         "providers.max_cooldown",
         "providers.max_wait",
         "providers.quarantine",
+        "providers.refusal_memory",
+        "providers.retry_after_send",
+        "providers.retry_budget_min_per_second",
+        "providers.retry_budget_percent",
         "providers.rpm",
         "providers.strategy",
         "providers.weight",
@@ -467,7 +472,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
     }
     // All but the two addresses, auth and strategy (a changed string is no longer valid there).
     assert!(
-        sensitive >= 20,
+        sensitive >= 25,
         "only {sensitive} defaults were shown to matter"
     );
 }

@@ -33,6 +33,8 @@ pub(super) const RPM: u32 = 10_000;
 pub(super) const WEIGHT: u32 = 1;
 pub(super) const MAX_ATTEMPTS: u32 = 3;
 pub(super) const MAX_WAIT: Duration = Duration::ZERO;
+pub(super) const DEADLINE: Duration = Duration::from_secs(600);
+pub(super) const RETRY_AFTER_SEND: bool = false;
 
 /// A provider's route when none is given: `/v1` for `openai` (so `OPENAI_BASE_URL` works as
 /// is), `/<name>` for any other.

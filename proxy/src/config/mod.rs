@@ -100,6 +100,10 @@ pub struct ProviderConfig {
     pub settings: PoolSettings,
     pub max_attempts: u32,
     pub max_wait: Duration,
+    /// The most a request may take to its response head, waits and attempts included.
+    pub deadline: Duration,
+    /// Whether a request that may have reached the provider is sent again on the next key.
+    pub retry_after_send: bool,
     pub keys: Vec<Key>,
 }
 

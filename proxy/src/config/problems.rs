@@ -105,6 +105,35 @@ impl Problems {
         }
     }
 
+    /// `value` as a whole number from 0 to `max`, or `default` when absent.
+    pub(super) fn whole(&mut self, path: &str, value: Option<i64>, default: u32, max: u32) -> u32 {
+        let Some(v) = value else { return default };
+        match u32::try_from(v) {
+            Ok(n) if n <= max => n,
+            _ => {
+                self.add(
+                    path,
+                    format!("must be a whole number from 0 to {max}, got {v}"),
+                );
+                0
+            }
+        }
+    }
+
+    /// `value` as a duration of more than zero, or `default` when absent.
+    pub(super) fn period(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d.is_zero() && value.is_some_and(|v| parse_duration(v).is_ok()) {
+            self.add(path, "must be more than zero");
+        }
+        d
+    }
+
     /// `value` as a socket address, or `default` when absent (and shown as the example).
     pub(super) fn address(
         &mut self,

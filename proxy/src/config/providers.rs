@@ -58,6 +58,8 @@ fn provider(
     let settings = pool_settings(rp, path, p);
     let max_attempts = p.positive(&at("max_attempts"), rp.max_attempts, defaults::MAX_ATTEMPTS);
     let max_wait = p.duration(&at("max_wait"), rp.max_wait.as_deref(), defaults::MAX_WAIT);
+    let deadline = p.period(&at("deadline"), rp.deadline.as_deref(), defaults::DEADLINE);
+    let retry_after_send = rp.retry_after_send.unwrap_or(defaults::RETRY_AFTER_SEND);
     let keys = super::keys::keys(rp.keys.as_ref(), path, rpm, weight, env, p);
     Some(ProviderConfig {
         name,
@@ -68,6 +70,8 @@ fn provider(
         settings,
         max_attempts,
         max_wait,
+        deadline,
+        retry_after_send,
         keys,
     })
 }
@@ -178,5 +182,23 @@ fn pool_settings(rp: &RawProvider, path: &str, p: &mut Problems) -> PoolSettings
     s.cooldown = field("cooldown", &rp.cooldown, s.cooldown);
     s.quarantine = field("quarantine", &rp.quarantine, s.quarantine);
     s.max_cooldown = field("max_cooldown", &rp.max_cooldown, s.max_cooldown);
+    s.refusal_memory = field("refusal_memory", &rp.refusal_memory, s.refusal_memory);
+    let percent = (s.budget.ratio * 100.0).round() as u32;
+    let at = |field: &str| format!("{path}.{field}");
+    let ratio = p.whole(
+        &at("retry_budget_percent"),
+        rp.retry_budget_percent,
+        percent,
+        1000,
+    );
+    s.budget.ratio = f64::from(ratio) / 100.0;
+    let floor = s.budget.min_per_second;
+    let floor = p.whole(
+        &at("retry_budget_min_per_second"),
+        rp.retry_budget_min_per_second,
+        floor,
+        100_000,
+    );
+    s.budget.min_per_second = floor;
     s
 }

@@ -76,6 +76,11 @@ pub(super) struct RawProvider {
     pub max_cooldown: Option<String>,
     pub max_attempts: Option<i64>,
     pub max_wait: Option<String>,
+    pub deadline: Option<String>,
+    pub retry_after_send: Option<bool>,
+    pub refusal_memory: Option<String>,
+    pub retry_budget_percent: Option<i64>,
+    pub retry_budget_min_per_second: Option<i64>,
     /// A string reference (`"env:PREFIX_*"`) or an array of key tables; checked by hand so
     /// that each entry's problems carry their own path.
     pub keys: Option<toml::Value>,
