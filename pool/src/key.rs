@@ -56,6 +56,16 @@ pub struct Key {
     pub rpm: u32,
     /// Share of traffic under the weighted strategy.
     pub weight: u32,
+    /// The OpenAI organization and project this key bills, sent with it (never taken from
+    /// the client).
+    pub account: Account,
+}
+
+/// Which OpenAI organization and project a key bills, when its config names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    pub organization: Option<String>,
+    pub project: Option<String>,
 }
 
 impl Key {
@@ -67,7 +77,14 @@ impl Key {
             fingerprint,
             rpm,
             weight,
+            account: Account::default(),
         }
+    }
+
+    /// The same key, billing `account`.
+    pub fn with_account(mut self, account: Account) -> Self {
+        self.account = account;
+        self
     }
 }
 

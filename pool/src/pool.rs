@@ -3,7 +3,7 @@
 
 use crate::budget::{BudgetSettings, RetryBudget};
 use crate::hints::remaining_quota;
-use crate::key::Key;
+use crate::key::{Account, Key};
 use crate::observed::{Observed, Quota};
 use crate::outcome::{classify, Outcome};
 use crate::refusals::Refusals;
@@ -54,9 +54,11 @@ pub enum PoolError {
     InvalidKeyHeader { pool: String, key: String },
 }
 
-/// What a pool keeps per key beside its spec: the ready-made credential and its quota slot.
+/// What a pool keeps per key beside its spec: the ready-made credential, the account headers
+/// it is sent with, and its quota slot.
 struct Held {
     credential: HeaderValue,
+    account: Vec<(HeaderName, HeaderValue)>,
     quota: Arc<Quota>,
 }
 
@@ -173,6 +175,12 @@ impl<'p> Lease<'p> {
         )
     }
 
+    /// Headers that go with this key: `OpenAI-Organization` and `OpenAI-Project` where its
+    /// config names them.
+    pub fn account_headers(&self) -> &'p [(HeaderName, HeaderValue)] {
+        &self.pool.held[self.index].account
+    }
+
     /// Judge the attempt, record what the provider reported about the key, mark the key if the
     /// outcome earns it, and say what happened.
     pub async fn report(self, answer: Answer<'_>) -> Verdict {
@@ -221,13 +229,18 @@ impl Pool {
             .keys
             .iter()
             .map(|k| {
-                let credential =
-                    credential(&auth, k).ok_or_else(|| PoolError::InvalidKeyHeader {
-                        pool: spec.name.clone(),
-                        key: k.name.clone(),
-                    })?;
+                let invalid = || PoolError::InvalidKeyHeader {
+                    pool: spec.name.clone(),
+                    key: k.name.clone(),
+                };
+                let credential = credential(&auth, k).ok_or_else(invalid)?;
+                let account = account_headers(&k.account).ok_or_else(invalid)?;
                 let quota = observed.slot(&k.fingerprint);
-                Ok(Held { credential, quota })
+                Ok(Held {
+                    credential,
+                    account,
+                    quota,
+                })
             })
             .collect::<Result<Vec<_>, PoolError>>()?;
         Ok(Pool {
@@ -351,6 +364,24 @@ impl Pool {
     pub async fn status(&self) -> Vec<KeyStatus> {
         self.store.status(&self.spec).await
     }
+}
+
+/// `OpenAI-Organization` / `OpenAI-Project` for an account, as far as it names them.
+fn account_headers(account: &Account) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    let named = [
+        ("openai-organization", &account.organization),
+        ("openai-project", &account.project),
+    ];
+    named
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_deref()?)))
+        .map(|(name, value)| {
+            Some((
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// `Bearer <key>` or the bare key, as a sensitive header value (never shown by `Debug`).

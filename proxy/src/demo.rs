@@ -24,6 +24,8 @@ shutdown_grace = "5s"
 [upstream]
 first_byte_timeout = "60s"
 idle_timeout = "60s"
+# The built-in mock reads x-mock-* headers to shape its answers.
+pass_headers = ["x-mock-*"]
 
 [admin]
 listen = "127.0.0.1:0"

@@ -1,4 +1,5 @@
-//! Header surgery: client credentials out, hop-by-hop headers out, the pool key in.
+//! Header surgery: which client headers reach the provider (an allow-list; credentials,
+//! hop-by-hop headers, cookies and forwarding headers never), and the client's credentials.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -69,15 +70,88 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepare a client's request headers for the upstream: no client credential, no hop-by-hop
-/// header, no `Host` (the client sets the upstream's) and no length (the body sets it).
-pub fn prepare_request_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in &CREDENTIAL_HEADERS {
-        headers.remove(name);
+/// Client headers that reach the provider by default: what the official SDKs send. Anything
+/// else (cookies, `X-Forwarded-*`, `OpenAI-Organization`/`OpenAI-Project`, which a pooled key
+/// sets from its own config, `X-Goog-User-Project`, hop-by-hop headers, credentials) stays here.
+const ALLOWED: [&str; 15] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "anthropic-beta",
+    "anthropic-version",
+    "cache-control",
+    "content-encoding",
+    "content-type",
+    "idempotency-key",
+    "openai-beta",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "x-goog-api-client",
+    "x-request-id",
+];
+
+/// Allowed by prefix: the Stainless-generated SDKs' telemetry (`x-stainless-lang`, ...).
+const ALLOWED_PREFIXES: [&str; 1] = ["x-stainless-"];
+
+/// Which client headers are forwarded: the default allow-list, plus the names the config adds
+/// (`upstream.pass_headers`: exact names, or `prefix*`). Built once per config.
+#[derive(Clone, Debug)]
+pub struct HeaderPolicy {
+    exact: Vec<HeaderName>,
+    prefixes: Vec<String>,
+    forwarded_for: bool,
+}
+
+impl HeaderPolicy {
+    /// `extra`: names or `prefix*` patterns, lower case; `forwarded_for`: whether keyrelay sets
+    /// `X-Forwarded-For` to the client's address.
+    pub fn new(extra: &[String], forwarded_for: bool) -> HeaderPolicy {
+        let mut exact: Vec<HeaderName> =
+            ALLOWED.iter().map(|n| HeaderName::from_static(n)).collect();
+        let mut prefixes: Vec<String> = ALLOWED_PREFIXES.iter().map(|p| (*p).to_owned()).collect();
+        for name in extra {
+            match name.strip_suffix('*') {
+                Some(prefix) => prefixes.push(prefix.to_ascii_lowercase()),
+                None => exact.extend(HeaderName::from_bytes(name.as_bytes()).ok()),
+            }
+        }
+        HeaderPolicy {
+            exact,
+            prefixes,
+            forwarded_for,
+        }
     }
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
+
+    fn allows(&self, name: &HeaderName) -> bool {
+        self.exact.contains(name)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.as_str().starts_with(p.as_str()))
+    }
+
+    /// The headers to send upstream from a client's: only allowed ones, and none a
+    /// `Connection` header names; `X-Forwarded-For` only when configured, from the peer.
+    pub fn forward(&self, mut from: HeaderMap, peer: Option<std::net::IpAddr>) -> HeaderMap {
+        strip_hop_by_hop(&mut from);
+        let mut out = HeaderMap::with_capacity(from.len() + 1);
+        let mut current: Option<HeaderName> = None;
+        for (name, value) in from {
+            if let Some(name) = name {
+                current = Some(name);
+            }
+            if let Some(name) = current.as_ref().filter(|n| self.allows(n)) {
+                out.append(name.clone(), value);
+            }
+        }
+        if let (true, Some(ip)) = (self.forwarded_for, peer) {
+            if let Ok(v) = header::HeaderValue::from_str(&ip.to_string()) {
+                out.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        out
+    }
 }
 
 /// The query without any `key=` parameter (Gemini-style client credential).
@@ -113,20 +187,40 @@ mod tests {
     }
 
     #[test]
-    fn prepare_strips_everything_it_should() {
+    fn only_allowed_headers_are_forwarded() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         h.insert("x-api-key", HeaderValue::from_static("t"));
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-custom"),
+            HeaderValue::from_static("keep-alive, x-stainless-lang"),
         );
-        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-stainless-lang", HeaderValue::from_static("python"));
+        h.insert("x-stainless-os", HeaderValue::from_static("Linux"));
         h.insert(header::HOST, HeaderValue::from_static("keyrelay"));
+        h.insert(header::COOKIE, HeaderValue::from_static("session=1"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(
+            "openai-organization",
+            HeaderValue::from_static("org-theirs"),
+        );
+        h.insert("openai-project", HeaderValue::from_static("proj-theirs"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-        prepare_request_headers(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["anthropic-version"]);
+        h.append("accept", HeaderValue::from_static("application/json"));
+        h.append("accept", HeaderValue::from_static("text/event-stream"));
+        h.insert("x-mock-chunks", HeaderValue::from_static("3"));
+        let policy = HeaderPolicy::new(&[], false);
+        let out = policy.forward(h.clone(), None);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "anthropic-version", "x-stainless-os"]);
+        assert_eq!(out.get_all("accept").iter().count(), 2);
+        let ip = std::net::IpAddr::from([192, 0, 2, 7]);
+        let policy = HeaderPolicy::new(&["x-mock-*".to_owned()], true);
+        let out = policy.forward(h, Some(ip));
+        assert_eq!(out["x-mock-chunks"], "3");
+        assert_eq!(out["x-forwarded-for"], "192.0.2.7");
     }
 
     #[test]

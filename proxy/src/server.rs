@@ -1,7 +1,7 @@
 //! The listener: accept loop, per-connection HTTP/1.1 and HTTP/2, graceful shutdown.
 
 use crate::config::Config;
-use crate::service::App;
+use crate::service::{App, Peer};
 use crate::ReloadError;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -195,7 +195,11 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     let tls = live.app().tls().cloned();
     let live = live.clone();
-    let service = service_fn(move |req| {
+    let peer = stream.peer_addr().ok().map(Peer);
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer);
+        }
         let app = live.app();
         async move { Ok::<_, Infallible>(app.handle(req).await) }
     });

@@ -5,9 +5,7 @@ use crate::auth::ClientAuth;
 use crate::body::{buffer_request, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
-use crate::headers::{
-    prepare_request_headers, presented_credentials, query_without_key, strip_hop_by_hop,
-};
+use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{Provider, Routes};
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
@@ -55,7 +53,12 @@ pub struct App {
     max_body: usize,
     ids: RequestIds,
     unrouted: ProviderMetrics,
+    headers: HeaderPolicy,
 }
+
+/// The client's address, put in each request's extensions by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// A request after the client-side steps: ready to send to any key.
 struct Prepared {
@@ -105,6 +108,10 @@ impl App {
             max_body: config.server.max_body_bytes,
             ids: RequestIds::new(),
             unrouted: shared.metrics.provider("none"),
+            headers: HeaderPolicy::new(
+                &config.upstream.pass_headers,
+                config.upstream.forwarded_for,
+            ),
             shared,
         })
     }
@@ -185,8 +192,8 @@ impl App {
             Ok(b) => b,
             Err(e) => return log.error(e, shape),
         };
-        let mut headers = parts.headers;
-        prepare_request_headers(&mut headers);
+        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        let headers = self.headers.forward(parts.headers, peer);
         let prepared = Prepared {
             method: parts.method,
             uri,
@@ -317,7 +324,11 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
     *out.uri_mut() = req.uri.clone();
     *out.headers_mut() = req.headers.clone();
     let (name, value) = lease.credential();
-    out.headers_mut().insert(name.clone(), value.clone());
+    let headers = out.headers_mut();
+    headers.insert(name.clone(), value.clone());
+    for (name, value) in lease.account_headers() {
+        headers.insert(name.clone(), value.clone());
+    }
     out
 }
 

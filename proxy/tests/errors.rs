@@ -100,7 +100,11 @@ async fn forwarded_request_keeps_path_query_body_and_sets_host() {
     assert_eq!(s.method, "POST");
     assert_eq!(s.uri, "/v1/chat/completions?api-version=2024&x=1");
     assert_eq!(s.body.as_ref(), CHAT.as_bytes());
-    assert_eq!(s.header("openai-organization"), Some("org-1"));
+    assert_eq!(
+        s.header("openai-organization"),
+        None,
+        "a client never picks which organization a pooled key bills"
+    );
     assert_eq!(s.header("host"), Some(h.mock.addr().to_string().as_str()));
     assert!(
         s.header("x-hop").is_none(),

@@ -25,6 +25,7 @@ pub(super) const ADMIN_LISTEN: SocketAddr = loopback(9091);
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const FORWARDED_FOR: bool = false;
 
 // [[providers]]
 pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;

@@ -2,9 +2,9 @@
 
 use super::problems::Problems;
 use super::secrets::{resolve, Env};
-use keyrelay_pool::Key;
+use keyrelay_pool::{Account, Key};
 
-const KEY_FIELDS: [&str; 4] = ["name", "secret", "rpm", "weight"];
+const KEY_FIELDS: [&str; 6] = ["name", "secret", "rpm", "weight", "organization", "project"];
 
 pub(super) fn keys(
     value: Option<&toml::Value>,
@@ -36,7 +36,7 @@ pub(super) fn keys(
                     }
                     _ => p.add(
                         &item_path,
-                        "must be a table { name, secret, rpm, weight } or a secret reference",
+                        "must be a table { name, secret, rpm, weight, organization, project } or a secret reference",
                     ),
                 }
             }
@@ -127,7 +127,8 @@ fn from_table(
     match resolve(reference, env) {
         Ok(mut r) if r.len() == 1 => {
             let r = r.remove(0);
-            Some(Key::new(name.unwrap_or(r.name), r.secret, rpm, weight))
+            let key = Key::new(name.unwrap_or(r.name), r.secret, rpm, weight);
+            Some(key.with_account(account(t, path, p)))
         }
         Ok(_) => {
             p.add(
@@ -140,6 +141,29 @@ fn from_table(
             p.add(secret_path, e);
             None
         }
+    }
+}
+
+/// The OpenAI organization and project a key bills, where its table names them.
+fn account(t: &toml::Table, path: &str, p: &mut Problems) -> Account {
+    let mut field = |name: &str| match t.get(name) {
+        None => None,
+        Some(toml::Value::String(v))
+            if http::HeaderValue::from_str(v.trim()).is_ok() && !v.trim().is_empty() =>
+        {
+            Some(v.trim().to_owned())
+        }
+        Some(_) => {
+            p.add(
+                format!("{path}.{name}"),
+                "must be a non-empty id such as \"org-...\"",
+            );
+            None
+        }
+    };
+    Account {
+        organization: field("organization"),
+        project: field("project"),
     }
 }
 

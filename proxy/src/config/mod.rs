@@ -80,6 +80,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Client headers forwarded beyond the built-in allow-list (names, or `prefix*`).
+    pub pass_headers: Vec<String>,
+    /// Whether keyrelay sets `X-Forwarded-For` to the client's address.
+    pub forwarded_for: bool,
 }
 
 #[derive(Clone, Debug)]

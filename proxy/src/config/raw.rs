@@ -52,6 +52,8 @@ pub(super) struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub pass_headers: Option<Vec<String>>,
+    pub forwarded_for: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -65,5 +65,44 @@ pub(super) fn upstream(u: &RawUpstream, p: &mut Problems) -> UpstreamConfig {
             u.idle_timeout.as_deref(),
             defaults::IDLE_TIMEOUT,
         ),
+        pass_headers: pass_headers(u.pass_headers.as_deref().unwrap_or_default(), p),
+        forwarded_for: u.forwarded_for.unwrap_or(defaults::FORWARDED_FOR),
     }
+}
+
+/// Header names (or `prefix*`) a deployment forwards beyond the built-in allow-list. Client
+/// credentials and hop-by-hop headers can never be added.
+fn pass_headers(names: &[String], p: &mut Problems) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let name = name.trim().to_ascii_lowercase();
+        let bare = name.strip_suffix('*').unwrap_or(&name);
+        let valid = !bare.is_empty() && http::HeaderName::from_bytes(bare.as_bytes()).is_ok();
+        let forbidden = [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "api-key",
+            "cookie",
+            "host",
+            "connection",
+            "proxy-authorization",
+        ]
+        .iter()
+        .any(|f| f.starts_with(bare));
+        if !valid {
+            p.add(
+                format!("upstream.pass_headers[{i}]"),
+                format!("\"{name}\" is not a header name"),
+            );
+        } else if forbidden {
+            p.add(
+                format!("upstream.pass_headers[{i}]"),
+                format!("\"{name}\" may never be forwarded"),
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }

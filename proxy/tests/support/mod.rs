@@ -46,6 +46,7 @@ listen = "127.0.0.1:0"
 [upstream]
 first_byte_timeout = "5s"
 idle_timeout = "5s"
+pass_headers = ["x-mock-*"]
 
 [admin]
 listen = "127.0.0.1:0"
