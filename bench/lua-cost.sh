@@ -71,13 +71,15 @@ script_text() {
 }
 
 # ARGV of one acquire call, one per line, in this revision's layout (see acquire.lua): the
-# strategy, the call counter, the tried list, the state fields it reads ('x', 'mk', each key's
-# `n:<fp>`), then each key's rpm.
+# strategy, the call counter, the tried list, each key's fingerprint, each key's rpm, then the
+# state fields read at once ('x', 'mk', each key's `n:<fp>`).
 acquire_argv() {
   local fp
-  printf '%s\n' lc 0 , x mk
-  for fp in "${FPS[@]}"; do printf 'n:%s\n' "$fp"; done
+  printf '%s\n' lc 0 ,
+  printf '%s\n' "${FPS[@]}"
   for fp in "${FPS[@]}"; do printf '%s\n' "$RPM"; done
+  printf '%s\n' x mk
+  for fp in "${FPS[@]}"; do printf 'n:%s\n' "$fp"; done
 }
 
 # ---------------------------------------------------------------- one measured run

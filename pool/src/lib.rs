@@ -18,7 +18,7 @@ pub use key::{fingerprint, Key, Secret};
 pub use memory::MemoryStore;
 pub use outcome::{classify, Outcome};
 pub use pool::{Pool, PoolSettings};
-pub use redis::{RedisSettings, RedisStore, RedisTarget};
+pub use redis::{RedisSettings, RedisStore, RedisTarget, StoreError};
 pub use select::{choose, Candidate, Strategy};
 pub use store::{
     Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,

@@ -73,7 +73,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, StartError> 
         Some(s) => {
             let store = RedisStore::connect(&s.target, s.settings.clone())
                 .await
-                .map_err(StartError::Setup)?;
+                .map_err(|e| StartError::Setup(e.to_string()))?;
             store
         }
     })
