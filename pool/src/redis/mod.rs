@@ -56,6 +56,9 @@ mod marks;
 mod ops;
 mod settings;
 
+#[cfg(test)]
+mod lua_tests;
+
 use crate::memory::MemoryStore;
 use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
