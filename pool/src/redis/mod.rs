@@ -7,8 +7,8 @@
 //!
 //! | key                   | type | holds                                                     | TTL   |
 //! |-----------------------|------|-----------------------------------------------------------|-------|
-//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; `mk`: no mark ends later than this (ms; a disable counts as never), so the marks are read only while one may be in force; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day, refreshed by use (longer if a mark needs it) |
-//! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s, renewed by each new bucket |
+//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; `mk`: no mark ends later than this (ms; a disable counts as never), so the marks are read only while one may be in force; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day (`STATE_TTL_MS`), refreshed by each new bucket (longer if a mark needs it) |
+//! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s (`BUCKET_TTL_MS`), renewed by each new bucket |
 //! | `keyrelay:{probe}:alive` | string | written by the health probe                           | 10 s  |
 //!
 //! A key's window is its buckets of the last 61 whole seconds (`BUCKETS` in `common.lua`): a
@@ -47,6 +47,9 @@
 //! - `ops.rs`: the store operations (`impl Store`), each with its local fallback.
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
 //! - `error.rs`: [`StoreError`], with no URL or password in any message.
+//! - Tests: `command_tests.rs` (the argument layouts) and `lua_tests.rs` (the scripts in a
+//!   `redis-server` of their own); the whole store is tested through the proxy
+//!   (`proxy/tests/redis.rs`).
 
 mod command;
 mod conn;
