@@ -25,7 +25,7 @@ pub use memory::MemoryStore;
 pub use observed::{Observed, Quota};
 pub use outcome::{classify, needs_body, Outcome};
 pub use pool::{Acquired, Answer, KeyAuth, Lease, Pool, PoolError, PoolSettings, Tried, Verdict};
-pub use redis::{RedisSettings, RedisStore, RedisTarget};
+pub use redis::{RedisSettings, RedisStore, RedisTarget, StoreError};
 pub use select::{choose, Candidate, Strategy};
 pub use store::{
     Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,

@@ -36,8 +36,8 @@ pub enum StartError {
         path: PathBuf,
         source: config::ConfigError,
     },
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] keyrelay_pool::StoreError),
     #[error(transparent)]
     Build(#[from] PoolError),
     #[error("cannot start the mock upstream: {0}")]

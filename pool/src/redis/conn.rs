@@ -6,7 +6,7 @@
 //! out once, keeps its multiplexed handle (cheap to clone, safe to share) and returns to the
 //! pool only to replace a broken one.
 
-use super::RedisSettings;
+use super::{RedisSettings, StoreError};
 use deadpool_redis::redis::{self, Cmd, FromRedisValue, RedisResult, Script};
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 
@@ -66,14 +66,14 @@ fn pool_config(settings: &RedisSettings) -> PoolConfig {
 }
 
 impl Pools {
-    pub(super) fn new(target: &RedisTarget, settings: &RedisSettings) -> Result<Pools, String> {
+    pub(super) fn new(target: &RedisTarget, settings: &RedisSettings) -> Result<Pools, StoreError> {
         match target {
             RedisTarget::Single(url) => {
                 // deadpool's own Config resets the TCP settings; build the manager from a
                 // ConnectionInfo instead, with TCP_NODELAY: the hot path writes one small
                 // command per attempt and must not wait on Nagle for the previous answer.
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
+                    .map_err(|e| StoreError::config(&e))?;
                 let info =
                     info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
                 // The store bounds every command itself (`command_timeout`, and NOSCRIPT's reload
@@ -82,13 +82,13 @@ impl Pools {
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_response_timeout(None);
                 let manager = deadpool_redis::Manager::new_with_config(info, connection)
-                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))?;
+                    .map_err(|e| StoreError::config(&e))?;
                 deadpool_redis::Pool::builder(manager)
                     .config(pool_config(settings))
                     .runtime(Runtime::Tokio1)
                     .build()
                     .map(Pools::Single)
-                    .map_err(|e| format!("redis store: {}", describe(&e.to_string())))
+                    .map_err(|e| StoreError::config(&e))
             }
             RedisTarget::Cluster(urls) => {
                 let mut config = deadpool_redis::cluster::Config::from_urls(urls.clone());
@@ -96,31 +96,22 @@ impl Pools {
                 config
                     .create_pool(Some(Runtime::Tokio1))
                     .map(Pools::Cluster)
-                    .map_err(|e| format!("redis cluster store: {}", describe(&e.to_string())))
+                    .map_err(|e| StoreError::config(&e))
             }
         }
     }
 
     /// A new connection, taken out of the pool for keeps.
-    pub(super) async fn fresh(&self) -> Result<Conn, String> {
+    pub(super) async fn fresh(&self) -> Result<Conn, StoreError> {
         match self {
             Pools::Single(p) => {
-                let c = p.get().await.map_err(|e| describe(&e.to_string()))?;
+                let c = p.get().await.map_err(|e| StoreError::connect(&e))?;
                 Ok(Conn::Single(deadpool_redis::Connection::take(c)))
             }
             Pools::Cluster(p) => {
-                let c = p.get().await.map_err(|e| describe(&e.to_string()))?;
+                let c = p.get().await.map_err(|e| StoreError::connect(&e))?;
                 Ok(Conn::Cluster(deadpool_redis::cluster::Connection::take(c)))
             }
         }
-    }
-}
-
-/// An error text with anything URL-like cut, in case a library echoes the URL (and password).
-fn describe(text: &str) -> String {
-    if text.contains("://") || text.contains('@') {
-        "invalid redis URL".to_owned()
-    } else {
-        text.to_owned()
     }
 }

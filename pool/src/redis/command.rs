@@ -1,0 +1,205 @@
+//! The store's Redis commands: the three scripts, each built once with `common.lua` in front,
+//! and per pool spec the fixed part of every script call, so an attempt only appends its own
+//! arguments. The argument layouts are drawn at the top of each script.
+
+use crate::key::Key;
+use crate::select::Strategy;
+use crate::store::PoolSpec;
+use deadpool_redis::redis::{self, Cmd, Script};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Constants and arithmetic every script shares; put in front of each one.
+const COMMON: &str = include_str!("common.lua");
+
+/// The store's scripts, loaded on every (re)connect and again on `NOSCRIPT`.
+pub(super) struct Scripts {
+    pub(super) acquire: Script,
+    pub(super) mark: Script,
+    pub(super) status: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        let build = |body: &str| Script::new(&format!("{COMMON}{body}"));
+        Scripts {
+            acquire: build(include_str!("acquire.lua")),
+            mark: build(include_str!("mark.lua")),
+            status: build(include_str!("status.lua")),
+        }
+    }
+
+    pub(super) fn all(&self) -> [&Script; 3] {
+        [&self.acquire, &self.mark, &self.status]
+    }
+}
+
+/// What mark.lua does to a key's mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MarkAction {
+    Cooling,
+    Quarantined,
+    Disabled,
+    Enable,
+    Reset,
+}
+
+impl MarkAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            MarkAction::Cooling => "cooling",
+            MarkAction::Quarantined => "quarantined",
+            MarkAction::Disabled => "disabled",
+            MarkAction::Enable => "enable",
+            MarkAction::Reset => "reset",
+        }
+    }
+}
+
+/// A pool's Redis keys and the fixed part of its script calls, built once per spec.
+pub(super) struct Prepared {
+    /// EVALSHA acquire with its keys and strategy; the per-attempt arguments follow it.
+    acquire_head: Cmd,
+    /// After the per-attempt arguments: the fingerprints, the rpm limits, (`w` only) the
+    /// weights, then the state fields acquire.lua reads.
+    acquire_tail: Vec<String>,
+    status: Cmd,
+    state: String,
+    fingerprints: Vec<String>,
+}
+
+impl Prepared {
+    pub(super) fn new(spec: &PoolSpec, scripts: &Scripts) -> Prepared {
+        let base = format!("keyrelay:{{{}}}:", spec.name);
+        let keys = [format!("{base}state"), format!("{base}b")];
+        let fingerprints: Vec<String> = spec.keys.iter().map(|k| k.fingerprint.clone()).collect();
+        let mut acquire_head = redis::cmd("EVALSHA");
+        acquire_head
+            .arg(scripts.acquire.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(strategy_code(spec));
+        let mut status = redis::cmd("EVALSHA");
+        status
+            .arg(scripts.status.get_hash())
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&fingerprints);
+        let [state, _] = keys;
+        Prepared {
+            acquire_head,
+            acquire_tail: acquire_tail(spec),
+            status,
+            state,
+            fingerprints,
+        }
+    }
+
+    /// One attempt's acquire call: the `call`-th of this store, skipping the `tried` keys.
+    pub(super) fn acquire(&self, call: u64, tried: &[usize]) -> Cmd {
+        // The fixed head is cloned (one buffer copy); the per-attempt parts are appended.
+        let mut cmd = self.acquire_head.clone();
+        // Ties under least-loaded and weighted by share (which need no shared cursor) start
+        // at call % n; sent as that, a small number.
+        cmd.arg(call % self.fingerprints.len().max(1) as u64);
+        cmd.arg(tried_list(tried));
+        cmd.arg(&self.acquire_tail);
+        cmd
+    }
+
+    /// The mark.lua call that applies `action` to key `index` (none for an unknown index).
+    pub(super) fn mark(
+        &self,
+        script: &Script,
+        index: usize,
+        action: MarkAction,
+        reason: &str,
+        period: Duration,
+    ) -> Option<Cmd> {
+        let fp = self.fingerprints.get(index)?;
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(1)
+            .arg(&self.state)
+            .arg(fp)
+            .arg(action.as_str())
+            .arg(reason)
+            .arg(ms);
+        Some(cmd)
+    }
+
+    /// The status.lua call for every key.
+    pub(super) fn status(&self) -> &Cmd {
+        &self.status
+    }
+}
+
+/// The strategy as acquire.lua names it. Where every key has the same limit (least-loaded)
+/// or weight (weighted), the least share is the least count: `lc` compares counts and never
+/// converts the limits.
+fn strategy_code(spec: &PoolSpec) -> &'static str {
+    let same = |f: fn(&Key) -> u32| spec.keys.windows(2).all(|pair| f(&pair[0]) == f(&pair[1]));
+    match spec.strategy {
+        Strategy::RoundRobin => "rr",
+        Strategy::LeastLoaded if same(|k| k.rpm) => "lc",
+        Strategy::Weighted if same(|k| k.weight) => "lc",
+        Strategy::LeastLoaded => "ll",
+        Strategy::Weighted => "w",
+    }
+}
+
+/// acquire.lua's arguments after the per-attempt ones (see its layout).
+fn acquire_tail(spec: &PoolSpec) -> Vec<String> {
+    let keys = &spec.keys;
+    let mut tail: Vec<String> = keys.iter().map(|k| k.fingerprint.clone()).collect();
+    tail.extend(keys.iter().map(|k| k.rpm.to_string()));
+    // Weights only where the script compares by them: equal weights run as `lc`, whose layout
+    // has none.
+    if strategy_code(spec) == "w" {
+        tail.extend(keys.iter().map(|k| k.weight.to_string()));
+    }
+    // The state fields read in one HMGET, ready-made.
+    tail.extend(["x".to_owned(), "mk".to_owned()]);
+    if spec.strategy == Strategy::RoundRobin {
+        tail.push("rr".into());
+    }
+    tail.extend(keys.iter().map(|k| format!("n:{}", k.fingerprint)));
+    tail
+}
+
+/// The tried keys as acquire.lua finds them: `,0,2,`, or `,` for none.
+fn tried_list(tried: &[usize]) -> String {
+    let mut list = String::with_capacity(1 + tried.len() * 3);
+    list.push(',');
+    for i in tried {
+        list.push_str(&i.to_string());
+        list.push(',');
+    }
+    list
+}
+
+/// Prepared commands by spec generation.
+#[derive(Default)]
+pub(super) struct PreparedCache(Mutex<HashMap<u64, Arc<Prepared>>>);
+
+impl PreparedCache {
+    pub(super) fn get(&self, spec: &PoolSpec, scripts: &Scripts) -> Arc<Prepared> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = map.get(&spec.generation) {
+            return p.clone();
+        }
+        // Specs of a reloaded config replace older ones; keep the map from growing.
+        if map.len() > 64 {
+            map.clear();
+        }
+        let p = Arc::new(Prepared::new(spec, scripts));
+        map.insert(spec.generation, p.clone());
+        p
+    }
+}
+
+#[cfg(test)]
+#[path = "command_tests.rs"]
+mod tests;

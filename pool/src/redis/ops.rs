@@ -1,0 +1,127 @@
+//! The store operations on Redis (`impl Store`): one script call each, falling back to this
+//! process's memory whenever the store is degraded or a call fails.
+
+use super::command::MarkAction;
+use super::marks::mode_of;
+use super::RedisStore;
+use crate::store::{
+    Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl RedisStore {
+    async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let cmd = prepared.acquire(call, tried);
+        // index + 1 for a counted key, -wait_ms when none is ready yet, 0 when none can serve.
+        match self.run::<i64>(&cmd, &self.scripts.acquire).await {
+            Some(i) if i > 0 => Acquire::Key(usize::try_from(i - 1).unwrap_or(0)),
+            Some(i) if i < 0 => Acquire::Wait(Duration::from_millis(i.unsigned_abs())),
+            Some(_) => Acquire::Exhausted,
+            None => self.local.acquire_now(spec, tried),
+        }
+    }
+
+    /// Run mark.lua for key `index`.
+    async fn mark(
+        &self,
+        spec: &PoolSpec,
+        index: usize,
+        action: MarkAction,
+        reason: &str,
+        period: Duration,
+    ) {
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let script = &self.scripts.mark;
+        if let Some(cmd) = prepared.mark(script, index, action, reason, period) {
+            let _ = self.run::<i64>(&cmd, script).await;
+        }
+    }
+
+    async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
+        // Local state learns every mark too, so a fallback starts from what we knew.
+        self.local.report_now(spec, index, report);
+        let (action, period, reason) = match report.mark {
+            Some(Mark::Cool { period, reason }) => (MarkAction::Cooling, period, reason),
+            Some(Mark::Quarantine { period, reason }) => (MarkAction::Quarantined, period, reason),
+            None => return,
+        };
+        self.mark(spec, index, action, reason, period).await;
+    }
+
+    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
+        self.local.act_now(spec, index, action);
+        let action = match action {
+            KeyAction::Disable => MarkAction::Disabled,
+            KeyAction::Enable => MarkAction::Enable,
+            KeyAction::Reset => MarkAction::Reset,
+        };
+        self.mark(spec, index, action, "manual", Duration::ZERO)
+            .await;
+    }
+
+    async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let rows: Option<Vec<(u64, String, u64, u64)>> =
+            self.run(prepared.status(), &self.scripts.status).await;
+        let local = self.local.status_now(spec);
+        let Some(rows) = rows else {
+            return local;
+        };
+        rows.into_iter()
+            .zip(spec.keys.iter().enumerate())
+            .map(|((used, mark, left, total), (index, key))| KeyStatus {
+                index,
+                name: key.name.clone(),
+                fingerprint: key.fingerprint.clone(),
+                mode: mode_of(&mark, left),
+                used_this_minute: used,
+                rpm: key.rpm,
+                total,
+                last_status: local.get(index).and_then(|s| s.last_status),
+            })
+            .collect()
+    }
+}
+
+impl Store for RedisStore {
+    fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire> {
+        Box::pin(self.acquire_shared(pool, tried))
+    }
+
+    fn report<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        report: Report,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.report_shared(pool, index, report))
+    }
+
+    fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
+        Box::pin(self.status_shared(pool))
+    }
+
+    fn act<'a>(
+        &'a self,
+        pool: &'a PoolSpec,
+        index: usize,
+        action: KeyAction,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.act_shared(pool, index, action))
+    }
+
+    fn errors(&self) -> u64 {
+        RedisStore::errors(self)
+    }
+
+    fn state(&self) -> StoreState {
+        if self.is_degraded() {
+            StoreState::Degraded
+        } else {
+            StoreState::Shared
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The shared store's timeouts and outage behaviour, as configured.
+
+use std::time::Duration;
+
+/// Timeouts and outage behaviour of the shared store.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Opening one connection (TCP, TLS, AUTH).
+    pub connect_timeout: Duration,
+    /// Waiting for a pooled connection.
+    pub wait_timeout: Duration,
+    /// One command, from send to answer. The most a request ever waits on Redis.
+    pub command_timeout: Duration,
+    /// First probe delay after Redis is lost; doubles up to `probe_max_interval`.
+    pub probe_interval: Duration,
+    pub probe_max_interval: Duration,
+    /// Instances sharing the pool; each enforces `1/instances` of a limit while degraded.
+    pub instances: u32,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            connect_timeout: Duration::from_millis(50),
+            wait_timeout: Duration::from_millis(20),
+            command_timeout: Duration::from_millis(50),
+            probe_interval: Duration::from_millis(100),
+            probe_max_interval: Duration::from_secs(2),
+            instances: 1,
+        }
+    }
+}
