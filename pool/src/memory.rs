@@ -42,7 +42,7 @@ impl PoolState {
         self.uniform = uniform(spec.strategy, &spec.keys);
     }
 
-    /// Pick, count and answer. `call` numbers this acquire among the store's.
+    /// Pick a ready key not in `tried`, count it and answer; else the shortest wait.
     fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], pick: Pick) -> Acquire {
         let Pick { share, call, now } = pick;
         self.align(spec);
