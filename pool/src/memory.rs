@@ -1,17 +1,22 @@
 //! The embedded store: pool state in this process's memory, one lock per pool.
 
-use crate::select::{choose, Candidate};
-use crate::state::KeyState;
+use crate::select::{choose, scan_start, uniform, Candidate, Strategy};
+use crate::state::{Clock, KeyState, Now};
 use crate::store::{Acquire, KeyAction, KeyStatus, PoolSpec, Report, Store, StoreFuture};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 
 #[derive(Debug, Default)]
 struct PoolState {
     generation: u64,
     keys: Vec<KeyState>,
+    /// The round-robin key to try first (the last chosen + 1); kept across reloads, as the
+    /// Redis store keeps its shared cursor.
     cursor: usize,
+    /// Every key has the same limit (least-loaded) or weight (weighted): ties go to key 0.
+    uniform: bool,
 }
 
 impl PoolState {
@@ -34,10 +39,12 @@ impl PoolState {
             })
             .collect();
         self.generation = spec.generation;
-        self.cursor = 0;
+        self.uniform = uniform(spec.strategy, &spec.keys);
     }
 
-    fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], share: u32, now: Instant) -> Acquire {
+    /// Pick a ready key not in `tried`, count it and answer; else the shortest wait.
+    fn acquire(&mut self, spec: &PoolSpec, tried: &[usize], pick: Pick) -> Acquire {
+        let Pick { share, call, now } = pick;
         self.align(spec);
         let mut candidates = Vec::with_capacity(spec.keys.len());
         let mut wait: Option<Duration> = None;
@@ -61,10 +68,14 @@ impl PoolState {
                 wait = Some(wait.map_or(ready_in, |w| w.min(ready_in)));
             }
         }
-        match choose(spec.strategy, &candidates, self.cursor) {
+        let n = spec.keys.len();
+        let start = scan_start(spec.strategy, self.uniform, self.cursor, call, n);
+        match choose(spec.strategy, &candidates, start) {
             Some(index) => {
                 self.keys[index].count(now);
-                self.cursor = index + 1;
+                if spec.strategy == Strategy::RoundRobin {
+                    self.cursor = (index + 1) % n;
+                }
                 Acquire::Key(index)
             }
             None => wait.map_or(Acquire::Exhausted, Acquire::Wait),
@@ -72,14 +83,27 @@ impl PoolState {
     }
 }
 
-/// Pool state in memory. Exact sliding windows; time from tokio's clock, so paused-time tests
-/// drive it.
+/// What one acquire needs besides the pool: the limit share, the call number, the time.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    share: u32,
+    call: u64,
+    now: Now,
+}
+
+/// Pool state in memory, in the Redis store's shape: per-second buckets of the last 61 seconds
+/// per key (61 counters, however much traffic), the same selection rules. Time from tokio's
+/// clock, so paused-time tests drive it. Where it differs from the Redis store, and why:
+/// `pool/tests/contract.rs`.
 #[derive(Debug)]
 pub struct MemoryStore {
     pools: RwLock<HashMap<String, Arc<Mutex<PoolState>>>>,
     /// Each key's limit is divided by this: an instance serving on local state while a shared
     /// store is away enforces only its share of the limit.
     share: u32,
+    clock: Clock,
+    /// Acquire calls made, so ties under least share start at `call % n` as in Redis.
+    calls: AtomicU64,
 }
 
 impl Default for MemoryStore {
@@ -98,6 +122,8 @@ impl MemoryStore {
         MemoryStore {
             pools: RwLock::default(),
             share: share.max(1),
+            clock: Clock::new(),
+            calls: AtomicU64::new(0),
         }
     }
 
@@ -127,17 +153,21 @@ impl MemoryStore {
 
     /// The synchronous core of [`Store::acquire`], for callers that hold no runtime context.
     pub fn acquire_now(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
-        let now = Instant::now();
-        self.with_pool(spec, |p| p.acquire(spec, tried, self.share, now))
+        let pick = Pick {
+            share: self.share,
+            call: self.calls.fetch_add(1, Ordering::Relaxed),
+            now: self.clock.now(),
+        };
+        self.with_pool(spec, |p| p.acquire(spec, tried, pick))
     }
 
     pub fn report_now(&self, spec: &PoolSpec, index: usize, report: Report) {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.with_pool(spec, |p| {
             if let Some(state) = p.keys.get_mut(index) {
                 state.last_status = report.status.or(state.last_status);
                 if let Some(mark) = report.mark {
-                    state.mark(mark, now);
+                    state.mark(mark, now.at);
                 }
             }
         });
@@ -157,7 +187,7 @@ impl MemoryStore {
     }
 
     pub fn status_now(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.with_pool(spec, |p| {
             p.keys
                 .iter_mut()
@@ -169,7 +199,7 @@ impl MemoryStore {
                         index,
                         name: key.name.clone(),
                         fingerprint: key.fingerprint.clone(),
-                        mode: state.public_mode(now),
+                        mode: state.public_mode(now.at),
                         used_this_minute: state.used(),
                         rpm: key.rpm,
                         total: state.total,

@@ -64,21 +64,28 @@ async fn all_cooling_reports_first_ready_time() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rpm_limit_holds_in_a_sliding_window() {
+async fn rpm_limit_holds_in_per_second_buckets() {
     let store = MemoryStore::new();
     let s = spec(Strategy::LeastLoaded, &[3]);
     for _ in 0..3 {
         assert_eq!(store.acquire_now(&s, &[]), Acquire::Key(0));
         tokio::time::advance(Duration::from_secs(10)).await;
     }
-    // Requests at t=0, 10, 20; now t=30: the first leaves the window at t=60.
+    // Requests in seconds 0, 10 and 20; now t=30: second 0's bucket leaves when second 61
+    // starts, once all of second 0 is more than a minute old.
     assert_eq!(
         store.acquire_now(&s, &[]),
-        Acquire::Wait(Duration::from_secs(30))
+        Acquire::Wait(Duration::from_secs(31))
     );
-    tokio::time::advance(Duration::from_secs(30)).await;
+    tokio::time::advance(Duration::from_millis(30_999)).await;
+    assert_eq!(
+        store.acquire_now(&s, &[]),
+        Acquire::Wait(Duration::from_millis(1))
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(store.acquire_now(&s, &[]), Acquire::Key(0));
-    assert_eq!(store.status_now(&s)[0].total, 4);
+    let status = &store.status_now(&s)[0];
+    assert_eq!((status.used_this_minute, status.total), (3, 4));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,7 @@
 //! Choosing one key among the eligible ones: least-loaded, round-robin or weighted.
 
+use crate::key::Key;
+
 /// How a pool spreads requests over its ready keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -40,21 +42,60 @@ pub struct Candidate {
     pub weight: u64,
 }
 
+/// Where the scan for a pick starts, by the rules the Redis store's script follows, so both
+/// stores pick alike:
+///
+/// | strategy                          | scan starts at      | so a tie goes to            |
+/// |-----------------------------------|---------------------|-----------------------------|
+/// | round-robin                       | the pool's cursor   | (first ready key wins)      |
+/// | least-loaded, every rpm equal     | key 0               | the lowest index            |
+/// | weighted, every weight equal      | key 0               | the lowest index            |
+/// | least-loaded or weighted, mixed   | `call % n`          | the first from there        |
+///
+/// `cursor` is the chosen round-robin key + 1; `call` counts the store's acquire calls; `n` is
+/// the pool's key count. With equal limits (or weights) the least share is the least count,
+/// and the count a pick adds breaks the next tie, so equal keys still take turns.
+pub(crate) fn scan_start(
+    strategy: Strategy,
+    uniform: bool,
+    cursor: usize,
+    call: u64,
+    n: usize,
+) -> usize {
+    let n = n.max(1);
+    match strategy {
+        Strategy::RoundRobin => cursor % n,
+        _ if uniform => 0,
+        // The remainder is below n, a usize.
+        _ => (call % n as u64) as usize,
+    }
+}
+
+/// Whether every key has the same limit (least-loaded) or weight (weighted): the case where
+/// the Redis script compares plain counts and a tie goes to the lowest index.
+pub(crate) fn uniform(strategy: Strategy, keys: &[Key]) -> bool {
+    let same = |f: fn(&Key) -> u32| keys.windows(2).all(|pair| f(&pair[0]) == f(&pair[1]));
+    match strategy {
+        Strategy::RoundRobin => false,
+        Strategy::LeastLoaded => same(|k| k.rpm),
+        Strategy::Weighted => same(|k| k.weight),
+    }
+}
+
 /// Pick one of `candidates` (sorted by index, non-empty for a pick) and return its key index.
 ///
-/// `cursor` is the pool's round-robin position: the first key index to consider. Ties under
-/// the other strategies are broken by it too, so equal keys take turns instead of the first
-/// one always winning.
-pub fn choose(strategy: Strategy, candidates: &[Candidate], cursor: usize) -> Option<usize> {
+/// The scan starts at the first candidate whose index is `start` or above (see
+/// [`scan_start`]) and wraps around: round-robin takes the first candidate, least-loaded and
+/// weighted the first strict minimum of their share.
+pub fn choose(strategy: Strategy, candidates: &[Candidate], start: usize) -> Option<usize> {
     let first = candidates.first()?;
-    // Rotate so the scan starts at the cursor; the first strict minimum then wins ties.
-    let start = candidates
+    let from = candidates
         .iter()
-        .position(|c| c.index >= cursor)
+        .position(|c| c.index >= start)
         .unwrap_or(0);
-    let rotated = candidates[start..].iter().chain(&candidates[..start]);
+    let rotated = candidates[from..].iter().chain(&candidates[..from]);
     let chosen = match strategy {
-        Strategy::RoundRobin => candidates.get(start).unwrap_or(first),
+        Strategy::RoundRobin => candidates.get(from).unwrap_or(first),
         Strategy::LeastLoaded => min_by_ratio(rotated, |c| (c.used, c.rpm.max(1))),
         Strategy::Weighted => min_by_ratio(rotated, |c| (c.used, c.weight.max(1))),
     };
@@ -104,6 +145,27 @@ mod tests {
         assert_eq!(choose(Strategy::LeastLoaded, &c, 1), Some(1));
         assert_eq!(choose(Strategy::LeastLoaded, &c, 2), Some(2));
         assert_eq!(choose(Strategy::LeastLoaded, &c, 3), Some(0));
+    }
+
+    #[test]
+    fn scan_starts_where_the_redis_script_starts() {
+        let rr = Strategy::RoundRobin;
+        assert_eq!(
+            scan_start(rr, true, 4, 9, 3),
+            1,
+            "the cursor wraps modulo n"
+        );
+        assert_eq!(scan_start(rr, false, 2, 9, 3), 2);
+        let ll = Strategy::LeastLoaded;
+        assert_eq!(
+            scan_start(ll, true, 2, 5, 3),
+            0,
+            "equal limits: lowest index"
+        );
+        assert_eq!(scan_start(ll, false, 2, 5, 3), 2, "mixed limits: call % n");
+        assert_eq!(scan_start(Strategy::Weighted, false, 0, 7, 3), 1);
+        assert_eq!(scan_start(Strategy::Weighted, true, 0, 7, 3), 0);
+        assert_eq!(scan_start(ll, false, 0, 7, 0), 0, "no keys: no panic");
     }
 
     #[test]
