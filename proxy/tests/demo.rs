@@ -83,10 +83,18 @@ fn readme_demo_command_picks_the_keyrelay_binary() {
     );
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     assert!(readme.contains("cargo run --release -- demo"));
-    assert!(readme.contains("cargo nextest run --workspace"));
+    assert!(
+        readme.contains("\n    ./test.sh\n"),
+        "README's test command"
+    );
     let ci = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
     assert!(
-        ci.contains("cargo nextest run --workspace"),
+        ci.lines().any(|l| l == "./test.sh"),
         ".ci/run must call the README's test command"
+    );
+    let script = std::fs::read_to_string(format!("{root}/test.sh")).unwrap();
+    assert!(
+        script.contains("exec cargo nextest run --workspace"),
+        "test.sh must run the whole workspace"
     );
 }
