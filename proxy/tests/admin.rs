@@ -1,5 +1,9 @@
 //! The admin listener: health, readiness, metrics, key status and actions, reload and drain.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 mod support;
 

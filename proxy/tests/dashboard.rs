@@ -1,6 +1,10 @@
 //! The admin dashboard in a real headless browser (Debian's chromium, driven by chromedriver
 //! over WebDriver): it loads, shows every key, and a click on reset changes the key's state.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 mod support;
 

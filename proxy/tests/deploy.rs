@@ -1,6 +1,10 @@
 //! The docker-compose topology as plain processes: two keyrelay binaries on one Redis, scraped
 //! by a real Prometheus, queried through its HTTP API. Plus the compose configs themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 mod support;
 

@@ -1,6 +1,10 @@
 //! Bad requests and failing upstreams: provider-shaped errors, right statuses, no stray calls,
 //! and never a client token or provider key where it does not belong.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 mod support;
 
