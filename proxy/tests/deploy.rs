@@ -106,8 +106,9 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
     let mut instances = Vec::new();
     let mut admin_addrs = Vec::new();
     for i in 0..2 {
+        // A store timeout far above a busy machine's stalls: every request must count in Redis.
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\n",
             mock.url(),
             redis.url()
         );

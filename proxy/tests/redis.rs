@@ -16,7 +16,11 @@ use support::ports::ClosedPort;
 use support::redis::{RedisCluster, RedisServer};
 use support::*;
 
+/// The store's command (and connect) timeout in the outage tests, whose point it is.
 const COMMAND_TIMEOUT_MS: u64 = 50;
+/// The same timeouts everywhere else: far above any stall a busy machine causes, so the
+/// store never degrades behind the back of a test about shared state.
+const CALM_TIMEOUT_MS: u64 = 2_000;
 
 struct Fleet {
     mock: MockUpstream,
@@ -25,18 +29,33 @@ struct Fleet {
 
 impl Fleet {
     async fn start(n: usize, store: &str, provider_extra: &str) -> Fleet {
-        Fleet::start_keys(n, store, provider_extra, r#"keys = "env:KR_KEY_*""#).await
+        Fleet::start_keys(n, store, provider_extra, ALL_KEYS).await
     }
 
     /// As `start`, with `keys` in place of the provider's `keys = "env:KR_KEY_*"` line.
     async fn start_keys(n: usize, store: &str, provider_extra: &str, keys: &str) -> Fleet {
+        Fleet::start_timed(n, store, provider_extra, keys, CALM_TIMEOUT_MS).await
+    }
+
+    /// As `start`, with the short store timeouts the outage tests measure against.
+    async fn start_strict(n: usize, store: &str) -> Fleet {
+        Fleet::start_timed(n, store, "", ALL_KEYS, COMMAND_TIMEOUT_MS).await
+    }
+
+    async fn start_timed(
+        n: usize,
+        store: &str,
+        provider_extra: &str,
+        keys: &str,
+        timeout_ms: u64,
+    ) -> Fleet {
         let mock = MockUpstream::start().await.unwrap();
         let mut instances = Vec::new();
         for _ in 0..n {
             let text = format!(
-                "{}\n[store]\n{store}\ncommand_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nconnect_timeout = \"{COMMAND_TIMEOUT_MS}ms\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"400ms\"\n",
+                "{}\n[store]\n{store}\ncommand_timeout = \"{timeout_ms}ms\"\nconnect_timeout = \"{timeout_ms}ms\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"400ms\"\n",
                 config_text(&mock.url(), provider_extra, "")
-                    .replace(r#"keys = "env:KR_KEY_*""#, keys)
+                    .replace(ALL_KEYS, keys)
             );
             let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
             instances.push(keyrelay::start(config).await.unwrap());
@@ -67,6 +86,7 @@ impl Fleet {
     }
 }
 
+const ALL_KEYS: &str = r#"keys = "env:KR_KEY_*""#;
 const STATE: &str = "keyrelay:{openai}:state";
 
 /// Milliseconds left on a key's mark, read from the state hash on `node` against Redis time.
@@ -501,7 +521,7 @@ enum Outage {
 /// and the store must degrade and recover by itself.
 async fn outage_fails_nothing(outage: Outage) -> (Fleet, RedisServer) {
     let mut redis = RedisServer::start().await;
-    let fleet = Fleet::start(2, &format!("url = \"{}\"", redis.url()), "").await;
+    let fleet = Fleet::start_strict(2, &format!("url = \"{}\"", redis.url())).await;
     let steady = Steady::start(&fleet);
     steady.after(20, "before the outage").await;
     match outage {
@@ -570,7 +590,7 @@ async fn starts_while_redis_is_down_and_joins_when_it_appears() {
                 continue;
             };
             let url = format!("url = \"redis://127.0.0.1:{}\"", closed.port);
-            let fleet = Fleet::start(1, &url, "").await;
+            let fleet = Fleet::start_strict(1, &url).await;
             assert_eq!(fleet.state(0), StoreState::Degraded);
             for i in 0..3 {
                 assert_eq!(fleet.chat(i).await.status, 200);
@@ -752,7 +772,7 @@ async fn marks_are_read_only_while_one_is_in_force() {
 #[tokio::test]
 async fn degraded_shows_on_readiness_and_metrics() {
     let mut redis = RedisServer::start().await;
-    let fleet = Fleet::start(1, &format!("url = \"{}\"", redis.url()), "").await;
+    let fleet = Fleet::start_strict(1, &format!("url = \"{}\"", redis.url())).await;
     redis.kill();
     assert_eq!(fleet.chat(0).await.status, 200);
     assert!(

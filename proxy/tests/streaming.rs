@@ -168,7 +168,7 @@ async fn client_leaving_before_the_head_drops_the_upstream_request() {
         CHAT.len()
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    assert!(eventually(Duration::from_secs(2), || h.mock.total_calls() == 1).await);
+    assert!(eventually(Duration::from_secs(5), || h.mock.total_calls() == 1).await);
     drop(tcp);
     // The upstream connection must close: the mock's handler is dropped mid-delay, so no
     // response is ever produced. Observe it through keyrelay's in-flight gauge: it drops in
