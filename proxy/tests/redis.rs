@@ -846,3 +846,20 @@ async fn check_says_which_store_and_whether_it_answers() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_redis_start_on_a_taken_port_says_so_and_never_reports_someone_else() {
+    // The port is taken by a listener that answers nothing: redis-server cannot bind it, and
+    // the start reports that instead of waiting out a deadline or trusting the listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    assert!(RedisServer::try_start_on(port, false).await.is_none());
+    // Taken by another redis-server: it answers PING, but as another process.
+    let other = RedisServer::start().await;
+    assert!(RedisServer::try_start_on(other.port, false).await.is_none());
+    assert_eq!(
+        other.cli(&["PING"]).trim(),
+        "PONG",
+        "the other server was left alone"
+    );
+}

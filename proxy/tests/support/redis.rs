@@ -11,13 +11,15 @@
 use super::ports::candidate_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How many fresh ports a start tries before it gives up.
 const START_TRIES: usize = 10;
 
-/// The process id of the redis-server answering on `port`, if one answers within a second.
+/// The process id of the redis-server answering on `port`, if one answers at once (callers
+/// poll).
 async fn answering_pid(port: u16) -> Option<u32> {
     let ask = async {
         let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -40,7 +42,7 @@ async fn answering_pid(port: u16) -> Option<u32> {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(1), ask)
+    tokio::time::timeout(Duration::from_millis(250), ask)
         .await
         .ok()
         .flatten()
@@ -72,8 +74,10 @@ impl RedisServer {
 
     /// A node on `port`, or `None` when it could not bind it (taken by someone else).
     pub async fn try_start_on(port: u16, cluster: bool) -> Option<RedisServer> {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("keyrelay-redis-{}-{port}", std::process::id()));
+            std::env::temp_dir().join(format!("keyrelay-redis-{}-{port}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = RedisServer {
             port,
