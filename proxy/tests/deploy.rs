@@ -86,6 +86,24 @@ async fn get(url: &str) -> Option<Reply> {
     })
 }
 
+/// Poll `admin`'s readiness until it names `store` as its store.
+async fn wait_store(admin: SocketAddr, store: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = get(&format!("http://{admin}/readyz"))
+            .await
+            .map(|r| r.json()["store"].clone());
+        if seen == Some(Value::from(store)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{admin} never on {store} state: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_ok(url: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -108,7 +126,7 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
     for i in 0..2 {
         // A store timeout far above a busy machine's stalls: every request must count in Redis.
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\n",
             mock.url(),
             redis.url()
         );
@@ -119,7 +137,7 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
         admin_addrs.push(admin);
     }
     for admin in &admin_addrs {
-        wait_ok(&format!("http://{admin}/readyz"), Duration::from_secs(20)).await;
+        wait_store(*admin, "shared").await;
     }
     let client = http_client();
     for (i, (_, addr)) in instances.iter().enumerate() {
@@ -283,7 +301,7 @@ async fn a_redis_outage_is_logged_once_not_per_request() {
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"200ms\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"t\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"env:KR_KEY_*\"\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\nprobe_interval = \"50ms\"\nprobe_max_interval = \"200ms\"\n",
             mock.url(),
             redis.url()
         ),
@@ -298,17 +316,16 @@ async fn a_redis_outage_is_logged_once_not_per_request() {
             .await
             .map(|r| r.json()["store"].clone())
     };
+    // On shared state first (store timeouts far above a busy machine's stalls keep it there),
+    // so the outage below is the one and only.
+    wait_store(admin, "shared").await;
     redis.kill();
     for _ in 0..30 {
         assert_eq!(chat_at(&client, &url).await.status, 200);
     }
     assert_eq!(store().await, Some(Value::from("degraded")));
     redis.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store().await != Some(Value::from("shared")) {
-        assert!(Instant::now() < deadline, "never back on shared state");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_store(admin, "shared").await;
     assert_eq!(chat_at(&client, &url).await.status, 200);
     proc.signal("-TERM");
     assert_eq!(

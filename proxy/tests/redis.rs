@@ -522,6 +522,12 @@ enum Outage {
 async fn outage_fails_nothing(outage: Outage) -> (Fleet, RedisServer) {
     let mut redis = RedisServer::start().await;
     let fleet = Fleet::start_strict(2, &format!("url = \"{}\"", redis.url())).await;
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never on shared state before the outage"
+    );
     let steady = Steady::start(&fleet);
     steady.after(20, "before the outage").await;
     match outage {
@@ -590,7 +596,7 @@ async fn starts_while_redis_is_down_and_joins_when_it_appears() {
                 continue;
             };
             let url = format!("url = \"redis://127.0.0.1:{}\"", closed.port);
-            let fleet = Fleet::start_strict(1, &url).await;
+            let fleet = Fleet::start(1, &url, "").await;
             assert_eq!(fleet.state(0), StoreState::Degraded);
             for i in 0..3 {
                 assert_eq!(fleet.chat(i).await.status, 200);
@@ -772,7 +778,13 @@ async fn marks_are_read_only_while_one_is_in_force() {
 #[tokio::test]
 async fn degraded_shows_on_readiness_and_metrics() {
     let mut redis = RedisServer::start().await;
-    let fleet = Fleet::start_strict(1, &format!("url = \"{}\"", redis.url())).await;
+    let fleet = Fleet::start(1, &format!("url = \"{}\"", redis.url()), "").await;
+    assert!(
+        fleet
+            .wait_state(StoreState::Shared, Duration::from_secs(10))
+            .await,
+        "never on shared state before the outage"
+    );
     redis.kill();
     assert_eq!(fleet.chat(0).await.status, 200);
     assert!(
