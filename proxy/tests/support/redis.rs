@@ -126,13 +126,22 @@ impl RedisServer {
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() {
+            if let Some(status) = exited {
                 self.child = None;
+                eprintln!(
+                    "redis-server on port {} exited at start ({status}); its log:\n{}",
+                    self.port,
+                    self.log()
+                );
                 return false;
             }
             match answering_pid(self.port).await {
                 Some(p) if p == pid => return true,
-                Some(_) => {
+                Some(other) => {
+                    eprintln!(
+                        "redis-server pid {other}, not ours, answers on port {}",
+                        self.port
+                    );
                     self.kill();
                     return false;
                 }
