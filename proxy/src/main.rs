@@ -131,6 +131,7 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("starting keyrelay")?;
     let grace = running.shutdown_grace();
     tracing::info!(addr = %running.addr(), admin = ?running.admin_addr(), "keyrelay listening");
+    announce(&running);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -154,6 +155,15 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
     running.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One line on stdout with the addresses actually bound, whatever the log level: with
+/// `listen = "127.0.0.1:0"` this is how a supervisor (or a test) learns the ports.
+fn announce(running: &keyrelay::Running) {
+    match running.admin_addr() {
+        Some(admin) => println!("keyrelay listening on {}, admin on {admin}", running.addr()),
+        None => println!("keyrelay listening on {}", running.addr()),
+    }
 }
 
 async fn shutdown_signal() {

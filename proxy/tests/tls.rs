@@ -115,7 +115,8 @@ async fn serves_https_on_http1_and_http2() {
         assert_eq!(resp.version(), want);
     }
     assert_eq!(mock.total_calls(), 2);
-    // Plain HTTP to the TLS port gets no HTTP answer.
+    // Plain HTTP to the TLS port gets no HTTP answer: the connection is made, and what comes
+    // back is a TLS alert, which fails to parse as an HTTP response.
     let plain = http_client()
         .request(post(
             &format!("http://127.0.0.1:{port}/v1/chat/completions"),
@@ -123,7 +124,13 @@ async fn serves_https_on_http1_and_http2() {
             CHAT,
         ))
         .await;
-    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+    let err = plain.expect_err("plain HTTP answered on the TLS port");
+    assert!(!err.is_connect(), "{err:?}");
+    let cause = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<hyper::Error>());
+    assert!(
+        cause.is_some_and(hyper::Error::is_parse),
+        "not an HTTP parse failure: {err:?}"
+    );
     assert_eq!(mock.total_calls(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }

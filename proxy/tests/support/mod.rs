@@ -1,4 +1,5 @@
-//! Shared test support: a mock upstream and keyrelay, both on port 0, and a small HTTP client.
+//! Shared test support: a mock upstream and keyrelay, both on port 0, a small HTTP client, and
+//! the scan for secrets where they must not be.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -106,6 +107,19 @@ impl Harness {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
         send(&self.client, req).await
     }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy.admin_addr().unwrap())
+    }
+
+    /// `method path` on the admin listener, with `token` as a Bearer header when given.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
+        let mut b = Request::builder().method(method).uri(self.admin_url(path));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Full::default()).unwrap()).await
+    }
 }
 
 pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -172,7 +186,30 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Every secret the tests configure: provider keys, client token, admin token.
+pub fn secrets() -> Vec<&'static str> {
+    let mut all = KEYS.to_vec();
+    all.extend([TOKEN, ADMIN_TOKEN]);
+    all
+}
+
+/// Fail if `text` (what `place` holds) contains any test secret or any 12-character fragment
+/// of one.
+pub fn assert_no_secret(text: &str, place: &str) {
+    for secret in secrets() {
+        let fragments = secret.as_bytes().windows(12.min(secret.len()));
+        for fragment in fragments.map(|f| std::str::from_utf8(f).unwrap()) {
+            assert!(
+                !text.contains(fragment),
+                "secret fragment {fragment:?} in {place}:\n{text}"
+            );
+        }
+    }
+}
+
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 pub const CHAT_STREAM: &str =
     r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+pub mod ports;
+pub mod process;
 pub mod redis;

@@ -1,5 +1,6 @@
 //! `redis-server` processes started per test on free ports: single nodes and a 3-master
-//! cluster, which tests can kill, freeze (SIGSTOP), pause and restart.
+//! cluster, which tests can kill, freeze (SIGSTOP), pause and restart. A start whose port was
+//! taken meanwhile retries on a fresh port; readiness is polled with a deadline.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -7,20 +8,44 @@
     reason = "test support"
 )]
 
+use super::ports::candidate_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A port that is free now, and whose cluster bus port (+10000) is free too.
-pub fn free_port() -> u16 {
-    for _ in 0..200 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
+/// How many fresh ports a start tries before it gives up.
+const START_TRIES: usize = 10;
+
+/// The process id of the redis-server answering on `port`, if one answers at once (callers
+/// poll).
+async fn answering_pid(port: u16) -> Option<u32> {
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        conn.write_all(b"INFO server\r\n").await.ok()?;
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if let Some((_, rest)) = text.split_once("process_id:") {
+                if let Some((pid, _)) = rest.split_once("\r\n") {
+                    return pid.trim().parse().ok();
+                }
+            }
         }
-    }
-    panic!("no free port pair found");
+    };
+    tokio::time::timeout(Duration::from_millis(250), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 pub struct RedisServer {
@@ -31,13 +56,28 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    pub fn start() -> RedisServer {
-        Self::start_on(free_port(), false)
+    /// A single node on a port of its own.
+    pub async fn start() -> RedisServer {
+        Self::start_fresh(false).await
     }
 
-    pub fn start_on(port: u16, cluster: bool) -> RedisServer {
+    /// A node on a fresh port, tried again on another port while the chosen one turns out
+    /// to be taken.
+    async fn start_fresh(cluster: bool) -> RedisServer {
+        for _ in 0..START_TRIES {
+            if let Some(s) = Self::try_start_on(candidate_port(), cluster).await {
+                return s;
+            }
+        }
+        panic!("redis-server did not start on any of {START_TRIES} ports");
+    }
+
+    /// A node on `port`, or `None` when it could not bind it (taken by someone else).
+    pub async fn try_start_on(port: u16, cluster: bool) -> Option<RedisServer> {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("keyrelay-redis-{}-{port}", std::process::id()));
+            std::env::temp_dir().join(format!("keyrelay-redis-{}-{port}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = RedisServer {
             port,
@@ -45,11 +85,12 @@ impl RedisServer {
             dir,
             cluster,
         };
-        s.spawn();
-        s
+        s.spawn().await.then_some(s)
     }
 
-    fn spawn(&mut self) {
+    /// Start redis-server on `self.port` and wait until it answers as itself; false when it
+    /// exited at start (its port taken) or another process answers there.
+    async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -63,6 +104,8 @@ impl RedisServer {
         ])
         .arg("--dir")
         .arg(&self.dir)
+        .args(["--logfile", "redis.log"])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if self.cluster {
@@ -73,28 +116,50 @@ impl RedisServer {
                 ]);
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("redis-server could not start (is it installed? .ci/run installs it): {e}")
+            panic!("redis-server could not start (is it installed? ./test.sh installs it): {e}")
         });
+        let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            if let Some(status) = self
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "redis-server on port {} exited at start: {status}",
-                    self.port
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                eprintln!(
+                    "redis-server on port {} exited at start ({status}); its log:\n{}",
+                    self.port,
+                    self.log()
                 );
+                return false;
+            }
+            match answering_pid(self.port).await {
+                Some(p) if p == pid => return true,
+                Some(other) => {
+                    eprintln!(
+                        "redis-server pid {other}, not ours, answers on port {}",
+                        self.port
+                    );
+                    self.kill();
+                    return false;
+                }
+                None => {}
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server on port {} did not answer PING",
-                self.port
+                "redis-server on port {} did not answer within 20 s; its log:\n{}",
+                self.port,
+                self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// What redis-server logged (to its `--logfile`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -145,9 +210,21 @@ impl RedisServer {
         }
     }
 
-    pub fn restart(&mut self) {
+    /// Kill and start again on the same port (clients are configured with it). The port is
+    /// below the ephemeral range, so only another test's candidate can take it meanwhile, and
+    /// only for as long as that test's own start lasts: try a few times.
+    pub async fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.spawn().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not get port {} back; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn freeze(&self) {
@@ -206,10 +283,11 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_on(free_port(), true))
-            .collect();
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_fresh(true).await);
+        }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -232,7 +310,7 @@ impl RedisCluster {
             .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(Instant::now() < deadline, "cluster never reached state ok");
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         RedisCluster { nodes }
     }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need and is missing, then runs
+# the whole suite. Debian packages are installed when run as root, else named with the command
+# to install them; cargo-nextest is built with cargo. Extra arguments go to cargo nextest.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The tests start their own redis-server (and a 3-node cluster with redis-cli), run promtool
+# and a real Prometheus, and drive the admin dashboard in headless chromium via chromedriver.
+need=()
+want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+want redis-server redis-server
+want redis-cli redis-tools
+want prometheus prometheus
+want promtool prometheus
+want chromium chromium
+want chromedriver chromium-driver
+if [ ${#need[@]} -gt 0 ]; then
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test.sh: the tests need these Debian packages, missing here: ${need[*]}" >&2
+    echo "install them with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+exec cargo nextest run --workspace "$@"
