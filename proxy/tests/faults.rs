@@ -57,12 +57,7 @@ async fn a_refusal_benches_no_key_for_other_traffic() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "upstream_refused");
     assert_eq!(r.json()["error"]["type"], "permission_error");
-    for k in KEYS {
-        for frag in k.as_bytes().windows(12) {
-            let frag = std::str::from_utf8(frag).unwrap();
-            assert!(!r.text().contains(frag), "key fragment in {}", r.text());
-        }
-    }
+    assert_no_secret(&r.text(), "a refusal's answer");
     assert_eq!(h.mock.total_calls(), 3, "each key was asked once");
 
     // Every key still serves everything else.

@@ -90,6 +90,10 @@ impl RedisServer {
 
     /// Start redis-server on `self.port` and wait until it answers as itself; false when it
     /// exited at start (its port taken) or another process answers there.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one redis-server start, its arguments listed"
+    )]
     async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.args([
