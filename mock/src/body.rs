@@ -1,5 +1,7 @@
 //! Response bodies of the mock: a fixed buffer, or an SSE stream paced by a timer.
 
+use crate::conn::ConnCtl;
+use crate::fault::StreamFault;
 use crate::State;
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -35,7 +37,8 @@ struct Sse {
     total: u64,
     sent: u64,
     delay: Duration,
-    cut_after: Option<u64>,
+    fault: Option<StreamFault>,
+    ctl: Arc<ConnCtl>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
     state: Arc<State>,
@@ -66,8 +69,9 @@ impl MockBody {
     pub(crate) fn sse(
         total: u64,
         delay: Duration,
-        cut_after: Option<u64>,
+        fault: Option<StreamFault>,
         state: Arc<State>,
+        ctl: Arc<ConnCtl>,
     ) -> MockBody {
         state.counters.open_streams.fetch_add(1, Ordering::SeqCst);
         MockBody {
@@ -75,12 +79,49 @@ impl MockBody {
                 total,
                 sent: 0,
                 delay,
-                cut_after,
+                fault,
+                ctl,
                 timer: None,
                 finished: false,
                 state,
             })),
         }
+    }
+}
+
+/// One poll of a body's next frame.
+type Polled = Poll<Option<Result<Frame<Bytes>, Cut>>>;
+
+impl Sse {
+    /// What a stream fault makes of the next frame, if it takes over.
+    fn fault_frame(&mut self, cx: &mut Context<'_>) -> Option<Polled> {
+        match self.fault {
+            Some(StreamFault::Cut { after, rst }) if self.sent >= after => {
+                // Pause first so the server flushes the head and earlier chunks before the abort.
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Some(Poll::Pending);
+                }
+                self.finished = true;
+                if rst {
+                    self.ctl.reset();
+                }
+                return Some(Poll::Ready(Some(Err(Cut))));
+            }
+            // Stalled for good: the connection stays open, nothing more comes.
+            Some(StreamFault::Stall(after)) if self.sent >= after => return Some(Poll::Pending),
+            Some(StreamFault::ErrorEvent(after)) if self.sent == after => {
+                self.finished = true;
+                let event = "event: error\ndata: {\"error\":{\"message\":\"mock overloaded mid-stream\",\"type\":\"server_error\"}}\n\n";
+                return Some(Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    event.as_bytes(),
+                ))))));
+            }
+            _ => {}
+        }
+        None
     }
 }
 
@@ -106,16 +147,8 @@ impl Body for MockBody {
         if sse.finished {
             return Poll::Ready(None);
         }
-        if sse.cut_after.is_some_and(|n| sse.sent >= n) {
-            // Pause first so the server flushes the head and earlier chunks before the abort.
-            let timer = sse
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            sse.finished = true;
-            return Poll::Ready(Some(Err(Cut)));
+        if let Some(ready) = sse.fault_frame(cx) {
+            return ready;
         }
         if sse.sent > 0 && !sse.delay.is_zero() {
             let delay = sse.delay;
@@ -129,6 +162,9 @@ impl Body for MockBody {
         }
         if sse.sent == sse.total {
             sse.finished = true;
+            if sse.fault == Some(StreamFault::NoDone) {
+                return Poll::Ready(None);
+            }
             *sse.state
                 .counters
                 .last_chunk_at
@@ -138,7 +174,12 @@ impl Body for MockBody {
                 b"data: [DONE]\n\n",
             )))));
         }
-        let data = chunk(sse.sent);
+        let data = match sse.fault {
+            Some(StreamFault::Malformed(n)) if sse.sent == n => {
+                Bytes::from_static(b"data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\n\n")
+            }
+            _ => chunk(sse.sent),
+        };
         sse.sent += 1;
         Poll::Ready(Some(Ok(Frame::data(data))))
     }

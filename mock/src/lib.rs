@@ -5,9 +5,13 @@
 //! normally. Stream shape is steered by request headers, which keyrelay forwards untouched:
 //! `x-mock-chunks` (default 5), `x-mock-delay-ms` between chunks (default 0),
 //! `x-mock-cut-after` (abort the connection after that many chunks), `x-mock-head-delay-ms`
-//! (wait before sending the response head).
+//! (wait before sending the response head). Faults (resets, hangs, cut and malformed streams,
+//! refusals, redirects) come per key as [`Reply::Fault`] or per request in `x-mock-fault`; see
+//! [`Fault`].
 
 mod body;
+mod conn;
+mod fault;
 mod record;
 
 use bytes::Bytes;
@@ -25,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use body::MockBody;
+use conn::{ConnCtl, FaultIo};
+pub use fault::Fault;
 pub use record::{Counters, Seen};
 
 /// What the mock answers for one key.
@@ -38,6 +44,8 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// A fault; see [`Fault`].
+    Fault(Fault),
 }
 
 impl Reply {
@@ -176,11 +184,50 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
+            let ctl = Arc::new(ConnCtl::default());
+            let io = FaultIo::new(stream, ctl.clone());
+            let service =
+                hyper::service::service_fn(move |req| handle(req, state.clone(), ctl.clone()));
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .await;
         });
+    }
+}
+
+/// Why the mock closed a connection instead of answering (a scripted fault).
+#[derive(Debug)]
+pub struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock upstream dropped the connection")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// The fault for this request: its `x-mock-fault` header, else its key's script. A
+/// `status-once` script is used up here.
+fn fault_for(parts: &http::request::Parts, key: Option<&str>, state: &State) -> Option<Fault> {
+    if let Some(f) = parts
+        .headers
+        .get("x-mock-fault")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Fault::parse)
+    {
+        return Some(f);
+    }
+    let mut replies = state.replies.lock().unwrap_or_else(PoisonError::into_inner);
+    let slot = replies.get_mut(key?)?;
+    match slot {
+        Reply::Fault(Fault::StatusOnce(code)) => {
+            let code = *code;
+            *slot = Reply::Normal;
+            Some(Fault::StatusOnce(code))
+        }
+        Reply::Fault(f) => Some(f.clone()),
+        _ => None,
     }
 }
 
@@ -211,25 +258,28 @@ fn header_num(headers: &HeaderMap, name: &str, default: u64) -> u64 {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
-) -> Result<Response<MockBody>, std::convert::Infallible> {
+    ctl: Arc<ConnCtl>,
+) -> Result<Response<MockBody>, Dropped> {
     let (parts, body) = req.into_parts();
+    let key = credential(&parts.headers, parts.uri.query());
+    let fault = fault_for(&parts, key.as_deref(), &state);
+    if fault == Some(Fault::Reset) {
+        record(&state, &parts, key, Bytes::new());
+        ctl.reset();
+        return Err(Dropped);
+    }
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let key = credential(&parts.headers, parts.uri.query());
-    if !state.no_recording.load(Ordering::Relaxed) {
-        let seen = Seen::new(&parts, key.clone(), body.clone());
-        state
-            .seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(seen);
-    }
+    record(&state, &parts, key.clone(), body.clone());
     let head_delay = header_num(&parts.headers, "x-mock-head-delay-ms", 0);
     if head_delay > 0 {
         tokio::time::sleep(Duration::from_millis(head_delay)).await;
+    }
+    if let Some(fault) = fault {
+        return faulty(fault, &parts, &body, &state, ctl).await;
     }
     let reply = key
         .as_deref()
@@ -247,28 +297,91 @@ async fn handle(
             status,
             headers,
             body,
-        } => {
-            let mut resp = Response::new(MockBody::full(Bytes::from(body)));
-            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::from_bytes(k.as_bytes()),
-                    http::HeaderValue::from_str(&v),
-                ) {
-                    resp.headers_mut().insert(k, v);
-                }
-            }
-            resp.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Reply::Normal => normal(&parts, &body, &state),
+        } => fixed(status, &headers, body),
+        Reply::Normal | Reply::Fault(_) => normal(&parts, &body, &state, None, ctl),
     })
 }
 
-fn normal(parts: &http::request::Parts, body: &Bytes, state: &Arc<State>) -> Response<MockBody> {
+fn record(state: &State, parts: &http::request::Parts, key: Option<String>, body: Bytes) {
+    if !state.no_recording.load(Ordering::Relaxed) {
+        let seen = Seen::new(parts, key, body);
+        state
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(seen);
+    }
+}
+
+/// A fixed answer with a JSON body.
+fn fixed(status: u16, headers: &[(String, String)], body: String) -> Response<MockBody> {
+    let mut resp = Response::new(MockBody::full(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The answer (or no answer) a fault scripts, after the body was read.
+async fn faulty(
+    fault: Fault,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    state: &Arc<State>,
+    ctl: Arc<ConnCtl>,
+) -> Result<Response<MockBody>, Dropped> {
+    let error = |kind: &str, message: &str| {
+        format!(r#"{{"error":{{"message":"{message}","type":"{kind}","code":null}}}}"#)
+    };
+    Ok(match fault {
+        Fault::Status(code) | Fault::StatusOnce(code) => fixed(
+            code,
+            &[],
+            error("mock_error", &format!("mock status {code}")),
+        ),
+        Fault::RateLimited { retry_after } => {
+            let hint: Vec<(String, String)> = retry_after
+                .map(|s| ("retry-after".to_owned(), s.to_string()))
+                .into_iter()
+                .collect();
+            fixed(429, &hint, error("requests", "Rate limit reached"))
+        }
+        Fault::Forbidden { path_prefix } if parts.uri.path().starts_with(&path_prefix) => {
+            let body = r#"{"type":"error","error":{"type":"permission_error","message":"This key may not use this endpoint."}}"#;
+            fixed(403, &[], body.to_owned())
+        }
+        Fault::GeminiInvalidKey => {
+            let body = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#;
+            fixed(400, &[], body.to_owned())
+        }
+        Fault::DropAfterBody | Fault::Reset => return Err(Dropped),
+        Fault::Hang => std::future::pending().await,
+        Fault::SlowHead(d) => {
+            tokio::time::sleep(d).await;
+            normal(parts, body, state, None, ctl)
+        }
+        Fault::Redirect(url) => fixed(302, &[("location".to_owned(), url)], String::new()),
+        other => normal(parts, body, state, other.stream_shape(), ctl),
+    })
+}
+
+fn normal(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    state: &Arc<State>,
+    shape: Option<fault::StreamFault>,
+    ctl: Arc<ConnCtl>,
+) -> Response<MockBody> {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let streaming = json
         .get("stream")
@@ -278,12 +391,13 @@ fn normal(parts: &http::request::Parts, body: &Bytes, state: &Arc<State>) -> Res
     if streaming {
         let chunks = header_num(&parts.headers, "x-mock-chunks", 5);
         let delay = Duration::from_millis(header_num(&parts.headers, "x-mock-delay-ms", 0));
-        let cut_after = parts
+        let cut_after: Option<u64> = parts
             .headers
             .get("x-mock-cut-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body = MockBody::sse(chunks, delay, cut_after, state.clone());
+        let shape = shape.or(cut_after.map(|after| fault::StreamFault::Cut { after, rst: false }));
+        let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl);
         let mut resp = Response::new(body);
         resp.headers_mut().insert(
             "content-type",

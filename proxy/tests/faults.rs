@@ -201,3 +201,220 @@ async fn a_spent_retry_budget_passes_the_last_answer_on() {
     );
     assert_eq!(h.mock.total_calls(), 1, "no retry beyond the budget");
 }
+
+/// A streaming chat request with the client token and extra headers.
+fn stream_req(
+    h: &Harness,
+    extra: &[(&str, &str)],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let (name, value) = bearer();
+    let mut headers: Vec<(&str, &str)> = vec![(name, &value)];
+    headers.extend_from_slice(extra);
+    post(
+        &h.url("/v1/chat/completions"),
+        &headers,
+        r#"{"model":"m","stream":true,"messages":[]}"#,
+    )
+}
+
+/// The bytes a client received and whether the body ended cleanly.
+async fn read_stream(h: &Harness, extra: &[(&str, &str)]) -> (u16, String, bool) {
+    use http_body_util::BodyExt;
+    let resp = h.client.request(stream_req(h, extra)).await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let clean = loop {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                got.extend_from_slice(f.data_ref().map(|d| d.as_ref()).unwrap_or_default())
+            }
+            Some(Err(_)) => break false,
+            None => break true,
+        }
+    };
+    (status, String::from_utf8_lossy(&got).into_owned(), clean)
+}
+
+#[tokio::test]
+async fn read_then_drop_is_never_replayed_by_default() {
+    let h = Harness::start("").await;
+    for _ in 0..20 {
+        let r = post_to(
+            &h,
+            "/v1/chat/completions",
+            &[("x-mock-fault", "drop-after-body")],
+        )
+        .await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.json()["error"]["code"], "upstream_connection_lost");
+    }
+    assert_eq!(
+        h.mock.total_calls(),
+        20,
+        "one receipt per request, no replay"
+    );
+    let h = Harness::start("retry_after_send = true").await;
+    let r = post_to(
+        &h,
+        "/v1/chat/completions",
+        &[("x-mock-fault", "drop-after-body")],
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(h.mock.total_calls(), 3, "opted in: every key tried");
+}
+
+#[tokio::test]
+async fn a_reset_before_the_head_is_not_replayed_either() {
+    let h = Harness::start("").await;
+    let r = post_to(&h, "/v1/chat/completions", &[("x-mock-fault", "reset")]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(h.mock.total_calls(), 1);
+}
+
+#[tokio::test]
+async fn streams_cut_by_fin_or_rst_look_cut_after_one_attempt() {
+    let h = Harness::start("").await;
+    for fault in ["fin-after=2", "rst-after=2"] {
+        let before = h.mock.total_calls();
+        let (status, text, clean) =
+            read_stream(&h, &[("x-mock-fault", fault), ("x-mock-chunks", "6")]).await;
+        assert_eq!(status, 200, "{fault}");
+        assert!(!clean, "{fault}: a cut stream ended cleanly");
+        assert!(
+            text.contains("tok1") && !text.contains("[DONE]"),
+            "{fault}: {text}"
+        );
+        assert_eq!(
+            h.mock.total_calls(),
+            before + 1,
+            "{fault}: exactly one upstream attempt"
+        );
+    }
+}
+
+#[tokio::test]
+async fn odd_but_complete_streams_pass_through_untouched() {
+    let h = Harness::start("").await;
+    let (_, text, clean) =
+        read_stream(&h, &[("x-mock-fault", "no-done"), ("x-mock-chunks", "3")]).await;
+    assert!(
+        clean && text.contains("tok2") && !text.contains("[DONE]"),
+        "{text}"
+    );
+    let (_, text, clean) = read_stream(
+        &h,
+        &[
+            ("x-mock-fault", "malformed-after=1"),
+            ("x-mock-chunks", "3"),
+        ],
+    )
+    .await;
+    assert!(
+        clean && text.contains("{\"delta\n\n") && text.contains("[DONE]"),
+        "{text}"
+    );
+    let (_, text, clean) = read_stream(&h, &[("x-mock-fault", "error-event-after=2")]).await;
+    assert!(
+        clean && text.ends_with("\n\n") && text.contains("event: error"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_cut_by_the_idle_timeout() {
+    let h = Harness::start("").await;
+    // The harness's idle timeout is 5 s; the stall is forever.
+    let started = Instant::now();
+    let (_, text, clean) = read_stream(&h, &[("x-mock-fault", "stall-after=2")]).await;
+    assert!(!clean, "a stalled stream ended cleanly");
+    assert!(text.contains("tok1"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn a_refused_route_leaves_chat_and_readiness_alone() {
+    let h = Harness::start("").await;
+    for k in KEYS {
+        h.mock.set(
+            k,
+            Reply::Fault(keyrelay_mock::Fault::Forbidden {
+                path_prefix: "/v1/fine_tuning".into(),
+            }),
+        );
+    }
+    let mut chat_ok = 0;
+    for i in 0..60 {
+        if i % 2 == 0 {
+            let r = post_to(&h, "/v1/fine_tuning/jobs", &[]).await;
+            assert_eq!(r.status, 403);
+        } else if h.chat(CHAT).await.status == 200 {
+            chat_ok += 1;
+        }
+    }
+    assert_eq!(chat_ok, 30, "every chat request succeeded");
+    let ready = h.admin("GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    // The route costs one upstream call per request once every key's refusal is remembered.
+    let refused_calls = h
+        .mock
+        .seen()
+        .iter()
+        .filter(|s| s.uri.starts_with("/v1/fine_tuning"))
+        .count();
+    assert!(
+        refused_calls <= 3 + 29,
+        "{refused_calls} calls for 30 refused requests"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_is_answered_by_keyrelay_without_upstream_calls() {
+    let h = Harness::start("").await;
+    for k in KEYS {
+        h.mock.set(
+            k,
+            Reply::Fault(keyrelay_mock::Fault::RateLimited {
+                retry_after: Some(20),
+            }),
+        );
+    }
+    let first = h.chat(CHAT).await;
+    assert_eq!(first.status, 429);
+    assert_eq!(h.mock.total_calls(), 3, "each key tried once");
+    let started = Instant::now();
+    for _ in 0..50 {
+        let r = h.chat(CHAT).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    }
+    assert_eq!(
+        h.mock.total_calls(),
+        3,
+        "no upstream call while every key cools"
+    );
+    // 50 local answers take milliseconds each at most, even on a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_redirect_is_passed_back_and_its_target_never_called() {
+    let h = Harness::start("").await;
+    let canary = MockUpstream::start().await.unwrap();
+    let to = format!("redirect={}/stolen", canary.url());
+    let r = post_to(&h, "/v1/chat/completions", &[("x-mock-fault", &to)]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(canary.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_server_error_once_moves_to_the_next_key_and_benches_nothing() {
+    let h = Harness::start("strategy = \"round-robin\"").await;
+    h.mock
+        .set(KEYS[0], Reply::Fault(keyrelay_mock::Fault::StatusOnce(500)));
+    for _ in 0..6 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    assert!(h.mock.calls(KEYS[0]) >= 2, "key 0 was benched by one 500");
+}
