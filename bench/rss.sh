@@ -20,12 +20,9 @@ THREADS="${RSS_THREADS:-2}"
 KEYS="${RSS_KEYS:-4}"
 NO_BUILD="${RSS_NO_BUILD:-0}"
 READY_DEADLINE=30 # seconds for a process to answer
-
-log() { printf '[rss] %s\n' "$*" >&2; }
-die() {
-  printf '[rss] FAIL: %s\n' "$*" >&2
-  exit 1
-}
+PREFIX=rss
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for v in DURATION INTERVAL BASE_SECOND MAX_GROWTH_KIB CONNS THREADS KEYS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
@@ -35,75 +32,13 @@ done
 ((DURATION > BASE_SECOND)) || die "RSS_SECONDS must be more than RSS_BASE_SECOND ($BASE_SECOND)"
 
 # ---------------------------------------------------------------- tools
-command -v curl >/dev/null 2>&1 || die "curl is required"
-command -v python3 >/dev/null 2>&1 || die "python3 is required (to pick free ports)"
-if ! command -v wrk >/dev/null 2>&1; then
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    log "wrk not found; installing it with apt-get"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-    fi
-  fi
-  command -v wrk >/dev/null 2>&1 || die "wrk is required (Debian: apt-get install wrk)"
-fi
-
-if [[ "$NO_BUILD" != 1 ]]; then
-  log "building release binaries (cargo build --release -p keyrelay -p keyrelay-mock)"
-  (cd "$ROOT" && cargo build --release -q -p keyrelay -p keyrelay-mock) || die "release build failed"
-fi
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+need curl curl
+need python3 python3
+need wrk wrk
+build_release keyrelay keyrelay-mock
 KEYRELAY="$TARGET_DIR/release/keyrelay"
 MOCK="$TARGET_DIR/release/keyrelay-mock"
 [[ -x "$KEYRELAY" && -x "$MOCK" ]] || die "$KEYRELAY or $MOCK not found (build them or unset RSS_NO_BUILD)"
-
-# ---------------------------------------------------------------- processes
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/keyrelay-rss.XXXXXX")"
-PIDS=()
-
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# rss_kib PID: resident memory in KiB (VmRSS), or nothing if the process is gone.
-rss_kib() {
-  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true
-}
-
-# wait_http NAME PID URL [curl args...]: poll until URL answers any HTTP status, or fail.
-wait_http() {
-  local name="$1" pid="$2" url="$3" code deadline=$((SECONDS + READY_DEADLINE))
-  shift 3
-  while :; do
-    kill -0 "$pid" 2>/dev/null || die "$name exited during startup; its log:
-$(cat "$TMP/$name.log" 2>/dev/null)"
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true)"
-    [[ -n "$code" && "$code" != 000 ]] && return 0
-    ((SECONDS < deadline)) || die "$name did not answer at $url within ${READY_DEADLINE}s"
-    sleep 0.05
-  done
-}
 
 TOKEN="rss-client-token-$$-$RANDOM"
 MOCK_PORT="$(free_port)"
