@@ -261,6 +261,10 @@ async fn handle(
     ctl: Arc<ConnCtl>,
 ) -> Result<Response<MockBody>, Dropped> {
     let (parts, body) = req.into_parts();
+    if parts.uri.path().starts_with("/__mock/") {
+        return Ok(control(&parts, &state));
+    }
+    state.counters.received.fetch_add(1, Ordering::SeqCst);
     let key = credential(&parts.headers, parts.uri.query());
     let fault = fault_for(&parts, key.as_deref(), &state);
     if fault == Some(Fault::Reset) {
@@ -330,6 +334,55 @@ fn fixed(status: u16, headers: &[(String, String)], body: String) -> Response<Mo
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The mock's own control routes, for scripts driving the standalone binary (loopback only):
+/// `GET /__mock/stats` (counters as JSON), `POST /__mock/script?key=K&fault=F` (script a key;
+/// F in [`Fault`]'s syntax, percent-encoding `=` as `%3D`), `POST /__mock/reset` (clear scripts).
+fn control(parts: &http::request::Parts, state: &State) -> Response<MockBody> {
+    let c = &state.counters;
+    let query = parts.uri.query().unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.replace("%3D", "=").replace("%3d", "="))
+    };
+    let (status, body) = match parts.uri.path() {
+        "/__mock/stats" => (
+            200,
+            format!(
+                r#"{{"received":{},"open_streams":{},"streams_abandoned":{}}}"#,
+                c.received.load(Ordering::SeqCst),
+                c.open_streams.load(Ordering::SeqCst),
+                c.streams_abandoned.load(Ordering::SeqCst)
+            ),
+        ),
+        "/__mock/script" => match (
+            param("key"),
+            param("fault").as_deref().and_then(Fault::parse),
+        ) {
+            (Some(key), Some(fault)) => {
+                state
+                    .replies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, Reply::Fault(fault));
+                (200, "{}".to_owned())
+            }
+            _ => (400, r#"{"error":"want key=K&fault=F"}"#.to_owned()),
+        },
+        "/__mock/reset" => {
+            state
+                .replies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            (200, "{}".to_owned())
+        }
+        _ => (404, "{}".to_owned()),
+    };
+    fixed(status, &[], body)
 }
 
 /// The answer (or no answer) a fault scripts, after the body was read.

@@ -53,6 +53,8 @@ impl Seen {
 /// Stream bookkeeping, for tests about cuts and disconnects.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Requests received (recorded or not), the control routes aside.
+    pub received: AtomicUsize,
     /// SSE bodies currently alive.
     pub open_streams: AtomicUsize,
     /// SSE bodies dropped before their last chunk (the client side went away).

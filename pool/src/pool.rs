@@ -328,6 +328,11 @@ impl Pool {
     /// The mark an outcome earns, if any.
     fn mark_for(&self, outcome: &Outcome) -> Option<Mark> {
         match outcome {
+            // A hint of zero ("retry now") benches nothing: a mark of a few milliseconds would
+            // only make concurrent requests find every key cooling and answer 429.
+            Outcome::RateLimited {
+                retry_after: Some(hint),
+            } if hint.is_zero() => None,
             Outcome::RateLimited { retry_after } => Some(Mark::Cool {
                 period: retry_after
                     .unwrap_or(self.settings.cooldown)
@@ -469,6 +474,10 @@ mod tests {
         ));
         assert_eq!(p.mark_for(&Outcome::ServerError), None);
         assert_eq!(p.mark_for(&Outcome::NotSent), None);
+        let now = Outcome::RateLimited {
+            retry_after: Some(Duration::ZERO),
+        };
+        assert_eq!(p.mark_for(&now), None, "retry-after: 0 benches nothing");
         assert_eq!(p.mark_for(&Outcome::Forbidden), None);
     }
 

@@ -418,3 +418,39 @@ async fn a_server_error_once_moves_to_the_next_key_and_benches_nothing() {
     }
     assert!(h.mock.calls(KEYS[0]) >= 2, "key 0 was benched by one 500");
 }
+
+#[tokio::test]
+async fn the_mocks_control_routes_script_keys_and_count_receipts() {
+    let h = Harness::start("strategy = \"round-robin\"").await;
+    let control = |path: &str| {
+        http::Request::post(format!("{}{path}", h.mock.url()))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let scripted = h
+        .send(control(&format!(
+            "/__mock/script?key={}&fault=status%3D503",
+            KEYS[0]
+        )))
+        .await;
+    assert_eq!(scripted.status, 200);
+    assert_eq!(h.send(control("/__mock/script?key=x")).await.status, 400);
+    for _ in 0..3 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    let stats = h
+        .send(
+            http::Request::get(format!("{}/__mock/stats", h.mock.url()))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .json();
+    // Round-robin: key 0 (503), 1; then 2; then 0 (503), 1: five receipts for three requests.
+    assert_eq!(stats["received"], 5, "{stats}");
+    assert_eq!(h.send(control("/__mock/reset")).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(h.chat(CHAT).await.status, 200);
+    }
+    assert!(h.mock.calls(KEYS[0]) >= 2);
+}

@@ -34,7 +34,7 @@ struct Cli {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: u64,
-    /// Weighted kinds: normal, stream, 429, 5xx, cut, disconnect.
+    /// Weighted kinds: normal, stream, 429, 5xx, cut, disconnect, long, refused, drop.
     #[arg(long, default_value = "normal=70,stream=30")]
     mix: String,
     /// The most one request may take.

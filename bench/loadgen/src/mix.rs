@@ -23,6 +23,12 @@ pub enum Kind {
     Cut,
     /// A slow stream the client leaves after its first chunk.
     Disconnect,
+    /// A 2-second stream (100 chunks 20 ms apart) read to its end: 200, clean, `[DONE]`.
+    Long,
+    /// Every key refused for this request (403 permission): the client gets a 403.
+    Refused,
+    /// The provider reads the body and drops the connection: the client gets a 502.
+    Drop,
 }
 
 impl Kind {
@@ -34,6 +40,9 @@ impl Kind {
             "5xx" => Kind::ServerError,
             "cut" => Kind::Cut,
             "disconnect" => Kind::Disconnect,
+            "long" => Kind::Long,
+            "refused" => Kind::Refused,
+            "drop" => Kind::Drop,
             _ => return None,
         })
     }
@@ -46,6 +55,9 @@ impl Kind {
             Kind::ServerError => "5xx",
             Kind::Cut => "cut",
             Kind::Disconnect => "disconnect",
+            Kind::Long => "long",
+            Kind::Refused => "refused",
+            Kind::Drop => "drop",
         }
     }
 
@@ -60,7 +72,11 @@ impl Kind {
                 &[("x-mock-fault", "fin-after=2"), ("x-mock-chunks", "20")],
                 true,
             ),
-            Kind::Disconnect => (&[("x-mock-chunks", "100"), ("x-mock-delay-ms", "20")], true),
+            Kind::Disconnect | Kind::Long => {
+                (&[("x-mock-chunks", "100"), ("x-mock-delay-ms", "20")], true)
+            }
+            Kind::Refused => (&[("x-mock-fault", "forbidden=/v1")], false),
+            Kind::Drop => (&[("x-mock-fault", "drop-after-body")], false),
         }
     }
 }
@@ -193,7 +209,9 @@ async fn send(
     let done = got.windows(6).any(|w| w == b"[DONE]");
     let ok = match kind {
         Kind::Normal => status == 200 && clean,
-        Kind::Stream => status == 200 && clean && done,
+        Kind::Stream | Kind::Long => status == 200 && clean && done,
+        Kind::Refused => status == 403 && clean,
+        Kind::Drop => status == 502 && clean,
         Kind::RateLimited => status == 429 && clean,
         Kind::ServerError => status == 500 && clean,
         Kind::Cut => status == 200 && !clean && !done,
