@@ -15,37 +15,9 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::process::{keyrelay_addrs, Proc};
+use support::process::{spawn_keyrelay, Proc};
 use support::redis::RedisServer;
 use support::*;
-
-/// A keyrelay binary started on `config` from `dir` (its `listen` and admin `listen` on port
-/// 0), with the test secrets in its environment and `KEYRELAY_LOG=log`, and the addresses it
-/// says it bound.
-async fn spawn_keyrelay(
-    config: &std::path::Path,
-    dir: &std::path::Path,
-    extra_args: &[&str],
-    log: &str,
-) -> (Proc, SocketAddr, SocketAddr) {
-    let mut proc = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-            .args(extra_args)
-            .arg("--config")
-            .arg(config)
-            .current_dir(dir)
-            .env("KR_TOKEN", TOKEN)
-            .env("KR_ADMIN", ADMIN_TOKEN)
-            .env("KR_KEY_1", KEYS[0])
-            .env("KR_KEY_2", KEYS[1])
-            .env("KEYRELAY_LOG", log),
-        "cargo builds it",
-    );
-    let (addr, admin) = proc
-        .wait_line(Duration::from_secs(20), keyrelay_addrs)
-        .await;
-    (proc, addr, admin)
-}
 
 #[test]
 fn deploy_configs_are_valid() {

@@ -18,7 +18,9 @@ use keyrelay_mock::MockUpstream;
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "kr-test-client-token-0123456789";
-pub const ADMIN_TOKEN: &str = "kr-test-admin-token-9876543210";
+// Random-looking, so a fragment scan cannot match ordinary words (the dashboard says
+// "admin-token").
+pub const ADMIN_TOKEN: &str = "kr-adm-7f3c9e1b5d8a2046e9c1";
 pub const KEYS: [&str; 3] = [
     "sk-test-key-AAAAAAAAAAAAAAAA",
     "sk-test-key-BBBBBBBBBBBBBBBB",

@@ -144,3 +144,31 @@ pub fn keyrelay_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let (proxy, admin) = rest.split_once(", admin on ")?;
     Some((proxy.trim().parse().ok()?, admin.trim().parse().ok()?))
 }
+
+/// A keyrelay binary started on `config` from `dir` (its `listen` and admin `listen` on port
+/// 0), with the test secrets in its environment and `KEYRELAY_LOG=log`, and the addresses it
+/// says it bound.
+pub async fn spawn_keyrelay(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    extra_args: &[&str],
+    log: &str,
+) -> (Proc, SocketAddr, SocketAddr) {
+    let mut proc = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .args(extra_args)
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir)
+            .env("KR_TOKEN", super::TOKEN)
+            .env("KR_ADMIN", super::ADMIN_TOKEN)
+            .env("KR_KEY_1", super::KEYS[0])
+            .env("KR_KEY_2", super::KEYS[1])
+            .env("KEYRELAY_LOG", log),
+        "cargo builds it",
+    );
+    let (addr, admin) = proc
+        .wait_line(Duration::from_secs(20), keyrelay_addrs)
+        .await;
+    (proc, addr, admin)
+}
