@@ -1,17 +1,50 @@
-//! Health of the shared store: the degraded flag, the probe that finds Redis again, and the
-//! bounded run of one command, whose failure flips the store to degraded.
+//! Health of the shared store: the degraded flag, the probe that finds Redis again (writing to
+//! the pools' own slots), the outage log lines, and the bounded run of one command, whose
+//! failure flips the store to degraded.
+//!
+//! An outage logs one warning when the store goes and one line when it is back for good: the
+//! store must have answered for `recovery_settle` without a failure, so a flapping Redis logs
+//! one pair. Warnings are also held to one a second per kind of error.
 
 use super::conn::Conn;
 use super::{RedisStore, StoreError};
 use deadpool_redis::redis::{self, Cmd, Script};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Written by the probe: a write is the test that Redis serves.
-const PROBE_KEY: &str = "keyrelay:{probe}:alive";
+/// Written by the probe when no pool is known yet (none in the settings, none served).
+const FALLBACK_PROBE_KEY: &str = "keyrelay:{probe}:alive";
 const PROBE_TTL_MS: u64 = 10_000;
+/// The least time between two warnings of one kind.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// When each kind of warning was last written.
+#[derive(Default)]
+pub(super) struct Throttle(Mutex<HashMap<&'static str, Instant>>);
+
+impl Throttle {
+    /// Whether a warning of `kind` may be written now (and, if so, that it was).
+    fn allow(&self, kind: &'static str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match last.get(kind) {
+            Some(t) if now.duration_since(*t) < WARN_EVERY => false,
+            _ => {
+                last.insert(kind, now);
+                true
+            }
+        }
+    }
+}
+
+/// The probe's key for `pool`: under the pool's hash tag, so with Cluster the probe writes to
+/// the slot that pool's state lives in.
+fn probe_key(pool: &str) -> String {
+    format!("keyrelay:{{{pool}}}:alive")
+}
 
 impl RedisStore {
     /// Commands that failed or timed out since start.
@@ -28,9 +61,9 @@ impl RedisStore {
         self.probe_once().await
     }
 
-    /// Open a connection, write the probe key and load the scripts, all within the connect,
-    /// wait and command timeouts; on success it becomes the live connection and the store
-    /// leaves degraded.
+    /// Open a connection, write the probe keys and load the scripts, all within the connect,
+    /// wait and command timeouts; on success it becomes the live connection, the store leaves
+    /// degraded, and the operator actions journalled meanwhile are written.
     pub(super) async fn probe_once(&self) -> Result<(), StoreError> {
         let limit = self.settings.connect_timeout
             + self.settings.wait_timeout
@@ -40,27 +73,58 @@ impl RedisStore {
             .map_err(|_| StoreError::Timeout(limit))??;
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         if self.degraded.swap(false, Ordering::AcqRel) {
-            if self.connected_before.swap(true, Ordering::AcqRel) {
-                tracing::info!("redis is back; pool state shared again");
-            } else {
+            let first = !self.connected_before.swap(true, Ordering::AcqRel);
+            // After a logged outage, "back" waits for the probe loop's settle time.
+            if first && !self.reported_down.load(Ordering::Acquire) {
                 tracing::info!("pool state shared through redis");
             }
+            self.replay_actions().await;
         }
         Ok(())
     }
 
+    /// The keys the probe writes: one per pool (configured or served), else the fallback.
+    fn probe_keys(&self) -> Vec<String> {
+        let mut pools = self.prepared.pools();
+        pools.extend(self.settings.pools.iter().cloned());
+        pools.sort_unstable();
+        pools.dedup();
+        if pools.is_empty() {
+            return vec![FALLBACK_PROBE_KEY.to_owned()];
+        }
+        pools.iter().map(|p| probe_key(p)).collect()
+    }
+
     async fn open(&self) -> Result<Conn, StoreError> {
         let mut conn = self.pools.fresh().await?;
-        let mut probe = redis::cmd("SET");
-        probe.arg(PROBE_KEY).arg(1).arg("PX").arg(PROBE_TTL_MS);
-        conn.query::<()>(&probe)
-            .await
-            .map_err(StoreError::Command)?;
+        for key in self.probe_keys() {
+            let mut probe = redis::cmd("SET");
+            probe.arg(key).arg(1).arg("PX").arg(PROBE_TTL_MS);
+            conn.query::<()>(&probe)
+                .await
+                .map_err(StoreError::Command)?;
+        }
         // Load the scripts now, so the hot path never meets NOSCRIPT on a fresh server.
         for script in self.scripts.all() {
             conn.load(script).await.map_err(StoreError::Command)?;
         }
         Ok(conn)
+    }
+
+    /// Write `message` as a warning about `why`, at most once a second per kind of error.
+    pub(super) fn warn(&self, why: &StoreError, message: &'static str) {
+        if self.throttle.allow(why.kind()) {
+            tracing::warn!(error = %why, "{message}");
+        } else {
+            tracing::debug!(error = %why, "{message} (warning held back: one a second)");
+        }
+    }
+
+    /// The store has answered for its settle time since the outage logged last: say so.
+    fn log_back(&self) {
+        if self.reported_down.swap(false, Ordering::AcqRel) {
+            tracing::info!("redis is back; pool state shared again");
+        }
     }
 
     /// The live connection, unless degraded.
@@ -107,40 +171,70 @@ impl RedisStore {
         }
     }
 
-    /// Count a failed command; the first failure while shared degrades the store (logged
-    /// once) and wakes the probe.
+    /// Count a failed command; the first failure while shared degrades the store and wakes
+    /// the probe. Only the first of an outage is logged (see the module's notes).
     fn fail(&self, why: &StoreError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error = %why, "redis store unavailable; serving on local state");
+            self.outages.fetch_add(1, Ordering::AcqRel);
             *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
+            if self.reported_down.swap(true, Ordering::AcqRel) {
+                tracing::debug!(error = %why, "redis store unavailable again before it settled");
+            } else {
+                self.warn(why, "redis store unavailable; serving on local state");
+            }
             self.wake.notify_one();
         }
     }
 }
 
 /// While the store lives: sleep until it degrades, then probe with growing backoff until
-/// Redis answers.
+/// Redis answers; after a logged outage, log its end once Redis has answered for the settle
+/// time without a failure.
 pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     loop {
-        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else {
+        let Some((degraded, down, epoch, settle)) = store.upgrade().map(|s| {
+            (
+                s.is_degraded(),
+                s.reported_down.load(Ordering::Acquire),
+                s.outages.load(Ordering::Acquire),
+                s.settings.recovery_settle,
+            )
+        }) else {
             return;
         };
         if !degraded {
-            // A wake sent before this wait is kept as a permit, so none is lost.
-            wake.notified().await;
+            if down {
+                // A failure meanwhile wakes us to probe at once.
+                tokio::select! {
+                    () = tokio::time::sleep(settle) => {}
+                    () = wake.notified() => {}
+                }
+                let Some(s) = store.upgrade() else { return };
+                if !s.is_degraded() && s.outages.load(Ordering::Acquire) == epoch {
+                    s.log_back();
+                }
+            } else {
+                // A wake sent before this wait is kept as a permit, so none is lost.
+                wake.notified().await;
+            }
             continue;
         }
-        let mut delay = store
-            .upgrade()
-            .map_or(Duration::ZERO, |s| s.settings.probe_interval);
-        loop {
-            tokio::time::sleep(delay).await;
-            let Some(s) = store.upgrade() else { return };
-            if !s.is_degraded() || s.probe_once().await.is_ok() {
-                break;
-            }
-            delay = (delay * 2).min(s.settings.probe_max_interval);
+        probe_until_back(&store).await;
+    }
+}
+
+/// Probe with growing backoff until Redis answers or the store is gone.
+async fn probe_until_back(store: &Weak<RedisStore>) {
+    let mut delay = store
+        .upgrade()
+        .map_or(Duration::ZERO, |s| s.settings.probe_interval);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(s) = store.upgrade() else { return };
+        if !s.is_degraded() || s.probe_once().await.is_ok() {
+            return;
         }
+        delay = (delay * 2).min(s.settings.probe_max_interval);
     }
 }

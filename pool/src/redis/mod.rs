@@ -51,6 +51,7 @@
 //!   `redis-server` of their own); the whole store is tested through the proxy
 //!   (`proxy/tests/redis.rs`).
 
+mod actions;
 mod command;
 mod conn;
 mod error;
@@ -63,8 +64,10 @@ mod settings;
 mod lua_tests;
 
 use crate::memory::MemoryStore;
+use actions::Journal;
 use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
+use health::Throttle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
@@ -92,6 +95,14 @@ pub struct RedisStore {
     calls: AtomicU64,
     /// Whether Redis has ever answered, so the first connect is not logged as a recovery.
     connected_before: AtomicBool,
+    /// Operator actions to write (again) when Redis is back.
+    journal: Journal,
+    /// An outage was logged and its end not yet: no second "gone" line until "back".
+    reported_down: AtomicBool,
+    /// Times the store went degraded, so the probe sees a flap during its settle time.
+    outages: AtomicU64,
+    /// At most one warning per second per kind of error.
+    throttle: Throttle,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,9 +134,17 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             connected_before: AtomicBool::new(false),
+            journal: Journal::default(),
+            reported_down: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            throttle: Throttle::default(),
         });
         if let Err(e) = store.probe_once().await {
-            tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers");
+            store.reported_down.store(true, Ordering::Release);
+            store.warn(
+                &e,
+                "redis unavailable at start; serving on local state until it answers",
+            );
         }
         tokio::spawn(health::probe_loop(
             Arc::downgrade(&store),

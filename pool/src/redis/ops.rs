@@ -1,7 +1,8 @@
 //! The store operations on Redis (`impl Store`): one script call each, falling back to this
 //! process's memory whenever the store is degraded or a call fails.
 
-use super::command::MarkAction;
+use super::actions::Action;
+use super::command::{act_cmd, MarkAction};
 use super::marks::mode_of;
 use super::RedisStore;
 use crate::store::{
@@ -51,15 +52,50 @@ impl RedisStore {
         self.mark(spec, index, action, reason, period).await;
     }
 
-    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
+    /// Apply an operator's action here at once, then in Redis; while Redis is away the action
+    /// waits in the journal (see `actions.rs`) and the answer says so.
+    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) -> StoreState {
         self.local.act_now(spec, index, action);
-        let action = match action {
-            KeyAction::Disable => MarkAction::Disabled,
-            KeyAction::Enable => MarkAction::Enable,
-            KeyAction::Reset => MarkAction::Reset,
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let Some(fp) = prepared.fingerprint(index) else {
+            return self.state();
         };
-        self.mark(spec, index, action, "manual", Duration::ZERO)
-            .await;
+        let act = Action::now(prepared.keys.clone(), fp, action);
+        self.journal.hold(&act);
+        if self.write_action(&act).await {
+            StoreState::Shared
+        } else {
+            if action == KeyAction::Reset {
+                self.journal.queue_reset(&act);
+            }
+            StoreState::Degraded
+        }
+    }
+
+    /// Run act.lua for `act`; false when Redis is away or the call failed.
+    pub(super) async fn write_action(&self, act: &Action) -> bool {
+        let script = &self.scripts.act;
+        let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
+        match self.run::<i64>(&cmd, script).await {
+            Some(applied) => {
+                if applied == 0 {
+                    tracing::debug!(action = ?act.action, "operator action older than the one in redis; kept the newer");
+                }
+                self.journal.written(act);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Write every journalled action (oldest first), after Redis came back; stops at the
+    /// first failure (the store is degraded again, and the rest waits for the next return).
+    pub(super) async fn replay_actions(&self) {
+        for act in self.journal.to_write() {
+            if !self.write_action(&act).await {
+                return;
+            }
+        }
     }
 
     async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
@@ -109,7 +145,7 @@ impl Store for RedisStore {
         pool: &'a PoolSpec,
         index: usize,
         action: KeyAction,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, StoreState> {
         Box::pin(self.act_shared(pool, index, action))
     }
 

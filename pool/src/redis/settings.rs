@@ -16,6 +16,13 @@ pub struct RedisSettings {
     pub probe_max_interval: Duration,
     /// Instances sharing the pool; each enforces `1/instances` of a limit while degraded.
     pub instances: u32,
+    /// The pools this store will serve, so the health probe checks their slots from the start
+    /// (it adds every pool it has served since). Not a config field: filled from the providers.
+    pub pools: Vec<String>,
+    /// How long Redis must have answered, after an outage, before "redis is back" is logged:
+    /// a store that flaps meanwhile logs one line when it goes and one when it is back for
+    /// good. Not a config field.
+    pub recovery_settle: Duration,
 }
 
 impl Default for RedisSettings {
@@ -27,6 +34,8 @@ impl Default for RedisSettings {
             probe_interval: Duration::from_millis(100),
             probe_max_interval: Duration::from_secs(2),
             instances: 1,
+            pools: Vec::new(),
+            recovery_settle: Duration::from_secs(1),
         }
     }
 }
