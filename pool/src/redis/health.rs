@@ -238,3 +238,26 @@ async fn probe_until_back(store: &Weak<RedisStore>) {
         delay = (delay * 2).min(s.settings.probe_max_interval);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_warning_a_second_per_kind() {
+        let t = Throttle::default();
+        assert!(t.allow("timeout"));
+        assert!(!t.allow("timeout"), "a second timeout warning at once");
+        assert!(t.allow("connect"), "another kind has its own second");
+        // A second later the kind may warn again.
+        t.0.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert("timeout", Instant::now() - WARN_EVERY);
+        assert!(t.allow("timeout"));
+    }
+
+    #[test]
+    fn probe_keys_carry_the_pools_hash_tags() {
+        assert_eq!(probe_key("openai"), "keyrelay:{openai}:alive");
+    }
+}
