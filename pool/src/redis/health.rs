@@ -2,9 +2,10 @@
 //! the pools' own slots), the outage log lines, and the bounded run of one command, whose
 //! failure flips the store to degraded.
 //!
-//! An outage logs one warning when the store goes and one line when it is back for good: the
-//! store must have answered for `recovery_settle` without a failure, so a flapping Redis logs
-//! one pair. Warnings are also held to one a second per kind of error.
+//! An outage logs one warning when the store goes and one line when it is back; a flap within
+//! `recovery_settle` of that line is not logged (if the store is still away when that time
+//! is up, the probe logs a new outage), so a flapping Redis logs one pair. Warnings are also
+//! held to one a second per kind of error.
 
 use super::conn::Conn;
 use super::{RedisStore, StoreError};
@@ -74,8 +75,14 @@ impl RedisStore {
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         if self.degraded.swap(false, Ordering::AcqRel) {
             let first = !self.connected_before.swap(true, Ordering::AcqRel);
-            // After a logged outage, "back" waits for the probe loop's settle time.
-            if first && !self.reported_down.load(Ordering::Acquire) {
+            if self.reported_down.swap(false, Ordering::AcqRel) {
+                tracing::info!("redis is back; pool state shared again");
+                *self
+                    .settling_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(Instant::now() + self.settings.recovery_settle);
+            } else if first {
                 tracing::info!("pool state shared through redis");
             }
             self.replay_actions().await;
@@ -120,10 +127,22 @@ impl RedisStore {
         }
     }
 
-    /// The store has answered for its settle time since the outage logged last: say so.
-    fn log_back(&self) {
-        if self.reported_down.swap(false, Ordering::AcqRel) {
-            tracing::info!("redis is back; pool state shared again");
+    /// Whether "back" was logged less than `recovery_settle` ago.
+    fn settling(&self) -> bool {
+        let until = self
+            .settling_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The store is away: log it, unless this outage is logged already or is a flap within
+    /// the settle time (which the probe logs if it outlasts that time).
+    fn log_gone(&self, why: &StoreError) {
+        if self.settling() || self.reported_down.swap(true, Ordering::AcqRel) {
+            tracing::debug!(error = %why, "redis store unavailable (outage logged already)");
+        } else {
+            self.warn(why, "redis store unavailable; serving on local state");
         }
     }
 
@@ -171,60 +190,36 @@ impl RedisStore {
         }
     }
 
-    /// Count a failed command; the first failure while shared degrades the store and wakes
-    /// the probe. Only the first of an outage is logged (see the module's notes).
+    /// Count a failed command; the first failure while shared degrades the store, logs it
+    /// (see `log_gone`) and wakes the probe.
     fn fail(&self, why: &StoreError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if !self.degraded.swap(true, Ordering::AcqRel) {
-            self.outages.fetch_add(1, Ordering::AcqRel);
             *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
-            if self.reported_down.swap(true, Ordering::AcqRel) {
-                tracing::debug!(error = %why, "redis store unavailable again before it settled");
-            } else {
-                self.warn(why, "redis store unavailable; serving on local state");
-            }
+            self.log_gone(why);
             self.wake.notify_one();
         }
     }
 }
 
 /// While the store lives: sleep until it degrades, then probe with growing backoff until
-/// Redis answers; after a logged outage, log its end once Redis has answered for the settle
-/// time without a failure.
+/// Redis answers.
 pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     loop {
-        let Some((degraded, down, epoch, settle)) = store.upgrade().map(|s| {
-            (
-                s.is_degraded(),
-                s.reported_down.load(Ordering::Acquire),
-                s.outages.load(Ordering::Acquire),
-                s.settings.recovery_settle,
-            )
-        }) else {
+        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else {
             return;
         };
         if !degraded {
-            if down {
-                // A failure meanwhile wakes us to probe at once.
-                tokio::select! {
-                    () = tokio::time::sleep(settle) => {}
-                    () = wake.notified() => {}
-                }
-                let Some(s) = store.upgrade() else { return };
-                if !s.is_degraded() && s.outages.load(Ordering::Acquire) == epoch {
-                    s.log_back();
-                }
-            } else {
-                // A wake sent before this wait is kept as a permit, so none is lost.
-                wake.notified().await;
-            }
+            // A wake sent before this wait is kept as a permit, so none is lost.
+            wake.notified().await;
             continue;
         }
         probe_until_back(&store).await;
     }
 }
 
-/// Probe with growing backoff until Redis answers or the store is gone.
+/// Probe with growing backoff until Redis answers or the store is gone. An outage that began
+/// as an unlogged flap is logged once the settle time is up.
 async fn probe_until_back(store: &Weak<RedisStore>) {
     let mut delay = store
         .upgrade()
@@ -232,8 +227,12 @@ async fn probe_until_back(store: &Weak<RedisStore>) {
     loop {
         tokio::time::sleep(delay).await;
         let Some(s) = store.upgrade() else { return };
-        if !s.is_degraded() || s.probe_once().await.is_ok() {
+        if !s.is_degraded() {
             return;
+        }
+        match s.probe_once().await {
+            Ok(()) => return,
+            Err(e) => s.log_gone(&e),
         }
         delay = (delay * 2).min(s.settings.probe_max_interval);
     }

@@ -61,9 +61,10 @@
 //! while a background probe retries Redis with growing backoff (writing each pool's `alive`
 //! key) and flips back when the writes succeed, then writes the journalled operator actions.
 //! No request ever waits on Redis longer than `command_timeout`. An outage is logged as one
-//! warning when it starts and one line when Redis has answered for `recovery_settle` (1 s)
-//! without a failure, however often it flaps in between; warnings are held to one a second
-//! per kind of error. The degraded state is one per store, not per pool: with Cluster, one
+//! warning when it starts and one line when Redis answers again; for `recovery_settle` (1 s)
+//! after that, a flap is not logged (unless Redis is still away when the time is up: then it
+//! is a new outage, logged as such), so a flapping Redis logs one pair. Warnings are held to
+//! one a second per kind of error. The degraded state is one per store, not per pool: with Cluster, one
 //! pool's slot down keeps every pool on local state until the probe reaches all of them (the
 //! probe fails while any pool's slot fails, so the store does not flap between the two).
 //!
@@ -100,7 +101,8 @@ use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
 use health::Throttle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 pub use conn::RedisTarget;
@@ -130,8 +132,8 @@ pub struct RedisStore {
     journal: Journal,
     /// An outage was logged and its end not yet: no second "gone" line until "back".
     reported_down: AtomicBool,
-    /// Times the store went degraded, so the probe sees a flap during its settle time.
-    outages: AtomicU64,
+    /// Until when, after "back" was logged, a flap stays silent (`recovery_settle`).
+    settling_until: Mutex<Option<Instant>>,
     /// At most one warning per second per kind of error.
     throttle: Throttle,
 }
@@ -167,7 +169,7 @@ impl RedisStore {
             connected_before: AtomicBool::new(false),
             journal: Journal::default(),
             reported_down: AtomicBool::new(false),
-            outages: AtomicU64::new(0),
+            settling_until: Mutex::new(None),
             throttle: Throttle::default(),
         });
         if let Err(e) = store.probe_once().await {

@@ -19,9 +19,8 @@ pub struct RedisSettings {
     /// The pools this store will serve, so the health probe checks their slots from the start
     /// (it adds every pool it has served since). Not a config field: filled from the providers.
     pub pools: Vec<String>,
-    /// How long Redis must have answered, after an outage, before "redis is back" is logged:
-    /// a store that flaps meanwhile logs one line when it goes and one when it is back for
-    /// good. Not a config field.
+    /// How long after "redis is back" is logged a flap stays unlogged, so a flapping Redis
+    /// logs one line when it goes and one when it is back. Not a config field.
     pub recovery_settle: Duration,
 }
 
