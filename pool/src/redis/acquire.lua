@@ -96,7 +96,9 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
     visit[i + 1] = ARGV[FP + i]
     own[ARGV[FP + i]] = i
   end
+  local listed = {}
   for _, fp in ipairs(redis.call('ZRANGEBYSCORE', dues, '-inf', sec, 'LIMIT', 0, SWEEP_MAX)) do
+    listed[fp] = true
     if not own[fp] then visit[#visit + 1] = fp end
   end
   for _, fp in ipairs(visit) do
@@ -128,7 +130,7 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
         w = w + 4
       end
       at = oldest + BUCKETS
-    else
+    elseif v[1] or v[2] then
       gone[#gone + 1] = 'n:' .. fp; gone[#gone + 1] = 'o:' .. fp; gone[#gone + 1] = 'f:' .. fp
     end
     if own[fp] then vals[COUNT + own[fp]] = tostring(used) end
@@ -140,7 +142,11 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
         at = math.ceil(until_ms / 1000)
       end
     end
-    if at then redis.call('ZADD', dues, at, fp) else redis.call('ZREM', dues, fp) end
+    if at then
+      redis.call('ZADD', dues, at, fp)
+    elseif listed[fp] or v[1] or v[2] or kind then
+      redis.call('ZREM', dues, fp)
+    end
   end
   if #gone > 0 then redis.call('HDEL', state, unpack(gone)) end
   redis.call('PEXPIRE', dues, STATE_TTL_MS)

@@ -458,3 +458,43 @@ fn operator_actions_last_writer_wins_and_outlive_the_state_hash() {
     );
     assert_eq!(modes(&mut redis.conn), ["ready", "ready"]);
 }
+
+#[test]
+fn a_due_entry_with_nothing_behind_it_is_dropped_not_swept_forever() {
+    let mut redis = Server::start();
+    let scripts = Scripts::new();
+    load(&mut redis, &scripts);
+    let spec = spec(Strategy::LeastLoaded, 100, 2);
+    let prepared = Prepared::new(&spec, &scripts);
+    let _: i64 = prepared.acquire(0, &[]).query(&mut redis.conn).unwrap();
+    // A key nobody counts any more is listed as due (its state went, its entry stayed).
+    let _: i64 = redis::cmd("ZADD")
+        .arg("keyrelay:{lua}:due")
+        .arg(1)
+        .arg("0123456789ab")
+        .query(&mut redis.conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("keyrelay:{lua}:state")
+        .arg("x")
+        .arg(1)
+        .query(&mut redis.conn)
+        .unwrap();
+    let _: i64 = prepared.acquire(1, &[]).query(&mut redis.conn).unwrap();
+    let score: Option<String> = redis::cmd("ZSCORE")
+        .arg("keyrelay:{lua}:due")
+        .arg("0123456789ab")
+        .query(&mut redis.conn)
+        .unwrap();
+    assert_eq!(score, None);
+    // x is the next real due again: a key's first bucket leaving the window.
+    let x: u64 = hget(&mut redis.conn, "keyrelay:{lua}:state", "x")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 59..=now + 62).contains(&x), "x {x}, now {now}");
+}
