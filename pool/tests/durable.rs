@@ -319,3 +319,42 @@ async fn two_key_sets_on_one_pool_name_both_serve_and_the_stale_entries_go() {
     assert_eq!(used(&a.status(&mine).await), [1, 1]);
     assert_eq!((a.errors(), b.errors()), (0, 0));
 }
+
+#[tokio::test]
+async fn a_disable_taken_elsewhere_holds_here_through_a_later_outage() {
+    let mut redis = RedisServer::start().await;
+    let a = redis_store(&redis, |_| {}).await;
+    let b = redis_store(&redis, |s| s.sync_interval = ms(50)).await;
+    let s = spec("later", 3);
+    picks(&[&a, &b], &s, 1).await;
+    assert_eq!(a.act(&s, 2, KeyAction::Disable).await, StoreState::Shared);
+    // b's memory learns it in the background, while Redis serves.
+    let deadline = Instant::now() + DEADLINE;
+    while b.fallback_status(&s)[2].mode != KeyMode::Disabled {
+        assert!(
+            Instant::now() < deadline,
+            "b's memory never learnt the disable"
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+    // Redis goes away: b serves from its memory, and still never uses key 2.
+    redis.kill();
+    assert!(!picks(&[&b], &s, 9).await.contains(&2));
+    assert_eq!(b.state(), StoreState::Degraded);
+    assert_eq!(modes(&b.status(&s).await), ["ready", "ready", "disabled"]);
+    // An enable taken elsewhere reaches b's memory the same way.
+    redis.restart().await;
+    assert_eq!(a.act(&s, 2, KeyAction::Enable).await, StoreState::Degraded);
+    until_shared_and(&[&a, &b], &s, "key 2 enabled", |st| {
+        st[2].mode == KeyMode::Ready
+    })
+    .await;
+    let deadline = Instant::now() + DEADLINE;
+    while b.fallback_status(&s)[2].mode != KeyMode::Ready {
+        assert!(
+            Instant::now() < deadline,
+            "b's memory never learnt the enable"
+        );
+        tokio::time::sleep(ms(10)).await;
+    }
+}

@@ -114,6 +114,8 @@ pub(super) struct Prepared {
     pub(super) pool: String,
     pub(super) keys: PoolKeys,
     fingerprints: Vec<String>,
+    /// A copy of the spec, for work done outside a caller's call (syncing disables).
+    pub(super) spec: PoolSpec,
 }
 
 impl Prepared {
@@ -144,6 +146,12 @@ impl Prepared {
             pool: spec.name.clone(),
             keys,
             fingerprints,
+            spec: PoolSpec {
+                name: spec.name.clone(),
+                keys: spec.keys.clone(),
+                strategy: spec.strategy,
+                generation: spec.generation,
+            },
         }
     }
 
@@ -253,6 +261,19 @@ impl PreparedCache {
         let p = Arc::new(Prepared::new(spec, scripts));
         map.insert(spec.generation, p.clone());
         p
+    }
+
+    /// The newest spec served of each pool.
+    pub(super) fn latest(&self) -> Vec<Arc<Prepared>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut newest: HashMap<&str, &Arc<Prepared>> = HashMap::new();
+        for p in map.values() {
+            let slot = newest.entry(p.pool.as_str()).or_insert(p);
+            if slot.spec.generation < p.spec.generation {
+                *slot = p;
+            }
+        }
+        newest.into_values().cloned().collect()
     }
 
     /// The names of the pools served lately (the specs in the cache), each once.

@@ -202,16 +202,27 @@ impl RedisStore {
     }
 }
 
-/// While the store lives: sleep until it degrades, then probe with growing backoff until
-/// Redis answers.
+/// While the store lives: sleep until it degrades (syncing disables into local memory every
+/// sync interval), then probe with growing backoff until Redis answers.
 pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     loop {
         let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else {
             return;
         };
         if !degraded {
-            // A wake sent before this wait is kept as a permit, so none is lost.
-            wake.notified().await;
+            // A wake sent before this wait is kept as a permit, so none is lost. Meanwhile,
+            // every sync interval, this process's memory learns the shared disables.
+            let every = store
+                .upgrade()
+                .map_or(Duration::from_secs(1), |s| s.settings.sync_interval)
+                .max(Duration::from_millis(10));
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(every) => {
+                    let Some(s) = store.upgrade() else { return };
+                    s.sync_disables().await;
+                }
+            }
             continue;
         }
         probe_until_back(&store).await;

@@ -24,7 +24,9 @@
 //! kept (`actions.rs`) and written again each time Redis comes back, so a Redis that returns
 //! without its data gets it back from any instance that took it; a reset that did not reach
 //! Redis is written once when it returns. `Store::act` answers `Shared` once Redis has it,
-//! `Degraded` while it waits.
+//! `Degraded` while it waits. While Redis serves, each instance reads the operator hash every
+//! `sync_interval` (2 s; one HGETALL per pool) into its own memory, so in a later outage it
+//! keeps honouring the disables taken on other instances.
 //!
 //! # Other key sets on one pool name
 //! Instances with different keys may share a pool name (a rolling reload, two deployments on

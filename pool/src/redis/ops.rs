@@ -6,12 +6,20 @@ use super::command::{act_cmd, MarkAction};
 use super::marks::mode_of;
 use super::RedisStore;
 use crate::store::{
-    Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+    Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
 };
+use deadpool_redis::redis;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl RedisStore {
+    /// Every key's state in this process's memory: what this instance serves from while
+    /// Redis is away.
+    pub fn fallback_status(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
+        self.local.status_now(spec)
+    }
+
     async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
         let prepared = self.prepared.get(spec, &self.scripts);
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +102,35 @@ impl RedisStore {
         for act in self.journal.to_write() {
             if !self.write_action(&act).await {
                 return;
+            }
+        }
+    }
+
+    /// Bring this process's memory in line with the disables and enables in Redis (one
+    /// HGETALL per pool), so that when Redis goes away this instance keeps honouring the
+    /// disables taken on other instances.
+    pub(super) async fn sync_disables(&self) {
+        for prepared in self.prepared.latest() {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(&prepared.keys.ops);
+            let Some(ops) = self
+                .run::<HashMap<String, String>>(&cmd, &self.scripts.status)
+                .await
+            else {
+                return;
+            };
+            let spec = &prepared.spec;
+            let local = self.local.status_now(spec);
+            for (index, key) in spec.keys.iter().enumerate() {
+                let here = local.get(index).map(|s| s.mode == KeyMode::Disabled);
+                let action = match ops.get(&key.fingerprint).map(String::as_str) {
+                    Some(v) if v.ends_with("|disabled") && here == Some(false) => {
+                        KeyAction::Disable
+                    }
+                    Some(v) if v.ends_with("|enabled") && here == Some(true) => KeyAction::Enable,
+                    _ => continue,
+                };
+                self.local.act_now(spec, index, action);
             }
         }
     }

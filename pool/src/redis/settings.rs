@@ -22,6 +22,10 @@ pub struct RedisSettings {
     /// How long after "redis is back" is logged a flap stays unlogged, so a flapping Redis
     /// logs one line when it goes and one when it is back. Not a config field.
     pub recovery_settle: Duration,
+    /// While shared, how often this process's memory is brought in line with the disables in
+    /// Redis, so that in an outage it honours those taken on other instances. Not a config
+    /// field.
+    pub sync_interval: Duration,
 }
 
 impl Default for RedisSettings {
@@ -35,6 +39,7 @@ impl Default for RedisSettings {
             instances: 1,
             pools: Vec::new(),
             recovery_settle: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(2),
         }
     }
 }
