@@ -48,6 +48,8 @@ struct Entries {
     held: HashMap<(PoolKeys, String), Action>,
     /// Resets that did not reach Redis yet: written once.
     resets: HashMap<(PoolKeys, String), Action>,
+    /// Bumped by every action kept, so a writer sees one that came after its snapshot.
+    version: u64,
 }
 
 impl Journal {
@@ -57,6 +59,7 @@ impl Journal {
             return;
         }
         let mut e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        e.version += 1;
         let slot = e
             .held
             .entry(action.slot())
@@ -69,6 +72,7 @@ impl Journal {
     /// Queue a reset that did not reach Redis (the newer of it and one queued for its key).
     pub(super) fn queue_reset(&self, action: &Action) {
         let mut e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        e.version += 1;
         let slot = e
             .resets
             .entry(action.slot())
@@ -78,12 +82,21 @@ impl Journal {
         }
     }
 
-    /// Every action to write now, oldest first.
-    pub(super) fn to_write(&self) -> Vec<Action> {
+    /// Every action to write now, oldest first, and the journal's version.
+    pub(super) fn to_write(&self) -> (Vec<Action>, u64) {
         let e = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<Action> = e.held.values().chain(e.resets.values()).cloned().collect();
         all.sort_by_key(|a| a.at_ms);
-        all
+        (all, e.version)
+    }
+
+    /// Whether an action was kept after `to_write` answered `version`.
+    pub(super) fn changed_since(&self, version: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version
+            != version
     }
 
     /// `action` reached Redis: a reset is not written again.
@@ -130,8 +143,9 @@ mod tests {
         j.hold(&act("b", KeyAction::Reset, 50));
         j.queue_reset(&act("a", KeyAction::Reset, 30));
         j.queue_reset(&act("a", KeyAction::Reset, 25));
-        let got: Vec<(String, KeyAction, u64)> = j
-            .to_write()
+        let (all, version) = j.to_write();
+        assert!(!j.changed_since(version));
+        let got: Vec<(String, KeyAction, u64)> = all
             .into_iter()
             .map(|a| (a.fingerprint, a.action, a.at_ms))
             .collect();
@@ -151,6 +165,8 @@ mod tests {
         assert_eq!(j.unsent_resets(), 0);
         // Holds are written on every reconnect.
         j.written(&act("a", KeyAction::Disable, 20));
-        assert_eq!(j.to_write().len(), 2);
+        assert_eq!(j.to_write().0.len(), 2);
+        j.hold(&act("c", KeyAction::Disable, 60));
+        assert!(j.changed_since(version));
     }
 }

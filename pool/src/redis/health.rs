@@ -72,6 +72,12 @@ impl RedisStore {
         let conn = tokio::time::timeout(limit, self.open())
             .await
             .map_err(|_| StoreError::Timeout(limit))??;
+        // The journal is written before the store says "shared", so a shared store has
+        // every action this instance answered; one answered meanwhile is written just after.
+        let mut written = None;
+        if self.is_degraded() {
+            written = Some(self.write_journal(&conn).await?);
+        }
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         if self.degraded.swap(false, Ordering::AcqRel) {
             let first = !self.connected_before.swap(true, Ordering::AcqRel);
@@ -85,6 +91,8 @@ impl RedisStore {
             } else if first {
                 tracing::info!("pool state shared through redis");
             }
+        }
+        if written.is_some_and(|version| self.journal.changed_since(version)) {
             self.replay_actions().await;
         }
         Ok(())
@@ -164,7 +172,23 @@ impl RedisStore {
         cmd: &Cmd,
         script: &Script,
     ) -> Option<T> {
-        let mut conn = self.live()?;
+        let conn = self.live()?;
+        match self.run_on(conn, cmd, script).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(&e);
+                None
+            }
+        }
+    }
+
+    /// Run `cmd` on `conn` within the command timeout, loading `script` on NOSCRIPT.
+    pub(super) async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        mut conn: Conn,
+        cmd: &Cmd,
+        script: &Script,
+    ) -> Result<T, StoreError> {
         let call = async {
             match conn.query::<T>(cmd).await {
                 Err(e)
@@ -178,15 +202,9 @@ impl RedisStore {
         };
         let limit = self.settings.command_timeout;
         match tokio::time::timeout(limit, call).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.fail(&StoreError::Command(e));
-                None
-            }
-            Err(_) => {
-                self.fail(&StoreError::Timeout(limit));
-                None
-            }
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Command(e)),
+            Err(_) => Err(StoreError::Timeout(limit)),
         }
     }
 

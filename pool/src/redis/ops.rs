@@ -3,8 +3,9 @@
 
 use super::actions::Action;
 use super::command::{act_cmd, MarkAction};
+use super::conn::Conn;
 use super::marks::mode_of;
-use super::RedisStore;
+use super::{RedisStore, StoreError};
 use crate::store::{
     Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
 };
@@ -96,10 +97,23 @@ impl RedisStore {
         }
     }
 
-    /// Write every journalled action (oldest first), after Redis came back; stops at the
+    /// Write every journalled action (oldest first) on `conn`, before the store leaves
+    /// degraded; answers the journal's version written.
+    pub(super) async fn write_journal(&self, conn: &Conn) -> Result<u64, StoreError> {
+        let (actions, version) = self.journal.to_write();
+        let script = &self.scripts.act;
+        for act in actions {
+            let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
+            let _: i64 = self.run_on(conn.clone(), &cmd, script).await?;
+            self.journal.written(&act);
+        }
+        Ok(version)
+    }
+
+    /// Write every journalled action (oldest first) on the live connection; stops at the
     /// first failure (the store is degraded again, and the rest waits for the next return).
     pub(super) async fn replay_actions(&self) {
-        for act in self.journal.to_write() {
+        for act in self.journal.to_write().0 {
             if !self.write_action(&act).await {
                 return;
             }
