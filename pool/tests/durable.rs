@@ -148,6 +148,13 @@ async fn a_disable_outlives_the_state_hash() {
     assert_eq!((a.errors(), b.errors()), (0, 0));
 }
 
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
 /// Wait until the wall clock has moved past `ms`.
 async fn past(ms_then: u128) {
     while SystemTime::now()
@@ -174,12 +181,9 @@ async fn an_older_queued_action_never_overrides_a_newer_one() {
     picks(&[&a, &b], &s, 1).await;
 
     redis.kill();
-    let t1 = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
     assert_eq!(a.act(&s, 0, KeyAction::Disable).await, StoreState::Degraded);
-    past(t1).await;
+    // Actions are stamped in whole ms (ties go to the later write): make b's later than a's.
+    past(now_ms()).await;
     assert_eq!(b.act(&s, 0, KeyAction::Enable).await, StoreState::Degraded);
     redis.restart().await;
     // b is back first and writes its enable; then a writes its older disable.
@@ -199,12 +203,8 @@ async fn an_older_queued_action_never_overrides_a_newer_one() {
     assert!(picks(&[&a, &b], &s, 2).await.contains(&0));
 
     // The other way round: a newer disable queued on a wins over an older enable in Redis.
-    let t2 = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
     assert_eq!(b.act(&s, 1, KeyAction::Enable).await, StoreState::Shared);
-    past(t2).await;
+    past(now_ms()).await;
     redis.kill();
     assert_eq!(a.act(&s, 1, KeyAction::Disable).await, StoreState::Degraded);
     redis.restart().await;
