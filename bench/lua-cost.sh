@@ -18,8 +18,8 @@
 #
 # Measured here (Redis 7.0.15): 70.7k before common.lua and the fingerprint run (d9993bc),
 # 76.0k-76.7k after (+7.5% to +8.1%, over several runs; a run repeats within ~0.5%). With the
-# due set and the operator hash as KEYS 3 and 4 (issue 13): 79.2k, from 76.6k in the same
-# session (+3.5%).
+# due set and the operator hash as KEYS 3 and 4 (issue 13): 78.9k-79.7k, against 76.3k-76.6k
+# for e47d091 in the same runs (+3.4% to +4.1%, three runs).
 #
 # With BASELINE_REV (a git revision that has this script), the same is measured for that
 # revision's Lua files with that revision's copy of this script (which knows its ARGV layout),
