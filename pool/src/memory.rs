@@ -2,7 +2,9 @@
 
 use crate::select::{choose, scan_start, uniform, Candidate, Strategy};
 use crate::state::{Clock, KeyState, Now};
-use crate::store::{Acquire, KeyAction, KeyStatus, PoolSpec, Report, Store, StoreFuture};
+use crate::store::{
+    Acquire, KeyAction, KeyStatus, PoolSpec, Report, Store, StoreFuture, StoreState,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -235,9 +237,9 @@ impl Store for MemoryStore {
         pool: &'a PoolSpec,
         index: usize,
         action: KeyAction,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, StoreState> {
         self.act_now(pool, index, action);
-        Box::pin(std::future::ready(()))
+        Box::pin(std::future::ready(StoreState::Embedded))
     }
 }
 

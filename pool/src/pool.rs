@@ -7,7 +7,7 @@ use crate::key::{Account, Key};
 use crate::observed::{Observed, Quota};
 use crate::outcome::{classify, Outcome};
 use crate::refusals::Refusals;
-use crate::store::{Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store};
+use crate::store::{Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store, StoreState};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -361,9 +361,9 @@ impl Pool {
         self.held.get(index).map_or((None, None), |h| h.quota.get())
     }
 
-    /// An operator's action on key `index`.
-    pub async fn act(&self, index: usize, action: KeyAction) {
-        self.store.act(&self.spec, index, action).await;
+    /// An operator's action on key `index`; answers where it is kept (see [`Store::act`]).
+    pub async fn act(&self, index: usize, action: KeyAction) -> StoreState {
+        self.store.act(&self.spec, index, action).await
     }
 
     pub async fn status(&self) -> Vec<KeyStatus> {

@@ -160,13 +160,17 @@ pub trait Store: Send + Sync {
     /// Every key's current state.
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>>;
 
-    /// Apply an operator's action to key `index` (on every instance, for a shared store).
+    /// Apply an operator's action to key `index`: at once on this instance and, for a shared
+    /// store, on every instance. Answers where the action is kept now: `Embedded` (this
+    /// process is the store), `Shared` (written to the shared store: every instance sees it),
+    /// or `Degraded` (the shared store is away: applied here and queued; written when the
+    /// store is back, unless a newer action on the key was written meanwhile).
     fn act<'a>(
         &'a self,
         pool: &'a PoolSpec,
         index: usize,
         action: KeyAction,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, StoreState>;
 
     /// Failed or timed-out store commands since start.
     fn errors(&self) -> u64 {

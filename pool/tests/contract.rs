@@ -12,7 +12,7 @@
 //! | clock and window seconds | tokio's clock, so paused time drives it; whole seconds counted from the store's creation | Redis's `TIME`; whole Unix seconds | `window_seconds_*` |
 //! | precision of a `Wait` | exact | whole milliseconds (a mark's period is truncated to whole ms), at least 1 ms | `wait_precision_*` |
 //! | share of each limit | `with_share(n)` enforces `rpm / n` (at least 1): an instance's part while a shared store is away | the whole `rpm`, one count for every instance; `instances` applies only to its local fallback while Redis is away | `limit_share_*` |
-//! | a key a reload removed, added back by a later one | starts afresh: the store keeps only the current spec's keys | keeps its count and mark: state is stored by fingerprint, for the hash's TTL (a day) | `readded_key_*` |
+//! | a key a reload removed, added back by a later one | starts afresh: the store keeps only the current spec's keys | keeps its mark, its total, and its count while its requests are in the window: state is stored by fingerprint (what has left the window is swept by any instance, whatever its keys: `pool/tests/durable.rs`) | `readded_key_*` |
 //! | a mark's reason in `status` | as given | one of `rate_limited`, `unauthorized`, `manual`; any other reads back as `other` | `mark_reason_*` |
 //!
 //! The same in both, and tested by the shared scenarios: the window (per-second buckets; a

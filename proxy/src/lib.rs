@@ -96,7 +96,10 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, StartError> 
     Ok(match &config.store {
         None => Arc::new(MemoryStore::new()),
         Some(s) => {
-            let store = RedisStore::connect(&s.target, s.settings.clone())
+            // The probe checks the pools' own Redis slots from the start.
+            let mut settings = s.settings.clone();
+            settings.pools = config.providers.iter().map(|p| p.name.clone()).collect();
+            let store = RedisStore::connect(&s.target, settings)
                 .await
                 .map_err(StartError::Store)?;
             store

@@ -4,6 +4,8 @@
 --
 -- KEYS[1]  the pool's state hash    keyrelay:{<pool>}:state
 -- KEYS[2]  the pool's bucket hash   keyrelay:{<pool>}:b
+-- KEYS[3]  the pool's due set       keyrelay:{<pool>}:due
+-- KEYS[4]  the pool's operator hash keyrelay:{<pool>}:ops  (read only to restore disables)
 --
 -- ARGV, for n keys (key i = 0 .. n-1, in the pool's order):
 --   [1]                strategy: rr | lc | ll | w (below)
@@ -35,14 +37,17 @@
 -- from ARGV), one HINCRBY of the bucket and one of the count; it builds no table, converts no
 -- number, compares counts as decimal strings (shorter is smaller; digit strings of one length
 -- order the same under any collation) and answers with a single number. Marks are read only
--- while `mk` says one may be in force. All of it: ~76k instructions per call, of which ~4k
+-- while `mk` says one may be in force. All of it: ~79k instructions per call (76.6k before the
+-- due set and operator hash became KEYS 3 and 4, passed but not touched here), of which ~4k
 -- are common.lua's functions (Lua 5.1 makes every function anew on each call) and ~1k the
 -- fingerprint run. The rest is paid rarely: moving expired buckets out of the counts (once a
 -- second for the whole pool, when `x` is due) and finding when a full key frees up (once per
 -- full period, kept in `f:<fp>`). Those rare paths are written inline, not as functions, for
 -- the same reason.
 
-local state, buckets = KEYS[1], KEYS[2]
+local state, buckets, dues, ops = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Keys other key sets count, visited per call at most (see the sweep below).
+local SWEEP_MAX = 16
 local strategy, tried = ARGV[1], ARGV[3]
 local rr = strategy == 'rr'
 local by_share = strategy == 'll' or strategy == 'w'
@@ -72,21 +77,36 @@ local vals = redis.call('HMGET', state, unpack(ARGV, READ, #ARGV))
 -- writes[1 .. w], field then value.
 local writes, w = nil, 0
 
--- x: the second at which some key's oldest bucket leaves the window ('0' or absent: none),
--- compared as decimal strings. When due, move every key's buckets that have left the window
--- out of its count (into its total), and find the next due.
+-- x: the lowest score in the due set ('0' or absent: none), compared as decimal strings. When
+-- it is due, sweep: look at this spec's keys and at up to SWEEP_MAX other keys the due set says
+-- are due (keys another key set counts on this pool name: a rolling reload, a second
+-- deployment; each entry is visited once its time comes, so every key set's counts are kept by
+-- whichever instance runs). For each, move the buckets that have left the window out of its
+-- count (into its total), drop its count fields once nothing is live and its mark once it has
+-- ended (never a disable), and score it again in the due set (or take it out). Then x is the
+-- due set's lowest score again. The work per call is bounded: n + SWEEP_MAX keys, each at most
+-- BUCKETS bucket names.
 local due = vals[X]
 if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
   sec = tonumber(secs)
+  now = now_ms(time)
   writes = {}
-  local next_due = 0
+  local visit, own, gone = {}, {}, {}
   for i = 0, n - 1 do
-    local fp = ARGV[FP + i]
-    local ot = redis.call('HMGET', state, 'o:' .. fp, 't:' .. fp)
-    local oldest = tonumber(ot[1]) or 0
+    visit[i + 1] = ARGV[FP + i]
+    own[ARGV[FP + i]] = i
+  end
+  local listed = {}
+  for _, fp in ipairs(redis.call('ZRANGEBYSCORE', dues, '-inf', sec, 'LIMIT', 0, SWEEP_MAX)) do
+    listed[fp] = true
+    if not own[fp] then visit[#visit + 1] = fp end
+  end
+  for _, fp in ipairs(visit) do
+    local v = redis.call('HMGET', state, 'n:' .. fp, 'o:' .. fp, 't:' .. fp, 'm:' .. fp)
+    local count, oldest = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+    local used = count
     local names, all = expired(fp, oldest, sec)
     if names then
-      local count = tonumber(vals[COUNT + i]) or 0
       -- All gone: the whole count goes (the bucket hash may have expired already).
       local dropped = count
       if not all then
@@ -96,22 +116,64 @@ if due and due ~= '0' and (#due < #secs or (#due == #secs and due <= secs)) then
         end
       end
       redis.call('HDEL', buckets, unpack(names))
-      local used = math.max(0, count - dropped)
-      -- What is left is in the window, so no older than sec - WINDOW_S.
-      if used > 0 then oldest = sec - WINDOW_S else oldest = 0 end
-      vals[COUNT + i] = tostring(used)
-      writes[w + 1] = ARGV[COUNT_FIELD + i]; writes[w + 2] = used
-      writes[w + 3] = 'o:' .. fp; writes[w + 4] = oldest
-      writes[w + 5] = 't:' .. fp; writes[w + 6] = (tonumber(ot[2]) or 0) + dropped
-      w = w + 6
+      used = math.max(0, count - dropped)
+      writes[w + 1] = 't:' .. fp; writes[w + 2] = (tonumber(v[3]) or 0) + dropped
+      w = w + 2
     end
-    if oldest > 0 and (next_due == 0 or oldest + BUCKETS < next_due) then
-      next_due = oldest + BUCKETS
+    local at = nil -- the second to visit this key again
+    if used > 0 then
+      if names then
+        -- What is left is in the window, so no older than sec - WINDOW_S.
+        oldest = sec - WINDOW_S
+        writes[w + 1] = 'n:' .. fp; writes[w + 2] = used
+        writes[w + 3] = 'o:' .. fp; writes[w + 4] = oldest
+        w = w + 4
+      end
+      at = oldest + BUCKETS
+    elseif v[1] or v[2] then
+      gone[#gone + 1] = 'n:' .. fp; gone[#gone + 1] = 'o:' .. fp; gone[#gone + 1] = 'f:' .. fp
+    end
+    if own[fp] then vals[COUNT + own[fp]] = tostring(used) end
+    local until_ms, kind = parse_mark(v[4])
+    if kind and kind ~= 'disabled' then
+      if until_ms <= now then
+        gone[#gone + 1] = 'm:' .. fp
+      elseif not at then
+        at = math.ceil(until_ms / 1000)
+      end
+    end
+    if at then
+      redis.call('ZADD', dues, at, fp)
+    elseif listed[fp] or v[1] or v[2] or kind then
+      redis.call('ZREM', dues, fp)
     end
   end
-  due = next_due
+  if #gone > 0 then redis.call('HDEL', state, unpack(gone)) end
+  redis.call('PEXPIRE', dues, STATE_TTL_MS)
+  due = redis.call('ZRANGE', dues, 0, 0, 'WITHSCORES')[2] or '0'
   writes[w + 1] = 'x'; writes[w + 2] = due
   w = w + 2
+end
+
+-- op: whether the state hash mirrors the operator hash's disables (act.lua). A state hash that
+-- expired (a day with no new bucket) lost the mirror with everything else; it is rebuilt on
+-- the first call that finds no key counted (x absent or 0, as in every new state hash), before
+-- any key is picked.
+if (not due or due == '0') and not redis.call('HGET', state, 'op') then
+  local acts = redis.call('HGETALL', ops)
+  local set = {'op', '1'}
+  for k = 1, #acts, 2 do
+    local at, act = string.match(acts[k + 1], '^(%d+)|(%a+)$')
+    if act == 'disabled' then
+      set[#set + 1] = 'm:' .. acts[k]; set[#set + 1] = '0|disabled|' .. at .. '|manual'
+    end
+  end
+  if #set > 2 then
+    set[#set + 1] = 'mk'; set[#set + 1] = FOREVER
+    vals[MK] = FOREVER
+  end
+  redis.call('HSET', state, unpack(set))
+  keep(state, STATE_TTL_MS)
 end
 
 -- mk: no mark ends later than this (ms; a disable counts as never). mark.lua raises it; here
@@ -247,6 +309,8 @@ if first or rr or w > 0 then
       writes[w + 1] = 'x'; writes[w + 2] = sec + BUCKETS
       w = w + 2
     end
+    redis.call('ZADD', dues, sec + BUCKETS, fp)
+    redis.call('PEXPIRE', dues, STATE_TTL_MS)
   end
   if rr then
     writes[w + 1] = 'rr'; writes[w + 2] = (best + 1) % n

@@ -1,10 +1,10 @@
-//! The store's Redis commands: the three scripts, each built once with `common.lua` in front,
+//! The store's Redis commands: the four scripts, each built once with `common.lua` in front,
 //! and per pool spec the fixed part of every script call, so an attempt only appends its own
 //! arguments. The argument layouts are drawn at the top of each script.
 
 use crate::key::Key;
 use crate::select::Strategy;
-use crate::store::PoolSpec;
+use crate::store::{KeyAction, PoolSpec};
 use deadpool_redis::redis::{self, Cmd, Script};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +17,7 @@ const COMMON: &str = include_str!("common.lua");
 pub(super) struct Scripts {
     pub(super) acquire: Script,
     pub(super) mark: Script,
+    pub(super) act: Script,
     pub(super) status: Script,
 }
 
@@ -26,23 +27,21 @@ impl Scripts {
         Scripts {
             acquire: build(include_str!("acquire.lua")),
             mark: build(include_str!("mark.lua")),
+            act: build(include_str!("act.lua")),
             status: build(include_str!("status.lua")),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 3] {
-        [&self.acquire, &self.mark, &self.status]
+    pub(super) fn all(&self) -> [&Script; 4] {
+        [&self.acquire, &self.mark, &self.act, &self.status]
     }
 }
 
-/// What mark.lua does to a key's mark.
+/// The mark mark.lua puts on a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum MarkAction {
     Cooling,
     Quarantined,
-    Disabled,
-    Enable,
-    Reset,
 }
 
 impl MarkAction {
@@ -50,11 +49,58 @@ impl MarkAction {
         match self {
             MarkAction::Cooling => "cooling",
             MarkAction::Quarantined => "quarantined",
-            MarkAction::Disabled => "disabled",
-            MarkAction::Enable => "enable",
-            MarkAction::Reset => "reset",
         }
     }
+}
+
+/// An operator's action as act.lua names it.
+pub(super) fn act_name(action: KeyAction) -> &'static str {
+    match action {
+        KeyAction::Disable => "disable",
+        KeyAction::Enable => "enable",
+        KeyAction::Reset => "reset",
+    }
+}
+
+/// A pool's Redis keys, all under its hash tag (one Cluster slot).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct PoolKeys {
+    pub(super) state: String,
+    pub(super) buckets: String,
+    pub(super) due: String,
+    pub(super) ops: String,
+}
+
+impl PoolKeys {
+    pub(super) fn new(pool: &str) -> PoolKeys {
+        let base = format!("keyrelay:{{{pool}}}:");
+        PoolKeys {
+            state: format!("{base}state"),
+            buckets: format!("{base}b"),
+            due: format!("{base}due"),
+            ops: format!("{base}ops"),
+        }
+    }
+}
+
+/// The act.lua call applying `action` to the key with fingerprint `fp`, taken at `at_ms`
+/// (Unix ms on this instance's clock).
+pub(super) fn act_cmd(
+    script: &Script,
+    keys: &PoolKeys,
+    fp: &str,
+    action: KeyAction,
+    at_ms: u64,
+) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(2)
+        .arg(&keys.state)
+        .arg(&keys.ops)
+        .arg(fp)
+        .arg(act_name(action))
+        .arg(at_ms);
+    cmd
 }
 
 /// A pool's Redis keys and the fixed part of its script calls, built once per spec.
@@ -65,35 +111,53 @@ pub(super) struct Prepared {
     /// weights, then the state fields acquire.lua reads.
     acquire_tail: Vec<String>,
     status: Cmd,
-    state: String,
+    pub(super) pool: String,
+    pub(super) keys: PoolKeys,
     fingerprints: Vec<String>,
+    /// A copy of the spec, for work done outside a caller's call (syncing disables).
+    pub(super) spec: PoolSpec,
 }
 
 impl Prepared {
     pub(super) fn new(spec: &PoolSpec, scripts: &Scripts) -> Prepared {
-        let base = format!("keyrelay:{{{}}}:", spec.name);
-        let keys = [format!("{base}state"), format!("{base}b")];
+        let keys = PoolKeys::new(&spec.name);
         let fingerprints: Vec<String> = spec.keys.iter().map(|k| k.fingerprint.clone()).collect();
         let mut acquire_head = redis::cmd("EVALSHA");
         acquire_head
             .arg(scripts.acquire.get_hash())
-            .arg(keys.len())
-            .arg(&keys)
+            .arg(4)
+            .arg(&keys.state)
+            .arg(&keys.buckets)
+            .arg(&keys.due)
+            .arg(&keys.ops)
             .arg(strategy_code(spec));
         let mut status = redis::cmd("EVALSHA");
         status
             .arg(scripts.status.get_hash())
-            .arg(keys.len())
-            .arg(&keys)
+            .arg(3)
+            .arg(&keys.state)
+            .arg(&keys.buckets)
+            .arg(&keys.ops)
             .arg(&fingerprints);
-        let [state, _] = keys;
         Prepared {
             acquire_head,
             acquire_tail: acquire_tail(spec),
             status,
-            state,
+            pool: spec.name.clone(),
+            keys,
             fingerprints,
+            spec: PoolSpec {
+                name: spec.name.clone(),
+                keys: spec.keys.clone(),
+                strategy: spec.strategy,
+                generation: spec.generation,
+            },
         }
+    }
+
+    /// Key `index`'s fingerprint.
+    pub(super) fn fingerprint(&self, index: usize) -> Option<&str> {
+        self.fingerprints.get(index).map(String::as_str)
     }
 
     /// One attempt's acquire call: the `call`-th of this store, skipping the `tried` keys.
@@ -122,7 +186,7 @@ impl Prepared {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash())
             .arg(1)
-            .arg(&self.state)
+            .arg(&self.keys.state)
             .arg(fp)
             .arg(action.as_str())
             .arg(reason)
@@ -197,6 +261,28 @@ impl PreparedCache {
         let p = Arc::new(Prepared::new(spec, scripts));
         map.insert(spec.generation, p.clone());
         p
+    }
+
+    /// The newest spec served of each pool.
+    pub(super) fn latest(&self) -> Vec<Arc<Prepared>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut newest: HashMap<&str, &Arc<Prepared>> = HashMap::new();
+        for p in map.values() {
+            let slot = newest.entry(p.pool.as_str()).or_insert(p);
+            if slot.spec.generation < p.spec.generation {
+                *slot = p;
+            }
+        }
+        newest.into_values().cloned().collect()
+    }
+
+    /// The names of the pools served lately (the specs in the cache), each once.
+    pub(super) fn pools(&self) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<String> = map.values().map(|p| p.pool.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 }
 

@@ -1,4 +1,8 @@
 //! Tests of the prepared script calls: the argument layouts the scripts draw at their tops.
+#![allow(
+    clippy::too_many_lines,
+    reason = "each test is one scenario, read top to bottom"
+)]
 
 use super::*;
 use crate::key::Secret;
@@ -36,9 +40,11 @@ fn acquire_carries_the_fingerprints_as_their_own_run() {
     let mut want = vec![
         "EVALSHA".to_owned(),
         scripts.acquire.get_hash().to_owned(),
-        "2".into(),
+        "4".into(),
         "keyrelay:{p}:state".into(),
         "keyrelay:{p}:b".into(),
+        "keyrelay:{p}:due".into(),
+        "keyrelay:{p}:ops".into(),
         // Same rpm everywhere: least count. 7 % 3 keys; keys 0 and 2 tried.
         "lc".into(),
         "1".into(),
@@ -60,7 +66,7 @@ fn weighted_and_round_robin_add_their_runs() {
     tail.extend(fp.iter().cloned());
     tail.extend(["10", "20", "1", "3", "x", "mk"].map(String::from));
     tail.extend(fp.iter().map(|f| format!("n:{f}")));
-    assert_eq!(args(&cmd)[5..], tail[..]);
+    assert_eq!(args(&cmd)[7..], tail[..]);
 
     let rr = spec(Strategy::RoundRobin, &[(10, 1), (20, 1)]);
     let fp = fps(&rr);
@@ -69,17 +75,17 @@ fn weighted_and_round_robin_add_their_runs() {
     tail.extend(fp.iter().cloned());
     tail.extend(["10", "20", "x", "mk", "rr"].map(String::from));
     tail.extend(fp.iter().map(|f| format!("n:{f}")));
-    assert_eq!(args(&cmd)[5..], tail[..]);
+    assert_eq!(args(&cmd)[7..], tail[..]);
 }
 
 #[test]
 fn different_limits_are_compared_by_share() {
     let scripts = Scripts::new();
     let ll = spec(Strategy::LeastLoaded, &[(10, 1), (20, 1)]);
-    assert_eq!(args(&Prepared::new(&ll, &scripts).acquire(0, &[]))[5], "ll");
+    assert_eq!(args(&Prepared::new(&ll, &scripts).acquire(0, &[]))[7], "ll");
     let same_weight = spec(Strategy::Weighted, &[(10, 2), (20, 2)]);
     assert_eq!(
-        args(&Prepared::new(&same_weight, &scripts).acquire(0, &[]))[5],
+        args(&Prepared::new(&same_weight, &scripts).acquire(0, &[]))[7],
         "lc"
     );
 }
@@ -114,20 +120,39 @@ fn mark_and_status_name_keys_by_fingerprint() {
         .mark(
             &scripts.mark,
             2,
-            MarkAction::Reset,
-            "manual",
+            MarkAction::Quarantined,
+            "unauthorized",
             Duration::ZERO
         )
         .is_none());
     let mut want = vec![
         "EVALSHA".to_owned(),
         scripts.status.get_hash().to_owned(),
-        "2".into(),
+        "3".into(),
         "keyrelay:{p}:state".into(),
         "keyrelay:{p}:b".into(),
+        "keyrelay:{p}:ops".into(),
     ];
-    want.extend(fp);
+    want.extend(fp.iter().cloned());
     assert_eq!(args(prepared.status()), want);
+    let act = act_cmd(
+        &scripts.act,
+        &prepared.keys,
+        &fp[0],
+        KeyAction::Disable,
+        1_700_000_000_123,
+    );
+    let want = [
+        "EVALSHA",
+        scripts.act.get_hash(),
+        "2",
+        "keyrelay:{p}:state",
+        "keyrelay:{p}:ops",
+        &fp[0],
+        "disable",
+        "1700000000123",
+    ];
+    assert_eq!(args(&act), want);
 }
 
 #[test]
@@ -137,6 +162,7 @@ fn every_script_starts_with_the_common_part() {
     let bodies = [
         include_str!("acquire.lua"),
         include_str!("mark.lua"),
+        include_str!("act.lua"),
         include_str!("status.lua"),
     ];
     for (hash, body) in hashes.iter().zip(bodies) {

@@ -47,14 +47,18 @@ local function expired(fp, oldest, sec)
   return names, oldest + WINDOW_S + BUCKETS <= sec
 end
 
--- A key's mark, kept in state field `m:<fp>` as `<until_ms>|<kind>|<reason>`: kind cooling or
--- quarantined until until_ms, or disabled (until_ms 0: until enabled). Returns until_ms (a
--- number), kind and reason; nothing for no mark (HGET answers false).
+-- A key's mark, kept in state field `m:<fp>` as `<until_ms>|<kind>|<since_ms>|<reason>`: kind
+-- cooling or quarantined until until_ms, or disabled (until_ms 0: until enabled); since_ms is
+-- when it was set, so an operator's reset only clears marks older than itself (a mark written
+-- before since_ms existed, `<until_ms>|<kind>|<reason>`, reads as set at 0). Returns until_ms
+-- (a number), kind, reason and since_ms (a number); nothing for no mark (HGET answers false).
 local function parse_mark(text)
   if not text then return nil end
-  local until_ms, kind, reason = string.match(text, '^(%d+)|(%a+)|(.*)$')
+  local until_ms, kind, rest = string.match(text, '^(%d+)|(%a+)|(.*)$')
   if not kind then return nil end
-  return tonumber(until_ms), kind, reason
+  local since, reason = string.match(rest, '^(%d+)|(.*)$')
+  if since then return tonumber(until_ms), kind, reason, tonumber(since) end
+  return tonumber(until_ms), kind, rest, 0
 end
 
 -- Make `key` live at least `ms` more; a longer TTL (a mark's) is kept.

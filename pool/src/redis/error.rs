@@ -26,6 +26,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The kind of failure, as a fixed word (for holding back repeated warnings).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Config(_) => "config",
+            StoreError::Connect(_) => "connect",
+            StoreError::Command(_) => "command",
+            StoreError::Timeout(_) => "timeout",
+        }
+    }
+
     /// A configuration error from a library's error, its text described.
     pub(super) fn config(e: &impl std::fmt::Display) -> StoreError {
         StoreError::Config(describe(&e.to_string()))

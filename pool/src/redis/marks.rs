@@ -1,14 +1,22 @@
-//! Reading a key's mark as status.lua returns it (`<until_ms>|<kind>|<reason>`) into a mode.
+//! Reading a key's mark as status.lua returns it (`<until_ms>|<kind>|<since_ms>|<reason>`, or
+//! from before `since_ms` was stored, `<until_ms>|<kind>|<reason>`) into a mode.
 
 use crate::store::KeyMode;
 use std::time::Duration;
 
-/// A mark as stored, `<until_ms>|<kind>|<reason>`, with `left_ms` still to run. No mark (``),
+/// A mark as stored, `<until_ms>|<kind>|<since_ms>|<reason>`, with `left_ms` still to run. No mark (``),
 /// one that has run out, and anything unreadable read as ready; reasons outside the known set
 /// read as `other`, so a label never carries free text.
 pub(super) fn mode_of(mark: &str, left_ms: u64) -> KeyMode {
     let mut parts = mark.splitn(3, '|');
-    let (_, kind, reason) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let (_, kind, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    // The since_ms part, when there is one, is digits before the reason.
+    let reason = match rest.split_once('|') {
+        Some((since, reason)) if !since.is_empty() && since.bytes().all(|b| b.is_ascii_digit()) => {
+            reason
+        }
+        _ => rest,
+    };
     let reason: &'static str = match reason {
         "rate_limited" => "rate_limited",
         "unauthorized" => "unauthorized",
@@ -46,6 +54,18 @@ mod tests {
         );
         // A disable has no end: it holds whatever the time left says.
         assert_eq!(mode_of("0|disabled|manual", 0), KeyMode::Disabled);
+        assert_eq!(
+            mode_of("0|disabled|1700000000000|manual", 0),
+            KeyMode::Disabled
+        );
+        // With the time it was set, as mark.lua writes it now.
+        assert_eq!(
+            mode_of("1700000030000|cooling|1700000000000|rate_limited", 30_000),
+            KeyMode::Cooling {
+                remaining: Duration::from_secs(30),
+                reason: "rate_limited"
+            }
+        );
     }
 
     #[test]

@@ -3,13 +3,38 @@
 //!
 //! # Data model
 //! Every key lives under `keyrelay:{<pool>}:`; the braces are a Cluster hash tag, so one pool's
-//! keys share a slot and each script touches a single node. Every key carries a TTL.
+//! keys share a slot and each script touches a single node. Every key but the operator hash
+//! carries a TTL.
 //!
 //! | key                   | type | holds                                                     | TTL   |
 //! |-----------------------|------|-----------------------------------------------------------|-------|
-//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the second when the next bucket leaves the window; `mk`: no mark ends later than this (ms; a disable counts as never), so the marks are read only while one may be in force; per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<reason>`; `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms); `t:<fp>` requests counted before the live buckets (the total is `t + n`); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day (`STATE_TTL_MS`), refreshed by each new bucket (longer if a mark needs it) |
+//! | `keyrelay:{p}:state`  | hash | `rr`: the shared round-robin cursor; `x`: the lowest score in the due set (the next second a sweep has work); `mk`: no mark ends later than this (ms; a disable counts as never), so the marks are read only while one may be in force; `op`: the operator hash's disables are mirrored here (absent in a new hash: the first acquire that finds no key counted restores them); per key `<fp>` (fingerprint): `m:<fp>` its mark, `<until_ms>\|<cooling\|quarantined\|disabled>\|<since_ms>\|<reason>` (a disable is the mirror `0\|disabled\|<at_ms>\|manual`); `n:<fp>` requests in its live buckets; `o:<fp>` its oldest live bucket's second; `f:<fp>` when, being full, it frees up (ms) (`n`, `o`, `f` are removed once nothing of the key is live); `t:<fp>` requests counted before the live buckets (the total is `t + n`; kept, so a key added back keeps its total); `_`: a fixed text over 64 bytes, so Redis keeps the hash a hash table (see below) | 1 day (`STATE_TTL_MS`), refreshed by each new bucket (longer if a mark needs it) |
 //! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s (`BUCKET_TTL_MS`), renewed by each new bucket |
-//! | `keyrelay:{probe}:alive` | string | written by the health probe                           | 10 s  |
+//! | `keyrelay:{p}:due`    | sorted set | per key with live buckets (of any key set) or a mark in force, its fingerprint, scored by the second it is next due: its oldest bucket leaves the window, or its mark ends | 1 day, renewed by each sweep and each key's first bucket |
+//! | `keyrelay:{p}:ops`    | hash | per key an operator acted on, `<fp>` = `<at_ms>\|disabled` or `<at_ms>\|enabled`: the latest disable or enable, stamped with the acting instance's wall clock (Unix ms). The truth for disables: status reads it, acquire restores the state hash's mirror from it | none: a disable never expires |
+//! | `keyrelay:{p}:alive`  | string | written by the health probe, one per pool (configured or served), so with Cluster it checks each pool's own slot (`keyrelay:{probe}:alive` only while no pool is known) | 10 s |
+//!
+//! # Operator actions
+//! A disable, enable or reset is applied to this process's memory at once, then written with
+//! `act.lua`, stamped with this instance's wall clock: the newest action on a key wins, ties
+//! going to the later write, so an action queued during an outage never undoes a newer one
+//! taken elsewhere (instances' clocks are assumed to agree to well under the time between two
+//! operators' actions on one key). A reset clears only a cooldown or quarantine set before it
+//! (`since_ms` in the mark). The latest disable or enable per key that this instance took is
+//! kept (`actions.rs`) and written again each time Redis comes back, so a Redis that returns
+//! without its data gets it back from any instance that took it; a reset that did not reach
+//! Redis is written once when it returns. `Store::act` answers `Shared` once Redis has it,
+//! `Degraded` while it waits. While Redis serves, each instance reads the operator hash every
+//! `sync_interval` (2 s; one HGETALL per pool) into its own memory, so in a later outage it
+//! keeps honouring the disables taken on other instances.
+//!
+//! # Other key sets on one pool name
+//! Instances with different keys may share a pool name (a rolling reload, two deployments on
+//! one Redis). Each key's window is swept by whichever instance runs: when `x` is due, an
+//! acquire looks at its own keys and at up to 16 (`SWEEP_MAX`) other keys from the due set,
+//! moves their expired buckets out of their counts, removes what is no longer live (counts,
+//! buckets, ended marks; never a disable or a total) and scores them again. Work per call is
+//! bounded by the spec's keys plus 16, each at most 61 bucket names.
 //!
 //! A key's window is its buckets of the last 61 whole seconds (`BUCKETS` in `common.lua`): a
 //! bucket counts until all of its second has left the minute, so no key takes more than its rpm
@@ -26,31 +51,41 @@
 //!
 //! # Round trips
 //! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer). A success needs
-//! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`; the status page is one
-//! `EVALSHA` of `status.lua`. Each script is built once, with `common.lua` (the constants
+//! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`; an operator's action is
+//! one `EVALSHA` of `act.lua`; the status page is one `EVALSHA` of `status.lua`. Each script is built once, with `common.lua` (the constants
 //! above, Redis time in ms, bucket names, which buckets have left the window, reading a mark)
 //! in front of it; each draws its KEYS and ARGV at its top. Scripts are loaded on every
 //! (re)connect and reloaded on `NOSCRIPT`.
 //!
 //! # Outage
-//! A command that errors or outlives `command_timeout` flips the store to degraded (logged
-//! once): requests are then served from local memory, each instance enforcing `1/instances` of
-//! each limit, while a background probe retries Redis with growing backoff and flips back
-//! when a write succeeds. No request ever waits on Redis longer than `command_timeout`.
+//! A command that errors or outlives `command_timeout` flips the store to degraded: requests
+//! are then served from local memory, each instance enforcing `1/instances` of each limit,
+//! while a background probe retries Redis with growing backoff (writing each pool's `alive`
+//! key) and flips back when the writes succeed, then writes the journalled operator actions.
+//! No request ever waits on Redis longer than `command_timeout`. An outage is logged as one
+//! warning when it starts and one line when Redis answers again; for `recovery_settle` (1 s)
+//! after that, a flap is not logged (unless Redis is still away when the time is up: then it
+//! is a new outage, logged as such), so a flapping Redis logs one pair. Warnings are held to
+//! one a second per kind of error. The degraded state is one per store, not per pool: with Cluster, one
+//! pool's slot down keeps every pool on local state until the probe reaches all of them (the
+//! probe fails while any pool's slot fails, so the store does not flap between the two).
 //!
 //! # Layout
 //! - `settings.rs`: [`RedisSettings`], the timeouts and outage behaviour.
 //! - `conn.rs`: where connections come from ([`RedisTarget`], deadpool, Cluster).
-//! - `command.rs`: the scripts (`common.lua` + `acquire.lua`, `mark.lua`, `status.lua`) and,
-//!   per pool spec, their prepared calls.
+//! - `command.rs`: the scripts (`common.lua` + `acquire.lua`, `mark.lua`, `act.lua`,
+//!   `status.lua`) and, per pool spec, their prepared calls.
 //! - `health.rs`: the degraded flag, the probe, and the bounded run of one command.
 //! - `ops.rs`: the store operations (`impl Store`), each with its local fallback.
+//! - `actions.rs`: the operator actions kept to write (again) when Redis is back.
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
 //! - `error.rs`: [`StoreError`], with no URL or password in any message.
 //! - Tests: `command_tests.rs` (the argument layouts) and `lua_tests.rs` (the scripts in a
-//!   `redis-server` of their own); the whole store is tested through the proxy
-//!   (`proxy/tests/redis.rs`).
+//!   `redis-server` of their own); the store itself in `pool/tests/` (the contract, durable
+//!   actions and mixed key sets, outage logs) and through the proxy (`proxy/tests/redis.rs`,
+//!   `proxy/tests/redis_faults.rs`).
 
+mod actions;
 mod command;
 mod conn;
 mod error;
@@ -63,10 +98,13 @@ mod settings;
 mod lua_tests;
 
 use crate::memory::MemoryStore;
+use actions::Journal;
 use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
+use health::Throttle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::Notify;
 
 pub use conn::RedisTarget;
@@ -92,6 +130,14 @@ pub struct RedisStore {
     calls: AtomicU64,
     /// Whether Redis has ever answered, so the first connect is not logged as a recovery.
     connected_before: AtomicBool,
+    /// Operator actions to write (again) when Redis is back.
+    journal: Journal,
+    /// An outage was logged and its end not yet: no second "gone" line until "back".
+    reported_down: AtomicBool,
+    /// Until when, after "back" was logged, a flap stays silent (`recovery_settle`).
+    settling_until: Mutex<Option<Instant>>,
+    /// At most one warning per second per kind of error.
+    throttle: Throttle,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,9 +169,17 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             connected_before: AtomicBool::new(false),
+            journal: Journal::default(),
+            reported_down: AtomicBool::new(false),
+            settling_until: Mutex::new(None),
+            throttle: Throttle::default(),
         });
         if let Err(e) = store.probe_once().await {
-            tracing::warn!(error = %e, "redis unavailable at start; serving on local state until it answers");
+            store.reported_down.store(true, Ordering::Release);
+            store.warn(
+                &e,
+                "redis unavailable at start; serving on local state until it answers",
+            );
         }
         tokio::spawn(health::probe_loop(
             Arc::downgrade(&store),

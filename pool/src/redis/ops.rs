@@ -1,16 +1,26 @@
 //! The store operations on Redis (`impl Store`): one script call each, falling back to this
 //! process's memory whenever the store is degraded or a call fails.
 
-use super::command::MarkAction;
+use super::actions::Action;
+use super::command::{act_cmd, MarkAction};
+use super::conn::Conn;
 use super::marks::mode_of;
-use super::RedisStore;
+use super::{RedisStore, StoreError};
 use crate::store::{
-    Acquire, KeyAction, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
+    Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
 };
+use deadpool_redis::redis;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl RedisStore {
+    /// Every key's state in this process's memory: what this instance serves from while
+    /// Redis is away.
+    pub fn fallback_status(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
+        self.local.status_now(spec)
+    }
+
     async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
         let prepared = self.prepared.get(spec, &self.scripts);
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
@@ -51,15 +61,92 @@ impl RedisStore {
         self.mark(spec, index, action, reason, period).await;
     }
 
-    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
+    /// Apply an operator's action here at once, then in Redis; while Redis is away the action
+    /// waits in the journal (see `actions.rs`) and the answer says so.
+    async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) -> StoreState {
         self.local.act_now(spec, index, action);
-        let action = match action {
-            KeyAction::Disable => MarkAction::Disabled,
-            KeyAction::Enable => MarkAction::Enable,
-            KeyAction::Reset => MarkAction::Reset,
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let Some(fp) = prepared.fingerprint(index) else {
+            return self.state();
         };
-        self.mark(spec, index, action, "manual", Duration::ZERO)
-            .await;
+        let act = Action::now(prepared.keys.clone(), fp, action);
+        self.journal.hold(&act);
+        if self.write_action(&act).await {
+            StoreState::Shared
+        } else {
+            if action == KeyAction::Reset {
+                self.journal.queue_reset(&act);
+            }
+            StoreState::Degraded
+        }
+    }
+
+    /// Run act.lua for `act`; false when Redis is away or the call failed.
+    pub(super) async fn write_action(&self, act: &Action) -> bool {
+        let script = &self.scripts.act;
+        let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
+        match self.run::<i64>(&cmd, script).await {
+            Some(applied) => {
+                if applied == 0 {
+                    tracing::debug!(action = ?act.action, "operator action older than the one in redis; kept the newer");
+                }
+                self.journal.written(act);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Write every journalled action (oldest first) on `conn`, before the store leaves
+    /// degraded; answers the journal's version written.
+    pub(super) async fn write_journal(&self, conn: &Conn) -> Result<u64, StoreError> {
+        let (actions, version) = self.journal.to_write();
+        let script = &self.scripts.act;
+        for act in actions {
+            let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
+            let _: i64 = self.run_on(conn.clone(), &cmd, script).await?;
+            self.journal.written(&act);
+        }
+        Ok(version)
+    }
+
+    /// Write every journalled action (oldest first) on the live connection; stops at the
+    /// first failure (the store is degraded again, and the rest waits for the next return).
+    pub(super) async fn replay_actions(&self) {
+        for act in self.journal.to_write().0 {
+            if !self.write_action(&act).await {
+                return;
+            }
+        }
+    }
+
+    /// Bring this process's memory in line with the disables and enables in Redis (one
+    /// HGETALL per pool), so that when Redis goes away this instance keeps honouring the
+    /// disables taken on other instances.
+    pub(super) async fn sync_disables(&self) {
+        for prepared in self.prepared.latest() {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(&prepared.keys.ops);
+            let Some(ops) = self
+                .run::<HashMap<String, String>>(&cmd, &self.scripts.status)
+                .await
+            else {
+                return;
+            };
+            let spec = &prepared.spec;
+            let local = self.local.status_now(spec);
+            for (index, key) in spec.keys.iter().enumerate() {
+                let here = local.get(index).map(|s| s.mode == KeyMode::Disabled);
+                let action = match ops.get(&key.fingerprint).map(String::as_str) {
+                    Some(v) if v.ends_with("|disabled") && here == Some(false) => {
+                        KeyAction::Disable
+                    }
+                    Some(v) if v.ends_with("|enabled") && here == Some(true) => KeyAction::Enable,
+                    _ => continue,
+                };
+                self.local.act_now(spec, index, action);
+            }
+        }
     }
 
     async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
@@ -109,7 +196,7 @@ impl Store for RedisStore {
         pool: &'a PoolSpec,
         index: usize,
         action: KeyAction,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, StoreState> {
         Box::pin(self.act_shared(pool, index, action))
     }
 

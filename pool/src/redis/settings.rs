@@ -16,6 +16,16 @@ pub struct RedisSettings {
     pub probe_max_interval: Duration,
     /// Instances sharing the pool; each enforces `1/instances` of a limit while degraded.
     pub instances: u32,
+    /// The pools this store will serve, so the health probe checks their slots from the start
+    /// (it adds every pool it has served since). Not a config field: filled from the providers.
+    pub pools: Vec<String>,
+    /// How long after "redis is back" is logged a flap stays unlogged, so a flapping Redis
+    /// logs one line when it goes and one when it is back. Not a config field.
+    pub recovery_settle: Duration,
+    /// While shared, how often this process's memory is brought in line with the disables in
+    /// Redis, so that in an outage it honours those taken on other instances. Not a config
+    /// field.
+    pub sync_interval: Duration,
 }
 
 impl Default for RedisSettings {
@@ -27,6 +37,9 @@ impl Default for RedisSettings {
             probe_interval: Duration::from_millis(100),
             probe_max_interval: Duration::from_secs(2),
             instances: 1,
+            pools: Vec::new(),
+            recovery_settle: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(2),
         }
     }
 }

@@ -98,8 +98,16 @@ impl Env {
         self.store.report(spec, index, report).await;
     }
 
+    /// Apply an operator's action; checks the answer says where it is kept: in this process
+    /// (memory) or in Redis (shared, as Redis answers throughout the contract).
     pub async fn act(&self, spec: &PoolSpec, index: usize, action: KeyAction) {
-        self.store.act(spec, index, action).await;
+        let kept = self.store.act(spec, index, action).await;
+        let want = if self.paused() {
+            StoreState::Embedded
+        } else {
+            StoreState::Shared
+        };
+        assert_eq!(kept, want, "{action:?} on key {index}");
     }
 
     pub async fn status(&self, spec: &PoolSpec) -> Vec<KeyStatus> {

@@ -15,7 +15,7 @@ const ATTEMPTS: usize = 5;
 /// A `redis-server` started by a test: loopback only, no persistence, killed by PID on drop.
 pub struct RedisServer {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
     dir: PathBuf,
 }
 
@@ -34,24 +34,37 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("keyrelay-contract-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn().await.then_some(server)
+    }
+
+    /// Start redis-server on `self.port` and wait for PING; false if it exited first.
+    async fn spawn(&mut self) -> bool {
+        let (port, dir) = (self.port, &self.dir);
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("redis-server could not start (is it installed?): {e}"));
         // From here on, dropping the server kills the child.
-        let mut server = RedisServer { port, child, dir };
+        self.child = Some(child);
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            if server.child.try_wait().unwrap().is_some() {
-                return None;
+            let exited = self.child.as_mut().map(|c| c.try_wait().unwrap().is_some());
+            if exited != Some(false) {
+                self.child = None;
+                return false;
             }
             if ping(port).await {
-                return Some(server);
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
@@ -64,13 +77,45 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// SIGKILL this server (by its PID) and reap it: Redis is gone, with its data.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Child::kill signals this child's PID only.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again, empty, on the same port (the stores are configured with it).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.spawn().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not get port {} back",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `redis-cli` against this server; its answer as text.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli could not run: {e}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        // Child::kill signals this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -103,13 +103,15 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
             serde_json::json!({"error": "no such key"}),
         );
     };
-    p.pool.act(index, action).await;
+    // Shared: every instance sees it now; otherwise it holds here and, with a shared store,
+    // is written there when the store is back.
+    let shared = p.pool.act(index, action).await == keyrelay_pool::StoreState::Shared;
     let status = p.pool.status().await;
     let state = status.get(index).map_or("unknown", |s| s.mode.label());
-    tracing::info!(provider, key = %keys[index].name, action = ?action, state, "operator action");
+    tracing::info!(provider, key = %keys[index].name, action = ?action, state, shared, "operator action");
     json(
         StatusCode::OK,
-        serde_json::json!({"provider": provider, "key": keys[index].name, "fingerprint": keys[index].fingerprint, "state": state}),
+        serde_json::json!({"provider": provider, "key": keys[index].name, "fingerprint": keys[index].fingerprint, "state": state, "shared": shared}),
     )
 }
 
