@@ -5,7 +5,7 @@
 
 mod request;
 
-pub use request::{buffer_request, BodyLimits, Budget, Buffered, Permit};
+pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit};
 
 use crate::error::{ErrorShape, ProxyError};
 use bytes::Bytes;

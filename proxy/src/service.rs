@@ -2,7 +2,7 @@
 //! each attempt one lease from the pool and one report back to it.
 
 use crate::auth::ClientAuth;
-use crate::body::{buffer_request, BodyLimits, Budget, Buffered, ProxyBody};
+use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
@@ -208,15 +208,17 @@ impl App {
             }
         };
         // Step 3: the body, buffered so another key can replay it.
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = match buffer_request(body, declared, self.body_limits, &self.shared.budget).await
-        {
+        let body = match self.read_body(body, &parts).await {
             Ok(b) => b,
-            Err(e) => return log.error(e, shape),
+            Err((e, shed)) => {
+                let mut resp = log.error(e, shape);
+                if shed {
+                    // Under memory pressure, the connection is not kept for another request.
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp;
+            }
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let headers = self.headers.forward(parts.headers, peer);
@@ -228,6 +230,33 @@ impl App {
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
+    }
+
+    /// Buffer the body within the limits; on refusal, the error and whether the connection is
+    /// shed (an HTTP/1 body refused for the budget alone, read to nowhere so the client sees
+    /// its 503 rather than a reset; an oversized or stalled body is cut off at once).
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        parts: &http::request::Parts,
+    ) -> Result<Buffered, (ProxyError, bool)> {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let limits = self.body_limits;
+        match buffer_request(&mut body, declared, limits, &self.shared.budget).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let shed = matches!(e, ProxyError::BodyBudgetFull)
+                    && parts.version < http::Version::HTTP_2;
+                if shed {
+                    tokio::spawn(discard(body, limits));
+                }
+                Err((e, shed))
+            }
+        }
     }
 
     /// Try keys until one gives an answer to pass on, or none is left.

@@ -102,9 +102,10 @@ pub struct BodyLimits {
 /// Read the whole request body. Refused before reading a byte when the declared length is over
 /// the limit (413) or over what the budget has left (503); refused as soon as a streamed body
 /// passes either, or pauses longer than `limits.idle` (408). Refusing drops the body unread,
-/// so hyper stops reading the connection and closes it after the answer.
+/// unless the caller hands it to [`discard`]; hyper then stops reading the connection and
+/// closes it after the answer.
 pub async fn buffer_request<B>(
-    mut body: B,
+    body: &mut B,
     declared: Option<u64>,
     limits: BodyLimits,
     budget: &Arc<Budget>,
@@ -151,6 +152,23 @@ where
     })
 }
 
+/// Read and throw away the rest of a refused body, up to `limits.max_bytes` and with the same
+/// idle limit: an HTTP/1 client still sending a body it was allowed to send then reads the
+/// answer, where closing with its bytes unread would reset the connection under it. Holds no
+/// budget: nothing is kept.
+pub async fn discard<B>(mut body: B, limits: BodyLimits)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut seen = 0usize;
+    while seen <= limits.max_bytes && !body.is_end_stream() {
+        match tokio::time::timeout(limits.idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,19 +182,21 @@ mod tests {
     #[tokio::test]
     async fn the_budget_is_taken_while_held_and_given_back_on_drop() {
         let budget = Budget::new(150);
-        let body = Full::new(Bytes::from(vec![b'a'; 80]));
-        let first = buffer_request(body, Some(80), LIMITS, &budget)
+        let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
+        let first = buffer_request(&mut body, Some(80), LIMITS, &budget)
             .await
             .unwrap();
         assert_eq!(budget.used(), 80);
-        let body = Full::new(Bytes::from(vec![b'a'; 80]));
-        let refused = buffer_request(body, Some(80), LIMITS, &budget).await;
+        let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
+        let refused = buffer_request(&mut body, Some(80), LIMITS, &budget).await;
         assert!(matches!(refused, Err(ProxyError::BodyBudgetFull)));
         assert_eq!(budget.used(), 80, "a refusal holds nothing");
         drop(first);
         assert_eq!(budget.used(), 0);
-        let body = Full::new(Bytes::from(vec![b'a'; 80]));
-        let second = buffer_request(body, None, LIMITS, &budget).await.unwrap();
+        let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
+        let second = buffer_request(&mut body, None, LIMITS, &budget)
+            .await
+            .unwrap();
         assert_eq!(second.bytes.len(), 80);
         assert_eq!(budget.used(), 80, "an undeclared body takes what it read");
     }
@@ -184,16 +204,16 @@ mod tests {
     #[tokio::test]
     async fn declared_and_streamed_oversize_are_413() {
         let budget = Budget::new(1000);
-        let body = Full::new(Bytes::new());
-        let declared = buffer_request(body, Some(101), LIMITS, &budget).await;
+        let mut body = Full::new(Bytes::new());
+        let declared = buffer_request(&mut body, Some(101), LIMITS, &budget).await;
         assert!(matches!(declared, Err(ProxyError::BodyTooLarge { .. })));
         let chunks = (0..20).map(|_| {
             Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
                 b"0123456789",
             )))
         });
-        let body = StreamBody::new(futures_util::stream::iter(chunks));
-        let streamed = buffer_request(body, None, LIMITS, &budget).await;
+        let mut body = StreamBody::new(futures_util::stream::iter(chunks));
+        let streamed = buffer_request(&mut body, None, LIMITS, &budget).await;
         assert!(matches!(streamed, Err(ProxyError::BodyTooLarge { .. })));
         assert_eq!(budget.used(), 0);
     }
@@ -208,8 +228,8 @@ mod tests {
             let frame = http_body::Frame::data(Bytes::from_static(b"ab"));
             (i < 3).then_some((Ok::<_, std::convert::Infallible>(frame), i + 1))
         });
-        let body = StreamBody::new(Box::pin(chunks));
-        let slow = buffer_request(body, None, LIMITS, &budget).await;
+        let mut body = StreamBody::new(Box::pin(chunks));
+        let slow = buffer_request(&mut body, None, LIMITS, &budget).await;
         assert!(matches!(slow, Err(ProxyError::BodyTimeout)));
         assert_eq!(budget.used(), 0);
     }
