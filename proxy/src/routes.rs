@@ -87,6 +87,16 @@ pub enum JoinError {
 /// Join `rest` (the path after the route prefix) and `query` to `base_url` (parsed: `base`).
 pub fn join(base: &Uri, base_url: &str, rest: &str, query: Option<&str>) -> Result<Uri, JoinError> {
     check_path(rest).map_err(JoinError::Path)?;
+    // hyper lets raw bytes past ASCII through in a request target; they are sent nowhere.
+    if !query
+        .unwrap_or_default()
+        .bytes()
+        .all(|b| b.is_ascii_graphic())
+    {
+        return Err(JoinError::Path(
+            "a byte outside printable ASCII in the query",
+        ));
+    }
     let mut s = String::with_capacity(base_url.len() + rest.len() + 1 + query.map_or(0, str::len));
     s.push_str(base_url);
     s.push_str(rest);
@@ -132,6 +142,9 @@ pub fn same_origin(base: &Uri, joined: &Uri) -> bool {
 pub fn check_path(rest: &str) -> Result<(), &'static str> {
     if !(rest.is_empty() || rest.starts_with('/')) {
         return Err("the path must start with /");
+    }
+    if !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a byte outside printable ASCII in the path");
     }
     if rest.contains('\\') {
         return Err("backslash in the path");

@@ -38,7 +38,14 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     let mut s = TcpStream::connect(addr).await.unwrap();
     // A server may answer and close before taking everything; what matters is what it says.
     let _ = s.write_all(bytes).await;
-    read_reply(&mut s).await
+    let mut r = read_reply(&mut s).await;
+    if !r.closed {
+        // Answered in full: does the server then close (it should, after an error)?
+        let mut more = [0u8; 1024];
+        let eof = tokio::time::timeout(Duration::from_secs(2), s.read(&mut more)).await;
+        r.closed = matches!(eof, Ok(Ok(0) | Err(_)));
+    }
+    r
 }
 
 /// Read one response: the head, then a Content-Length body, else until the connection ends.
