@@ -456,3 +456,24 @@ async fn a_refused_request_over_http1_is_answered_and_closed() {
     assert_eq!(h.chat(CHAT).await.status, 200);
     assert_eq!(h.mock.total_calls(), 1);
 }
+
+#[test]
+fn the_body_budget_must_hold_at_least_one_body() {
+    let text = config_text(
+        "http://127.0.0.1:1",
+        "",
+        "max_body_bytes = 2048\nmax_buffered_bytes = 1024\nbody_read_timeout = \"2s\"",
+    );
+    let e = keyrelay::config::Config::from_toml_str(&text, &env())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.max_buffered_bytes"), "{e}");
+    let text = config_text("http://127.0.0.1:1", "", "max_buffered_bytes = 0");
+    let e = keyrelay::config::Config::from_toml_str(&text, &env())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.max_buffered_bytes"), "{e}");
+    let text = config_text("http://127.0.0.1:1", "", "body_read_timeout = \"90s\"");
+    let c = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap();
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(90));
+}
