@@ -286,3 +286,31 @@ impl Body for ProxyBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(shape: ErrorShape, tail: &[u8]) -> String {
+        String::from_utf8(error_event(shape, &ProxyError::StreamCut, tail).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_error_event_closes_a_half_sent_event_and_takes_the_providers_shape() {
+        let openai = event(ErrorShape::OpenAi, b"}\n\n");
+        let data = openai.strip_prefix("data: ").unwrap().trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_stream_cut");
+        let anthropic = event(ErrorShape::Anthropic, b"");
+        let data = anthropic
+            .strip_prefix("event: error\ndata: ")
+            .unwrap()
+            .trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "error");
+        assert!(anthropic.ends_with("\n\n"));
+        assert!(event(ErrorShape::Gemini, b"\r\n\r\n").starts_with("data: {\"error\""));
+        assert!(event(ErrorShape::OpenAi, b"x\"}\n").starts_with("\ndata: "));
+        assert!(event(ErrorShape::OpenAi, b"\"con").starts_with("\n\ndata: "));
+    }
+}
