@@ -477,3 +477,37 @@ fn the_body_budget_must_hold_at_least_one_body() {
     let c = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap();
     assert_eq!(c.server.body_read_timeout, Duration::from_secs(90));
 }
+
+#[tokio::test]
+async fn over_http2_a_refused_body_is_503_and_the_connection_serves_on() {
+    let h = Harness::start_with("", "max_body_bytes = 1000\nmax_buffered_bytes = 1000").await;
+    let mut holder = TcpStream::connect(h.proxy.addr()).await.unwrap();
+    let req = head("/v1/chat/completions", "content-length: 1000\r\n") + "{";
+    holder.write_all(req.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || h.proxy.app().buffered_bytes()
+            == 1000)
+        .await
+    );
+    let h2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let url = h.url("/v1/chat/completions");
+    let r = send(
+        &h2,
+        post(&url, &[("authorization", &format!("Bearer {TOKEN}"))], CHAT),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.headers.get("connection").is_none());
+    drop(holder);
+    assert!(
+        eventually(Duration::from_secs(5), || h.proxy.app().buffered_bytes()
+            == 0)
+        .await
+    );
+    let r = chat_at(&h2, &url).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.mock.total_calls(), 1);
+}
