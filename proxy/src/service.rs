@@ -176,6 +176,7 @@ impl App {
         let (parts, body) = req.into_parts();
         let found = self.routes.find(parts.uri.path());
         let shape = found.map_or(ErrorShape::OpenAi, |(p, _)| p.shape);
+        // Step 0: nothing a forward proxy or a tunnel would serve.
         if let Err(e) = check_target(&parts) {
             return log.error(e, shape);
         }
