@@ -267,8 +267,20 @@ async fn a_chunked_body_is_413_as_soon_as_it_passes_the_limit() {
 
 #[tokio::test]
 async fn a_stalled_body_is_408_in_the_providers_shape() {
-    let h = Harness::start_with("", "body_read_timeout = \"300ms\"").await;
-    for (path, anthropic) in [("/v1/chat/completions", false)] {
+    // A second provider in Anthropic's shape; nothing reaches its (unreachable) upstream.
+    let anthropic = r#"
+[[providers]]
+name = "anthropic"
+base_url = "http://127.0.0.1:1"
+auth = "x-api-key"
+route = "/anthropic"
+keys = "env:KR_KEY_*"
+"#;
+    let h = Harness::start_with(anthropic, "body_read_timeout = \"300ms\"").await;
+    for (path, anthropic) in [
+        ("/v1/chat/completions", false),
+        ("/anthropic/v1/messages", true),
+    ] {
         let mut s = TcpStream::connect(h.proxy.addr()).await.unwrap();
         let req = head(path, "content-length: 100\r\n") + "{\"model\":";
         s.write_all(req.as_bytes()).await.unwrap();
@@ -280,6 +292,7 @@ async fn a_stalled_body_is_408_in_the_providers_shape() {
         let v = r.json();
         if anthropic {
             assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
         } else {
             assert_eq!(v["error"]["code"], "request_timeout");
         }

@@ -152,21 +152,25 @@ where
     })
 }
 
-/// Read and throw away the rest of a refused body, up to `limits.max_bytes` and with the same
-/// idle limit: an HTTP/1 client still sending a body it was allowed to send then reads the
+/// Read and throw away the rest of a refused body, up to `limits.max_bytes` and within one
+/// `limits.idle`: an HTTP/1 client still sending a body it was allowed to send then reads the
 /// answer, where closing with its bytes unread would reset the connection under it. Holds no
 /// budget: nothing is kept.
 pub async fn discard<B>(mut body: B, limits: BodyLimits)
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut seen = 0usize;
-    while seen <= limits.max_bytes && !body.is_end_stream() {
-        match tokio::time::timeout(limits.idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, Bytes::len),
-            _ => return,
+    let drain = async {
+        let mut seen = 0usize;
+        while seen <= limits.max_bytes && !body.is_end_stream() {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => return,
+            }
         }
-    }
+    };
+    // One idle period in all, not per chunk: a trickle cannot hold the connection open.
+    let _ = tokio::time::timeout(limits.idle, drain).await;
 }
 
 #[cfg(test)]
