@@ -524,3 +524,27 @@ async fn over_http2_a_refused_body_is_503_and_the_connection_serves_on() {
     assert_eq!(r.status, 200);
     assert_eq!(h.mock.total_calls(), 1);
 }
+
+#[tokio::test]
+async fn over_http2_a_cut_sse_stream_also_ends_with_its_error_event() {
+    let h = Harness::start("").await;
+    let h2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = post(
+        &h.url("/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("x-mock-chunks", "10"),
+            ("x-mock-cut-after", "2"),
+        ],
+        CHAT_STREAM,
+    );
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (text, failed) = drain(resp).await;
+    assert!(failed, "a cut stream ended cleanly over HTTP/2: {text}");
+    let last = text.split("\n\n").filter(|e| !e.is_empty()).last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_stream_cut");
+}
