@@ -1,10 +1,15 @@
-//! Bodies: the request body buffered (bounded) for replay, and the response body streamed
-//! through frame by frame with an idle timeout and a guard that sees how it ended.
+//! Bodies: the request body buffered (bounded, in `request`) for replay, and the response body
+//! streamed through frame by frame with an idle timeout and a guard that sees how it ended.
+//! A cut SSE stream gets one last event carrying an error in the provider's shape before the
+//! connection is aborted, so SDKs raise a clear error and still never see a clean end.
 
-use crate::error::ProxyError;
+mod request;
+
+pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit};
+
+use crate::error::{ErrorShape, ProxyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,26 +19,9 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Read the whole request body, refusing at once if it declares or reaches more than `limit`.
-pub async fn buffer_request(
-    body: Incoming,
-    declared: Option<u64>,
-    limit: usize,
-) -> Result<Bytes, ProxyError> {
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(_) => Err(ProxyError::BodyRead),
-    }
-}
+/// How long the error event of a cut SSE stream is given to reach the socket before the
+/// connection is aborted (hyper drops what it has not written when a body fails).
+const ERROR_EVENT_FLUSH: Duration = Duration::from_millis(50);
 
 /// How a streamed response ended, as the guard saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +62,40 @@ pub enum StreamError {
     Idle,
 }
 
+impl StreamError {
+    fn end(&self) -> StreamEnd {
+        match self {
+            StreamError::Cut => StreamEnd::UpstreamCut,
+            StreamError::Idle => StreamEnd::IdleTimeout,
+        }
+    }
+
+    fn proxy_error(&self) -> ProxyError {
+        match self {
+            StreamError::Cut => ProxyError::StreamCut,
+            StreamError::Idle => ProxyError::StreamIdle,
+        }
+    }
+}
+
+/// The last event of a cut SSE stream: an error in `shape`, after whatever ends the event the
+/// upstream left unfinished (`tail` is the end of what was passed on). A half-sent event is
+/// closed as it is; the provider's stream never sends one across frames in practice.
+fn error_event(shape: ErrorShape, error: &ProxyError, tail: &[u8]) -> Bytes {
+    let close = if tail.is_empty() || tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n") {
+        ""
+    } else if tail.ends_with(b"\n") {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    let event = match shape {
+        ErrorShape::Anthropic => "event: error\n",
+        ErrorShape::OpenAi | ErrorShape::Gemini => "",
+    };
+    Bytes::from(format!("{close}{event}data: {}\n\n", error.body(shape)))
+}
+
 struct Streamed {
     inner: Incoming,
     idle: Duration,
@@ -81,6 +103,38 @@ struct Streamed {
     bytes: u64,
     end: Option<StreamEnd>,
     hook: Option<Box<dyn EndHook>>,
+    /// For an SSE answer, the shape of the error event sent when it is cut.
+    sse: Option<ErrorShape>,
+    /// The last bytes passed on, to end a half-sent event before the error event.
+    tail: [u8; 4],
+    tail_len: usize,
+    /// The error to fail with once the error event had its time to reach the socket.
+    failing: Option<StreamError>,
+}
+
+impl Streamed {
+    fn remember_tail(&mut self, data: &[u8]) {
+        for b in data.iter().skip(data.len().saturating_sub(4)) {
+            self.tail.rotate_left(1);
+            self.tail[3] = *b;
+            self.tail_len = (self.tail_len + 1).min(4);
+        }
+    }
+
+    /// The stream failed: an SSE answer first gets its error event, then fails.
+    fn fail(&mut self, error: StreamError) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        self.end = Some(error.end());
+        let Some(shape) = self.sse.take() else {
+            return Poll::Ready(Some(Err(error)));
+        };
+        let event = error_event(shape, &error.proxy_error(), &self.tail[4 - self.tail_len..]);
+        self.bytes += event.len() as u64;
+        self.failing = Some(error);
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + ERROR_EVENT_FLUSH);
+        Poll::Ready(Some(Ok(Frame::data(event))))
+    }
 }
 
 impl Drop for Streamed {
@@ -142,7 +196,14 @@ impl ProxyBody {
         }
     }
 
-    pub fn streamed(inner: Incoming, idle: Duration, hook: Option<Box<dyn EndHook>>) -> ProxyBody {
+    /// An upstream body passed on as it comes; `sse` (the route's error shape, for an
+    /// event stream) asks for an error event before a cut.
+    pub fn streamed(
+        inner: Incoming,
+        idle: Duration,
+        sse: Option<ErrorShape>,
+        hook: Option<Box<dyn EndHook>>,
+    ) -> ProxyBody {
         ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
                 inner,
@@ -151,6 +212,10 @@ impl ProxyBody {
                 bytes: 0,
                 end: None,
                 hook,
+                sse,
+                tail: [0; 4],
+                tail_len: 0,
+                failing: None,
             })),
         }
     }
@@ -170,6 +235,12 @@ impl Body for ProxyBody {
             }
             Kind::Stream(s) => s,
         };
+        if s.failing.is_some() {
+            if s.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            return Poll::Ready(s.failing.take().map(Err));
+        }
         if s.end.is_some() {
             return Poll::Ready(None);
         }
@@ -177,22 +248,19 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     s.bytes += data.len() as u64;
+                    s.remember_tail(data);
                 }
                 s.timer.as_mut().reset(Instant::now() + s.idle);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => {
-                s.end = Some(StreamEnd::UpstreamCut);
-                Poll::Ready(Some(Err(StreamError::Cut)))
-            }
+            Poll::Ready(Some(Err(_))) => s.fail(StreamError::Cut),
             Poll::Ready(None) => {
                 s.end = Some(StreamEnd::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 if s.timer.as_mut().poll(cx).is_ready() {
-                    s.end = Some(StreamEnd::IdleTimeout);
-                    return Poll::Ready(Some(Err(StreamError::Idle)));
+                    return s.fail(StreamError::Idle);
                 }
                 Poll::Pending
             }
@@ -202,7 +270,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => b.is_none(),
-            Kind::Stream(s) => s.end.is_some() || s.inner.is_end_stream(),
+            // Never "ended" while an error is still to come: hyper would end the message cleanly.
+            Kind::Stream(s) => s.failing.is_none() && (s.end.is_some() || s.inner.is_end_stream()),
         }
     }
 
@@ -212,7 +281,36 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(b.len() as u64)
             }
             Kind::Full(None) | Kind::Held(Held { bytes: None, .. }) => SizeHint::with_exact(0),
+            Kind::Stream(s) if s.sse.is_some() => SizeHint::default(),
             Kind::Stream(s) => s.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(shape: ErrorShape, tail: &[u8]) -> String {
+        String::from_utf8(error_event(shape, &ProxyError::StreamCut, tail).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_error_event_closes_a_half_sent_event_and_takes_the_providers_shape() {
+        let openai = event(ErrorShape::OpenAi, b"}\n\n");
+        let data = openai.strip_prefix("data: ").unwrap().trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_stream_cut");
+        let anthropic = event(ErrorShape::Anthropic, b"");
+        let data = anthropic
+            .strip_prefix("event: error\ndata: ")
+            .unwrap()
+            .trim_end();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "error");
+        assert!(anthropic.ends_with("\n\n"));
+        assert!(event(ErrorShape::Gemini, b"\r\n\r\n").starts_with("data: {\"error\""));
+        assert!(event(ErrorShape::OpenAi, b"x\"}\n").starts_with("\ndata: "));
+        assert!(event(ErrorShape::OpenAi, b"\"con").starts_with("\n\ndata: "));
     }
 }

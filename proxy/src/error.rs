@@ -28,6 +28,16 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body paused longer than the server allows")]
+    BodyTimeout,
+    #[error("too many request bodies are being buffered; retry shortly")]
+    BodyBudgetFull,
+    /// A request target keyrelay will not forward: dot segments, encoded slashes, empty
+    /// segments, absolute-form. The reason is fixed text.
+    #[error("request path refused: {0}")]
+    BadPath(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
 
     // The pool's side.
     #[error("every key of this provider is rate limited; retry after {} s", retry_after_secs(.retry_after))]
@@ -50,6 +60,17 @@ pub enum ProxyError {
     UpstreamRefused { status: StatusCode, kind: ErrorKind },
     #[error("the upstream's error answer could not be read")]
     UpstreamUnreadable,
+    /// Only in the last event of a cut SSE stream.
+    #[error("the upstream stream was cut before it ended")]
+    StreamCut,
+    /// Only in the last event of an SSE stream that went idle.
+    #[error("the upstream stream sent nothing for too long")]
+    StreamIdle,
+
+    // keyrelay's own.
+    /// A joined upstream URL whose scheme, host or port is not the provider's: never sent.
+    #[error("internal error")]
+    UpstreamMismatch,
 }
 
 /// A provider's error type as keyrelay repeats it: a short word of letters and `_` (no digits,
@@ -107,7 +128,13 @@ impl ProxyError {
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::UnknownRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyRead => StatusCode::BAD_REQUEST,
+            ProxyError::BodyRead | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyBudgetFull => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UpstreamMismatch => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::StreamCut => StatusCode::BAD_GATEWAY,
+            ProxyError::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::AllKeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable
@@ -126,6 +153,13 @@ impl ProxyError {
             ProxyError::UnknownRoute => "not_found",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BodyRead => "invalid_request_error",
+            ProxyError::BodyTimeout => "request_timeout",
+            ProxyError::BodyBudgetFull => "overloaded",
+            ProxyError::BadPath(_) => "invalid_path",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::UpstreamMismatch => "internal_error",
+            ProxyError::StreamCut => "upstream_stream_cut",
+            ProxyError::StreamIdle => "upstream_stream_idle",
             ProxyError::AllKeysCooling { .. } => "rate_limit_exceeded",
             ProxyError::NoUsableKey => "no_usable_key",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
@@ -143,14 +177,21 @@ impl ProxyError {
             ProxyError::Unauthorized => "authentication_error",
             ProxyError::UnknownRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
-            ProxyError::BodyRead => "invalid_request_error",
+            ProxyError::BodyRead
+            | ProxyError::BodyTimeout
+            | ProxyError::BadPath(_)
+            | ProxyError::MethodNotAllowed => "invalid_request_error",
+            ProxyError::BodyBudgetFull => "overloaded_error",
             ProxyError::AllKeysCooling { .. } => "rate_limit_error",
             ProxyError::NoUsableKey
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
             | ProxyError::UpstreamRejectedKeys
             | ProxyError::UpstreamLost
-            | ProxyError::UpstreamUnreadable => "api_error",
+            | ProxyError::UpstreamUnreadable
+            | ProxyError::UpstreamMismatch
+            | ProxyError::StreamCut
+            | ProxyError::StreamIdle => "api_error",
         }
     }
 
@@ -158,13 +199,20 @@ impl ProxyError {
         match self {
             ProxyError::Unauthorized => "UNAUTHENTICATED",
             ProxyError::UnknownRoute => "NOT_FOUND",
-            ProxyError::BodyTooLarge { .. } | ProxyError::BodyRead => "INVALID_ARGUMENT",
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyRead
+            | ProxyError::BadPath(_)
+            | ProxyError::MethodNotAllowed => "INVALID_ARGUMENT",
+            ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",
+            ProxyError::BodyBudgetFull => "UNAVAILABLE",
             ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",
             ProxyError::NoUsableKey | ProxyError::UpstreamUnreachable => "UNAVAILABLE",
             ProxyError::UpstreamTimeout => "DEADLINE_EXCEEDED",
             ProxyError::UpstreamRejectedKeys
             | ProxyError::UpstreamLost
-            | ProxyError::UpstreamUnreadable => "INTERNAL",
+            | ProxyError::UpstreamUnreadable
+            | ProxyError::UpstreamMismatch
+            | ProxyError::StreamCut => "INTERNAL",
             ProxyError::UpstreamRefused { .. } => "PERMISSION_DENIED",
         }
     }
@@ -201,11 +249,17 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ProxyError::AllKeysCooling { retry_after } = &self {
-            h.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(retry_after)),
-            );
+        match &self {
+            ProxyError::AllKeysCooling { retry_after } => {
+                h.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(retry_after)),
+                );
+            }
+            ProxyError::BodyBudgetFull => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if matches!(self, ProxyError::Unauthorized) && shape == ErrorShape::OpenAi {
             h.insert(

@@ -1,4 +1,6 @@
-//! The route table: which provider serves a path, and everything about it fixed at start-up.
+//! The route table: which provider serves a path, and everything about it fixed at start-up;
+//! and the one place a request path is joined to a provider's base URL, refusing paths that
+//! could climb out of it and checking the result still points at the provider.
 
 use crate::config::{AuthStyle, Config, ProviderConfig};
 use crate::error::ErrorShape;
@@ -14,6 +16,8 @@ pub struct Provider {
     pub name: String,
     pub route: String,
     pub base_url: String,
+    /// `base_url` parsed, to check every joined URL against.
+    base: Uri,
     pub shape: ErrorShape,
     /// The keys, each with its ready-made credential, and the store behind them.
     pub pool: Pool,
@@ -51,6 +55,8 @@ impl Provider {
             name: pc.name.clone(),
             route: pc.route.clone(),
             base_url: pc.base_url.clone(),
+            // Validated at load; were it not a URL, every join would fail closed.
+            base: pc.base_url.parse().unwrap_or_default(),
             shape,
             pool,
             max_attempts: pc.max_attempts,
@@ -61,22 +67,128 @@ impl Provider {
         })
     }
 
-    /// `{base_url}{rest}?{query}`
-    pub fn upstream_uri(
-        &self,
-        rest: &str,
-        query: Option<&str>,
-    ) -> Result<Uri, http::uri::InvalidUri> {
-        let mut s =
-            String::with_capacity(self.base_url.len() + rest.len() + 1 + query.map_or(0, str::len));
-        s.push_str(&self.base_url);
-        s.push_str(rest);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
-        }
-        s.parse()
+    /// `{base_url}{rest}?{query}`, once `rest` passed [`check_path`] and the result is
+    /// checked to have the base URL's scheme, host, port and path prefix.
+    pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, JoinError> {
+        join(&self.base, &self.base_url, rest, query)
     }
+}
+
+/// Why a request path was not joined to a base URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinError {
+    /// The path is refused (a 400); the reason is fixed text.
+    Path(&'static str),
+    /// The joined URL would leave the base URL's scheme, host, port or path (a 500, logged,
+    /// never sent). [`check_path`] should make this impossible; this is the second lock.
+    Origin,
+}
+
+/// Join `rest` (the path after the route prefix) and `query` to `base_url` (parsed: `base`).
+pub fn join(base: &Uri, base_url: &str, rest: &str, query: Option<&str>) -> Result<Uri, JoinError> {
+    check_path(rest).map_err(JoinError::Path)?;
+    // hyper lets raw bytes past ASCII through in a request target; they are sent nowhere.
+    if !query
+        .unwrap_or_default()
+        .bytes()
+        .all(|b| b.is_ascii_graphic())
+    {
+        return Err(JoinError::Path(
+            "a byte outside printable ASCII in the query",
+        ));
+    }
+    let mut s = String::with_capacity(base_url.len() + rest.len() + 1 + query.map_or(0, str::len));
+    s.push_str(base_url);
+    s.push_str(rest);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    let joined: Uri = s
+        .parse()
+        .map_err(|_| JoinError::Path("not a valid URL path"))?;
+    if !same_origin(base, &joined) {
+        return Err(JoinError::Origin);
+    }
+    Ok(joined)
+}
+
+/// Whether `joined` has `base`'s scheme, host and port (the scheme's default when absent) and
+/// its path lies under `base`'s.
+pub fn same_origin(base: &Uri, joined: &Uri) -> bool {
+    let port = |u: &Uri| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        })
+    };
+    base.scheme().is_some()
+        && base.scheme() == joined.scheme()
+        && base
+            .host()
+            .is_some_and(|h| joined.host().is_some_and(|j| j.eq_ignore_ascii_case(h)))
+        && port(base) == port(joined)
+        && joined
+            .path()
+            .strip_prefix(base.path().trim_end_matches('/'))
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+}
+
+/// Refuse a path that could reach anything but what it names under the base URL: any segment
+/// that is `.` or `..` (also percent-encoded, or before a `;` parameter), an encoded `/` or
+/// `\`, a backslash, an encoded NUL, or an empty segment (`//`, which some servers read as a
+/// host) anywhere but at the end. Refusing beats resolving: no provider API has such paths.
+pub fn check_path(rest: &str) -> Result<(), &'static str> {
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Err("the path must start with /");
+    }
+    if !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a byte outside printable ASCII in the path");
+    }
+    if rest.contains('\\') {
+        return Err("backslash in the path");
+    }
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() && i + 1 != segments.len() {
+            return Err("empty path segment");
+        }
+        let decoded = percent_decode(segment);
+        if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
+            return Err("encoded slash, backslash or NUL in a path segment");
+        }
+        let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
+        if name == b"." || name == b".." {
+            return Err("dot segment in the path");
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Providers by route prefix, longest first so `/v1/special` wins over `/v1`.
@@ -108,5 +220,89 @@ impl Routes {
 
     pub fn providers(&self) -> &[Arc<Provider>] {
         &self.providers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(base_url: &str, rest: &str) -> Result<Uri, JoinError> {
+        join(&base_url.parse().unwrap(), base_url, rest, Some("a=1"))
+    }
+
+    #[test]
+    fn ordinary_paths_join_under_the_base() {
+        let u = joined("https://api.example.com/v1", "/chat/completions").unwrap();
+        assert_eq!(
+            u.to_string(),
+            "https://api.example.com/v1/chat/completions?a=1"
+        );
+        for ok in [
+            "", "/", "/models/", "/a%20b", "/x.json", "/...", "/a..b", "/%2e%2ex", "/%ff",
+        ] {
+            assert!(joined("http://h:8/v1", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn paths_that_could_climb_out_are_refused() {
+        for bad in [
+            "/..",
+            "/../x",
+            "/a/../../x",
+            "/.",
+            "/./x",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/.%2e/x",
+            "/%2e/x",
+            "/..;/x",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "//evil.com/x",
+            "/a//b",
+            "/a%00b",
+            "x",
+            "@evil/x",
+        ] {
+            assert!(
+                matches!(
+                    joined("https://api.example.com/v1", bad),
+                    Err(JoinError::Path(_))
+                ),
+                "{bad} was not refused"
+            );
+        }
+    }
+
+    #[test]
+    fn a_join_that_changes_the_origin_is_caught() {
+        let base: Uri = "http://api.example.com".parse().unwrap();
+        let same = |u: &str| same_origin(&base, &u.parse().unwrap());
+        assert!(same("http://API.example.com:80/x"));
+        assert!(!same("http://api.example.com@evil/x"));
+        assert!(!same("https://api.example.com/x"));
+        assert!(!same("http://api.example.com:8080/x"));
+        assert!(!same("http://api.example.com.evil/x"));
+        let base: Uri = "https://gw.example.com/acct/1".parse().unwrap();
+        assert!(!same_origin(
+            &base,
+            &"https://gw.example.com/acct/2/x".parse().unwrap()
+        ));
+        assert!(!same_origin(
+            &base,
+            &"https://gw.example.com/acct/10".parse().unwrap()
+        ));
+        assert!(same_origin(
+            &base,
+            &"https://gw.example.com/acct/1/x".parse().unwrap()
+        ));
+        assert!(!same_origin(
+            &Uri::default(),
+            &"https://gw.example.com/".parse().unwrap()
+        ));
     }
 }

@@ -145,7 +145,10 @@ pub fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        // Each connection's read buffer: hyper's default (~400 KiB) times a thousand clients
+        // outweighs the whole body budget. 16 KiB also caps a request head (431 beyond).
+        .max_buf_size(16 * 1024);
     builder.http2().timer(TokioTimer::new());
     let served = live.clone();
     let task = tokio::spawn(async move {

@@ -2,12 +2,12 @@
 //! each attempt one lease from the pool and one report back to it.
 
 use crate::auth::ClientAuth;
-use crate::body::{buffer_request, ProxyBody};
+use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
-use crate::routes::{Provider, Routes};
+use crate::routes::{JoinError, Provider, Routes};
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
@@ -28,6 +28,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     pub observed: Arc<Observed>,
+    /// Request-body bytes buffered now, over every request of every config.
+    pub budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -38,6 +40,8 @@ impl Shared {
             store,
             metrics,
             observed: Observed::new(),
+            // Each config sets its own limit when it is built.
+            budget: Budget::new(0),
         }
     }
 }
@@ -50,7 +54,7 @@ pub struct App {
     auth: ClientAuth,
     client: UpstreamClient,
     upstream: UpstreamConfig,
-    max_body: usize,
+    body_limits: BodyLimits,
     ids: RequestIds,
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
@@ -65,7 +69,8 @@ struct Prepared {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    /// Holds its share of the budget until the request is done with it.
+    body: Buffered,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -95,7 +100,7 @@ struct Bounds {
 
 impl App {
     pub fn new(config: &Config, shared: Shared) -> Result<App, PoolError> {
-        Ok(App {
+        let app = App {
             routes: Routes::new(config, &shared)?,
             tls: config
                 .server
@@ -105,7 +110,10 @@ impl App {
             auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
             client: upstream::client(&config.upstream),
             upstream: config.upstream.clone(),
-            max_body: config.server.max_body_bytes,
+            body_limits: BodyLimits {
+                max_bytes: config.server.max_body_bytes,
+                idle: config.server.body_read_timeout,
+            },
             ids: RequestIds::new(),
             unrouted: shared.metrics.provider("none"),
             headers: HeaderPolicy::new(
@@ -113,7 +121,16 @@ impl App {
                 config.upstream.forwarded_for,
             ),
             shared,
-        })
+        };
+        app.shared
+            .budget
+            .set_limit(config.server.max_buffered_bytes);
+        Ok(app)
+    }
+
+    /// Request-body bytes buffered right now, over all requests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.budget.used()
     }
 
     /// The listener's TLS acceptor, if TLS is configured (swapped with the config on reload).
@@ -159,6 +176,10 @@ impl App {
         let (parts, body) = req.into_parts();
         let found = self.routes.find(parts.uri.path());
         let shape = found.map_or(ErrorShape::OpenAi, |(p, _)| p.shape);
+        // Step 0: nothing a forward proxy or a tunnel would serve.
+        if let Err(e) = check_target(&parts) {
+            return log.error(e, shape);
+        }
         // Step 1: who is asking.
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let Some(client) = self.auth.authenticate(&presented) else {
@@ -179,18 +200,26 @@ impl App {
         let provider = provider.clone();
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
-        let Ok(uri) = provider.upstream_uri(rest, query.as_deref()) else {
-            return log.error(ProxyError::UnknownRoute, shape);
+        let uri = match provider.upstream_uri(rest, query.as_deref()) {
+            Ok(uri) => uri,
+            Err(JoinError::Path(why)) => return log.error(ProxyError::BadPath(why), shape),
+            Err(JoinError::Origin) => {
+                tracing::error!(provider = %provider.name, "a joined upstream URL left the provider's base URL; not sent");
+                return log.error(ProxyError::UpstreamMismatch, shape);
+            }
         };
         // Step 3: the body, buffered so another key can replay it.
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = match buffer_request(body, declared, self.max_body).await {
+        let body = match self.read_body(body, &parts).await {
             Ok(b) => b,
-            Err(e) => return log.error(e, shape),
+            Err((e, shed)) => {
+                let mut resp = log.error(e, shape);
+                if shed {
+                    // Under memory pressure, the connection is not kept for another request.
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp;
+            }
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let headers = self.headers.forward(parts.headers, peer);
@@ -202,6 +231,33 @@ impl App {
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
+    }
+
+    /// Buffer the body within the limits; on refusal, the error and whether the connection is
+    /// shed (an HTTP/1 body refused for the budget alone, read to nowhere so the client sees
+    /// its 503 rather than a reset; an oversized or stalled body is cut off at once).
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        parts: &http::request::Parts,
+    ) -> Result<Buffered, (ProxyError, bool)> {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let limits = self.body_limits;
+        match buffer_request(&mut body, declared, limits, &self.shared.budget).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                let shed = matches!(e, ProxyError::BodyBudgetFull)
+                    && parts.version < http::Version::HTTP_2;
+                if shed {
+                    tokio::spawn(discard(body, limits));
+                }
+                Err((e, shed))
+            }
+        }
     }
 
     /// Try keys until one gives an answer to pass on, or none is left.
@@ -245,7 +301,9 @@ impl App {
             log.attempt(&key.name, waited, sent.is_ok(), verdict);
             let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
-                Ok(answered) if !again => return pass_on(answered, log, &self.upstream),
+                Ok(answered) if !again => {
+                    return pass_on(answered, log, &self.upstream, provider.shape)
+                }
                 Ok(answered) => {
                     tracing::debug!(key = %key.name, outcome = verdict.outcome.label(), "trying the next key");
                     last = Some(Failure::Answer(answered, verdict.outcome));
@@ -256,7 +314,7 @@ impl App {
         }
         match last {
             Some(Failure::Answer(answered, outcome)) if passable(outcome) => {
-                pass_on(answered, log, &self.upstream)
+                pass_on(answered, log, &self.upstream, provider.shape)
             }
             last => log.error(give_up(last), provider.shape),
         }
@@ -296,6 +354,19 @@ impl App {
     }
 }
 
+/// Refuse what only a forward proxy or a tunnel would serve: `CONNECT`, and an HTTP/1
+/// absolute-form target (`GET http://host/ HTTP/1.1`). keyrelay only ever sends to a
+/// provider's base URL, so such a request is a probe, not a client.
+fn check_target(parts: &http::request::Parts) -> Result<(), ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if parts.version < http::Version::HTTP_2 && parts.uri.scheme().is_some() {
+        return Err(ProxyError::BadPath("absolute-form request target"));
+    }
+    Ok(())
+}
+
 /// Whether the last answer, when no key is left, goes to the client as it is: not a refused
 /// key's (providers echo part of the key in it) nor a refusal's (its message may too).
 fn passable(outcome: Outcome) -> bool {
@@ -319,7 +390,7 @@ fn give_up(last: Option<Failure>) -> ProxyError {
 
 /// The upstream request for one attempt: the prepared request plus the lease's credential.
 fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
-    let mut out = Request::new(Full::new(req.body.clone()));
+    let mut out = Request::new(Full::new(req.body.bytes.clone()));
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = req.uri.clone();
     *out.headers_mut() = req.headers.clone();
@@ -334,7 +405,12 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
 
 /// Send an upstream answer to the client, head first, body frame by frame (or, for an error
 /// answer read to judge it, as read).
-fn pass_on(answered: Answered, log: RequestLog, upstream: &UpstreamConfig) -> Response<ProxyBody> {
+fn pass_on(
+    answered: Answered,
+    log: RequestLog,
+    upstream: &UpstreamConfig,
+    shape: ErrorShape,
+) -> Response<ProxyBody> {
     let Answered { mut parts, body } = answered;
     strip_hop_by_hop(&mut parts.headers);
     let sse = parts
@@ -349,9 +425,12 @@ fn pass_on(answered: Answered, log: RequestLog, upstream: &UpstreamConfig) -> Re
     }
     let hook = log.streaming(parts.status.as_u16());
     let body = match body {
-        AnsweredBody::Streaming(body) => {
-            ProxyBody::streamed(body, upstream.idle_timeout, Some(hook))
-        }
+        AnsweredBody::Streaming(body) => ProxyBody::streamed(
+            body,
+            upstream.idle_timeout,
+            sse.then_some(shape),
+            Some(hook),
+        ),
         AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
     };
     Response::from_parts(parts, body)

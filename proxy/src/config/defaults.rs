@@ -14,6 +14,8 @@ const fn loopback(port: u16) -> SocketAddr {
 // [server]
 pub(super) const LISTEN: SocketAddr = loopback(8080);
 pub(super) const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+pub(super) const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const ALLOW_UNAUTHENTICATED: bool = false;
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

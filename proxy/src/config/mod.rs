@@ -60,6 +60,10 @@ impl AuthStyle {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// The most request-body bytes buffered at once over all requests.
+    pub max_buffered_bytes: usize,
+    /// Longest pause between two chunks of a request body.
+    pub body_read_timeout: Duration,
     pub header_read_timeout: Duration,
     pub allow_unauthenticated: bool,
     /// How long in-flight requests and streams may run on after SIGTERM.

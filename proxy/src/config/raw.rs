@@ -39,6 +39,8 @@ pub(super) struct RawStore {
 pub(super) struct RawServer {
     pub listen: Option<String>,
     pub max_body_bytes: Option<i64>,
+    pub max_buffered_bytes: Option<i64>,
+    pub body_read_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,

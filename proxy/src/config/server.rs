@@ -8,7 +8,29 @@ use super::{defaults, ServerConfig, UpstreamConfig};
 
 pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerConfig {
     let listen = p.address("server.listen", s.listen.as_deref(), defaults::LISTEN);
-    let max_body_bytes = max_body_bytes(s.max_body_bytes, p);
+    let max_body_bytes = size(
+        "server.max_body_bytes",
+        s.max_body_bytes,
+        defaults::MAX_BODY_BYTES,
+        p,
+    );
+    let max_buffered_bytes = size(
+        "server.max_buffered_bytes",
+        s.max_buffered_bytes,
+        defaults::MAX_BUFFERED_BYTES,
+        p,
+    );
+    if max_buffered_bytes > 0 && max_buffered_bytes < max_body_bytes {
+        p.add(
+            "server.max_buffered_bytes",
+            format!("must be at least server.max_body_bytes ({max_body_bytes}), got {max_buffered_bytes}"),
+        );
+    }
+    let body_read_timeout = p.duration(
+        "server.body_read_timeout",
+        s.body_read_timeout.as_deref(),
+        defaults::BODY_READ_TIMEOUT,
+    );
     let header_read_timeout = p.duration(
         "server.header_read_timeout",
         s.header_read_timeout.as_deref(),
@@ -23,6 +45,8 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
     ServerConfig {
         listen,
         max_body_bytes,
+        max_buffered_bytes,
+        body_read_timeout,
         header_read_timeout,
         allow_unauthenticated: s
             .allow_unauthenticated
@@ -32,18 +56,16 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
     }
 }
 
-fn max_body_bytes(value: Option<i64>, p: &mut Problems) -> usize {
+/// A positive size in bytes at `path`, or `default` when unset.
+fn size(path: &str, value: Option<i64>, default: usize, p: &mut Problems) -> usize {
     let Some(n) = value else {
-        return defaults::MAX_BODY_BYTES;
+        return default;
     };
     usize::try_from(n)
         .ok()
         .filter(|n| *n > 0)
         .unwrap_or_else(|| {
-            p.add(
-                "server.max_body_bytes",
-                format!("must be a positive size in bytes, got {n}"),
-            );
+            p.add(path, format!("must be a positive size in bytes, got {n}"));
             0
         })
 }
