@@ -99,7 +99,11 @@ fn error_event(shape: ErrorShape, error: &ProxyError, tail: &[u8]) -> Bytes {
 struct Streamed {
     inner: Incoming,
     idle: Duration,
+    /// Fires at the idle deadline as last armed; re-armed lazily from `last` when it fires, so
+    /// a frame costs no timer work.
     timer: Pin<Box<Sleep>>,
+    /// When the last frame came.
+    last: Instant,
     bytes: u64,
     end: Option<StreamEnd>,
     hook: Option<Box<dyn EndHook>>,
@@ -118,6 +122,24 @@ impl Streamed {
             self.tail.rotate_left(1);
             self.tail[3] = *b;
             self.tail_len = (self.tail_len + 1).min(4);
+        }
+    }
+
+    /// Waiting on the upstream: pending until `idle` has passed since the last frame. The timer
+    /// is only re-armed when it fires early (frames came since it was armed).
+    fn poll_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last + self.idle;
+            if Instant::now() >= due {
+                return self.fail(StreamError::Idle);
+            }
+            self.timer.as_mut().reset(due);
         }
     }
 
@@ -209,6 +231,7 @@ impl ProxyBody {
                 inner,
                 idle,
                 timer: Box::pin(tokio::time::sleep(idle)),
+                last: Instant::now(),
                 bytes: 0,
                 end: None,
                 hook,
@@ -250,7 +273,7 @@ impl Body for ProxyBody {
                     s.bytes += data.len() as u64;
                     s.remember_tail(data);
                 }
-                s.timer.as_mut().reset(Instant::now() + s.idle);
+                s.last = Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => s.fail(StreamError::Cut),
@@ -258,12 +281,7 @@ impl Body for ProxyBody {
                 s.end = Some(StreamEnd::Complete);
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                if s.timer.as_mut().poll(cx).is_ready() {
-                    return s.fail(StreamError::Idle);
-                }
-                Poll::Pending
-            }
+            Poll::Pending => s.poll_idle(cx),
         }
     }
 
