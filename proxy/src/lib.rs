@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod headers;
@@ -58,6 +59,10 @@ pub enum ReloadError {
     /// The file is valid but its pools could not be built.
     #[error(transparent)]
     Build(#[from] PoolError),
+    /// The file changes what only a restart can apply, or would open the bound socket to
+    /// clients without a token: each field, and why.
+    #[error("reload refused, the running config keeps serving: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<server::Refusal>),
 }
 
 /// Start keyrelay with `config`: on Redis when `[store]` is configured (even if Redis is down
@@ -110,18 +115,14 @@ async fn start_with(
     path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
     let app = Arc::new(App::new(&config, Shared::new(store))?);
-    let live = Live::new(app);
+    let live = Live::new(app, &config);
     let addr = config.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let running = server::serve(
-        listener,
-        live.clone(),
-        config.server.header_read_timeout,
-        config.server.shutdown_grace,
-    )
-    .map_err(|source| StartError::Listen { addr, source })?;
+    let limits = connection::Limits::proxy(&config.server);
+    let running = server::serve(listener, live.clone(), limits, config.server.shutdown_grace)
+        .map_err(|source| StartError::Listen { addr, source })?;
     let (bound, task) = start_admin(&config, live, path).await?;
     Ok(running.with_admin(bound, task))
 }
@@ -146,10 +147,12 @@ async fn start_admin(
         });
         reload
     });
+    let metrics = live.app().metrics().clone();
     let admin = Arc::new(admin::Admin::new(
         live,
         config.admin.token.as_ref(),
         reloader,
     ));
-    Ok((bound, server::serve_admin(listener, admin)))
+    let limits = connection::Limits::admin(&config.server);
+    Ok((bound, server::serve_admin(listener, admin, limits, metrics)))
 }
