@@ -322,6 +322,21 @@ async fn a_reload_that_needs_a_rebind_is_refused_naming_the_field_and_the_old_co
     let e = live.reload(&moved_admin).unwrap_err();
     assert_eq!(refused_fields(&e), ["admin.listen"]);
 
+    // TLS on where it was off: the listener would need a new socket loop, so a restart.
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let tls_env = env()
+        .with("KR_CERT", &c.cert.pem())
+        .with("KR_CERT_KEY", &c.key_pair.serialize_pem());
+    let tls = config_text(
+        &url,
+        "",
+        "tls_cert = \"env:KR_CERT\"\ntls_key = \"env:KR_CERT_KEY\"",
+    );
+    let tls = Config::from_toml_str(&tls, &tls_env).unwrap_or_else(|e| panic!("{e}"));
+    let e = live.reload(&tls).unwrap_err();
+    assert_eq!(refused_fields(&e), ["server.tls_cert"]);
+    assert!(e.to_string().contains("TLS is off"), "{e}");
+
     assert_eq!(
         Arc::as_ptr(&live.app()),
         before,
@@ -330,7 +345,7 @@ async fn a_reload_that_needs_a_rebind_is_refused_naming_the_field_and_the_old_co
     assert_eq!(h.chat(CHAT).await.status, 200);
     let text = h.admin("GET", "/metrics", None).await.text();
     assert!(
-        text.contains(r#"keyrelay_config_reloads_total{result="failure"} 2"#),
+        text.contains(r#"keyrelay_config_reloads_total{result="failure"} 3"#),
         "{text}"
     );
 
