@@ -197,7 +197,8 @@ refused_total="$(curl -s --max-time 5 "http://$ADMIN/metrics" | awk '/^keyrelay_
 stop_pid "$KR_PID"
 
 # ---------------------------------------------------------------- report
-echo "== slow clients (header_read_timeout $HEADER_TIMEOUT${BODY_READ_TIMEOUT:+, body_read_timeout $BODY_READ_TIMEOUT}, watched ${WATCH}s)"
+echo "== slow clients (header_read_timeout $HEADER_TIMEOUT${BODY_READ_TIMEOUT:+, body_read_timeout $BODY_READ_TIMEOUT}, watched ${WATCH}s;"
+echo "   closed after: seconds from the client's connect, so time in the accept queue counts)"
 python3 - "$TMP/slow.json" "$TMP/baseline.json" "$TMP/beside.json" <<'EOF'
 import json, sys
 slow, base, beside = (json.load(open(p)) for p in sys.argv[1:4])
@@ -205,9 +206,9 @@ print(f"{'kind':<12} {'total':>6} {'closed':>7} {'open':>6} {'first_s':>8} {'las
 for kind, k in slow["kinds"].items():
     print(f"{kind:<12} {k['total']:>6} {k['closed']:>7} {k['still_open']:>6} "
           f"{str(k['closed_after_min_s']):>8} {str(k['closed_after_max_s']):>7}")
-print(f"keyrelay RSS {slow['rss_before_kib']} KiB before, {slow['rss_all_open_kib']} KiB with all open "
-      f"(open_connections gauge {slow['open_connections_gauge']}): "
-      f"{slow['rss_per_slow_connection_kib']} KiB per slow connection; CPU {slow['cpu_percent']}% while watched")
+print(f"keyrelay RSS {slow['rss_before_kib']} KiB before, {slow['rss_at_peak_kib']} KiB with the most "
+      f"slow connections open ({slow['peak_held']}): {slow['rss_per_slow_connection_kib']} KiB per slow "
+      f"connection; CPU {slow['cpu_percent']}% while watched")
 print(f"normal traffic alone:  {base['requests']} requests, {base['errors']} errors, "
       f"p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms")
 ratio = (f" ({beside['p99_ms'] / base['p99_ms']:.2f}x baseline)"
