@@ -59,11 +59,14 @@ struct Connections {
 impl Connections {
     fn new(b: &Builder) -> Connections {
         let name = "keyrelay_connections_refused_total";
-        let help = "Client connections closed at accept because max_connections were open.";
+        let help = "Client connections closed at accept because their listener's cap was reached.";
         let refused = IntCounter::new(name, help)
             .unwrap_or_else(|e| unreachable!("static counter {name}: {e}"));
         Connections {
-            open: b.single_gauge("keyrelay_open_connections", "Client connections open."),
+            open: b.single_gauge(
+                "keyrelay_open_connections",
+                "Client connections open, proxy and admin listeners together.",
+            ),
             refused: b.register(refused),
         }
     }
