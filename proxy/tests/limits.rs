@@ -440,3 +440,36 @@ async fn an_idle_http1_connection_is_also_bounded_by_the_header_timeout() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_is_refused_and_the_connection_serves_on() {
+    let h = limited("").await;
+    let tcp = TcpStream::connect(h.proxy.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let chat = |extra: Option<String>| {
+        let mut b = http::Request::post("http://keyrelay/v1/chat/completions")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json");
+        if let Some(v) = extra {
+            b = b.header("x-big", v);
+        }
+        b.body(()).unwrap()
+    };
+    // Over the 64 KiB list keyrelay advertises (hyper's own default is 16 MiB): 431.
+    let (response, _) = client
+        .send_request(chat(Some("a".repeat(80 * 1024))), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 431);
+    assert_eq!(h.mock.seen().len(), 0);
+
+    // Under it, on the same connection: served.
+    let mut client = client.ready().await.unwrap();
+    let (response, mut body) = client
+        .send_request(chat(Some("a".repeat(40 * 1024))), false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(CHAT.as_bytes()), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+}
