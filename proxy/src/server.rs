@@ -26,21 +26,49 @@ pub struct Live {
     bound: Bound,
 }
 
-/// What the process started with that a reload cannot change: the sockets are bound once.
+/// What the process started with that a reload cannot change: the sockets are bound once,
+/// and their connection limits and drain time are read once.
 #[derive(Clone, Copy, Debug)]
 struct Bound {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     tls: bool,
+    limits: (Duration, Duration, u32, Duration),
 }
+
+/// The `[server]` fields read only at start, in the order of `Bound::limits`.
+const READ_AT_START: [&str; 4] = [
+    "server.header_read_timeout",
+    "server.keepalive_timeout",
+    "server.max_connections",
+    "server.shutdown_grace",
+];
 
 impl Bound {
     fn of(config: &Config) -> Bound {
+        let s = &config.server;
         Bound {
-            listen: config.server.listen,
+            listen: s.listen,
             admin_listen: config.admin.listen,
-            tls: config.server.tls.is_some(),
+            tls: s.tls.is_some(),
+            limits: (
+                s.header_read_timeout,
+                s.keepalive_timeout,
+                s.max_connections,
+                s.shutdown_grace,
+            ),
         }
+    }
+
+    /// The fields of `new` that differ from the start but apply only after a restart.
+    fn unapplied(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self.limits, Bound::of(new).limits);
+        let changed = [a.0 != b.0, a.1 != b.1, a.2 != b.2, a.3 != b.3];
+        READ_AT_START
+            .iter()
+            .zip(changed)
+            .filter_map(|(f, c)| c.then_some(*f))
+            .collect()
     }
 
     /// Every field of `new` that a reload must refuse, with why.
@@ -113,7 +141,9 @@ impl Live {
     /// Build an app from `config` on the same store and metrics, and swap it in. Keys kept
     /// keep their state (the store aligns by fingerprint); removed keys get no new requests.
     /// Listener addresses, TLS on or off, connection limits and the store itself change only
-    /// with a restart: a file changing the first three is refused, naming each field.
+    /// with a restart: a file changing the first two is refused, naming each field (so is one
+    /// that would open the bound socket to clients without a token); changed limits are
+    /// logged as waiting for a restart.
     pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
         let current = self.app();
         let refused = self.bound.refusals(config);
@@ -130,6 +160,10 @@ impl Live {
         let app = result?;
         *self.app.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(app);
         tracing::info!("configuration reloaded");
+        let unapplied = self.bound.unapplied(config);
+        if !unapplied.is_empty() {
+            tracing::warn!(fields = ?unapplied, "changed, but applied only after a restart");
+        }
         Ok(())
     }
 }
@@ -311,4 +345,31 @@ pub fn serve_admin(
         })
         .await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::config::MapEnv;
+
+    fn config(server: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[clients]]\nname = \"t\"\ntoken = \"env:T\"\n[[providers]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = \"env:K_*\"\n"
+        );
+        let env = MapEnv::default().with("T", "token-t").with("K_1", "key-1");
+        Config::from_toml_str(&text, &env).unwrap()
+    }
+
+    #[test]
+    fn limits_changed_by_a_reload_are_named_as_waiting_for_a_restart() {
+        let bound = Bound::of(&config(""));
+        assert!(bound.unapplied(&config("")).is_empty());
+        let changed = config("keepalive_timeout = \"5s\"\nmax_connections = 7");
+        assert_eq!(
+            bound.unapplied(&changed),
+            ["server.keepalive_timeout", "server.max_connections"]
+        );
+        assert!(bound.refusals(&changed).is_empty());
+    }
 }
