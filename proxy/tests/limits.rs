@@ -473,3 +473,115 @@ async fn an_http2_header_list_over_the_limit_is_refused_and_the_connection_serve
         .unwrap();
     assert_eq!(response.await.unwrap().status(), 200);
 }
+
+/// CPU seconds (user and system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ, 100 on Linux
+}
+
+/// The real binary with its descriptor limit lowered after start (so its cap, fitted to the
+/// limit at start, is far above it): `accept()` runs out of descriptors. It must log that at
+/// most once a second, not spin, and serve again once the clients go.
+#[tokio::test]
+async fn out_of_descriptors_the_listener_logs_backs_off_and_serves_again() {
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrelay-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keyrelay.toml");
+    let text = config_text(&mock.url(), "", "header_read_timeout = \"60s\"");
+    std::fs::write(&path, text).unwrap();
+    let mut proc = support::process::Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .arg("--config")
+            .arg(&path)
+            .current_dir(&dir)
+            .env("KR_TOKEN", TOKEN)
+            .env("KR_ADMIN", ADMIN_TOKEN)
+            .env("KR_KEY_1", KEYS[0])
+            .env("KEYRELAY_LOG", "info"),
+        "cargo builds it",
+    );
+    let (addr, _) = proc
+        .wait_line(Duration::from_secs(20), support::process::keyrelay_addrs)
+        .await;
+    let client = http_client();
+    let url = format!("http://{addr}/v1/chat/completions");
+    assert_eq!(chat_at(&client, &url).await.status, 200);
+    drop(client);
+
+    let pid = proc.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open_fds + 8;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success());
+
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    proc.wait_line(Duration::from_secs(5), |l| {
+        l.contains("accept failed; pausing the listener")
+            .then_some(())
+    })
+    .await;
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        cpu < 0.2,
+        "keyrelay used {:.0}% CPU while out of descriptors",
+        cpu * 100.0
+    );
+    let logged = |p: &support::process::Proc| {
+        let all = p.stdout() + &p.stderr();
+        all.matches("accept failed; pausing the listener").count()
+    };
+    let lines = logged(&proc);
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} accept-error lines in about 2 s"
+    );
+
+    drop(held);
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = match client
+            .request(post(
+                &url,
+                &[("authorization", &format!("Bearer {TOKEN}"))],
+                CHAT,
+            ))
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving again 10 s after the clients left ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_no_secret(&(proc.stdout() + &proc.stderr()), "keyrelay's log");
+}
