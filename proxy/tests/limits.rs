@@ -474,6 +474,49 @@ async fn an_http2_header_list_over_the_limit_is_refused_and_the_connection_serve
     assert_eq!(response.await.unwrap().status(), 200);
 }
 
+/// The real binary on `config_text(mock_url)` with a long header timeout, and its address.
+async fn spawn_keyrelay(mock_url: &str) -> (support::process::Proc, std::net::SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("keyrelay-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keyrelay.toml");
+    let text = config_text(mock_url, "", "header_read_timeout = \"60s\"");
+    std::fs::write(&path, text).unwrap();
+    let mut proc = support::process::Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+            .arg("--config")
+            .arg(&path)
+            .current_dir(&dir)
+            .env("KR_TOKEN", TOKEN)
+            .env("KR_ADMIN", ADMIN_TOKEN)
+            .env("KR_KEY_1", KEYS[0])
+            .env("KEYRELAY_LOG", "info"),
+        "cargo builds it",
+    );
+    let (addr, _) = proc
+        .wait_line(Duration::from_secs(20), support::process::keyrelay_addrs)
+        .await;
+    (proc, addr)
+}
+
+/// Poll chat requests to `url` until one answers 200; fail after `within`.
+async fn serves_within(url: &str, within: Duration) {
+    let client = http_client();
+    let deadline = Instant::now() + within;
+    let auth = format!("Bearer {TOKEN}");
+    loop {
+        let sent = client.request(post(url, &[("authorization", &auth)], CHAT));
+        let status = sent.await.map_or(0, |r| r.status().as_u16());
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving within {within:?} ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// CPU seconds (user and system) `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -493,25 +536,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test]
 async fn out_of_descriptors_the_listener_logs_backs_off_and_serves_again() {
     let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
-    let dir = std::env::temp_dir().join(format!("keyrelay-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("keyrelay.toml");
-    let text = config_text(&mock.url(), "", "header_read_timeout = \"60s\"");
-    std::fs::write(&path, text).unwrap();
-    let mut proc = support::process::Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-            .arg("--config")
-            .arg(&path)
-            .current_dir(&dir)
-            .env("KR_TOKEN", TOKEN)
-            .env("KR_ADMIN", ADMIN_TOKEN)
-            .env("KR_KEY_1", KEYS[0])
-            .env("KEYRELAY_LOG", "info"),
-        "cargo builds it",
-    );
-    let (addr, _) = proc
-        .wait_line(Duration::from_secs(20), support::process::keyrelay_addrs)
-        .await;
+    let (mut proc, addr) = spawn_keyrelay(&mock.url()).await;
     let client = http_client();
     let url = format!("http://{addr}/v1/chat/completions");
     assert_eq!(chat_at(&client, &url).await.status, 200);
@@ -560,28 +585,6 @@ async fn out_of_descriptors_the_listener_logs_backs_off_and_serves_again() {
     );
 
     drop(held);
-    let client = http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = match client
-            .request(post(
-                &url,
-                &[("authorization", &format!("Bearer {TOKEN}"))],
-                CHAT,
-            ))
-            .await
-        {
-            Ok(r) => r.status().as_u16(),
-            Err(_) => 0,
-        };
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not serving again 10 s after the clients left ({status})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serves_within(&url, Duration::from_secs(10)).await;
     assert_no_secret(&(proc.stdout() + &proc.stderr()), "keyrelay's log");
 }
