@@ -3,7 +3,8 @@
 # (silent, HTTP/2 preface only, slow header, slow body) timed until keyrelay closes them, its
 # RSS per slow connection, the normal traffic's errors and p99 against a baseline; then a
 # keyrelay under a low `ulimit -n` with idle clients holding every descriptor it allows: its
-# logs, its CPU while held, and how soon it serves again once they go.
+# logs, its CPU while held, and how soon it serves again once they go; and the same with the
+# limit lowered after start, so accept() itself runs out of descriptors.
 # Loopback only; every step bounded in time; stops only the processes it started.
 # Usage: bash bench/edges.sh   (the clients are bench/edges.py)
 #
@@ -196,6 +197,40 @@ accept_errors="$(grep -c 'accept failed' "$TMP/held.log" || true)"
 refused_total="$(curl -s --max-time 5 "http://$ADMIN/metrics" | awk '/^keyrelay_connections_refused_total / { print $2 }')"
 stop_pid "$KR_PID"
 
+# ---------------------------------------------------------------- 3. out of descriptors
+# The limit lowered after start (prlimit), so the cap fitted at start is far above it and
+# accept() itself fails with EMFILE: the path a leak or a burst of upstream sockets would take.
+emfile=""
+if command -v prlimit >/dev/null 2>&1; then
+  start_keyrelay emfile 60s
+  [[ "$(chat "$KR_PORT")" == 200 ]] || die "keyrelay (emfile) does not serve"
+  fds=$(($(ls "/proc/$KR_PID/fd" | wc -l) + 16))
+  prlimit --pid "$KR_PID" --nofile="$fds:$fds" || die "prlimit failed"
+  log "out of descriptors: limit $fds set after start, $HOLD idle connections held ${HOLD_SECONDS}s"
+  timeout $((HOLD_SECONDS + 60)) python3 "$CLIENT" hold "127.0.0.1:$KR_PORT" "$KR_PID" "$HOLD" "$HOLD_SECONDS" \
+    >"$TMP/emfile.json" &
+  HOLD_PID=$!
+  PIDS+=("$HOLD_PID")
+  sleep $((HOLD_SECONDS / 2 + 1))
+  emfile_during="$(chat "$KR_PORT")"
+  wait "$HOLD_PID" || die "the hold client failed"
+  released=$SECONDS emfile_recovered=""
+  while ((SECONDS - released < 10)); do
+    if [[ "$(chat "$KR_PORT")" == 200 ]]; then
+      emfile_recovered=$((SECONDS - released))
+      break
+    fi
+    sleep 0.1
+  done
+  emfile_lines="$(grep -c 'accept failed' "$TMP/emfile.log" || true)"
+  emfile="limit $fds: $(python3 -c 'import json,sys; h=json.load(open(sys.argv[1])); print("keyrelay CPU %s%% while %s clients waited, %s connects timed out" % (h["cpu_percent_while_held"], h["held_open"], h["connect_failed"]))' "$TMP/emfile.json");"
+  emfile+=" a chat request meanwhile: HTTP $emfile_during; $emfile_lines 'accept failed' line(s) over"
+  emfile+=" ${HOLD_SECONDS}s and more; after release: 200 within ${emfile_recovered:-(not within 10)}s"
+  stop_pid "$KR_PID"
+else
+  log "prlimit not found (util-linux): skipping the out-of-descriptors run"
+fi
+
 # ---------------------------------------------------------------- report
 echo "== slow clients (header_read_timeout $HEADER_TIMEOUT${BODY_READ_TIMEOUT:+, body_read_timeout $BODY_READ_TIMEOUT}, watched ${WATCH}s;"
 echo "   closed after: seconds from the client's connect, so time in the accept queue counts)"
@@ -227,3 +262,7 @@ echo "a chat request while held: HTTP $during; after release: 200 within ${recov
 echo "keyrelay log: $lowered 'max_connections lowered' warning(s), $refusals 'connection refused' line(s)" \
   "(at most one a second), $accept_errors 'accept failed' line(s);" \
   "keyrelay_connections_refused_total ${refused_total:-?}"
+if [[ -n "$emfile" ]]; then
+  echo "== out of descriptors (accept() failing with EMFILE)"
+  echo "$emfile"
+fi

@@ -117,14 +117,29 @@ async fn start_with(
     let app = Arc::new(App::new(&config, Shared::new(store))?);
     let live = Live::new(app, &config);
     let addr = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let listener = bind(addr).map_err(|source| StartError::Listen { addr, source })?;
     let limits = connection::Limits::proxy(&config.server);
     let running = server::serve(listener, live.clone(), limits, config.server.shutdown_grace)
         .map_err(|source| StartError::Listen { addr, source })?;
     let (bound, task) = start_admin(&config, live, path).await?;
     Ok(running.with_admin(bound, task))
+}
+
+/// Connections the kernel may hold completed for a listener before keyrelay accepts them
+/// (capped by `net.core.somaxconn`). Large, so a burst of connects is not met with dropped
+/// SYNs (and one-second retransmits) while the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `addr` for listening (address reuse on, as the standard library sets it).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Bind and serve the admin listener.
@@ -135,9 +150,7 @@ async fn start_admin(
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), StartError> {
     let addr = config.admin.listen;
     let listen_error = |source| StartError::Listen { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(listen_error)?;
+    let listener = bind(addr).map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
     let reloader: Option<admin::Reloader> = path.map(|path| {
         let live = live.clone();
