@@ -16,8 +16,8 @@ pub use provider::ProviderMetrics;
 
 use keyrelay_pool::Store;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -46,7 +46,30 @@ pub(crate) struct Families {
     key_rpm_limit: IntGaugeVec,
     store_seconds: HistogramVec,
     reloads: IntCounterVec,
+    connections: Connections,
     store_watched: OnceLock<()>,
+}
+
+/// Client connections on both listeners: open now, and closed at once for being over the cap.
+struct Connections {
+    open: IntGauge,
+    refused: IntCounter,
+}
+
+impl Connections {
+    fn new(b: &Builder) -> Connections {
+        let name = "keyrelay_connections_refused_total";
+        let help = "Client connections closed at accept because their listener's cap was reached.";
+        let refused = IntCounter::new(name, help)
+            .unwrap_or_else(|e| unreachable!("static counter {name}: {e}"));
+        Connections {
+            open: b.single_gauge(
+                "keyrelay_open_connections",
+                "Client connections open, proxy and admin listeners together.",
+            ),
+            refused: b.register(refused),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,6 +154,7 @@ impl Families {
                 "keyrelay_open_streams",
                 "Upstream response bodies being streamed.",
             ),
+            connections: Connections::new(&b),
             store_watched: OnceLock::new(),
             registry: b.0,
         }
@@ -295,6 +319,28 @@ impl Metrics {
 
     pub fn stream_closed(&self) {
         self.families.open_streams.dec();
+    }
+
+    pub fn connection_opened(&self) {
+        self.families.connections.open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.families.connections.open.dec();
+    }
+
+    pub fn connection_refused(&self) {
+        self.families.connections.refused.inc();
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> i64 {
+        self.families.connections.open.get()
+    }
+
+    /// Client connections refused for the cap so far.
+    pub fn connections_refused(&self) -> u64 {
+        self.families.connections.refused.get()
     }
 
     /// Export the store's error count and degraded state, read from it at each scrape. The

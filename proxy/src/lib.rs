@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod headers;
@@ -58,6 +59,10 @@ pub enum ReloadError {
     /// The file is valid but its pools could not be built.
     #[error(transparent)]
     Build(#[from] PoolError),
+    /// The file changes what only a restart can apply, or would open the bound socket to
+    /// clients without a token: each field, and why.
+    #[error("reload refused, the running config keeps serving: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<server::Refusal>),
 }
 
 /// Start keyrelay with `config`: on Redis when `[store]` is configured (even if Redis is down
@@ -113,20 +118,31 @@ async fn start_with(
     path: Option<PathBuf>,
 ) -> Result<Running, StartError> {
     let app = Arc::new(App::new(&config, Shared::new(store))?);
-    let live = Live::new(app);
+    let live = Live::new(app, &config);
     let addr = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let limits = connection::Limits::proxy(&config.server);
+    let running = server::serve(listener, live.clone(), limits, config.server.shutdown_grace)
         .map_err(|source| StartError::Listen { addr, source })?;
-    let running = server::serve(
-        listener,
-        live.clone(),
-        config.server.header_read_timeout,
-        config.server.shutdown_grace,
-    )
-    .map_err(|source| StartError::Listen { addr, source })?;
     let (bound, task) = start_admin(&config, live, path).await?;
     Ok(running.with_admin(bound, task))
+}
+
+/// Connections the kernel may hold completed for a listener before keyrelay accepts them
+/// (capped by `net.core.somaxconn`). Large, so a burst of connects is not met with dropped
+/// SYNs (and one-second retransmits) while the accept loop catches up.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `addr` for listening (address reuse on, as the standard library sets it).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Bind and serve the admin listener.
@@ -137,9 +153,7 @@ async fn start_admin(
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), StartError> {
     let addr = config.admin.listen;
     let listen_error = |source| StartError::Listen { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(listen_error)?;
+    let listener = bind(addr).map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
     let reloader: Option<admin::Reloader> = path.map(|path| {
         let live = live.clone();
@@ -149,10 +163,12 @@ async fn start_admin(
         });
         reload
     });
+    let metrics = live.app().metrics().clone();
     let admin = Arc::new(admin::Admin::new(
         live,
         config.admin.token.as_ref(),
         reloader,
     ));
-    Ok((bound, server::serve_admin(listener, admin)))
+    let limits = connection::Limits::admin(&config.server);
+    Ok((bound, server::serve_admin(listener, admin, limits, metrics)))
 }

@@ -1,35 +1,125 @@
-//! The listener: accept loop, per-connection HTTP/1.1 and HTTP/2, graceful shutdown.
+//! The listeners: what each connection serves, graceful shutdown, and reload (which refuses
+//! what only a restart can apply). Connection limits live in `connection.rs`.
 
 use crate::config::Config;
+use crate::connection::{self, accept_until, Gate, Limits};
 use crate::service::{App, Peer};
 use crate::ReloadError;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use keyrelay_metrics::ReloadResult;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The app currently serving, swapped whole on reload, and whether we are draining.
 /// A request holds the `Arc<App>` it started with, so a reload never touches it.
 pub struct Live {
     app: RwLock<Arc<App>>,
     draining: AtomicBool,
+    bound: Bound,
+}
+
+/// What the process started with that a reload cannot change: the sockets are bound once,
+/// and their connection limits and drain time are read once.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    tls: bool,
+    limits: (Duration, Duration, u32, Duration),
+}
+
+/// The `[server]` fields read only at start, in the order of `Bound::limits`.
+const READ_AT_START: [&str; 4] = [
+    "server.header_read_timeout",
+    "server.keepalive_timeout",
+    "server.max_connections",
+    "server.shutdown_grace",
+];
+
+impl Bound {
+    fn of(config: &Config) -> Bound {
+        let s = &config.server;
+        Bound {
+            listen: s.listen,
+            admin_listen: config.admin.listen,
+            tls: s.tls.is_some(),
+            limits: (
+                s.header_read_timeout,
+                s.keepalive_timeout,
+                s.max_connections,
+                s.shutdown_grace,
+            ),
+        }
+    }
+
+    /// The fields of `new` that differ from the start but apply only after a restart.
+    fn unapplied(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self.limits, Bound::of(new).limits);
+        let changed = [a.0 != b.0, a.1 != b.1, a.2 != b.2, a.3 != b.3];
+        READ_AT_START
+            .iter()
+            .zip(changed)
+            .filter_map(|(f, c)| c.then_some(*f))
+            .collect()
+    }
+
+    /// Every field of `new` that a reload must refuse, with why.
+    fn refusals(&self, new: &Config) -> Vec<Refusal> {
+        let mut out = Vec::new();
+        let mut refuse = |field, why: String| out.push(Refusal { field, why });
+        let restart = "only a restart can re-bind";
+        if new.server.listen != self.listen {
+            let why = format!("{restart} (listening on {})", self.listen);
+            refuse("server.listen", why);
+        }
+        if new.admin.listen != self.admin_listen {
+            let why = format!("{restart} (listening on {})", self.admin_listen);
+            refuse("admin.listen", why);
+        }
+        if new.server.tls.is_some() != self.tls {
+            let now = if self.tls { "on" } else { "off" };
+            refuse("server.tls_cert", format!("TLS is {now}; {restart}"));
+        }
+        let open = new.clients.is_empty() && new.server.allow_unauthenticated;
+        if open && !self.listen.ip().is_loopback() {
+            let why = format!(
+                "would serve the non-loopback {} without tokens",
+                self.listen
+            );
+            refuse("server.allow_unauthenticated", why);
+        }
+        out
+    }
+}
+
+/// A field a reload may not change, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.why)
+    }
 }
 
 impl Live {
-    pub fn new(app: Arc<App>) -> Arc<Live> {
+    /// The live state of a process started with `config` (whose listeners it pins).
+    pub fn new(app: Arc<App>, config: &Config) -> Arc<Live> {
         Arc::new(Live {
             app: RwLock::new(app),
             draining: AtomicBool::new(false),
+            bound: Bound::of(config),
         })
     }
 
@@ -50,10 +140,18 @@ impl Live {
 
     /// Build an app from `config` on the same store and metrics, and swap it in. Keys kept
     /// keep their state (the store aligns by fingerprint); removed keys get no new requests.
-    /// Listener addresses and the store itself change only with a restart.
+    /// Listener addresses, TLS on or off, connection limits and the store itself change only
+    /// with a restart: a file changing the first two is refused, naming each field (so is one
+    /// that would open the bound socket to clients without a token); changed limits are
+    /// logged as waiting for a restart.
     pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
         let current = self.app();
-        let result = App::new(config, current.shared().clone());
+        let refused = self.bound.refusals(config);
+        let result = if refused.is_empty() {
+            App::new(config, current.shared().clone()).map_err(ReloadError::from)
+        } else {
+            Err(ReloadError::Refused(refused))
+        };
         current.metrics().reload(if result.is_ok() {
             ReloadResult::Success
         } else {
@@ -62,6 +160,10 @@ impl Live {
         let app = result?;
         *self.app.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(app);
         tracing::info!("configuration reloaded");
+        let unapplied = self.bound.unapplied(config);
+        if !unapplied.is_empty() {
+            tracing::warn!(fields = ?unapplied, "changed, but applied only after a restart");
+        }
         Ok(())
     }
 }
@@ -132,44 +234,36 @@ impl Running {
     }
 }
 
-/// Serve `app` on `listener` until told to stop.
+/// Serve `app` on `listener` within `limits` until told to stop.
 pub fn serve(
     listener: TcpListener,
     live: Arc<Live>,
-    header_read_timeout: Duration,
+    limits: Limits,
     shutdown_grace: Duration,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
-    let (stop, mut stopped) = watch::channel(None);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        // Each connection's read buffer: hyper's default (~400 KiB) times a thousand clients
-        // outweighs the whole body budget. 16 KiB also caps a request head (431 beyond).
-        .max_buf_size(16 * 1024);
-    builder.http2().timer(TokioTimer::new());
+    let (stop, stopped) = watch::channel(None);
+    let gate = Gate::new(limits.max_connections, live.app().metrics().clone());
     let served = live.clone();
     let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
-        let grace = loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _peer)) = accepted else { continue };
-                    serve_connection(stream, &served, &builder, graceful.watcher(), header_read_timeout);
-                }
-                changed = stopped.changed() => {
-                    if changed.is_err() { break Duration::ZERO; }
-                    if let Some(grace) = *stopped.borrow() { break grace; }
-                }
-            }
-        };
+        let builder = Arc::new(limits.builder());
+        let (drain, draining) = watch::channel(false);
+        let grace = accept_until(
+            &listener,
+            &gate,
+            asked_to_stop(stopped),
+            |stream, permit| {
+                let (live, builder, draining) = (served.clone(), builder.clone(), draining.clone());
+                tokio::spawn(async move {
+                    serve_connection(stream, &live, &builder, limits, draining).await;
+                    drop(permit);
+                });
+            },
+        )
+        .await;
         drop(listener);
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let _ = drain.send(true);
+        if tokio::time::timeout(grace, gate.closed()).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "connections still open after the grace period; closing"
@@ -186,69 +280,96 @@ pub fn serve(
     })
 }
 
-/// Serve one accepted client connection (TLS first when configured) on its own task, watched
-/// for graceful shutdown.
-fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// The grace period once `stopped` carries one (zero if its sender is gone).
+async fn asked_to_stop(mut stopped: watch::Receiver<Option<Duration>>) -> Duration {
+    match stopped.wait_for(Option::is_some).await {
+        Ok(grace) => grace.unwrap_or_default(),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Serve one accepted client connection (TLS first when configured), within `limits` from
+/// now: the handshake shares the header timeout, so a silent client cannot hold it open.
+async fn serve_connection(
+    stream: TcpStream,
     live: &Arc<Live>,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    header_read_timeout: Duration,
+    limits: Limits,
+    draining: watch::Receiver<bool>,
 ) {
+    let opened = Instant::now();
     let _ = stream.set_nodelay(true);
     let tls = live.app().tls().cloned();
-    let live = live.clone();
     let peer = stream.peer_addr().ok().map(Peer);
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    let live = live.clone();
+    let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
         if let Some(peer) = peer {
             req.extensions_mut().insert(peer);
         }
-        let app = live.app();
-        async move { Ok::<_, Infallible>(app.handle(req).await) }
-    });
-    let builder = builder.clone();
-    tokio::spawn(async move {
-        let result = match tls {
-            None => {
-                watcher
-                    .watch(builder.serve_connection(TokioIo::new(stream), service))
-                    .await
-            }
-            Some(acceptor) => {
-                // The handshake shares the header timeout: a silent client cannot hold it open.
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await
-                else {
-                    return;
-                };
-                watcher
-                    .watch(builder.serve_connection(TokioIo::new(tls), service))
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+        live.app().handle(req)
+    };
+    match tls {
+        None => connection::drive_tcp(builder, stream, handle, limits, draining).await,
+        Some(acceptor) => {
+            let deadline = opened + limits.header_read_timeout;
+            let Ok(Ok(tls)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let io = TokioIo::new(tls);
+            connection::drive(builder, io, handle, opened, limits, draining).await;
         }
-    });
+    }
 }
 
-/// Serve the admin API on `listener` until the process ends.
-pub fn serve_admin(listener: TcpListener, admin: Arc<crate::admin::Admin>) -> JoinHandle<()> {
+/// Serve the admin API on `listener`, within `limits`, until the process ends.
+pub fn serve_admin(
+    listener: TcpListener,
+    admin: Arc<crate::admin::Admin>,
+    limits: Limits,
+    metrics: keyrelay_metrics::Metrics,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let admin = admin.clone();
+        let gate = Gate::new(limits.max_connections, metrics);
+        let builder = Arc::new(limits.builder());
+        // Never sent: the admin listener lives until the process ends.
+        let (_never, draining) = watch::channel(false);
+        let forever = std::future::pending::<()>();
+        accept_until(&listener, &gate, forever, |stream, permit| {
+            let (admin, builder, draining) = (admin.clone(), builder.clone(), draining.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let handle = move |req| admin.clone().handle(req);
+                connection::drive_tcp(&builder, stream, handle, limits, draining).await;
+                drop(permit);
             });
-        }
+        })
+        .await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::config::MapEnv;
+
+    fn config(server: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[[clients]]\nname = \"t\"\ntoken = \"env:T\"\n[[providers]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = \"env:K_*\"\n"
+        );
+        let env = MapEnv::default().with("T", "token-t").with("K_1", "key-1");
+        Config::from_toml_str(&text, &env).unwrap()
+    }
+
+    #[test]
+    fn limits_changed_by_a_reload_are_named_as_waiting_for_a_restart() {
+        let bound = Bound::of(&config(""));
+        assert!(bound.unapplied(&config("")).is_empty());
+        let changed = config("keepalive_timeout = \"5s\"\nmax_connections = 7");
+        assert_eq!(
+            bound.unapplied(&changed),
+            ["server.keepalive_timeout", "server.max_connections"]
+        );
+        assert!(bound.refusals(&changed).is_empty());
+    }
 }

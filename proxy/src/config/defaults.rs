@@ -17,6 +17,9 @@ pub(super) const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub(super) const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lowered at start to what the open-file limit allows (see `connection.rs`).
+pub(super) const MAX_CONNECTIONS: u32 = 10_000;
 pub(super) const ALLOW_UNAUTHENTICATED: bool = false;
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

@@ -64,7 +64,13 @@ pub struct ServerConfig {
     pub max_buffered_bytes: usize,
     /// Longest pause between two chunks of a request body.
     pub body_read_timeout: Duration,
+    /// From accept to the first request's head (TLS handshake and protocol detection
+    /// included), and for each later HTTP/1 request head.
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open.
+    pub keepalive_timeout: Duration,
+    /// Client connections open at once on the proxy listener; more are closed at accept.
+    pub max_connections: u32,
     pub allow_unauthenticated: bool,
     /// How long in-flight requests and streams may run on after SIGTERM.
     pub shutdown_grace: Duration,

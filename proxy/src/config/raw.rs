@@ -42,6 +42,8 @@ pub(super) struct RawServer {
     pub max_buffered_bytes: Option<i64>,
     pub body_read_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,
     pub tls_cert: Option<String>,

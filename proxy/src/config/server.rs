@@ -26,16 +26,27 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
             format!("must be at least server.max_body_bytes ({max_body_bytes}), got {max_buffered_bytes}"),
         );
     }
-    let body_read_timeout = p.duration(
+    let body_read_timeout = p.period(
         "server.body_read_timeout",
         s.body_read_timeout.as_deref(),
         defaults::BODY_READ_TIMEOUT,
     );
-    let header_read_timeout = p.duration(
+    let header_read_timeout = p.period(
         "server.header_read_timeout",
         s.header_read_timeout.as_deref(),
         defaults::HEADER_READ_TIMEOUT,
     );
+    let keepalive_timeout = p.period(
+        "server.keepalive_timeout",
+        s.keepalive_timeout.as_deref(),
+        defaults::KEEPALIVE_TIMEOUT,
+    );
+    let max_connections = p.positive(
+        "server.max_connections",
+        s.max_connections,
+        defaults::MAX_CONNECTIONS,
+    );
+    // Zero is allowed: stop at once, cutting what is in flight.
     let shutdown_grace = p.duration(
         "server.shutdown_grace",
         s.shutdown_grace.as_deref(),
@@ -48,6 +59,8 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
         max_buffered_bytes,
         body_read_timeout,
         header_read_timeout,
+        keepalive_timeout,
+        max_connections,
         allow_unauthenticated: s
             .allow_unauthenticated
             .unwrap_or(defaults::ALLOW_UNAUTHENTICATED),
@@ -72,17 +85,17 @@ fn size(path: &str, value: Option<i64>, default: usize, p: &mut Problems) -> usi
 
 pub(super) fn upstream(u: &RawUpstream, p: &mut Problems) -> UpstreamConfig {
     UpstreamConfig {
-        connect_timeout: p.duration(
+        connect_timeout: p.period(
             "upstream.connect_timeout",
             u.connect_timeout.as_deref(),
             defaults::CONNECT_TIMEOUT,
         ),
-        first_byte_timeout: p.duration(
+        first_byte_timeout: p.period(
             "upstream.first_byte_timeout",
             u.first_byte_timeout.as_deref(),
             defaults::FIRST_BYTE_TIMEOUT,
         ),
-        idle_timeout: p.duration(
+        idle_timeout: p.period(
             "upstream.idle_timeout",
             u.idle_timeout.as_deref(),
             defaults::IDLE_TIMEOUT,
