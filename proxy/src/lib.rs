@@ -148,6 +148,7 @@ async fn start_admin(
     });
     let admin = Arc::new(admin::Admin::new(
         live,
+        admin::AllowedHosts::new(bound, &config.admin.allowed_hosts),
         config.admin.token.as_ref(),
         reloader,
     ));
