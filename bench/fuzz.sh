@@ -26,6 +26,7 @@ if [[ "$engine" == afl ]]; then
   for t in "${targets[@]}"; do
     out="fuzz/afl-out/$t"
     rm -rf "$out"
+    mkdir -p fuzz/afl-out
     AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 \
       cargo afl fuzz -i "fuzz/corpus/$t" -o "$out" -V "$each" -s "$seed" target/afl/release/afl "$t" \
       >"$out.log" 2>&1 || true

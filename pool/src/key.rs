@@ -133,14 +133,45 @@ fn pbkdf2_sha256(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
     let mut first = hmac_sha256(password);
     first.update(salt);
     first.update(&1u32.to_be_bytes());
-    let mut u: [u8; 32] = first.finalize().into_bytes().into();
-    let mut out = u;
+    let mut out: [u8; 32] = first.finalize().into_bytes().into();
     let (inner, outer) = pad_states(password);
+    // Each round hashes a 32-byte message after one key block: one padded block, whose
+    // padding (0x80, then the length of 96 bytes in bits) never changes.
+    let mut message = [0u8; 64];
+    message[32] = 0x80;
+    message[56..].copy_from_slice(&768u64.to_be_bytes());
+    let mut digest = message;
+    message[..32].copy_from_slice(&out);
+    let mut acc = words(&out);
     for _ in 1..rounds {
-        u = digest_block(outer, &digest_block(inner, &u));
-        out.iter_mut().zip(u.iter()).for_each(|(o, x)| *o ^= x);
+        let mut state = inner;
+        compress(&mut state, &message);
+        put_words(&state, &mut digest);
+        let mut state = outer;
+        compress(&mut state, &digest);
+        put_words(&state, &mut message);
+        for (a, s) in acc.iter_mut().zip(state) {
+            *a ^= s;
+        }
     }
-    out
+    let mut result = [0u8; 32];
+    put_words(&acc, &mut result);
+    result
+}
+
+fn words(bytes: &[u8; 32]) -> [u32; 8] {
+    let mut w = [0u32; 8];
+    for (word, chunk) in w.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    w
+}
+
+/// The 8 words, big-endian, into the first 32 bytes of `out`.
+fn put_words(state: &[u32; 8], out: &mut [u8]) {
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
 }
 
 /// SHA-256's state after the HMAC key block XOR ipad, and after the one XOR opad.
@@ -159,21 +190,6 @@ fn pad_states(key: &[u8]) -> ([u32; 8], [u32; 8]) {
         st
     };
     (state(0x36), state(0x5c))
-}
-
-/// The digest of a 32-byte message that follows one 64-byte block already in `state`.
-fn digest_block(mut state: [u32; 8], message: &[u8; 32]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    block[..32].copy_from_slice(message);
-    block[32] = 0x80;
-    // Total length 96 bytes = 768 bits.
-    block[56..].copy_from_slice(&768u64.to_be_bytes());
-    compress(&mut state, &block);
-    let mut out = [0u8; 32];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
 }
 
 fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
