@@ -133,7 +133,7 @@ fn pbkdf2_sha256(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
     let mut first = hmac_sha256(password);
     first.update(salt);
     first.update(&1u32.to_be_bytes());
-    let mut out: [u8; 32] = first.finalize().into_bytes().into();
+    let out: [u8; 32] = first.finalize().into_bytes().into();
     let (inner, outer) = pad_states(password);
     // Each round hashes a 32-byte message after one key block: one padded block, whose
     // padding (0x80, then the length of 96 bytes in bits) never changes.
