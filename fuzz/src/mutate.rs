@@ -50,7 +50,7 @@ const DICTIONARY: [&str; 48] = [
     "env:",
     "env:KR_KEY_*",
     "file:",
-    "file:/dev/null",
+    "file:/dev/zero",
     "http://",
     "https://",
     "user:pw@",

@@ -118,8 +118,7 @@ fn env_var(name: &str, env: &dyn Env) -> Result<Resolved, String> {
 /// `file:PATH`: the file's trimmed text, named after the file; refused if others may read it
 /// (unless `allow_readable`).
 fn file(path: &str, allow_readable: bool) -> Result<Resolved, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?;
+    let text = read_small_file(path)?;
     let value = text.trim();
     if value.is_empty() {
         return Err(format!("secret file {path} is empty"));
@@ -135,6 +134,30 @@ fn file(path: &str, allow_readable: bool) -> Result<Resolved, String> {
         name,
         secret: Secret::new(value),
     })
+}
+
+/// The most a `file:` secret may hold: room for a long certificate chain.
+const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// A regular file's text, at most [`MAX_SECRET_FILE`] bytes: a device (`/dev/zero`), a FIFO or
+/// a huge file would otherwise hang or exhaust the load.
+fn read_small_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| format!("cannot read secret file {path}: {}", e.kind());
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(format!("secret file {path} is not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!("secret file {path} is larger than 1 MiB"));
+    }
+    Ok(text)
 }
 
 /// Refuse a file whose mode lets group or others read (or write) it.
@@ -231,6 +254,21 @@ mod tests {
             &MapEnv::default()
         )
         .is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Seen while writing the config fuzz target: `file:/dev/zero` never finished loading.
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_huge_files_are_refused_at_once() {
+        let err = resolve("file:/dev/zero", &MapEnv::default()).unwrap_err();
+        assert_eq!(err, "secret file /dev/zero is not a regular file");
+        let dir = std::env::temp_dir().join(format!("kr-secret-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; 1024 * 1024 + 1]).unwrap();
+        let err = resolve(&format!("file:{}", big.display()), &MapEnv::default()).unwrap_err();
+        assert!(err.ends_with("is larger than 1 MiB"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
