@@ -20,7 +20,7 @@ mod store;
 
 pub use budget::{BudgetSettings, RetryBudget};
 pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint, remaining_quota};
-pub use key::{fingerprint, Account, Key, Secret};
+pub use key::{fingerprint, Account, Fingerprinter, Key, Secret};
 pub use memory::MemoryStore;
 pub use observed::{Observed, Quota};
 pub use outcome::{classify, needs_body, Outcome};

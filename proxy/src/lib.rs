@@ -166,6 +166,7 @@ async fn start_admin(
     let metrics = live.app().metrics().clone();
     let admin = Arc::new(admin::Admin::new(
         live,
+        admin::AllowedHosts::new(bound, &config.admin.allowed_hosts),
         config.admin.token.as_ref(),
         reloader,
     ));

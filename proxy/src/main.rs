@@ -1,10 +1,14 @@
 //! The `keyrelay` command: run the proxy, check a config, or run the demo.
+//!
+//! Before anything else it loads a `.env` file: the one given with `--env-file`, else `.env` in
+//! the working directory if there is one (never a parent directory's). Variables already set
+//! win. A line it cannot parse stops the start, naming the line but never its text.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyrelay::config::Config;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -23,6 +27,10 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// Variables to load before anything else; by default `.env` in the working directory, if
+    /// present (never searched for in parent directories).
+    #[arg(long, global = true, value_name = "PATH")]
+    env_file: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
@@ -181,11 +189,53 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // A .env in the working directory, as local setups expect; real env vars win.
-    let _ = dotenvy::dotenv();
+/// Load `explicit`, or `.env` in the working directory if it exists. Every line is parsed
+/// before any variable is set, so a bad file changes nothing.
+fn load_env_file(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let path = explicit.unwrap_or(Path::new(".env"));
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot read env file {}: {}", path.display(), e.kind()),
+    };
+    let mut vars = Vec::new();
+    for item in dotenvy::Iter::new(text.as_bytes()) {
+        match item {
+            Ok(var) => vars.push(var),
+            Err(dotenvy::Error::LineParse(line, _)) => {
+                // The line may hold a secret: say where it is, never what it says.
+                let at = text.find(&line).unwrap_or(0);
+                let number = text[..at].matches('\n').count() + 1;
+                anyhow::bail!(
+                    "env file {}: line {number} cannot be parsed (expected NAME=value, quotes closed); nothing was loaded",
+                    path.display()
+                );
+            }
+            Err(_) => anyhow::bail!("env file {} cannot be parsed", path.display()),
+        }
+    }
+    for (name, value) in vars {
+        if std::env::var_os(&name).is_none() {
+            // Still single-threaded: the runtime starts after this.
+            std::env::set_var(name, value);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let first = Cli::parse();
+    load_env_file(first.env_file.as_deref())?;
+    // Parsed again so that defaults taken from the environment see the file's variables.
     let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run_command(cli))
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_json);
     match cli.command {
         Some(Command::Check) => {

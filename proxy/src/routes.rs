@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn an_asterisk_target_never_joins_to_another_host() {
+        // Found by the URL fuzz target: `OPTIONS *` on a root route once joined to
+        // `https://example.com*`.
+        assert!(check_path("*").is_err());
+        assert!(joined("https://example.com", "*").is_err());
+    }
+
+    #[test]
     fn ordinary_paths_join_under_the_base() {
         let u = joined("https://api.example.com/v1", "/chat/completions").unwrap();
         assert_eq!(

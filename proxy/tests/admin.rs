@@ -318,6 +318,13 @@ async fn drain_lets_a_stream_finish_and_refuses_new_connections() {
     drop(mock);
 }
 
+/// A secret file only its owner may read, as keyrelay requires.
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A config file whose keys are `file:` secrets, so the test needs no process environment.
 fn write_config(
     dir: &std::path::Path,
@@ -326,10 +333,10 @@ fn write_config(
     extra: &str,
 ) -> std::path::PathBuf {
     for (i, k) in KEYS.iter().enumerate() {
-        std::fs::write(dir.join(format!("key{i}")), k).unwrap();
+        write_secret(&dir.join(format!("key{i}")), k);
     }
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
-    std::fs::write(dir.join("admin"), ADMIN_TOKEN).unwrap();
+    write_secret(&dir.join("token"), TOKEN);
+    write_secret(&dir.join("admin"), ADMIN_TOKEN);
     let list: Vec<String> = keys
         .iter()
         .map(|i| {

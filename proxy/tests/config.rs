@@ -419,6 +419,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
     named.sort();
     let expected = [
         "admin.listen",
+        "providers.allow_link_local_base_url",
         "providers.auth",
         "providers.cooldown",
         "providers.deadline",

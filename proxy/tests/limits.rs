@@ -245,7 +245,9 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     let mut scrape = TcpStream::connect(h.proxy.admin_addr().unwrap())
         .await
         .unwrap();
-    let get = b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n";
+    let admin = h.proxy.admin_addr().unwrap();
+    let get = format!("GET /metrics HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+    let get = get.as_bytes();
     let (_, text) = exchange(&mut scrape, get).await;
     drop(scrape);
     assert!(

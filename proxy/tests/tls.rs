@@ -34,8 +34,15 @@ fn write(dir: &Path, name: &str, c: &Cert) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.key")),
     );
     std::fs::write(&cert, &c.cert).unwrap();
-    std::fs::write(&key, &c.key).unwrap();
+    write_secret(&key, &c.key);
     (cert, key)
+}
+
+/// A secret file only its owner may read, as keyrelay requires.
+fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A client trusting only `c`.
@@ -181,9 +188,9 @@ async fn reload_swaps_the_certificate() {
     let (cert, key) = write(&dir, "live", &a);
     let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
     for (i, k) in KEYS.iter().enumerate() {
-        std::fs::write(dir.join(format!("key{i}")), k).unwrap();
+        write_secret(&dir.join(format!("key{i}")), k);
     }
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    write_secret(&dir.join("token"), TOKEN);
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"file:{}\"\ntls_key = \"file:{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"t\"\ntoken = \"file:{}\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = [{{ secret = \"file:{}\" }}]\n",
         cert.display(),

@@ -1,6 +1,10 @@
 //! The admin listener: health, readiness, Prometheus metrics, key status and key actions, config
 //! reload, and a small dashboard. Separate from the proxy port; `/admin/*` needs the admin token.
+//! Every answer goes only to an allowed `Host` (see `hosts.rs`) and carries a strict CSP and
+//! anti-framing headers; the dashboard's script and styles are files of their own, so the CSP
+//! allows no inline code.
 
+mod hosts;
 mod status;
 
 use crate::body::ProxyBody;
@@ -14,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+pub use hosts::AllowedHosts;
 pub use status::{refresh_metrics, rfc3339};
 
 /// Re-reads the config and swaps it in; `Err` names every problem.
@@ -22,19 +27,32 @@ pub type Reloader = Arc<
 >;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD_JS: &str = include_str!("dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard.css");
+
+/// The content security policy of every admin answer: nothing inline, nothing from elsewhere.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// What the admin handlers need.
 pub struct Admin {
     live: Arc<Live>,
+    hosts: AllowedHosts,
     token: Option<[u8; 32]>,
     reload: Option<Reloader>,
     scrape: tokio::sync::Mutex<()>,
 }
 
 impl Admin {
-    pub fn new(live: Arc<Live>, token: Option<&Secret>, reload: Option<Reloader>) -> Admin {
+    /// Admin handlers for a listener answering `hosts`.
+    pub fn new(
+        live: Arc<Live>,
+        hosts: AllowedHosts,
+        token: Option<&Secret>,
+        reload: Option<Reloader>,
+    ) -> Admin {
         Admin {
             live,
+            hosts,
             token: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
             reload,
             scrape: tokio::sync::Mutex::new(()),
@@ -66,7 +84,37 @@ impl Admin {
         }
     }
 
+    /// Answer one request: refused (421) for a `Host` not allowed, else routed; either way
+    /// with the security headers.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let host = match req.uri().authority() {
+            Some(a) => Some(a.as_str()),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .map(|h| h.to_str().unwrap_or("\u{0}")),
+        };
+        let mut resp = if self.hosts.allows(host) {
+            self.route(req).await
+        } else {
+            json(
+                StatusCode::MISDIRECTED_REQUEST,
+                serde_json::json!({"error": "this Host is not the admin listener's; add it to [admin] allowed_hosts"}),
+            )
+        };
+        let headers = resp.headers_mut();
+        for (name, value) in [
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -108,13 +156,21 @@ impl Admin {
         method: &Method,
         segments: &[&str],
     ) -> Option<Response<ProxyBody>> {
-        if method == Method::GET && segments == ["admin"] && self.token.is_some() {
-            let mut resp = Response::new(ProxyBody::full(DASHBOARD));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            return Some(resp);
+        if method == Method::GET && self.token.is_some() {
+            let page = match segments {
+                ["admin"] => Some((DASHBOARD, "text/html; charset=utf-8")),
+                ["admin", "dashboard.js"] => Some((DASHBOARD_JS, "text/javascript; charset=utf-8")),
+                ["admin", "dashboard.css"] => Some((DASHBOARD_CSS, "text/css; charset=utf-8")),
+                _ => None,
+            };
+            if let Some((text, content_type)) = page {
+                let mut resp = Response::new(ProxyBody::full(text));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                return Some(resp);
+            }
         }
         self.rejection(req)
     }

@@ -11,5 +11,26 @@ pub(super) fn admin(a: &RawAdmin, env: &dyn Env, p: &mut Problems) -> AdminConfi
         .token
         .as_deref()
         .and_then(|r| p.secret("admin.token", r, env));
-    AdminConfig { listen, token }
+    let allowed_hosts = allowed_hosts(a.allowed_hosts.as_deref().unwrap_or_default(), p);
+    AdminConfig {
+        listen,
+        token,
+        allowed_hosts,
+    }
+}
+
+/// `[admin] allowed_hosts`: host names or `host:port`s, lower-cased.
+fn allowed_hosts(hosts: &[String], p: &mut Problems) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let host = h.trim().to_ascii_lowercase();
+        match http::uri::Authority::try_from(host.as_str()) {
+            Ok(a) if !a.host().is_empty() && !host.contains('@') => out.push(host),
+            _ => p.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("\"{h}\" is not a host name or host:port"),
+            ),
+        }
+    }
+    out
 }

@@ -41,6 +41,7 @@ pub(super) const MAX_ATTEMPTS: u32 = 3;
 pub(super) const MAX_WAIT: Duration = Duration::ZERO;
 pub(super) const DEADLINE: Duration = Duration::from_secs(600);
 pub(super) const RETRY_AFTER_SEND: bool = false;
+pub(super) const ALLOW_LINK_LOCAL_BASE_URL: bool = false;
 
 /// A provider's route when none is given: `/v1` for `openai` (so `OPENAI_BASE_URL` works as
 /// is), `/<name>` for any other.

@@ -7,6 +7,7 @@
 //! them note problems in one [`Problems`] list.
 
 mod admin;
+mod base_url;
 mod clients;
 mod defaults;
 mod duration;
@@ -29,7 +30,7 @@ use std::time::Duration;
 pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
-pub use secrets::{Env, MapEnv, ProcessEnv};
+pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
 
 /// How a provider expects its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +84,9 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
+    /// Host names (`name` or `name:port`) the admin listener answers besides its own address
+    /// and localhost; any other `Host` gets 421, so a DNS-rebinding page cannot read it.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +122,8 @@ pub struct ProviderConfig {
     pub deadline: Duration,
     /// Whether a request that may have reached the provider is sent again on the next key.
     pub retry_after_send: bool,
+    /// Whether `base_url` may be a link-local or cloud metadata address.
+    pub allow_link_local_base_url: bool,
     pub keys: Vec<Key>,
 }
 

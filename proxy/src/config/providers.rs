@@ -5,11 +5,12 @@ use super::problems::Problems;
 use super::raw::RawProvider;
 use super::secrets::Env;
 use super::{defaults, AuthStyle, ProviderConfig};
-use keyrelay_pool::{PoolSettings, Strategy};
+use keyrelay_pool::{Fingerprinter, PoolSettings, Strategy};
 use std::collections::HashSet;
 
 pub(super) fn providers(
     raw: &[RawProvider],
+    fingerprinter: &Fingerprinter,
     env: &dyn Env,
     p: &mut Problems,
 ) -> Vec<ProviderConfig> {
@@ -24,7 +25,7 @@ pub(super) fn providers(
     let mut routes = HashSet::new();
     for (i, rp) in raw.iter().enumerate() {
         let path = format!("providers[{i}]");
-        let Some(pc) = provider(rp, &path, env, p) else {
+        let Some(pc) = provider(rp, &path, fingerprinter, env, p) else {
             continue;
         };
         if !names.insert(pc.name.clone()) {
@@ -44,11 +45,12 @@ pub(super) fn providers(
 fn provider(
     rp: &RawProvider,
     path: &str,
+    fingerprinter: &Fingerprinter,
     env: &dyn Env,
     p: &mut Problems,
 ) -> Option<ProviderConfig> {
     let name = name(rp.name.as_deref(), path, p)?;
-    let base_url = base_url(rp.base_url.as_deref(), path, p);
+    let base_url = base_url(rp, path, p);
     let auth = auth(rp.auth.as_deref(), path, p);
     let route = route(rp.route.as_deref(), &name, path, p);
     let strategy = strategy(rp.strategy.as_deref(), path, p);
@@ -60,7 +62,13 @@ fn provider(
     let max_wait = p.duration(&at("max_wait"), rp.max_wait.as_deref(), defaults::MAX_WAIT);
     let deadline = p.period(&at("deadline"), rp.deadline.as_deref(), defaults::DEADLINE);
     let retry_after_send = rp.retry_after_send.unwrap_or(defaults::RETRY_AFTER_SEND);
-    let keys = super::keys::keys(rp.keys.as_ref(), path, rpm, weight, env, p);
+    let keys = super::keys::Keys {
+        rpm,
+        weight,
+        fingerprinter,
+        env,
+    }
+    .list(rp.keys.as_ref(), path, p);
     Some(ProviderConfig {
         name,
         base_url,
@@ -72,6 +80,7 @@ fn provider(
         max_wait,
         deadline,
         retry_after_send,
+        allow_link_local_base_url: allow_link_local(rp),
         keys,
     })
 }
@@ -97,31 +106,22 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn base_url(value: Option<&str>, path: &str, p: &mut Problems) -> String {
+fn base_url(rp: &RawProvider, path: &str, p: &mut Problems) -> String {
     let path = format!("{path}.base_url");
-    let Some(u) = value else {
+    let Some(u) = rp.base_url.as_deref() else {
         p.add(path, "missing; e.g. \"https://api.openai.com/v1\"");
         return String::new();
     };
-    check_url(u).unwrap_or_else(|e| {
+    let allow_link_local = allow_link_local(rp);
+    super::base_url::check(u, allow_link_local).unwrap_or_else(|e| {
         p.add(path, e);
         String::new()
     })
 }
 
-fn check_url(u: &str) -> Result<String, String> {
-    let uri: http::Uri = u.parse().map_err(|_| format!("\"{u}\" is not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(format!("\"{u}\" must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("\"{u}\" has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("\"{u}\" must not carry a query"));
-    }
-    Ok(u.trim_end_matches('/').to_owned())
+fn allow_link_local(rp: &RawProvider) -> bool {
+    rp.allow_link_local_base_url
+        .unwrap_or(defaults::ALLOW_LINK_LOCAL_BASE_URL)
 }
 
 fn auth(value: Option<&str>, path: &str, p: &mut Problems) -> AuthStyle {

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +49,7 @@ pub(super) struct RawServer {
     pub shutdown_grace: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub fingerprint_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +89,7 @@ pub(super) struct RawProvider {
     pub refusal_memory: Option<String>,
     pub retry_budget_percent: Option<i64>,
     pub retry_budget_min_per_second: Option<i64>,
+    pub allow_link_local_base_url: Option<bool>,
     /// A string reference (`"env:PREFIX_*"`) or an array of key tables; checked by hand so
     /// that each entry's problems carry their own path.
     pub keys: Option<toml::Value>,

@@ -1,4 +1,10 @@
 //! Resolving secret references: `env:NAME`, `env:PREFIX_*` and `file:PATH`. Literals are refused.
+//!
+//! A `file:` secret that group or others may read (`mode & 0o077 != 0`) is refused, naming the
+//! path and the fix (`chmod 600`); a PEM certificate (public by nature) is exempt. Where secrets
+//! are mounted world-readable and that cannot be changed (Docker secrets are 0444, Kubernetes
+//! secret volumes 0644 by default), the environment variable
+//! [`ALLOW_READABLE_SECRETS`]` = 1` lets them load.
 
 use keyrelay_pool::Secret;
 use std::collections::BTreeMap;
@@ -43,6 +49,9 @@ impl Env for MapEnv {
     }
 }
 
+/// Set to `1` or `true` to load `file:` secrets that group or others may read.
+pub const ALLOW_READABLE_SECRETS: &str = "KEYRELAY_ALLOW_READABLE_SECRETS";
+
 /// A resolved secret and the name it suggests for its key (the variable or file name).
 #[derive(Debug)]
 pub(super) struct Resolved {
@@ -60,7 +69,10 @@ pub(super) fn resolve(reference: &str, env: &dyn Env) -> Result<Vec<Resolved>, S
         };
     }
     if let Some(path) = reference.strip_prefix("file:") {
-        return file(path).map(|r| vec![r]);
+        let allow = env
+            .var(ALLOW_READABLE_SECRETS)
+            .is_some_and(|v| matches!(v.trim(), "1" | "true"));
+        return file(path, allow).map(|r| vec![r]);
     }
     Err("literal secrets are not allowed in the config; use \"env:NAME\", \"env:PREFIX_*\" or \"file:PATH\"".into())
 }
@@ -103,13 +115,16 @@ fn env_var(name: &str, env: &dyn Env) -> Result<Resolved, String> {
     }
 }
 
-/// `file:PATH`: the file's trimmed text, named after the file.
-fn file(path: &str) -> Result<Resolved, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?;
+/// `file:PATH`: the file's trimmed text, named after the file; refused if others may read it
+/// (unless `allow_readable`).
+fn file(path: &str, allow_readable: bool) -> Result<Resolved, String> {
+    let text = read_small_file(path)?;
     let value = text.trim();
     if value.is_empty() {
         return Err(format!("secret file {path} is empty"));
+    }
+    if !allow_readable && !value.starts_with("-----BEGIN CERTIFICATE-----") {
+        readable_by_others(path)?;
     }
     let name = std::path::Path::new(path)
         .file_name()
@@ -119,6 +134,53 @@ fn file(path: &str) -> Result<Resolved, String> {
         name,
         secret: Secret::new(value),
     })
+}
+
+/// The most a `file:` secret may hold: room for a long certificate chain.
+const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// A regular file's text, at most [`MAX_SECRET_FILE`] bytes: a device (`/dev/zero`), a FIFO or
+/// a huge file would otherwise hang or exhaust the load.
+fn read_small_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| format!("cannot read secret file {path}: {}", e.kind());
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(format!("secret file {path} is not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!("secret file {path} is larger than 1 MiB"));
+    }
+    Ok(text)
+}
+
+/// Refuse a file whose mode lets group or others read (or write) it.
+#[cfg(unix)]
+fn readable_by_others(path: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read secret file {path}: {}", e.kind()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "secret file {path} is open to group or others (mode {:03o}); run `chmod 600 {path}`, \
+         or set {ALLOW_READABLE_SECRETS}=1 where secrets are mounted readable and that cannot change",
+        mode & 0o777
+    ))
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &str) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -150,5 +212,63 @@ mod tests {
         assert_eq!(err, "env var NOPE is not set");
         let err = resolve("env:NOPE_*", &MapEnv::default()).unwrap_err();
         assert_eq!(err, "no env var matches NOPE_*");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_secret_files_refused_unless_allowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kr-secret-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "sk-mode-test-secret-0123456789").unwrap();
+        let at = format!("file:{}", path.display());
+        let set = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        set(0o644).unwrap();
+        let err = resolve(&at, &MapEnv::default()).unwrap_err();
+        assert!(
+            err.contains("chmod 600") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert!(!err.contains("mode-test-secret"), "{err}");
+        set(0o640).unwrap();
+        assert!(resolve(&at, &MapEnv::default()).is_err());
+        let allowed = MapEnv::default().with(ALLOW_READABLE_SECRETS, "1");
+        assert_eq!(
+            resolve(&at, &allowed).unwrap()[0].secret.expose(),
+            "sk-mode-test-secret-0123456789"
+        );
+        set(0o600).unwrap();
+        assert!(resolve(&at, &MapEnv::default()).is_ok());
+        set(0o400).unwrap();
+        assert!(resolve(&at, &MapEnv::default()).is_ok());
+        // A certificate is public: its usual 0644 is fine.
+        std::fs::write(
+            dir.join("cert"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("cert"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(resolve(
+            &format!("file:{}", dir.join("cert").display()),
+            &MapEnv::default()
+        )
+        .is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Seen while writing the config fuzz target: `file:/dev/zero` never finished loading.
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_huge_files_are_refused_at_once() {
+        let err = resolve("file:/dev/zero", &MapEnv::default()).unwrap_err();
+        assert_eq!(err, "secret file /dev/zero is not a regular file");
+        let dir = std::env::temp_dir().join(format!("kr-secret-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; 1024 * 1024 + 1]).unwrap();
+        let err = resolve(&format!("file:{}", big.display()), &MapEnv::default()).unwrap_err();
+        assert!(err.ends_with("is larger than 1 MiB"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,7 +3,7 @@
 use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
-use super::{admin, clients, providers, server, store, Config, ConfigError};
+use super::{admin, clients, keys, providers, server, store, Config, ConfigError};
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
 /// `unknown` holds the path of each field the file has that the config does not know.
@@ -19,7 +19,8 @@ pub(super) fn validate(
     let server = server::server(&raw.server, env, &mut p);
     let upstream = server::upstream(&raw.upstream, &mut p);
     let clients = clients::clients(&raw.clients, &server, env, &mut p);
-    let providers = providers::providers(&raw.providers, env, &mut p);
+    let fingerprinter = keys::fingerprinter(raw.server.fingerprint_secret.as_deref(), env, &mut p);
+    let providers = providers::providers(&raw.providers, &fingerprinter, env, &mut p);
     let store = raw
         .store
         .as_ref()

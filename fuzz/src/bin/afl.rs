@@ -1,0 +1,10 @@
+//! AFL++ entry point: `afl TARGET`, inputs from AFL++ (built with `cargo afl build --features afl`).
+
+fn main() {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let Some(target) = keyrelay_fuzz::target(&name) else {
+        eprintln!("usage: afl <config|headers|ratelimit|url>");
+        std::process::exit(2);
+    };
+    afl::fuzz!(|data: &[u8]| target(data));
+}
