@@ -65,6 +65,8 @@ pub(super) fn act_name(action: KeyAction) -> &'static str {
 /// A pool's Redis keys, all under its hash tag (one Cluster slot).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct PoolKeys {
+    /// The pool's name (its hash tag).
+    pub(super) pool: String,
     pub(super) state: String,
     pub(super) buckets: String,
     pub(super) due: String,
@@ -75,6 +77,7 @@ impl PoolKeys {
     pub(super) fn new(pool: &str) -> PoolKeys {
         let base = format!("keyrelay:{{{pool}}}:");
         PoolKeys {
+            pool: pool.to_owned(),
             state: format!("{base}state"),
             buckets: format!("{base}b"),
             due: format!("{base}due"),

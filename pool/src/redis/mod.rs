@@ -92,6 +92,7 @@ mod error;
 mod health;
 mod marks;
 mod ops;
+mod outages;
 mod settings;
 
 #[cfg(test)]
@@ -102,6 +103,7 @@ use actions::Journal;
 use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
 use health::Throttle;
+use outages::PoolOutages;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -118,7 +120,10 @@ pub struct RedisStore {
     conn: RwLock<Option<Conn>>,
     /// This process's state, kept up to date with every mark, served from while degraded.
     local: MemoryStore,
+    /// The whole store is away (one Redis, or no Cluster node answers).
     degraded: AtomicBool,
+    /// On Cluster, the pools whose slot is away while the rest stay shared.
+    outages: PoolOutages,
     /// Wakes the probe when the store degrades.
     wake: Arc<Notify>,
     settings: RedisSettings,
@@ -144,6 +149,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("degraded", &self.degraded.load(Ordering::Relaxed))
+            .field("pools_degraded", &self.outages.any())
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +168,7 @@ impl RedisStore {
             conn: RwLock::new(None),
             local: MemoryStore::with_share(settings.instances),
             degraded: AtomicBool::new(true),
+            outages: PoolOutages::default(),
             wake: Arc::new(Notify::new()),
             scripts: Scripts::new(),
             settings,
