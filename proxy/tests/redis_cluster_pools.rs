@@ -210,8 +210,10 @@ async fn one_master_down_degrades_only_the_pool_whose_slot_it_held() {
         acquire_key(&store, &a).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The returned master may still be answering MOVED or loading its scripts: poll until
-    // A's requests reach it.
+    // A's requests reach its master, which lost the scripts with its data: the first one
+    // answered NOSCRIPT runs as EVAL there (SCRIPT LOAD would go to every master), so A does
+    // not fail again.
+    let errors = store.errors();
     let deadline = Instant::now() + Duration::from_secs(30);
     while counted(&cluster.nodes[ia], A) < 5 {
         assert!(
@@ -226,6 +228,7 @@ async fn one_master_down_degrades_only_the_pool_whose_slot_it_held() {
         // A local acquire never waits: give the probe its turn.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(store.errors(), errors, "A failed again after its return");
     assert_eq!(store.state(), StoreState::Shared);
     assert_eq!(store.pool_state(B), StoreState::Shared);
 
@@ -246,6 +249,64 @@ async fn one_master_down_degrades_only_the_pool_whose_slot_it_held() {
     assert_eq!(
         lines.count(Level::WARN, "redis store unavailable", ""),
         0,
+        "{}",
+        lines.all()
+    );
+}
+
+#[tokio::test]
+async fn every_master_down_is_the_whole_stores_outage() {
+    let lines = Lines::default();
+    let _guard = tracing::subscriber::set_default(lines.clone());
+    let mut cluster = RedisCluster::start_with(&["--cluster-require-full-coverage", "no"]).await;
+    let store = store_on(&cluster).await;
+    let (a, b) = (spec(A), spec(B));
+    acquire_key(&store, &a).await;
+    acquire_key(&store, &b).await;
+    assert_eq!(store.state(), StoreState::Shared);
+
+    // Nothing of the cluster answers: the pools' outages become the store's.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store.is_degraded() {
+        assert!(
+            Instant::now() < deadline,
+            "the store never degraded; {}",
+            lines.all()
+        );
+        acquire_key(&store, &a).await;
+        acquire_key(&store, &b).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.pool_state(A), StoreState::Degraded);
+    assert_eq!(store.pool_state(B), StoreState::Degraded);
+    acquire_key(&store, &a).await;
+    acquire_key(&store, &b).await;
+
+    for node in &mut cluster.nodes {
+        node.restart().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.state() != StoreState::Shared {
+        assert!(
+            Instant::now() < deadline,
+            "the store never shared again; {}",
+            lines.all()
+        );
+        acquire_key(&store, &a).await;
+        acquire_key(&store, &b).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.pool_state(A), StoreState::Shared);
+    assert_eq!(store.pool_state(B), StoreState::Shared);
+    assert_eq!(
+        (
+            lines.count(Level::WARN, "redis store unavailable", ""),
+            lines.count(Level::INFO, "redis is back", "")
+        ),
+        (1, 1),
         "{}",
         lines.all()
     );

@@ -7,6 +7,7 @@
 //! is up, the probe logs a new outage), so a flapping Redis logs one pair. Warnings are also
 //! held to one a second per kind of error.
 
+use super::command::eval_cmd;
 use super::conn::Conn;
 use super::{RedisStore, StoreError};
 use crate::store::StoreState;
@@ -257,8 +258,16 @@ impl RedisStore {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    conn.load(script).await?;
-                    conn.query::<T>(cmd).await
+                    match (&conn, self.scripts.source(script)) {
+                        // SCRIPT LOAD goes to every master: run it as EVAL on this one.
+                        (Conn::Cluster(_), Some(code)) => {
+                            conn.query::<T>(&eval_cmd(cmd, code)).await
+                        }
+                        _ => {
+                            conn.load(script).await?;
+                            conn.query::<T>(cmd).await
+                        }
+                    }
                 }
                 other => other,
             }

@@ -8,9 +8,12 @@
 //! written first), one that fails is marked. When no pool answers at all, nothing of the
 //! cluster does: the outage becomes the store's (one "unavailable" line, the connection
 //! dropped, a fresh one opened by the store's probe), and its "back" line ends it for every
-//! pool. Each pool's outage logs one warning when it starts and one line when it ends.
+//! pool. Each pool's outage logs one warning when it starts and one line when it ends; a flap
+//! within `recovery_settle` of a pool's "back" is not logged (unless it outlasts that time).
+//! Pool warnings are held to one a second per kind of error, apart from the store's.
 
 use super::conn::Conn;
+use super::health::Throttle;
 use super::{RedisStore, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +29,9 @@ pub(super) struct PoolOutages {
     down: Mutex<HashMap<String, bool>>,
     /// Per pool, until when after its "back" line a flap stays silent (`recovery_settle`).
     settling: Mutex<HashMap<String, Instant>>,
+    /// At most one pool warning a second per kind of error (apart from the store's, so a
+    /// pool's outage that becomes the store's still logs the store's line).
+    throttle: Throttle,
 }
 
 impl PoolOutages {
@@ -103,7 +109,7 @@ impl RedisStore {
     fn log_pool_gone(&self, pool: &str, why: &StoreError) {
         if self.outages.settling(pool) || !self.outages.report(pool) {
             tracing::debug!(pool, error = %why, "redis unavailable for this pool's cluster slot (outage logged already, or a flap)");
-        } else if self.throttle.allow(why.kind()) {
+        } else if self.outages.throttle.allow(why.kind()) {
             tracing::warn!(pool, error = %why, "redis unavailable for this pool's cluster slot; serving the pool on local state");
         } else {
             tracing::debug!(pool, error = %why, "redis unavailable for this pool's cluster slot (warning held back: one a second)");
