@@ -19,17 +19,31 @@ pub(super) struct Scripts {
     pub(super) mark: Script,
     pub(super) act: Script,
     pub(super) status: Script,
+    /// Each script's source by its hash, for EVAL where SCRIPT LOAD cannot reach every master.
+    sources: HashMap<String, String>,
 }
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
-        let build = |body: &str| Script::new(&format!("{COMMON}{body}"));
+        let mut sources = HashMap::new();
+        let mut build = |body: &str| {
+            let code = format!("{COMMON}{body}");
+            let script = Script::new(&code);
+            sources.insert(script.get_hash().to_owned(), code);
+            script
+        };
         Scripts {
             acquire: build(include_str!("acquire.lua")),
             mark: build(include_str!("mark.lua")),
             act: build(include_str!("act.lua")),
             status: build(include_str!("status.lua")),
+            sources,
         }
+    }
+
+    /// `script`'s source.
+    pub(super) fn source(&self, script: &Script) -> Option<&str> {
+        self.sources.get(script.get_hash()).map(String::as_str)
     }
 
     pub(super) fn all(&self) -> [&Script; 4] {
@@ -65,6 +79,8 @@ pub(super) fn act_name(action: KeyAction) -> &'static str {
 /// A pool's Redis keys, all under its hash tag (one Cluster slot).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct PoolKeys {
+    /// The pool's name (its hash tag).
+    pub(super) pool: String,
     pub(super) state: String,
     pub(super) buckets: String,
     pub(super) due: String,
@@ -75,6 +91,7 @@ impl PoolKeys {
     pub(super) fn new(pool: &str) -> PoolKeys {
         let base = format!("keyrelay:{{{pool}}}:");
         PoolKeys {
+            pool: pool.to_owned(),
             state: format!("{base}state"),
             buckets: format!("{base}b"),
             due: format!("{base}due"),
@@ -100,6 +117,20 @@ pub(super) fn act_cmd(
         .arg(fp)
         .arg(act_name(action))
         .arg(at_ms);
+    cmd
+}
+
+/// `evalsha` (an EVALSHA call) as an EVAL of `code`: on Cluster it goes to the master of its
+/// keys, runs there and leaves the script cached there, where SCRIPT LOAD would go to every
+/// master and fail while one is down.
+pub(super) fn eval_cmd(evalsha: &Cmd, code: &str) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(code);
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            cmd.arg(bytes);
+        }
+    }
     cmd
 }
 

@@ -170,3 +170,26 @@ fn every_script_starts_with_the_common_part() {
         assert_ne!(*hash, Script::new(body).get_hash());
     }
 }
+
+#[test]
+fn an_evalsha_becomes_the_same_eval() {
+    let scripts = Scripts::new();
+    let spec = spec(Strategy::RoundRobin, &[(10, 1), (20, 1)]);
+    let prepared = Prepared::new(&spec, &scripts);
+    let evalsha = prepared.acquire(3, &[1]);
+    let code = scripts.source(&scripts.acquire).unwrap();
+    let eval = eval_cmd(&evalsha, code);
+    let args = |c: &Cmd| -> Vec<Vec<u8>> {
+        c.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    let (before, after) = (args(&evalsha), args(&eval));
+    assert_eq!(after[0], b"EVAL");
+    assert_eq!(after[1], code.as_bytes());
+    assert_eq!(before[0], b"EVALSHA");
+    assert_eq!(before[2..], after[2..], "keys and arguments kept");
+}

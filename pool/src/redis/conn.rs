@@ -101,6 +101,11 @@ impl Pools {
         }
     }
 
+    /// Whether the store is on Redis Cluster (where a failure may be one slot's, not all).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Pools::Cluster(_))
+    }
+
     /// A new connection, taken out of the pool for keeps.
     pub(super) async fn fresh(&self) -> Result<Conn, StoreError> {
         match self {

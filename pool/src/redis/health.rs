@@ -7,8 +7,10 @@
 //! is up, the probe logs a new outage), so a flapping Redis logs one pair. Warnings are also
 //! held to one a second per kind of error.
 
+use super::command::eval_cmd;
 use super::conn::Conn;
 use super::{RedisStore, StoreError};
+use crate::store::StoreState;
 use deadpool_redis::redis::{self, Cmd, Script};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,7 +30,7 @@ pub(super) struct Throttle(Mutex<HashMap<&'static str, Instant>>);
 
 impl Throttle {
     /// Whether a warning of `kind` may be written now (and, if so, that it was).
-    fn allow(&self, kind: &'static str) -> bool {
+    pub(super) fn allow(&self, kind: &'static str) -> bool {
         let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         match last.get(kind) {
@@ -62,21 +64,31 @@ impl RedisStore {
         self.probe_once().await
     }
 
-    /// Open a connection, write the probe keys and load the scripts, all within the connect,
-    /// wait and command timeouts; on success it becomes the live connection, the store leaves
-    /// degraded, and the operator actions journalled meanwhile are written.
+    /// Open a connection, write the probe keys and load the scripts, each within its timeout;
+    /// on success it becomes the live connection, the store leaves degraded, and the operator
+    /// actions journalled meanwhile are written. On Cluster it succeeds when any pool's slot
+    /// answers: the pools whose slots do not are marked down (see `outages.rs`).
     pub(super) async fn probe_once(&self) -> Result<(), StoreError> {
-        let limit = self.settings.connect_timeout
-            + self.settings.wait_timeout
-            + self.settings.command_timeout;
-        let conn = tokio::time::timeout(limit, self.open())
-            .await
-            .map_err(|_| StoreError::Timeout(limit))??;
+        let (conn, down) = if self.pools.is_cluster() {
+            self.open().await?
+        } else {
+            // One Redis: the whole probe within the sum of its timeouts, as before.
+            let limit = self.settings.connect_timeout
+                + self.settings.wait_timeout
+                + self.settings.command_timeout;
+            tokio::time::timeout(limit, self.open())
+                .await
+                .map_err(|_| StoreError::Timeout(limit))??
+        };
         // The journal is written before the store says "shared", so a shared store has
         // every action this instance answered; one answered meanwhile is written just after.
         let mut written = None;
         if self.is_degraded() {
-            written = Some(self.write_journal(&conn).await?);
+            let keep = |p: &str| !down.iter().any(|(d, _)| d == p);
+            written = Some(self.write_journal(&conn, &keep).await?);
+        }
+        for (pool, why) in &down {
+            self.fail_pool(pool, why);
         }
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         if self.degraded.swap(false, Ordering::AcqRel) {
@@ -98,32 +110,74 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The keys the probe writes: one per pool (configured or served), else the fallback.
-    fn probe_keys(&self) -> Vec<String> {
+    /// The pools the probe checks: every one configured or served, sorted.
+    pub(super) fn known_pools(&self) -> Vec<String> {
         let mut pools = self.prepared.pools();
         pools.extend(self.settings.pools.iter().cloned());
         pools.sort_unstable();
         pools.dedup();
-        if pools.is_empty() {
-            return vec![FALLBACK_PROBE_KEY.to_owned()];
-        }
-        pools.iter().map(|p| probe_key(p)).collect()
+        pools
     }
 
-    async fn open(&self) -> Result<Conn, StoreError> {
-        let mut conn = self.pools.fresh().await?;
-        for key in self.probe_keys() {
-            let mut probe = redis::cmd("SET");
-            probe.arg(key).arg(1).arg("PX").arg(PROBE_TTL_MS);
-            conn.query::<()>(&probe)
-                .await
-                .map_err(StoreError::Command)?;
+    /// Write `pool`'s probe key on `conn` within the command timeout.
+    pub(super) async fn write_probe(&self, conn: &Conn, pool: &str) -> Result<(), StoreError> {
+        self.write_probe_key(conn, probe_key(pool)).await
+    }
+
+    async fn write_probe_key(&self, conn: &Conn, key: String) -> Result<(), StoreError> {
+        let mut probe = redis::cmd("SET");
+        probe.arg(key).arg(1).arg("PX").arg(PROBE_TTL_MS);
+        let limit = self.settings.command_timeout;
+        let mut conn = conn.clone();
+        match tokio::time::timeout(limit, conn.query::<()>(&probe)).await {
+            Ok(result) => result.map_err(StoreError::Command),
+            Err(_) => Err(StoreError::Timeout(limit)),
         }
-        // Load the scripts now, so the hot path never meets NOSCRIPT on a fresh server.
+    }
+
+    /// A fresh connection with every pool's probe key written (the fallback key while no pool
+    /// is known) and the scripts loaded. With one Redis any failure fails it; on Cluster it
+    /// fails only when no pool's slot answers, and answers the pools whose slots did not.
+    async fn open(&self) -> Result<(Conn, Vec<(String, StoreError)>), StoreError> {
+        let limit = self.settings.connect_timeout + self.settings.wait_timeout;
+        let mut conn = tokio::time::timeout(limit, self.pools.fresh())
+            .await
+            .map_err(|_| StoreError::Timeout(limit))??;
+        let cluster = self.pools.is_cluster();
+        let pools = self.known_pools();
+        if pools.is_empty() {
+            self.write_probe_key(&conn, FALLBACK_PROBE_KEY.to_owned())
+                .await?;
+        }
+        let mut down = Vec::new();
+        for pool in &pools {
+            match self.write_probe(&conn, pool).await {
+                Ok(()) => {}
+                Err(e) if cluster => down.push((pool.clone(), e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !pools.is_empty() && down.len() == pools.len() {
+            return Err(down.swap_remove(0).1);
+        }
+        // Load the scripts now, so the hot path never meets NOSCRIPT on a fresh server. On
+        // Cluster SCRIPT LOAD goes to every master, so with one down it fails: the hot path
+        // loads them on NOSCRIPT later.
+        let limit = self.settings.command_timeout;
         for script in self.scripts.all() {
-            conn.load(script).await.map_err(StoreError::Command)?;
+            let loaded = match tokio::time::timeout(limit, conn.load(script)).await {
+                Ok(r) => r.map_err(StoreError::Command),
+                Err(_) => Err(StoreError::Timeout(limit)),
+            };
+            match loaded {
+                Ok(_) => {}
+                Err(e) if cluster => {
+                    tracing::debug!(error = %e, "scripts not loaded on every master")
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(conn)
+        Ok((conn, down))
     }
 
     /// Write `message` as a warning about `why`, at most once a second per kind of error.
@@ -154,8 +208,8 @@ impl RedisStore {
         }
     }
 
-    /// The live connection, unless degraded.
-    fn live(&self) -> Option<Conn> {
+    /// The live connection, unless the store is degraded.
+    pub(super) fn live_conn(&self) -> Option<Conn> {
         if self.is_degraded() {
             return None;
         }
@@ -165,18 +219,28 @@ impl RedisStore {
             .clone()
     }
 
-    /// Run `cmd` (an EVALSHA of `script`) within the command timeout, loading the script on
-    /// NOSCRIPT. Any failure degrades the store and returns None.
+    /// The live connection for `pool`, unless the store or (on Cluster) the pool is degraded.
+    fn live(&self, pool: &str) -> Option<Conn> {
+        if self.outages.is_down(pool) {
+            return None;
+        }
+        self.live_conn()
+    }
+
+    /// Run `cmd` (an EVALSHA of `script` on `pool`'s keys) within the command timeout,
+    /// loading the script on NOSCRIPT. Any failure degrades the store (on Cluster, the pool)
+    /// and returns None.
     pub(super) async fn run<T: redis::FromRedisValue>(
         &self,
+        pool: &str,
         cmd: &Cmd,
         script: &Script,
     ) -> Option<T> {
-        let conn = self.live()?;
+        let conn = self.live(pool)?;
         match self.run_on(conn, cmd, script).await {
             Ok(v) => Some(v),
             Err(e) => {
-                self.fail(&e);
+                self.fail(pool, &e);
                 None
             }
         }
@@ -194,8 +258,16 @@ impl RedisStore {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    conn.load(script).await?;
-                    conn.query::<T>(cmd).await
+                    match (&conn, self.scripts.source(script)) {
+                        // SCRIPT LOAD goes to every master: run it as EVAL on this one.
+                        (Conn::Cluster(_), Some(code)) => {
+                            conn.query::<T>(&eval_cmd(cmd, code)).await
+                        }
+                        _ => {
+                            conn.load(script).await?;
+                            conn.query::<T>(cmd).await
+                        }
+                    }
                 }
                 other => other,
             }
@@ -208,14 +280,36 @@ impl RedisStore {
         }
     }
 
-    /// Count a failed command; the first failure while shared degrades the store, logs it
-    /// (see `log_gone`) and wakes the probe.
-    fn fail(&self, why: &StoreError) {
+    /// Count a failed command of `pool`; on Cluster it marks the pool down (`outages.rs`),
+    /// else the first failure while shared degrades the store.
+    fn fail(&self, pool: &str, why: &StoreError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.pools.is_cluster() {
+            if !self.is_degraded() {
+                self.fail_pool(pool, why);
+            }
+        } else {
+            self.fail_store(why);
+        }
+    }
+
+    /// The store is away: the first call while shared degrades it (taking over any pool's
+    /// outage), logs it (see `log_gone`) and wakes the probe.
+    pub(super) fn fail_store(&self, why: &StoreError) {
         if !self.degraded.swap(true, Ordering::AcqRel) {
             *self.conn.write().unwrap_or_else(PoisonError::into_inner) = None;
+            self.outages.clear_all();
             self.log_gone(why);
             self.wake.notify_one();
+        }
+    }
+
+    /// Whether `pool`'s state is shared: the store is, and (on Cluster) the pool's slot too.
+    pub fn pool_state(&self, pool: &str) -> StoreState {
+        if self.is_degraded() || self.outages.is_down(pool) {
+            StoreState::Degraded
+        } else {
+            StoreState::Shared
         }
     }
 }
@@ -224,7 +318,7 @@ impl RedisStore {
 /// sync interval), then probe with growing backoff until Redis answers.
 pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     loop {
-        let Some(degraded) = store.upgrade().map(|s| s.is_degraded()) else {
+        let Some(degraded) = store.upgrade().map(|s| s.is_degraded() || s.outages.any()) else {
             return;
         };
         if !degraded {
@@ -247,8 +341,8 @@ pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
     }
 }
 
-/// Probe with growing backoff until Redis answers or the store is gone. An outage that began
-/// as an unlogged flap is logged once the settle time is up.
+/// Probe with growing backoff until Redis (on Cluster, every pool's slot) answers or the store
+/// is gone. An outage that began as an unlogged flap is logged once the settle time is up.
 async fn probe_until_back(store: &Weak<RedisStore>) {
     let mut delay = store
         .upgrade()
@@ -256,12 +350,15 @@ async fn probe_until_back(store: &Weak<RedisStore>) {
     loop {
         tokio::time::sleep(delay).await;
         let Some(s) = store.upgrade() else { return };
-        if !s.is_degraded() {
-            return;
+        if s.is_degraded() {
+            if let Err(e) = s.probe_once().await {
+                s.log_gone(&e);
+            }
+        } else if s.outages.any() {
+            s.probe_pools().await;
         }
-        match s.probe_once().await {
-            Ok(()) => return,
-            Err(e) => s.log_gone(&e),
+        if !s.is_degraded() && !s.outages.any() {
+            return;
         }
         delay = (delay * 2).min(s.settings.probe_max_interval);
     }

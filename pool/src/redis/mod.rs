@@ -66,9 +66,22 @@
 //! warning when it starts and one line when Redis answers again; for `recovery_settle` (1 s)
 //! after that, a flap is not logged (unless Redis is still away when the time is up: then it
 //! is a new outage, logged as such), so a flapping Redis logs one pair. Warnings are held to
-//! one a second per kind of error. The degraded state is one per store, not per pool: with Cluster, one
-//! pool's slot down keeps every pool on local state until the probe reaches all of them (the
-//! probe fails while any pool's slot fails, so the store does not flap between the two).
+//! one a second per kind of error.
+//!
+//! With one Redis the degraded state is the store's. With Redis Cluster it is per pool
+//! (`outages.rs`): a failed command marks only its pool degraded (served on local state, as
+//! the whole store is in an outage) while the pools whose slots live on the other masters stay
+//! shared (with `cluster-require-full-coverage no` on the servers, which keeps the other
+//! masters answering); the probe then writes every known pool's `alive` key each round, sharing
+//! again each pool that answers (its journalled operator actions written first). When no pool
+//! answers the outage is the store's: the connection is dropped, one "unavailable" line is
+//! logged and the store's probe opens a fresh connection; at start, or when it returns, the
+//! store is shared once any pool's slot answers, and the others are marked degraded.
+//! `Store::state` says Degraded while the store or any pool is; [`RedisStore::pool_state`]
+//! answers per pool. The hot path reads the set of degraded pools only while it is not empty
+//! (a counter). On Cluster, SCRIPT LOAD goes to every master and fails while one is down, so
+//! a call a master answers NOSCRIPT (a restarted master) runs again as EVAL there, which
+//! caches the script on it.
 //!
 //! # Layout
 //! - `settings.rs`: [`RedisSettings`], the timeouts and outage behaviour.
@@ -76,6 +89,7 @@
 //! - `command.rs`: the scripts (`common.lua` + `acquire.lua`, `mark.lua`, `act.lua`,
 //!   `status.lua`) and, per pool spec, their prepared calls.
 //! - `health.rs`: the degraded flag, the probe, and the bounded run of one command.
+//! - `outages.rs`: on Cluster, the pools degraded while the rest stay shared, and their probe.
 //! - `ops.rs`: the store operations (`impl Store`), each with its local fallback.
 //! - `actions.rs`: the operator actions kept to write (again) when Redis is back.
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
@@ -92,6 +106,7 @@ mod error;
 mod health;
 mod marks;
 mod ops;
+mod outages;
 mod settings;
 
 #[cfg(test)]
@@ -102,6 +117,7 @@ use actions::Journal;
 use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
 use health::Throttle;
+use outages::PoolOutages;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -118,7 +134,10 @@ pub struct RedisStore {
     conn: RwLock<Option<Conn>>,
     /// This process's state, kept up to date with every mark, served from while degraded.
     local: MemoryStore,
+    /// The whole store is away (one Redis, or no Cluster node answers).
     degraded: AtomicBool,
+    /// On Cluster, the pools whose slot is away while the rest stay shared.
+    outages: PoolOutages,
     /// Wakes the probe when the store degrades.
     wake: Arc<Notify>,
     settings: RedisSettings,
@@ -144,6 +163,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("degraded", &self.degraded.load(Ordering::Relaxed))
+            .field("pools_degraded", &self.outages.any())
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +182,7 @@ impl RedisStore {
             conn: RwLock::new(None),
             local: MemoryStore::with_share(settings.instances),
             degraded: AtomicBool::new(true),
+            outages: PoolOutages::default(),
             wake: Arc::new(Notify::new()),
             scripts: Scripts::new(),
             settings,

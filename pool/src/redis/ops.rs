@@ -26,7 +26,10 @@ impl RedisStore {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let cmd = prepared.acquire(call, tried);
         // index + 1 for a counted key, -wait_ms when none is ready yet, 0 when none can serve.
-        match self.run::<i64>(&cmd, &self.scripts.acquire).await {
+        match self
+            .run::<i64>(&spec.name, &cmd, &self.scripts.acquire)
+            .await
+        {
             Some(i) if i > 0 => Acquire::Key(usize::try_from(i - 1).unwrap_or(0)),
             Some(i) if i < 0 => Acquire::Wait(Duration::from_millis(i.unsigned_abs())),
             Some(_) => Acquire::Exhausted,
@@ -46,7 +49,7 @@ impl RedisStore {
         let prepared = self.prepared.get(spec, &self.scripts);
         let script = &self.scripts.mark;
         if let Some(cmd) = prepared.mark(script, index, action, reason, period) {
-            let _ = self.run::<i64>(&cmd, script).await;
+            let _ = self.run::<i64>(&spec.name, &cmd, script).await;
         }
     }
 
@@ -67,7 +70,7 @@ impl RedisStore {
         self.local.act_now(spec, index, action);
         let prepared = self.prepared.get(spec, &self.scripts);
         let Some(fp) = prepared.fingerprint(index) else {
-            return self.state();
+            return self.pool_state(&spec.name);
         };
         let act = Action::now(prepared.keys.clone(), fp, action);
         self.journal.hold(&act);
@@ -85,7 +88,7 @@ impl RedisStore {
     pub(super) async fn write_action(&self, act: &Action) -> bool {
         let script = &self.scripts.act;
         let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
-        match self.run::<i64>(&cmd, script).await {
+        match self.run::<i64>(&act.keys.pool, &cmd, script).await {
             Some(applied) => {
                 if applied == 0 {
                     tracing::debug!(action = ?act.action, "operator action older than the one in redis; kept the newer");
@@ -97,12 +100,17 @@ impl RedisStore {
         }
     }
 
-    /// Write every journalled action (oldest first) on `conn`, before the store leaves
-    /// degraded; answers the journal's version written.
-    pub(super) async fn write_journal(&self, conn: &Conn) -> Result<u64, StoreError> {
+    /// Write every journalled action (oldest first) of the pools `keep` names on `conn`,
+    /// before the store (or, on Cluster, a pool) leaves degraded; answers the journal's
+    /// version written.
+    pub(super) async fn write_journal(
+        &self,
+        conn: &Conn,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, StoreError> {
         let (actions, version) = self.journal.to_write();
         let script = &self.scripts.act;
-        for act in actions {
+        for act in actions.into_iter().filter(|a| keep(&a.keys.pool)) {
             let cmd = act_cmd(script, &act.keys, &act.fingerprint, act.action, act.at_ms);
             let _: i64 = self.run_on(conn.clone(), &cmd, script).await?;
             self.journal.written(&act);
@@ -110,13 +118,12 @@ impl RedisStore {
         Ok(version)
     }
 
-    /// Write every journalled action (oldest first) on the live connection; stops at the
-    /// first failure (the store is degraded again, and the rest waits for the next return).
+    /// Write every journalled action (oldest first) on the live connection; one that fails
+    /// (its pool, or the store, degraded again) waits for the next return, and with it every
+    /// later one of its pool (each then answers at once: its pool is degraded).
     pub(super) async fn replay_actions(&self) {
         for act in self.journal.to_write().0 {
-            if !self.write_action(&act).await {
-                return;
-            }
+            let _ = self.write_action(&act).await;
         }
     }
 
@@ -128,10 +135,10 @@ impl RedisStore {
             let mut cmd = redis::cmd("HGETALL");
             cmd.arg(&prepared.keys.ops);
             let Some(ops) = self
-                .run::<HashMap<String, String>>(&cmd, &self.scripts.status)
+                .run::<HashMap<String, String>>(&prepared.pool, &cmd, &self.scripts.status)
                 .await
             else {
-                return;
+                continue;
             };
             let spec = &prepared.spec;
             let local = self.local.status_now(spec);
@@ -151,8 +158,9 @@ impl RedisStore {
 
     async fn status_shared(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
         let prepared = self.prepared.get(spec, &self.scripts);
-        let rows: Option<Vec<(u64, String, u64, u64)>> =
-            self.run(prepared.status(), &self.scripts.status).await;
+        let rows: Option<Vec<(u64, String, u64, u64)>> = self
+            .run(&spec.name, prepared.status(), &self.scripts.status)
+            .await;
         let local = self.local.status_now(spec);
         let Some(rows) = rows else {
             return local;
@@ -204,8 +212,9 @@ impl Store for RedisStore {
         RedisStore::errors(self)
     }
 
+    /// Degraded while the store, or (on Cluster) any pool, is.
     fn state(&self) -> StoreState {
-        if self.is_degraded() {
+        if self.is_degraded() || self.outages.any() {
             StoreState::Degraded
         } else {
             StoreState::Shared

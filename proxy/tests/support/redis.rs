@@ -53,19 +53,21 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: PathBuf,
     cluster: bool,
+    /// More redis-server options (`--name value` pairs), kept across restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// A single node on a port of its own.
     pub async fn start() -> RedisServer {
-        Self::start_fresh(false).await
+        Self::start_fresh(false, &[]).await
     }
 
     /// A node on a fresh port, tried again on another port while the chosen one turns out
     /// to be taken.
-    async fn start_fresh(cluster: bool) -> RedisServer {
+    async fn start_fresh(cluster: bool, extra: &[&str]) -> RedisServer {
         for _ in 0..START_TRIES {
-            if let Some(s) = Self::try_start_on(candidate_port(), cluster).await {
+            if let Some(s) = Self::try_start_with(candidate_port(), cluster, extra).await {
                 return s;
             }
         }
@@ -74,6 +76,11 @@ impl RedisServer {
 
     /// A node on `port`, or `None` when it could not bind it (taken by someone else).
     pub async fn try_start_on(port: u16, cluster: bool) -> Option<RedisServer> {
+        Self::try_start_with(port, cluster, &[]).await
+    }
+
+    /// As `try_start_on`, with more redis-server options (`--name value` pairs).
+    async fn try_start_with(port: u16, cluster: bool, extra: &[&str]) -> Option<RedisServer> {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let dir =
@@ -84,6 +91,7 @@ impl RedisServer {
             child: None,
             dir,
             cluster,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         s.spawn().await.then_some(s)
     }
@@ -119,6 +127,7 @@ impl RedisServer {
                     &format!("nodes-{}.conf", self.port),
                 ]);
         }
+        cmd.args(&self.extra);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("redis-server could not start (is it installed? ./test.sh installs it): {e}")
         });
@@ -288,9 +297,15 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
+        Self::start_with(&[]).await
+    }
+
+    /// A cluster whose nodes take more redis-server options (`--name value` pairs), such as
+    /// `["--cluster-require-full-coverage", "no"]`.
+    pub async fn start_with(extra: &[&str]) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_fresh(true).await);
+            nodes.push(RedisServer::start_fresh(true, extra).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
