@@ -155,7 +155,7 @@ def open_slow(addr, token, counts):
         ("silent", b"", b"", 1.0),
         ("h2_preface", H2_PREFACE, b"", 1.0),
         ("slow_header", head, b"x-slow: 1\r\n", 0.5),
-        ("slow_body", body_head, b" ", 1.0),
+        ("slow_body", body_head, b" ", 5.0),
     ]
     conns = []
     for (kind, first, trickle, every), n in zip(plan, counts):

@@ -11,7 +11,7 @@
 # Knobs (environment): EDGES_HEADER_TIMEOUT ("3s"), EDGES_SILENT (2000), EDGES_PREFACE (200),
 # EDGES_SLOW_HEADER (200), EDGES_SLOW_BODY (200), EDGES_WATCH (15, seconds the slow clients
 # are watched), EDGES_BASELINE (10, seconds of normal traffic alone), EDGES_BODY_READ_TIMEOUT
-# (unset; when set, written as server.body_read_timeout, for builds that have it),
+# ("3s", server.body_read_timeout; the slow-body clients send a byte every 5 s, slower than it),
 # EDGES_ULIMIT (512), EDGES_HOLD (1000 idle connections), EDGES_HOLD_SECONDS (8),
 # EDGES_NO_BUILD (0; 1 = use the binaries in ${CARGO_TARGET_DIR:-target}/release as they are).
 set -euo pipefail
@@ -24,7 +24,7 @@ SLOW_HEADER="${EDGES_SLOW_HEADER:-200}"
 SLOW_BODY="${EDGES_SLOW_BODY:-200}"
 WATCH="${EDGES_WATCH:-15}"
 BASELINE="${EDGES_BASELINE:-10}"
-BODY_READ_TIMEOUT="${EDGES_BODY_READ_TIMEOUT:-}"
+BODY_READ_TIMEOUT="${EDGES_BODY_READ_TIMEOUT:-3s}"
 LOW_ULIMIT="${EDGES_ULIMIT:-512}"
 HOLD="${EDGES_HOLD:-1000}"
 HOLD_SECONDS="${EDGES_HOLD_SECONDS:-8}"
