@@ -27,61 +27,13 @@ need redis-cli redis-tools
 build_release keyrelay keyrelay-mock keyrelay-loadgen
 
 # ---------------------------------------------------------------- processes
-REDIS_PORT="$(free_port)"
-start_redis() {
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$TMP" >>"$TMP/redis.log" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  local deadline=$((SECONDS + READY_DEADLINE))
-  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "redis-server did not start on $REDIS_PORT"
-    sleep 0.05
-  done
-}
 start_redis
-
-MOCK_PORT="$(free_port)"
-"$TARGET_DIR/release/keyrelay-mock" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-PIDS+=("$!")
-wait_http mock "$!" "http://127.0.0.1:$MOCK_PORT/v1/models"
-
-KR_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
-TOKEN="chaos-token-$$-$RANDOM"
-cat >"$TMP/chaos.toml" <<TOML
-[server]
-listen = "127.0.0.1:$KR_PORT"
-
-[upstream]
-pass_headers = ["x-mock-*"]
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[[clients]]
-name = "chaos"
-token = "env:CHAOS_TOKEN"
-
-[[providers]]
-name = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-route = "/v1"
-rpm = 100000000
-keys = "env:CHAOS_KEY_*"
-
-[store]
-url = "redis://127.0.0.1:$REDIS_PORT/0"
-TOML
-(cd "$TMP" && exec env KEYRELAY_LOG=info CHAOS_TOKEN="$TOKEN" CHAOS_KEY_1=sk-chaos-1 \
-  CHAOS_KEY_2=sk-chaos-2 CHAOS_KEY_3=sk-chaos-3 \
-  "$TARGET_DIR/release/keyrelay" --log-json --config "$TMP/chaos.toml") >"$TMP/keyrelay.log" 2>&1 &
-KR_PID=$!
-PIDS+=("$KR_PID")
-wait_http keyrelay "$KR_PID" "http://127.0.0.1:$ADMIN_PORT/healthz"
+start_mock
+KR_LOG=info start_keyrelay chaos "redis://127.0.0.1:$REDIS_PORT/0" "" --log-json
+TOKEN="$BENCH_TOKEN"
 
 # shared_within START_EPOCH_MS: ms until /readyz says the store is shared again.
-store_state() { curl -s --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("store",""))' 2>/dev/null || true; }
+store_state() { curl -s --max-time 1 "$ADMIN_URL/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("store",""))' 2>/dev/null || true; }
 now_ms() { date +%s%3N; }
 shared_within() {
   local from="$1" deadline=$((SECONDS + 20))
@@ -95,7 +47,7 @@ shared_within() {
 
 # ---------------------------------------------------------------- load and faults
 log "load: $REQUESTS requests at concurrency $CONCURRENCY, $RATE/s; faults at 4 s, 11 s, 20 s"
-LOADGEN_TOKEN="$TOKEN" "$TARGET_DIR/release/keyrelay-loadgen" --url "http://127.0.0.1:$KR_PORT/v1/chat/completions" \
+LOADGEN_TOKEN="$TOKEN" "$TARGET_DIR/release/keyrelay-loadgen" --url "$KR_URL" \
   --requests "$REQUESTS" --concurrency "$CONCURRENCY" --rate "$RATE" --mix normal=70,stream=30 \
   >"$TMP/load.out" 2>"$TMP/load.err" &
 LOAD_PID=$!
@@ -133,7 +85,7 @@ cat "$TMP/load.out"
 # ---------------------------------------------------------------- figures
 failed="$(awk '/^total / { print $4 }' "$TMP/load.out")"
 p99_faults="$(awk '/^second / { s=$2+0; sub(":","",$2); if (s >= 4 && s <= 24 && $8+0 > m) m=$8+0 } END { printf "%.1f", m+0 }' "$TMP/load.out")"
-lines_per_second="$(python3 - "$TMP/keyrelay.log" <<'PY'
+lines_per_second="$(python3 - "$TMP/chaos.log" <<'PY'
 import collections, json, sys
 counts = collections.Counter()
 for line in open(sys.argv[1]):

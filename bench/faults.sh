@@ -26,51 +26,9 @@ need python3 python3
 build_release keyrelay keyrelay-mock keyrelay-loadgen
 LOADGEN="$TARGET_DIR/release/keyrelay-loadgen"
 
-MOCK_PORT="$(free_port)"
-MOCK_URL="http://127.0.0.1:$MOCK_PORT"
-"$TARGET_DIR/release/keyrelay-mock" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-PIDS+=("$!")
-wait_http mock "$!" "$MOCK_URL/__mock/stats"
-TOKEN="faults-token-$$-$RANDOM"
-KEYS=(sk-faults-1 sk-faults-2 sk-faults-3)
-
-# start_keyrelay NAME EXTRA_PROVIDER_LINES: a keyrelay in front of the mock; sets KR_URL,
-# ADMIN_URL and KR_PID.
-start_keyrelay() {
-  local name="$1" extra="$2" port admin
-  port="$(free_port)" admin="$(free_port)"
-  cat >"$TMP/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-shutdown_grace = "30s"
-
-[upstream]
-pass_headers = ["x-mock-*"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[[clients]]
-name = "faults"
-token = "env:FAULTS_TOKEN"
-
-[[providers]]
-name = "openai"
-base_url = "$MOCK_URL/v1"
-route = "/v1"
-rpm = 100000000
-keys = "env:FAULTS_KEY_*"
-$extra
-TOML
-  (cd "$TMP" && exec env KEYRELAY_LOG=warn FAULTS_TOKEN="$TOKEN" FAULTS_KEY_1="${KEYS[0]}" \
-    FAULTS_KEY_2="${KEYS[1]}" FAULTS_KEY_3="${KEYS[2]}" \
-    "$TARGET_DIR/release/keyrelay" --config "$TMP/$name.toml") >"$TMP/$name.log" 2>&1 &
-  KR_PID=$!
-  PIDS+=("$KR_PID")
-  KR_URL="http://127.0.0.1:$port/v1/chat/completions"
-  ADMIN_URL="http://127.0.0.1:$admin"
-  wait_http "$name" "$KR_PID" "$ADMIN_URL/healthz"
-}
+start_mock
+TOKEN="$BENCH_TOKEN"
+KEYS=("${BENCH_KEYS[@]}")
 
 received() { curl -s "$MOCK_URL/__mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"])'; }
 open_streams() { curl -s "$MOCK_URL/__mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["open_streams"])'; }
@@ -79,7 +37,7 @@ load() { LOADGEN_TOKEN="$TOKEN" "$LOADGEN" --url "$KR_URL" "$@"; }
 ok=1
 miss() { log "missed: $*"; ok=0; }
 
-start_keyrelay main ""
+start_keyrelay main "" ""
 
 # 2. Cut streams.
 before="$(received)" a0="$(attempts)"
@@ -106,7 +64,7 @@ got=$(($(received) - before))
 printf '4. read-then-drop: 1000 POSTs, %s upstream receipts (default: no replay)\n' "$got"
 ((got == 1000)) || miss "read-then-drop took $got receipts"
 main_pid="$KR_PID" main_url="$KR_URL" main_admin="$ADMIN_URL"
-start_keyrelay replay "retry_after_send = true"
+start_keyrelay replay "" "retry_after_send = true"
 before="$(received)"
 load --requests 1000 --concurrency 64 --mix drop=1 >"$TMP/replay.out" || true
 got=$(($(received) - before))

@@ -80,3 +80,72 @@ build_release() {
   fi
   TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 }
+
+# start_redis: a redis-server on REDIS_PORT (picked on the first call, kept for restarts), no
+# persistence; sets REDIS_PID.
+start_redis() {
+  REDIS_PORT="${REDIS_PORT:-$(free_port)}"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$TMP" >>"$TMP/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  local deadline=$((SECONDS + READY_DEADLINE))
+  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "redis-server did not start on $REDIS_PORT"
+    sleep 0.05
+  done
+}
+
+# start_mock: the release mock on a free port; sets MOCK_PORT and MOCK_URL.
+start_mock() {
+  MOCK_PORT="$(free_port)"
+  MOCK_URL="http://127.0.0.1:$MOCK_PORT"
+  "$TARGET_DIR/release/keyrelay-mock" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
+  PIDS+=("$!")
+  wait_http mock "$!" "$MOCK_URL/__mock/stats"
+}
+
+BENCH_TOKEN="bench-token-$$-$RANDOM"
+BENCH_KEYS=(sk-bench-key-1 sk-bench-key-2 sk-bench-key-3)
+
+# start_keyrelay NAME STORE_URL PROVIDER_EXTRA [KEYRELAY_ARGS...]: a release keyrelay in front
+# of the mock (x-mock-* headers passed, three keys, client token BENCH_TOKEN), on Redis when
+# STORE_URL is set, logging at KR_LOG (warn); sets KR_PID, KR_URL and ADMIN_URL.
+start_keyrelay() {
+  local name="$1" store="$2" extra="$3" port admin
+  shift 3
+  port="$(free_port)" admin="$(free_port)"
+  cat >"$TMP/$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+shutdown_grace = "30s"
+
+[upstream]
+pass_headers = ["x-mock-*"]
+
+[admin]
+listen = "127.0.0.1:$admin"
+
+[[clients]]
+name = "bench"
+token = "env:BENCH_TOKEN"
+
+[[providers]]
+name = "openai"
+base_url = "$MOCK_URL/v1"
+route = "/v1"
+rpm = 100000000
+keys = "env:BENCH_KEY_*"
+$extra
+TOML
+  if [[ -n "$store" ]]; then printf '\n[store]\nurl = "%s"\n' "$store" >>"$TMP/$name.toml"; fi
+  # From its own temp dir, so no .env of the caller's is picked up.
+  (cd "$TMP" && exec env KEYRELAY_LOG="${KR_LOG:-warn}" BENCH_TOKEN="$BENCH_TOKEN" \
+    BENCH_KEY_1="${BENCH_KEYS[0]}" BENCH_KEY_2="${BENCH_KEYS[1]}" BENCH_KEY_3="${BENCH_KEYS[2]}" \
+    "$TARGET_DIR/release/keyrelay" "$@" --config "$TMP/$name.toml") >"$TMP/$name.log" 2>&1 &
+  KR_PID=$!
+  PIDS+=("$KR_PID")
+  KR_URL="http://127.0.0.1:$port/v1/chat/completions"
+  ADMIN_URL="http://127.0.0.1:$admin"
+  wait_http "$name" "$KR_PID" "$ADMIN_URL/healthz"
+}

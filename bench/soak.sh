@@ -28,61 +28,13 @@ need redis-server redis-server
 need redis-cli redis-tools
 build_release keyrelay keyrelay-mock keyrelay-loadgen
 
-REDIS_PORT="$(free_port)"
-start_redis() {
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$TMP" >>"$TMP/redis.log" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  local deadline=$((SECONDS + READY_DEADLINE))
-  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "redis-server did not start on $REDIS_PORT"
-    sleep 0.05
-  done
-}
 start_redis
-
-MOCK_PORT="$(free_port)"
-"$TARGET_DIR/release/keyrelay-mock" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-PIDS+=("$!")
-wait_http mock "$!" "http://127.0.0.1:$MOCK_PORT/v1/models"
-
-KR_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
-TOKEN="soak-token-$$-$RANDOM"
-cat >"$TMP/soak.toml" <<TOML
-[server]
-listen = "127.0.0.1:$KR_PORT"
-
-[upstream]
-pass_headers = ["x-mock-*"]
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[[clients]]
-name = "soak"
-token = "env:SOAK_TOKEN"
-
-[[providers]]
-name = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-route = "/v1"
-rpm = 100000000
-keys = "env:SOAK_KEY_*"
-
-[store]
-url = "redis://127.0.0.1:$REDIS_PORT/0"
-TOML
-(cd "$TMP" && exec env KEYRELAY_LOG=warn SOAK_TOKEN="$TOKEN" SOAK_KEY_1=sk-soak-1 \
-  SOAK_KEY_2=sk-soak-2 SOAK_KEY_3=sk-soak-3 \
-  "$TARGET_DIR/release/keyrelay" --config "$TMP/soak.toml") >"$TMP/keyrelay.log" 2>&1 &
-KR_PID=$!
-PIDS+=("$KR_PID")
-wait_http keyrelay "$KR_PID" "http://127.0.0.1:$ADMIN_PORT/healthz"
+start_mock
+start_keyrelay soak "redis://127.0.0.1:$REDIS_PORT/0" ""
+TOKEN="$BENCH_TOKEN"
 
 # metric NAME: its value in /metrics.
-metric() { curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+metric() { curl -s --max-time 2 "$ADMIN_URL/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
 settle() {
   local deadline=$((SECONDS + 30))
   until [[ "$(metric keyrelay_in_flight_requests)" == 0 && "$(metric keyrelay_open_streams)" == 0 ]]; do
@@ -97,7 +49,7 @@ base_fds="" base_threads="" rss2="" rss_last=""
 for ((r = 1; r <= ROUNDS; r++)); do
   start=$SECONDS
   LOADGEN_TOKEN="$TOKEN" "$TARGET_DIR/release/keyrelay-loadgen" \
-    --url "http://127.0.0.1:$KR_PORT/v1/chat/completions" --requests "$REQUESTS" \
+    --url "$KR_URL" --requests "$REQUESTS" \
     --concurrency "$CONCURRENCY" --mix "$MIX" >"$TMP/round$r.out" 2>&1 &
   load=$!
   PIDS+=("$load")
@@ -110,7 +62,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   settle || { log "round $r: requests or streams still open"; ok=0; }
   unexpected="$(awk '/^total / { print $4 }' "$TMP/round$r.out")"
   rss="$(rss_kib "$KR_PID")" f="$(fds "$KR_PID")" t="$(threads "$KR_PID")"
-  [[ -n "$rss" ]] || die "keyrelay died in round $r: $(tail -n 20 "$TMP/keyrelay.log")"
+  [[ -n "$rss" ]] || die "keyrelay died in round $r: $(tail -n 20 "$TMP/soak.log")"
   printf '%6s %10s %12s %6s %8s %10s\n' "$r" "${unexpected:-?}" "$rss" "$f" "$t" "$((SECONDS - start))"
   [[ "$unexpected" == 0 ]] || { log "round $r: $unexpected unexpected outcomes: $(grep '^unexpected' "$TMP/round$r.out" | head -3)"; ok=0; }
   if ((r == 1)); then base_fds="$f" base_threads="$t"; fi
