@@ -469,7 +469,7 @@ async fn metrics_exposition_passes_promtool() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("promtool could not run (Debian package prometheus; ./test.sh installs it): {e}")
+            panic!("promtool could not run (Debian package prometheus; ./install-test-deps.sh installs it): {e}")
         });
     use std::io::Write;
     child

@@ -50,7 +50,7 @@ impl Driver {
         // chromedriver binds port 0 and says which port it got.
         let mut child = Proc::spawn(
             Command::new("chromedriver").arg("--port=0"),
-            "Debian package chromium-driver; ./test.sh installs it",
+            "Debian package chromium-driver; ./install-test-deps.sh installs it",
         );
         let port: u16 = child
             .wait_line(Duration::from_secs(20), |l| {

@@ -61,18 +61,19 @@ fn readme_demo_command_picks_the_keyrelay_binary() {
     );
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     assert!(readme.contains("cargo run --release -- demo"));
+    const TEST_COMMAND: &str = "./install-test-deps.sh && cargo nextest run --workspace";
     assert!(
-        readme.contains("\n    ./test.sh\n"),
+        readme.contains(&format!("\n    {TEST_COMMAND}\n")),
         "README's test command"
     );
     let ci = std::fs::read_to_string(format!("{root}/.ci/run")).unwrap();
     assert!(
-        ci.lines().any(|l| l == "./test.sh"),
+        ci.lines().any(|l| l == TEST_COMMAND),
         ".ci/run must call the README's test command"
     );
-    let script = std::fs::read_to_string(format!("{root}/test.sh")).unwrap();
+    let script = std::fs::read_to_string(format!("{root}/install-test-deps.sh")).unwrap();
     assert!(
-        script.contains("exec cargo nextest run --workspace"),
-        "test.sh must run the whole workspace"
+        script.contains("cargo install cargo-nextest --locked"),
+        "the install half must bring cargo-nextest"
     );
 }

@@ -137,7 +137,7 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
                 dir.join("tsdb").display()
             ))
             .arg("--web.listen-address=127.0.0.1:0"),
-        "Debian package prometheus; ./test.sh installs it",
+        "Debian package prometheus; ./install-test-deps.sh installs it",
     );
     let prom: SocketAddr = prometheus
         .wait_line(Duration::from_secs(30), |l| {

@@ -129,7 +129,7 @@ impl RedisServer {
         }
         cmd.args(&self.extra);
         let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("redis-server could not start (is it installed? ./test.sh installs it): {e}")
+            panic!("redis-server could not start (is it installed? ./install-test-deps.sh installs it): {e}")
         });
         let pid = child.id();
         self.child = Some(child);

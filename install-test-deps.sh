@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what the tests need and is missing, then runs
-# the whole suite. Debian packages are installed when run as root, else named with the command
-# to install them; cargo-nextest is built with cargo. Extra arguments go to cargo nextest.
+# The first half of the README's test command (`./install-test-deps.sh && cargo nextest run
+# --workspace`, which .ci/run calls as it is): installs what the tests need and is missing.
+# Debian packages are installed when run as root, else named with the command to install them
+# (and the script fails); cargo-nextest is built with cargo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,19 +19,18 @@ want chromedriver chromium-driver
 if [ ${#need[@]} -gt 0 ]; then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing ${need[*]}"
+    echo "install-test-deps.sh: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "test.sh: the tests need these Debian packages, missing here: ${need[*]}" >&2
+    echo "install-test-deps.sh: the tests need these Debian packages, missing here: ${need[*]}" >&2
     echo "install them with: sudo apt-get install ${need[*]}" >&2
     exit 1
   fi
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
-  echo "test.sh: installing cargo-nextest"
+  echo "install-test-deps.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
 
-exec cargo nextest run --workspace "$@"
