@@ -32,73 +32,19 @@ NO_BUILD="${EDGES_NO_BUILD:-0}"
 READY_DEADLINE=30 # seconds for a process to answer
 CLIENT="$ROOT/bench/edges.py"
 
-log() { printf '[edges] %s\n' "$*" >&2; }
-die() {
-  printf '[edges] FAIL: %s\n' "$*" >&2
-  exit 1
-}
+PREFIX=edges
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for v in SILENT PREFACE SLOW_HEADER SLOW_BODY WATCH BASELINE LOW_ULIMIT HOLD HOLD_SECONDS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
-command -v curl >/dev/null 2>&1 || die "curl is required"
-command -v python3 >/dev/null 2>&1 || die "python3 is required (the slow clients)"
-
-if [[ "$NO_BUILD" != 1 ]]; then
-  log "building release binaries (cargo build --release -p keyrelay -p keyrelay-mock)"
-  (cd "$ROOT" && cargo build --release -q -p keyrelay -p keyrelay-mock) || die "release build failed"
-fi
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+need curl curl
+need python3 python3
+build_release keyrelay keyrelay-mock
 KEYRELAY="$TARGET_DIR/release/keyrelay"
 MOCK="$TARGET_DIR/release/keyrelay-mock"
 [[ -x "$KEYRELAY" && -x "$MOCK" ]] || die "$KEYRELAY or $MOCK not found (build them or unset EDGES_NO_BUILD)"
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/keyrelay-edges.XXXXXX")"
-PIDS=()
-
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# rss_kib PID: resident memory in KiB (VmRSS), or nothing if the process is gone.
-rss_kib() {
-  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true
-}
-
-# wait_http NAME PID URL [curl args...]: poll until URL answers any HTTP status, or fail.
-wait_http() {
-  local name="$1" pid="$2" url="$3" code deadline=$((SECONDS + READY_DEADLINE))
-  shift 3
-  while :; do
-    kill -0 "$pid" 2>/dev/null || die "$name exited during startup; its log:
-$(cat "$TMP/$name.log" 2>/dev/null)"
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true)"
-    [[ -n "$code" && "$code" != 000 ]] && return 0
-    ((SECONDS < deadline)) || die "$name did not answer at $url within ${READY_DEADLINE}s"
-    sleep 0.05
-  done
-}
 
 TOKEN="edges-client-token-$$-$RANDOM"
 MOCK_PORT="$(free_port)"
