@@ -10,9 +10,11 @@
 mod labels;
 mod provider;
 mod store;
+mod websocket;
 
 pub use labels::{AuthFailure, ReloadResult, StatusClass, StoreOp};
 pub use provider::ProviderMetrics;
+pub use websocket::{WsDirection, WsEnd, WsMetrics};
 
 use keyrelay_pool::Store;
 use prometheus::{
@@ -47,6 +49,7 @@ pub(crate) struct Families {
     store_seconds: HistogramVec,
     reloads: IntCounterVec,
     connections: Connections,
+    websocket: websocket::WsFamilies,
     store_watched: OnceLock<()>,
 }
 
@@ -155,6 +158,7 @@ impl Families {
                 "Upstream response bodies being streamed.",
             ),
             connections: Connections::new(&b),
+            websocket: websocket::WsFamilies::new(&b),
             store_watched: OnceLock::new(),
             registry: b.0,
         }

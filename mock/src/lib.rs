@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod fault;
 mod record;
+mod ws;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -32,6 +33,7 @@ pub use body::MockBody;
 use conn::{ConnCtl, FaultIo};
 pub use fault::Fault;
 pub use record::{Counters, Seen};
+pub use ws::WsSession;
 
 /// What the mock answers for one key.
 #[derive(Clone, Debug)]
@@ -80,6 +82,7 @@ pub(crate) struct State {
     no_recording: std::sync::atomic::AtomicBool,
     pub(crate) seen: Mutex<Vec<Seen>>,
     pub(crate) counters: Counters,
+    pub(crate) ws: ws::WsSessions,
 }
 
 /// A running mock upstream on 127.0.0.1. Stops accepting when dropped.
@@ -189,7 +192,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             let service =
                 hyper::service::service_fn(move |req| handle(req, state.clone(), ctl.clone()));
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await;
         });
     }
@@ -260,12 +263,13 @@ async fn handle(
     state: Arc<State>,
     ctl: Arc<ConnCtl>,
 ) -> Result<Response<MockBody>, Dropped> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     if parts.uri.path().starts_with("/__mock/") {
         return Ok(control(&parts, &state));
     }
     state.counters.received.fetch_add(1, Ordering::SeqCst);
-    let key = credential(&parts.headers, parts.uri.query());
+    let key = credential(&parts.headers, parts.uri.query())
+        .or_else(|| ws::subprotocol_key(&parts.headers));
     let fault = fault_for(&parts, key.as_deref(), &state);
     if fault == Some(Fault::Reset) {
         record(&state, &parts, key, Bytes::new());
@@ -302,6 +306,9 @@ async fn handle(
             headers,
             body,
         } => fixed(status, &headers, body),
+        Reply::Normal | Reply::Fault(_) if ws::is_upgrade(&parts.headers) => {
+            ws::accept(&mut parts, key, &state)
+        }
         Reply::Normal | Reply::Fault(_) => normal(&parts, &body, &state, None, ctl),
     })
 }

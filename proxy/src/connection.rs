@@ -424,7 +424,7 @@ pub async fn drive<I, H, F>(
             Ok::<_, Infallible>(response.map(|inner| Tracked { inner, in_flight }))
         }
     });
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut closing = false;
     let mut idle_limit = limits.keepalive_timeout;

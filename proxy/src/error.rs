@@ -38,6 +38,12 @@ pub enum ProxyError {
     BadPath(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A WebSocket upgrade where WebSockets are off: 426, so clients fall back to HTTP.
+    #[error("WebSockets are not enabled here; use HTTP")]
+    WebSocketDisabled,
+    /// A WebSocket handshake keyrelay cannot forward; the reason is fixed text.
+    #[error("bad WebSocket handshake: {0}")]
+    BadUpgrade(&'static str),
 
     // The pool's side.
     #[error("every key of this provider is rate limited; retry after {} s", retry_after_secs(.retry_after))]
@@ -132,6 +138,8 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyBudgetFull => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::WebSocketDisabled => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamMismatch => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::StreamCut => StatusCode::BAD_GATEWAY,
             ProxyError::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
@@ -157,6 +165,8 @@ impl ProxyError {
             ProxyError::BodyBudgetFull => "overloaded",
             ProxyError::BadPath(_) => "invalid_path",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::WebSocketDisabled => "websocket_disabled",
+            ProxyError::BadUpgrade(_) => "invalid_websocket_handshake",
             ProxyError::UpstreamMismatch => "internal_error",
             ProxyError::StreamCut => "upstream_stream_cut",
             ProxyError::StreamIdle => "upstream_stream_idle",
@@ -180,7 +190,9 @@ impl ProxyError {
             ProxyError::BodyRead
             | ProxyError::BodyTimeout
             | ProxyError::BadPath(_)
-            | ProxyError::MethodNotAllowed => "invalid_request_error",
+            | ProxyError::MethodNotAllowed
+            | ProxyError::WebSocketDisabled
+            | ProxyError::BadUpgrade(_) => "invalid_request_error",
             ProxyError::BodyBudgetFull => "overloaded_error",
             ProxyError::AllKeysCooling { .. } => "rate_limit_error",
             ProxyError::NoUsableKey
@@ -202,7 +214,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyRead
             | ProxyError::BadPath(_)
-            | ProxyError::MethodNotAllowed => "INVALID_ARGUMENT",
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BadUpgrade(_) => "INVALID_ARGUMENT",
+            ProxyError::WebSocketDisabled => "FAILED_PRECONDITION",
             ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",
             ProxyError::BodyBudgetFull => "UNAVAILABLE",
             ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",

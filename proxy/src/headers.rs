@@ -154,6 +154,42 @@ impl HeaderPolicy {
     }
 }
 
+/// The handshake headers a WebSocket upgrade forwards as the client sent them (hop-by-hop, so
+/// never forwarded otherwise). `Sec-WebSocket-Protocol` is not among them: it may carry the
+/// client's token, and the caller rewrites it.
+const UPGRADE_HEADERS: [HeaderName; 3] = [
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+impl HeaderPolicy {
+    /// The headers to send upstream for a WebSocket upgrade: [`HeaderPolicy::forward`]'s, the
+    /// handshake's own, and `Connection: upgrade`, `Upgrade: websocket`; never a subprotocol.
+    pub fn forward_upgrade(&self, from: HeaderMap, peer: Option<std::net::IpAddr>) -> HeaderMap {
+        let mut handshake = Vec::new();
+        for name in &UPGRADE_HEADERS {
+            for value in from.get_all(name) {
+                handshake.push((name.clone(), value.clone()));
+            }
+        }
+        let mut out = self.forward(from, peer);
+        out.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        for (name, value) in handshake {
+            out.append(name, value);
+        }
+        out.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+        out.insert(
+            header::UPGRADE,
+            header::HeaderValue::from_static("websocket"),
+        );
+        out
+    }
+}
+
 /// The query without any `key=` parameter (Gemini-style client credential).
 pub fn query_without_key(query: &str) -> Option<String> {
     let kept: Vec<&str> = query

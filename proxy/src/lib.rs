@@ -13,6 +13,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod upstream;
+pub mod websocket;
 
 use config::Config;
 use keyrelay_metrics::ReloadResult;

@@ -25,6 +25,8 @@ pub struct Provider {
     pub max_wait: Duration,
     pub deadline: Duration,
     pub retry_after_send: bool,
+    /// Whether WebSocket upgrades are proxied (else 426).
+    pub websocket: bool,
     pub metrics: ProviderMetrics,
 }
 
@@ -63,6 +65,7 @@ impl Provider {
             max_wait: pc.max_wait,
             deadline: pc.deadline,
             retry_after_send: pc.retry_after_send,
+            websocket: pc.websocket,
             metrics: shared.metrics.provider(&pc.name),
         })
     }

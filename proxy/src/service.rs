@@ -58,6 +58,7 @@ pub struct App {
     ids: RequestIds,
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
+    ws: crate::websocket::Gateway,
 }
 
 /// The client's address, put in each request's extensions by the listener.
@@ -120,6 +121,7 @@ impl App {
                 &config.upstream.pass_headers,
                 config.upstream.forwarded_for,
             ),
+            ws: crate::websocket::Gateway::new(config),
             shared,
         };
         app.shared
@@ -180,6 +182,9 @@ impl App {
         if let Err(e) = check_target(&parts) {
             return log.error(e, shape);
         }
+        if crate::websocket::is_upgrade(&parts) {
+            return self.upgrade(parts, log).await;
+        }
         // Step 1: who is asking.
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let Some(client) = self.auth.authenticate(&presented) else {
@@ -231,6 +236,19 @@ impl App {
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
+    }
+
+    /// A WebSocket upgrade: its own pipeline, in `websocket`.
+    async fn upgrade(&self, parts: http::request::Parts, log: RequestLog) -> Response<ProxyBody> {
+        let ctx = crate::websocket::Ctx {
+            routes: &self.routes,
+            auth: &self.auth,
+            headers: &self.headers,
+            upstream: &self.upstream,
+            metrics: &self.shared.metrics,
+            gateway: &self.ws,
+        };
+        ctx.serve(parts, log).await
     }
 
     /// Buffer the body within the limits; on refusal, the error and whether the connection is

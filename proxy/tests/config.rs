@@ -433,6 +433,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "providers.retry_budget_percent",
         "providers.rpm",
         "providers.strategy",
+        "providers.websocket",
         "providers.weight",
         "server.allow_unauthenticated",
         "server.body_read_timeout",
@@ -453,6 +454,9 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "upstream.first_byte_timeout",
         "upstream.forwarded_for",
         "upstream.idle_timeout",
+        "websocket.enabled",
+        "websocket.idle_timeout",
+        "websocket.max_duration",
     ];
     assert_eq!(
         named, expected,

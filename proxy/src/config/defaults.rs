@@ -32,6 +32,11 @@ pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) const FORWARDED_FOR: bool = false;
 
+// [websocket]
+pub(super) const WS_ENABLED: bool = true;
+pub(super) const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub(super) const WS_MAX_DURATION: Duration = Duration::from_secs(2 * 60 * 60);
+
 // [[providers]]
 pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;
 pub(super) const STRATEGY: Strategy = Strategy::LeastLoaded;
@@ -42,6 +47,7 @@ pub(super) const MAX_WAIT: Duration = Duration::ZERO;
 pub(super) const DEADLINE: Duration = Duration::from_secs(600);
 pub(super) const RETRY_AFTER_SEND: bool = false;
 pub(super) const ALLOW_LINK_LOCAL_BASE_URL: bool = false;
+pub(super) const WEBSOCKET: bool = true;
 
 /// A provider's route when none is given: `/v1` for `openai` (so `OPENAI_BASE_URL` works as
 /// is), `/<name>` for any other.

@@ -21,6 +21,7 @@ mod server;
 mod store;
 mod tls;
 mod validate;
+mod websocket;
 
 use keyrelay_pool::{Key, PoolSettings, Secret, Strategy};
 use std::net::SocketAddr;
@@ -124,6 +125,8 @@ pub struct ProviderConfig {
     pub retry_after_send: bool,
     /// Whether `base_url` may be a link-local or cloud metadata address.
     pub allow_link_local_base_url: bool,
+    /// Whether WebSocket upgrades are proxied for this provider (else 426).
+    pub websocket: bool,
     pub keys: Vec<Key>,
 }
 
@@ -137,6 +140,17 @@ pub struct Config {
     /// The shared store; `None` runs on the embedded in-memory store.
     pub store: Option<StoreConfig>,
     pub admin: AdminConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`: upgrades proxied or answered 426, and each session's limits.
+#[derive(Clone, Debug)]
+pub struct WebSocketConfig {
+    pub enabled: bool,
+    /// No bytes either way for this long ends a session.
+    pub idle_timeout: Duration,
+    /// The longest a session may last.
+    pub max_duration: Duration,
 }
 
 /// Where pool state is shared.

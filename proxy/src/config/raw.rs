@@ -11,6 +11,15 @@ pub(super) struct RawConfig {
     pub providers: Vec<RawProvider>,
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
+    pub websocket: RawWebSocket,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawWebSocket {
+    pub enabled: Option<bool>,
+    pub idle_timeout: Option<String>,
+    pub max_duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +99,7 @@ pub(super) struct RawProvider {
     pub retry_budget_percent: Option<i64>,
     pub retry_budget_min_per_second: Option<i64>,
     pub allow_link_local_base_url: Option<bool>,
+    pub websocket: Option<bool>,
     /// A string reference (`"env:PREFIX_*"`) or an array of key tables; checked by hand so
     /// that each entry's problems carry their own path.
     pub keys: Option<toml::Value>,

@@ -1,0 +1,359 @@
+//! WebSocket upgrades (OpenAI Realtime, the Responses API's WebSocket mode, Gemini Live): the
+//! client authenticated as for HTTP (a header, `?key=`, or an `openai-insecure-api-key.`
+//! subprotocol), its credential stripped, and the handshake sent to one pool key after
+//! another, as HTTP attempts are, until a provider answers 101; then both connections are
+//! handed to [`session`], which copies bytes both ways. Where WebSockets are off, 426.
+
+mod protocols;
+mod session;
+
+use crate::auth::ClientAuth;
+use crate::body::ProxyBody;
+use crate::config::{Config, UpstreamConfig};
+use crate::error::{ErrorKind, ErrorShape, ProxyError};
+use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
+use crate::log::RequestLog;
+use crate::routes::{JoinError, Provider, Routes};
+use crate::service::Peer;
+use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keyrelay_metrics::{AuthFailure, Metrics};
+use keyrelay_pool::{needs_body, Acquired, Answer, Lease, Outcome, Tried};
+use protocols::{Protocols, Sent};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub use protocols::KEY_PROTOCOL;
+pub use session::Limits;
+
+/// What WebSocket upgrades need that a config fixes: whether they are on, the session limits,
+/// and an HTTP/1.1-only upstream client (an upgrade is an HTTP/1.1 affair).
+pub struct Gateway {
+    enabled: bool,
+    limits: Limits,
+    client: UpstreamClient,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> Gateway {
+        Gateway {
+            enabled: config.websocket.enabled,
+            limits: Limits {
+                idle: config.websocket.idle_timeout,
+                max: config.websocket.max_duration,
+            },
+            client: client(&config.upstream),
+        }
+    }
+}
+
+/// The upgrade client: like the shared one, but offering only HTTP/1.1 by ALPN and keeping no
+/// idle connections (an upgraded one leaves the pool anyway).
+fn client(config: &UpstreamConfig) -> UpstreamClient {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(0)
+        .build(https)
+}
+
+/// Whether a request asks to become a WebSocket: `Upgrade: websocket` with `Connection:
+/// upgrade` (HTTP/1.1; HTTP/2 has no such upgrade).
+pub fn is_upgrade(parts: &http::request::Parts) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    parts.version == http::Version::HTTP_11
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
+}
+
+/// The parts of the app an upgrade uses, borrowed for one request.
+pub struct Ctx<'a> {
+    pub routes: &'a Routes,
+    pub auth: &'a ClientAuth,
+    pub headers: &'a HeaderPolicy,
+    pub upstream: &'a UpstreamConfig,
+    pub metrics: &'a Metrics,
+    pub gateway: &'a Gateway,
+}
+
+/// A handshake ready to send to any key.
+struct Handshake {
+    uri: Uri,
+    headers: HeaderMap,
+    protocols: Protocols,
+}
+
+/// Why the key loop stopped without a 101 or an answer to pass on as it is.
+enum Failure {
+    Answer(Answered, Outcome),
+    Error(UpstreamError),
+}
+
+impl Ctx<'_> {
+    /// Serve one upgrade request: authenticate, route, then try keys.
+    pub async fn serve(
+        &self,
+        mut parts: http::request::Parts,
+        mut log: RequestLog,
+    ) -> Response<ProxyBody> {
+        let found = self.routes.find(parts.uri.path());
+        let shape = found.map_or(ErrorShape::OpenAi, |(p, _)| p.shape);
+        let protocols = Protocols::from_headers(&parts.headers);
+        let mut presented = presented_credentials(&parts.headers, parts.uri.query());
+        presented.extend(protocols.tokens());
+        let Some(client) = self.auth.authenticate(&presented) else {
+            self.metrics.client_auth_failure(if presented.is_empty() {
+                AuthFailure::Missing
+            } else {
+                AuthFailure::Invalid
+            });
+            return log.error(ProxyError::Unauthorized, shape);
+        };
+        log.client(client);
+        let Some((provider, rest)) = found else {
+            return log.error(ProxyError::UnknownRoute, shape);
+        };
+        let provider = provider.clone();
+        log.provider(&provider);
+        if !(self.gateway.enabled && provider.websocket) {
+            return log.error(ProxyError::WebSocketDisabled, shape);
+        }
+        let query = parts.uri.query().and_then(query_without_key);
+        let uri = match provider.upstream_uri(rest, query.as_deref()) {
+            Ok(uri) => uri,
+            Err(JoinError::Path(why)) => return log.error(ProxyError::BadPath(why), shape),
+            Err(JoinError::Origin) => return log.error(ProxyError::UpstreamMismatch, shape),
+        };
+        if let Err(why) = check_handshake(&parts) {
+            return log.error(ProxyError::BadUpgrade(why), shape);
+        }
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return log.error(
+                ProxyError::BadUpgrade("the connection cannot be upgraded"),
+                shape,
+            );
+        };
+        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        let headers = self.headers.forward_upgrade(parts.headers, peer);
+        let handshake = Handshake {
+            uri,
+            headers,
+            protocols,
+        };
+        self.connect(&provider, handshake, on_upgrade, log).await
+    }
+
+    /// Send the handshake to one key after another until one gives an answer to pass on.
+    async fn connect(
+        &self,
+        provider: &Arc<Provider>,
+        hs: Handshake,
+        on_upgrade: OnUpgrade,
+        mut log: RequestLog,
+    ) -> Response<ProxyBody> {
+        let shape = provider.shape;
+        let mut tried = Tried::new(hs.uri.path(), provider.max_attempts as usize);
+        let mut last: Option<Failure> = None;
+        let started = Instant::now();
+        let deadline = started + provider.deadline;
+        let wait_until = (started + provider.max_wait).min(deadline);
+        loop {
+            let lease =
+                match next_key(provider, &mut tried, last.is_some(), wait_until, deadline).await {
+                    Ok(Some(lease)) => lease,
+                    Ok(None) => break,
+                    Err(e) => return log.error(e, shape),
+                };
+            let key = lease.key();
+            let (req, sent_protocols) = attempt(&hs, &lease);
+            let limit = self
+                .upstream
+                .first_byte_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let asked = Instant::now();
+            let sent = upstream::send(&self.gateway.client, req, limit, needs_body).await;
+            let waited = asked.elapsed();
+            let answer = match &sent {
+                Ok(a) => Answer::Head {
+                    status: a.parts.status,
+                    headers: &a.parts.headers,
+                    body: a.read_body(),
+                },
+                Err(e) => Answer::Failed { sent: e.sent() },
+            };
+            let verdict = lease.report(answer).await;
+            log.attempt(&key.name, waited, sent.is_ok(), verdict);
+            let again = verdict.outcome.retryable(provider.retry_after_send);
+            match sent {
+                Ok(a) if a.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return self.open(provider, &hs, &sent_protocols, a, on_upgrade, log);
+                }
+                Ok(a) if !again => return pass_on(a, log, self.upstream),
+                Ok(a) => last = Some(Failure::Answer(a, verdict.outcome)),
+                Err(e) if !again => return log.error(e.into(), shape),
+                Err(e) => last = Some(Failure::Error(e)),
+            }
+        }
+        match last {
+            Some(Failure::Answer(a, outcome)) if passable(outcome) => {
+                pass_on(a, log, self.upstream)
+            }
+            last => log.error(give_up(last), shape),
+        }
+    }
+
+    /// The provider answered 101: answer the client's upgrade alike (its subprotocol mapped
+    /// back to the client's own), and run the session once both sides have switched.
+    fn open(
+        &self,
+        provider: &Provider,
+        hs: &Handshake,
+        sent: &Sent,
+        answered: Answered,
+        client: OnUpgrade,
+        log: RequestLog,
+    ) -> Response<ProxyBody> {
+        let Answered { mut parts, .. } = answered;
+        let Some(upstream) = parts.extensions.remove::<OnUpgrade>() else {
+            return log.error(ProxyError::UpstreamUnreachable, provider.shape);
+        };
+        let chosen = parts.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        strip_hop_by_hop(&mut parts.headers);
+        let h = &mut parts.headers;
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(answer) = hs.protocols.answer(sent, chosen.as_ref()) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, answer);
+        }
+        let hook = log.streaming(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+        let metrics = self.metrics.websocket(&provider.name);
+        tokio::spawn(session::run(
+            client,
+            upstream,
+            self.gateway.limits,
+            metrics,
+            hook,
+        ));
+        Response::from_parts(parts, ProxyBody::full(Bytes::new()))
+    }
+}
+
+/// The handshake fields a WebSocket needs; the rest is the provider's to judge.
+fn check_handshake(parts: &http::request::Parts) -> Result<(), &'static str> {
+    if parts.method != Method::GET {
+        return Err("an upgrade must be a GET");
+    }
+    if !parts.headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+        return Err("no Sec-WebSocket-Key");
+    }
+    Ok(())
+}
+
+/// The next key to try: `Ok(None)` to stop and answer from the last failure, `Err` to answer
+/// with keyrelay's own error (every key cooling: 429 with Retry-After, as for HTTP).
+async fn next_key<'p>(
+    provider: &'p Provider,
+    tried: &mut Tried<'p>,
+    failed_before: bool,
+    wait_until: Instant,
+    deadline: Instant,
+) -> Result<Option<Lease<'p>>, ProxyError> {
+    while tried.len() < provider.max_attempts as usize && Instant::now() < deadline {
+        match provider.pool.acquire(tried).await {
+            Acquired::Lease(lease) => return Ok(Some(lease)),
+            Acquired::Wait(d) if Instant::now() + d <= wait_until => tokio::time::sleep(d).await,
+            Acquired::Wait(d) if !failed_before => {
+                return Err(ProxyError::AllKeysCooling { retry_after: d })
+            }
+            Acquired::Wait(_) | Acquired::Exhausted | Acquired::OverBudget => return Ok(None),
+        }
+    }
+    if failed_before {
+        Ok(None)
+    } else {
+        Err(ProxyError::UpstreamTimeout)
+    }
+}
+
+/// The handshake for one key: the key in the subprotocol list where the client put its token
+/// there and the provider takes a bearer key, else in the provider's header.
+fn attempt(hs: &Handshake, lease: &Lease<'_>) -> (Request<Full<Bytes>>, Sent) {
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = hs.uri.clone();
+    *req.headers_mut() = hs.headers.clone();
+    let (name, value) = lease.credential();
+    let in_protocol = hs.protocols.has_token() && *name == header::AUTHORIZATION;
+    let sent = hs
+        .protocols
+        .upstream(in_protocol.then(|| lease.key().secret.expose()));
+    let headers = req.headers_mut();
+    if !in_protocol {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(v) = sent.header() {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    for (name, value) in lease.account_headers() {
+        headers.insert(name.clone(), value.clone());
+    }
+    (req, sent)
+}
+
+/// Pass a provider's non-101 answer on as it is (head first, body as it comes).
+fn pass_on(answered: Answered, log: RequestLog, upstream: &UpstreamConfig) -> Response<ProxyBody> {
+    let Answered { mut parts, body } = answered;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    let hook = log.streaming(parts.status.as_u16());
+    let body = match body {
+        AnsweredBody::Streaming(b) => {
+            ProxyBody::streamed(b, upstream.idle_timeout, None, Some(hook))
+        }
+        AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Whether the last answer may go to the client when no key is left: not a refused key's
+/// (providers echo part of the key in it).
+fn passable(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::Unauthorized | Outcome::Forbidden)
+}
+
+/// keyrelay's own answer when no key gave one to pass on.
+fn give_up(last: Option<Failure>) -> ProxyError {
+    match last {
+        Some(Failure::Answer(a, Outcome::Forbidden)) => ProxyError::UpstreamRefused {
+            status: a.parts.status,
+            kind: ErrorKind::from_body(a.read_body().unwrap_or_default()),
+        },
+        Some(Failure::Answer(..)) => ProxyError::UpstreamRejectedKeys,
+        Some(Failure::Error(e)) => e.into(),
+        None => ProxyError::NoUsableKey,
+    }
+}
