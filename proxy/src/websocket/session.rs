@@ -32,6 +32,8 @@ struct Activity {
     read: [AtomicU64; 2],
     /// 0 while both are open, else 1 + the side that ended its stream first.
     first_eof: AtomicU8,
+    /// Told when a side first ends its stream.
+    half_closed: tokio::sync::Notify,
 }
 
 const CLIENT: usize = 0;
@@ -41,6 +43,12 @@ impl Activity {
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves [`LINGER`] after one side ended its stream, should the other keep its open.
+    async fn linger(&self) {
+        self.half_closed.notified().await;
+        tokio::time::sleep(LINGER).await;
     }
 
     /// Resolves once nothing moved for `idle`.
@@ -76,9 +84,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
             let a = &self.activity;
             if n == 0 {
                 let side = self.side as u8 + 1;
-                let _ = a
-                    .first_eof
-                    .compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
+                let first =
+                    a.first_eof
+                        .compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
+                if first.is_ok() {
+                    a.half_closed.notify_one();
+                }
             } else {
                 a.read[self.side].fetch_add(n, Ordering::Relaxed);
                 a.touch();
@@ -112,6 +123,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// How long a session lives on once one side ended its stream: a WebSocket is over when
+/// either TCP side closes, and a peer that keeps its half open must not hold the session.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// How long the close frames keyrelay sends at a limit may take to go out.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
@@ -139,6 +154,7 @@ pub async fn run(
         last_ms: AtomicU64::new(0),
         read: [AtomicU64::new(0), AtomicU64::new(0)],
         first_eof: AtomicU8::new(0),
+        half_closed: tokio::sync::Notify::new(),
     });
     let counted = |inner, side| Counted {
         inner: TokioIo::new(inner),
@@ -146,12 +162,14 @@ pub async fn run(
         activity: activity.clone(),
     };
     let (mut c, mut u) = (counted(client, CLIENT), counted(upstream, UPSTREAM));
+    let first_eof = || activity.first_eof.load(Ordering::Relaxed);
     let end = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut c, &mut u) => match (copied, activity.first_eof.load(Ordering::Relaxed)) {
+        copied = tokio::io::copy_bidirectional(&mut c, &mut u) => match (copied, first_eof()) {
             (_, 1) => WsEnd::ClientClosed,
             (Ok(_), _) => WsEnd::UpstreamClosed,
             (Err(_), _) => WsEnd::Error,
         },
+        () = activity.linger() => if first_eof() == 1 { WsEnd::ClientClosed } else { WsEnd::UpstreamClosed },
         () = activity.idle(limits.idle) => WsEnd::IdleTimeout,
         () = tokio::time::sleep(limits.max) => WsEnd::MaxDuration,
     };

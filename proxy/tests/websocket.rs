@@ -1,0 +1,437 @@
+//! WebSockets through keyrelay (OpenAI Realtime and Responses paths, Gemini Live): frames both
+//! ways, close codes from either side, rotation at the handshake, the subprotocol and `?key=`
+//! credential forms, 426 where disabled, 401 without a token, the idle and total limits, and
+//! the session metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use keyrelay::config::Config;
+use keyrelay_mock::{MockUpstream, Reply};
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Handshake = http::Response<Option<Vec<u8>>>;
+
+const GEMINI_LIVE: &str =
+    "/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+
+/// A mock and a keyrelay with an OpenAI provider at `/v1` and a Gemini one at `/gemini`, both
+/// on the mock; `websocket` holds the `[websocket]` section's lines.
+async fn start(provider_extra: &str, websocket: &str) -> Harness {
+    let mock = MockUpstream::start().await.unwrap();
+    let text = format!(
+        "{}\n[[providers]]\nname = \"gemini\"\nbase_url = \"{}/gemini\"\nauth = \"x-goog-api-key\"\nkeys = \"env:KR_KEY_*\"\n{provider_extra}\n[websocket]\n{websocket}\n",
+        config_text(&mock.url(), provider_extra, ""),
+        mock.url()
+    );
+    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    Harness {
+        mock,
+        proxy,
+        client: http_client(),
+    }
+}
+
+/// Open a WebSocket to `path` on keyrelay with extra handshake headers.
+async fn open(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, Handshake), WsError> {
+    let url = format!("ws://{}{path}", h.proxy.addr());
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("handshake timed out")
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// Open a Realtime session with the client token in `Authorization`.
+async fn realtime(h: &Harness) -> (Ws, Handshake) {
+    open(
+        h,
+        "/v1/realtime?model=gpt-realtime&intent=transcription",
+        &[("authorization", &bearer())],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("handshake failed: {e}"))
+}
+
+/// The status of a refused handshake.
+fn refused(result: Result<(Ws, Handshake), WsError>) -> Handshake {
+    match result {
+        Err(WsError::Http(resp)) => *resp,
+        Err(e) => panic!("expected an HTTP answer, got {e}"),
+        Ok((_, resp)) => panic!("expected a refusal, got {}", resp.status()),
+    }
+}
+
+/// The next data or close message, within a deadline.
+async fn next(ws: &mut Ws) -> Option<Message> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s")?;
+        match msg {
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(m) => return Some(m),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn binary_frame(i: usize) -> Vec<u8> {
+    (0..(i % 300) + 1)
+        .map(|j| ((i * 7 + j) % 256) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn frames_pass_both_ways_in_order_byte_exact() {
+    let h = start("", "").await;
+    let (ws, resp) = realtime(&h).await;
+    assert_eq!(resp.status(), 101);
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..1000 {
+            tx.send(Message::text(format!(
+                "text frame {i} ✓ {}",
+                "x".repeat(i % 50)
+            )))
+            .await
+            .unwrap();
+            tx.send(Message::binary(binary_frame(i))).await.unwrap();
+        }
+        tx
+    });
+    for i in 0..1000 {
+        let text = rx.next().await.unwrap().unwrap();
+        assert_eq!(
+            text,
+            Message::text(format!("text frame {i} ✓ {}", "x".repeat(i % 50)))
+        );
+        let bin = rx.next().await.unwrap().unwrap();
+        assert_eq!(bin, Message::binary(binary_frame(i)), "binary frame {i}");
+    }
+    let mut ws = sender.await.unwrap().reunite(rx).unwrap();
+    ws.close(None).await.unwrap();
+
+    let sessions = h.mock.ws_sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].frames, 2000);
+    assert!(KEYS.contains(&sessions[0].key.as_deref().unwrap()));
+    assert_eq!(
+        sessions[0].uri,
+        "/v1/realtime?model=gpt-realtime&intent=transcription"
+    );
+    let seen = &h.mock.seen()[0];
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_no_secret(&format!("{:?}", resp.headers()), "the 101 answer");
+    assert!(
+        !format!("{:?}", seen.headers).contains(TOKEN),
+        "client token reached the provider"
+    );
+}
+
+#[tokio::test]
+async fn a_client_close_reaches_the_provider_and_sessions_are_counted() {
+    let h = start("", "").await;
+    let (mut ws, _) = realtime(&h).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("hello")));
+    let open = h.admin("GET", "/metrics", None).await.text();
+    assert!(
+        open.contains("keyrelay_websocket_open_sessions 1"),
+        "{open}"
+    );
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "client done".into(),
+    }))
+    .await
+    .unwrap();
+    // The provider's answering close comes back, then the stream ends.
+    while next(&mut ws).await.is_some() {}
+    let ended = eventually(Duration::from_secs(10), || {
+        h.mock.ws_sessions().first().is_some_and(|s| s.ended)
+    })
+    .await;
+    assert!(ended, "the provider's side stayed open");
+    let s = &h.mock.ws_sessions()[0];
+    assert_eq!(s.close, Some((4001, "client done".to_owned())));
+
+    let counted = eventually(Duration::from_secs(10), || {
+        h.proxy.app().metrics().open_websockets() == 0
+    })
+    .await;
+    assert!(counted, "the session was never counted closed");
+    let metrics = h.admin("GET", "/metrics", None).await.text();
+    for line in [
+        "keyrelay_websocket_sessions_opened_total{provider=\"openai\"} 1",
+        "keyrelay_websocket_open_sessions 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+    let closed = metrics
+        .lines()
+        .find(|l| l.starts_with("keyrelay_websocket_sessions_closed_total{") && l.ends_with(" 1"))
+        .unwrap_or_else(|| panic!("no closed session in:\n{metrics}"));
+    assert!(
+        closed.contains("end=\"client_closed\"") || closed.contains("end=\"upstream_closed\""),
+        "{closed}"
+    );
+    let up = metrics
+        .lines()
+        .find(|l| l.contains("keyrelay_websocket_bytes_total{direction=\"upstream\""))
+        .unwrap();
+    assert!(!up.ends_with(" 0"), "{up}");
+    assert_no_secret(&metrics, "/metrics");
+}
+
+#[tokio::test]
+async fn a_provider_close_reaches_the_client_with_its_code_and_reason() {
+    let h = start("", "").await;
+    let (mut ws, _) = realtime(&h).await;
+    ws.send(Message::text("close:4002:server done"))
+        .await
+        .unwrap();
+    let Some(Message::Close(Some(frame))) = next(&mut ws).await else {
+        panic!("no close frame from the provider");
+    };
+    assert_eq!(u16::from(frame.code), 4002);
+    assert_eq!(frame.reason.as_str(), "server done");
+}
+
+#[tokio::test]
+async fn a_rate_limited_handshake_moves_to_the_next_key() {
+    let h = start(r#"strategy = "round-robin""#, "").await;
+    h.mock
+        .set(KEYS[0], Reply::rate_limited(&[("retry-after", "30")]));
+    let (mut ws, resp) = realtime(&h).await;
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("on the second key")).await.unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Some(Message::text("on the second key"))
+    );
+    assert_eq!(h.mock.calls(KEYS[0]), 1, "the first key was not tried");
+    let sessions = h.mock.ws_sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].key.as_deref(), Some(KEYS[1]));
+
+    // Every key cooling: 429 with Retry-After, as for HTTP, and no upstream call.
+    h.mock
+        .set(KEYS[1], Reply::rate_limited(&[("retry-after", "30")]));
+    h.mock
+        .set(KEYS[2], Reply::rate_limited(&[("retry-after", "30")]));
+    let first = refused(open(&h, "/v1/realtime?model=m", &[("authorization", &bearer())]).await);
+    assert_eq!(first.status(), 429);
+    let calls = h.mock.total_calls();
+    let resp = refused(open(&h, "/v1/realtime?model=m", &[("authorization", &bearer())]).await);
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"), "{resp:?}");
+    assert_eq!(h.mock.total_calls(), calls, "a cooling key was asked");
+}
+
+#[tokio::test]
+async fn the_subprotocol_token_becomes_the_key_and_never_comes_back() {
+    let h = start("", "").await;
+    let offered = format!("realtime, openai-insecure-api-key.{TOKEN}, openai-beta.realtime-v1");
+    let (mut ws, resp) = open(
+        &h,
+        "/v1/realtime?model=gpt-realtime",
+        &[("sec-websocket-protocol", &offered)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("hi")));
+    let s = &h.mock.ws_sessions()[0];
+    let key = s.key.clone().unwrap();
+    assert!(KEYS.contains(&key.as_str()));
+    assert_eq!(
+        s.protocols.as_deref(),
+        Some(format!("realtime, openai-insecure-api-key.{key}, openai-beta.realtime-v1").as_str())
+    );
+    let seen = &h.mock.seen()[0];
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "the key went in a header too"
+    );
+    // The mock answered with the key's own subprotocol; the client hears its own entry.
+    assert_eq!(
+        s.chosen.as_deref(),
+        Some(format!("openai-insecure-api-key.{key}").as_str())
+    );
+    let answer = resp.headers()["sec-websocket-protocol"].to_str().unwrap();
+    assert_eq!(answer, format!("openai-insecure-api-key.{TOKEN}"));
+    let head = format!("{:?}", resp.headers());
+    for k in KEYS {
+        assert!(!head.contains(&k[8..]), "a key in the 101 answer: {head}");
+    }
+}
+
+#[tokio::test]
+async fn gemini_live_takes_the_key_query_and_sends_the_header() {
+    let h = start("", "").await;
+    let path = format!("{GEMINI_LIVE}?key={TOKEN}");
+    let (mut ws, _) = open(&h, &path, &[]).await.unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Some(Message::binary(vec![0u8, 1, 2, 255]))
+    );
+    let s = &h.mock.ws_sessions()[0];
+    assert!(KEYS.contains(&s.key.as_deref().unwrap()));
+    assert_eq!(
+        s.uri,
+        "/gemini/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    );
+    let seen = &h.mock.seen()[0];
+    assert_eq!(seen.header("x-goog-api-key"), s.key.as_deref());
+}
+
+#[tokio::test]
+async fn a_disabled_path_answers_426_in_the_providers_shape() {
+    let h = start("", "enabled = false").await;
+    let resp = refused(open(&h, "/v1/responses", &[("authorization", &bearer())]).await);
+    assert_eq!(resp.status(), 426);
+    let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "websocket_disabled", "{body}");
+    assert_eq!(h.mock.total_calls(), 0);
+
+    // Per provider (here both turn it off).
+    let h = start("websocket = false", "").await;
+    let path = format!("{GEMINI_LIVE}?key={TOKEN}");
+    let resp = refused(open(&h, &path, &[]).await);
+    assert_eq!(resp.status(), 426);
+    let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["status"], "FAILED_PRECONDITION", "{body}");
+    assert_eq!(h.mock.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_upgrade_without_a_valid_token_is_refused_before_the_provider() {
+    let h = start("", "").await;
+    let resp = refused(open(&h, "/v1/realtime?model=m", &[]).await);
+    assert_eq!(resp.status(), 401);
+    let resp = refused(
+        open(
+            &h,
+            "/v1/realtime?model=m",
+            &[(
+                "sec-websocket-protocol",
+                "realtime, openai-insecure-api-key.wrong",
+            )],
+        )
+        .await,
+    );
+    assert_eq!(resp.status(), 401);
+    let resp = refused(
+        open(
+            &h,
+            "/v1/realtime?model=m",
+            &[("authorization", "Bearer nope")],
+        )
+        .await,
+    );
+    assert_eq!(resp.status(), 401);
+    assert_eq!(h.mock.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_on_both_sides() {
+    let h = start("", "idle_timeout = \"300ms\"").await;
+    let (mut ws, _) = realtime(&h).await;
+    ws.send(Message::text("once")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("once")));
+    let Some(Message::Close(Some(frame))) = next(&mut ws).await else {
+        panic!("the idle session was not closed with a close frame");
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "keyrelay: idle timeout");
+    let ended = eventually(Duration::from_secs(10), || {
+        h.mock.ws_sessions().first().is_some_and(|s| s.ended)
+    })
+    .await;
+    assert!(ended, "the provider's side stayed open");
+    assert_eq!(
+        h.mock.ws_sessions()[0].close.as_ref().map(|c| c.0),
+        Some(1001)
+    );
+    let counted = eventually(Duration::from_secs(10), || {
+        h.proxy.app().metrics().open_websockets() == 0
+    })
+    .await;
+    assert!(counted);
+    let metrics = h.admin("GET", "/metrics", None).await.text();
+    let line =
+        "keyrelay_websocket_sessions_closed_total{end=\"idle_timeout\",provider=\"openai\"} 1";
+    assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+}
+
+#[tokio::test]
+async fn a_busy_session_ends_at_its_total_limit() {
+    let h = start("", "max_duration = \"500ms\"").await;
+    let (mut ws, _) = realtime(&h).await;
+    let frame = loop {
+        let _ = ws.send(Message::text("busy")).await;
+        match next(&mut ws).await {
+            Some(Message::Text(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Some(Message::Close(Some(frame))) => break frame,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(frame.reason.as_str(), "keyrelay: session time limit");
+}
+
+#[tokio::test]
+async fn a_client_that_drops_its_connection_closes_the_providers_side() {
+    let h = start("", "").await;
+    let (mut ws, _) = realtime(&h).await;
+    ws.send(Message::text("then gone")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("then gone")));
+    drop(ws);
+    let ended = eventually(Duration::from_secs(10), || {
+        h.mock.ws_sessions().first().is_some_and(|s| s.ended)
+    })
+    .await;
+    assert!(
+        ended,
+        "the provider's side stayed open after the client left"
+    );
+    let counted = eventually(Duration::from_secs(10), || {
+        h.proxy.app().metrics().open_websockets() == 0
+    })
+    .await;
+    assert!(counted);
+    let metrics = h.admin("GET", "/metrics", None).await.text();
+    let line =
+        "keyrelay_websocket_sessions_closed_total{end=\"client_closed\",provider=\"openai\"} 1";
+    assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+}
