@@ -175,6 +175,9 @@ impl HeaderPolicy {
         }
         let mut out = self.forward(from, peer);
         out.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        for name in &UPGRADE_HEADERS {
+            out.remove(name);
+        }
         for (name, value) in handshake {
             out.append(name, value);
         }
@@ -257,6 +260,40 @@ mod tests {
         let out = policy.forward(h, Some(ip));
         assert_eq!(out["x-mock-chunks"], "3");
         assert_eq!(out["x-forwarded-for"], "192.0.2.7");
+    }
+
+    #[test]
+    fn an_upgrade_forwards_its_handshake_but_never_a_subprotocol() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("openai-insecure-api-key.tok"),
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let policy = HeaderPolicy::new(&["sec-websocket-*".to_owned()], false);
+        let out = policy.forward_upgrade(h.clone(), None);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "connection",
+                "sec-websocket-key",
+                "sec-websocket-version",
+                "upgrade"
+            ]
+        );
+        assert_eq!(out["connection"], "upgrade");
+        assert_eq!(out.get_all("sec-websocket-key").iter().count(), 1);
+        let plain = HeaderPolicy::new(&[], false).forward(h, None);
+        assert!(plain.is_empty(), "{plain:?}");
     }
 
     #[test]

@@ -435,3 +435,36 @@ async fn a_client_that_drops_its_connection_closes_the_providers_side() {
         "keyrelay_websocket_sessions_closed_total{end=\"client_closed\",provider=\"openai\"} 1";
     assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
 }
+
+#[tokio::test]
+async fn the_responses_path_upgrades_with_the_handshake_headers_forwarded() {
+    let h = start("", "").await;
+    let (mut ws, _) = open(
+        &h,
+        "/v1/responses",
+        &[
+            ("authorization", &bearer()),
+            ("openai-beta", "responses_websockets=2026-02-04"),
+            ("cookie", "session=theirs"),
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::text(r#"{"type":"response.create"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Some(Message::text(r#"{"type":"response.create"}"#))
+    );
+    assert_eq!(h.mock.ws_sessions()[0].uri, "/v1/responses");
+    let seen = &h.mock.seen()[0];
+    assert_eq!(
+        seen.header("openai-beta"),
+        Some("responses_websockets=2026-02-04")
+    );
+    assert_eq!(seen.header("sec-websocket-version"), Some("13"));
+    assert!(seen.header("sec-websocket-key").is_some());
+    assert_eq!(seen.header("cookie"), None);
+    assert!(KEYS.contains(&seen.key.as_deref().unwrap()));
+}
