@@ -19,16 +19,19 @@ pub enum WsEnd {
     Error,
     /// The client's or the provider's side never completed the upgrade after the 101.
     UpgradeFailed,
+    /// keyrelay is shutting down.
+    Shutdown,
 }
 
 impl WsEnd {
-    pub const ALL: [WsEnd; 6] = [
+    pub const ALL: [WsEnd; 7] = [
         WsEnd::ClientClosed,
         WsEnd::UpstreamClosed,
         WsEnd::IdleTimeout,
         WsEnd::MaxDuration,
         WsEnd::Error,
         WsEnd::UpgradeFailed,
+        WsEnd::Shutdown,
     ];
 
     pub fn label(&self) -> &'static str {
@@ -39,6 +42,7 @@ impl WsEnd {
             WsEnd::MaxDuration => "max_duration",
             WsEnd::Error => "error",
             WsEnd::UpgradeFailed => "upgrade_failed",
+            WsEnd::Shutdown => "shutdown",
         }
     }
 }
@@ -99,7 +103,7 @@ impl WsFamilies {
 #[derive(Clone, Debug)]
 pub struct WsMetrics {
     opened: IntCounter,
-    closed: [IntCounter; 6],
+    closed: [IntCounter; 7],
     up: IntCounter,
     down: IntCounter,
     open: IntGauge,

@@ -255,8 +255,7 @@ pub fn serve(
             |stream, permit| {
                 let (live, builder, draining) = (served.clone(), builder.clone(), draining.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, &live, &builder, limits, draining).await;
-                    drop(permit);
+                    serve_connection(stream, &live, &builder, limits, draining, permit).await;
                 });
             },
         )
@@ -296,15 +295,21 @@ async fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     limits: Limits,
     draining: watch::Receiver<bool>,
+    permit: connection::Permit,
 ) {
     let opened = Instant::now();
     let _ = stream.set_nodelay(true);
     let tls = live.app().tls().cloned();
     let peer = stream.peer_addr().ok().map(Peer);
     let live = live.clone();
+    // A WebSocket session outlives its connection's task: it keeps the permit and the drain.
+    let hold = crate::websocket::Hold::new(permit, draining.clone());
     let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
         if let Some(peer) = peer {
             req.extensions_mut().insert(peer);
+        }
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            req.extensions_mut().insert(hold.clone());
         }
         live.app().handle(req)
     };

@@ -468,3 +468,30 @@ async fn the_responses_path_upgrades_with_the_handshake_headers_forwarded() {
     assert_eq!(seen.header("cookie"), None);
     assert!(KEYS.contains(&seen.key.as_deref().unwrap()));
 }
+
+#[tokio::test]
+async fn a_shutdown_closes_open_sessions_with_going_away() {
+    let h = start("", "").await;
+    let (mut ws, _) = realtime(&h).await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::text("before")));
+    // The session still counts as the connection it came on (under `max_connections`).
+    assert_eq!(h.proxy.app().metrics().open_connections(), 1);
+    let Harness { mock, proxy, .. } = h;
+    let stopping = tokio::spawn(proxy.shutdown(Duration::from_secs(30)));
+    let Some(Message::Close(Some(frame))) = next(&mut ws).await else {
+        panic!("the session was not closed at shutdown");
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "keyrelay: shutting down");
+    let ended = eventually(Duration::from_secs(10), || {
+        mock.ws_sessions().first().is_some_and(|s| s.ended)
+    })
+    .await;
+    assert!(ended, "the provider's side stayed open");
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the drain waited out its grace for a closed session")
+        .unwrap();
+}

@@ -74,6 +74,34 @@ fn client(config: &UpstreamConfig) -> UpstreamClient {
         .build(https)
 }
 
+/// What a session keeps of the connection it came on: its place under `max_connections`
+/// (so sessions count as the connections they are), and the drain signal (a session is closed
+/// with 1001 when keyrelay shuts down). Put in an upgrade request's extensions by the listener.
+#[derive(Clone)]
+pub struct Hold {
+    _permit: Arc<crate::connection::Permit>,
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Hold {
+    pub fn new(
+        permit: crate::connection::Permit,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) -> Hold {
+        Hold {
+            _permit: Arc::new(permit),
+            draining,
+        }
+    }
+
+    /// Resolves when keyrelay starts draining (never, if its sender is gone).
+    pub async fn drained(mut self) {
+        if self.draining.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Whether a request asks to become a WebSocket: `Upgrade: websocket` with `Connection:
 /// upgrade` (HTTP/1.1; HTTP/2 has no such upgrade).
 pub fn is_upgrade(parts: &http::request::Parts) -> bool {
@@ -106,6 +134,8 @@ struct Handshake {
     uri: Uri,
     headers: HeaderMap,
     protocols: Protocols,
+    /// The connection's hold, kept by the session (absent on connections that give none).
+    hold: Option<Hold>,
 }
 
 /// Why the key loop stopped without a 101 or an answer to pass on as it is.
@@ -159,11 +189,13 @@ impl Ctx<'_> {
             );
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+        let hold = parts.extensions.remove::<Hold>();
         let headers = self.headers.forward_upgrade(parts.headers, peer);
         let handshake = Handshake {
             uri,
             headers,
             protocols,
+            hold,
         };
         self.connect(&provider, handshake, on_upgrade, log).await
     }
@@ -252,13 +284,12 @@ impl Ctx<'_> {
         }
         let hook = log.streaming(StatusCode::SWITCHING_PROTOCOLS.as_u16());
         let metrics = self.metrics.websocket(&provider.name);
-        tokio::spawn(session::run(
+        let ends = session::Ends {
             client,
             upstream,
-            self.gateway.limits,
-            metrics,
-            hook,
-        ));
+            hold: hs.hold.clone(),
+        };
+        tokio::spawn(session::run(ends, self.gateway.limits, metrics, hook));
         Response::from_parts(parts, ProxyBody::full(Bytes::new()))
     }
 }

@@ -2,6 +2,7 @@
 //! codes and all, untouched), until either side closes, nothing moves for the idle limit, or
 //! the session reaches its total limit; then both sides are closed, and the end is counted.
 
+use super::Hold;
 use crate::body::{EndHook, StreamEnd};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -130,14 +131,20 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long the close frames keyrelay sends at a limit may take to go out.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
+/// The two sides of a session, still to upgrade, and the connection's hold.
+pub struct Ends {
+    pub client: OnUpgrade,
+    pub upstream: OnUpgrade,
+    pub hold: Option<Hold>,
+}
+
 /// Run the session once both sides have upgraded; `hook` finishes the request's log line.
-pub async fn run(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    limits: Limits,
-    metrics: WsMetrics,
-    mut hook: Box<dyn EndHook>,
-) {
+pub async fn run(ends: Ends, limits: Limits, metrics: WsMetrics, mut hook: Box<dyn EndHook>) {
+    let Ends {
+        client,
+        upstream,
+        hold,
+    } = ends;
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         _ => {
@@ -172,6 +179,7 @@ pub async fn run(
         () = activity.linger() => if first_eof() == 1 { WsEnd::ClientClosed } else { WsEnd::UpstreamClosed },
         () = activity.idle(limits.idle) => WsEnd::IdleTimeout,
         () = tokio::time::sleep(limits.max) => WsEnd::MaxDuration,
+        () = drained(hold.clone()) => WsEnd::Shutdown,
     };
     if let Some(reason) = limit_reason(end) {
         let closing = async {
@@ -187,10 +195,19 @@ pub async fn run(
     let stream_end = match end {
         WsEnd::ClientClosed => StreamEnd::ClientGone,
         WsEnd::UpstreamClosed => StreamEnd::Complete,
-        WsEnd::IdleTimeout | WsEnd::MaxDuration => StreamEnd::IdleTimeout,
+        WsEnd::IdleTimeout | WsEnd::MaxDuration | WsEnd::Shutdown => StreamEnd::IdleTimeout,
         WsEnd::Error | WsEnd::UpgradeFailed => StreamEnd::UpstreamCut,
     };
     hook.ended(stream_end, up + down);
+    // The connection's place under the cap is given back only now.
+    drop(hold);
+}
+
+async fn drained(hold: Option<Hold>) {
+    match hold {
+        Some(hold) => hold.drained().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The close reason keyrelay sends both sides when it ends a session at a limit.
@@ -198,6 +215,7 @@ fn limit_reason(end: WsEnd) -> Option<&'static str> {
     match end {
         WsEnd::IdleTimeout => Some("keyrelay: idle timeout"),
         WsEnd::MaxDuration => Some("keyrelay: session time limit"),
+        WsEnd::Shutdown => Some("keyrelay: shutting down"),
         _ => None,
     }
 }
