@@ -41,6 +41,16 @@ const CLIENT: usize = 0;
 const UPSTREAM: usize = 1;
 
 impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            read: [AtomicU64::new(0), AtomicU64::new(0)],
+            first_eof: AtomicU8::new(0),
+            half_closed: tokio::sync::Notify::new(),
+        })
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -156,13 +166,7 @@ pub async fn run(ends: Ends, limits: Limits, metrics: WsMetrics, mut hook: Box<d
         }
     };
     metrics.opened();
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        read: [AtomicU64::new(0), AtomicU64::new(0)],
-        first_eof: AtomicU8::new(0),
-        half_closed: tokio::sync::Notify::new(),
-    });
+    let activity = Activity::new();
     let counted = |inner, side| Counted {
         inner: TokioIo::new(inner),
         side,
@@ -192,15 +196,19 @@ pub async fn run(ends: Ends, limits: Limits, metrics: WsMetrics, mut hook: Box<d
     let up = activity.read[CLIENT].load(Ordering::Relaxed);
     let down = activity.read[UPSTREAM].load(Ordering::Relaxed);
     metrics.closed(end, up, down);
-    let stream_end = match end {
+    hook.ended(stream_end(end), up + down);
+    // The connection's place under the cap is given back only now.
+    drop(hold);
+}
+
+/// How a session's end reads in the request's log line.
+fn stream_end(end: WsEnd) -> StreamEnd {
+    match end {
         WsEnd::ClientClosed => StreamEnd::ClientGone,
         WsEnd::UpstreamClosed => StreamEnd::Complete,
         WsEnd::IdleTimeout | WsEnd::MaxDuration | WsEnd::Shutdown => StreamEnd::IdleTimeout,
         WsEnd::Error | WsEnd::UpgradeFailed => StreamEnd::UpstreamCut,
-    };
-    hook.ended(stream_end, up + down);
-    // The connection's place under the cap is given back only now.
-    drop(hold);
+    }
 }
 
 async fn drained(hold: Option<Hold>) {
