@@ -388,3 +388,31 @@ fn give_up(last: Option<Failure>) -> ProxyError {
         None => ProxyError::NoUsableKey,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: http::Version, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri("/v1/realtime").version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers_on_http_1_1() {
+        let both = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        assert!(is_upgrade(&parts(http::Version::HTTP_11, &both)));
+        assert!(!is_upgrade(&parts(http::Version::HTTP_10, &both)));
+        assert!(!is_upgrade(&parts(http::Version::HTTP_2, &both)));
+        assert!(!is_upgrade(&parts(http::Version::HTTP_11, &both[..1])));
+        assert!(!is_upgrade(&parts(http::Version::HTTP_11, &both[1..])));
+        let h2c = [("upgrade", "h2c"), ("connection", "upgrade")];
+        assert!(!is_upgrade(&parts(http::Version::HTTP_11, &h2c)));
+    }
+}

@@ -230,7 +230,8 @@ fn limit_reason(end: WsEnd) -> Option<&'static str> {
 
 /// A close frame with code 1001 (going away) and `reason`: unmasked towards the client,
 /// masked with `mask` towards the provider (RFC 6455 §5.3). Sent only once the copy has
-/// stopped, between frames when the session went idle.
+/// stopped: between frames when the session went idle; at the total limit or a shutdown it
+/// may land inside a frame, and the peer then sees a protocol error, which ends it all the same.
 fn close_frame(reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut payload = 1001u16.to_be_bytes().to_vec();
     payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
