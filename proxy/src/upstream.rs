@@ -1,7 +1,11 @@
 //! The one shared upstream client, and sending one attempt with its time limit.
 
-use crate::config::UpstreamConfig;
+mod egress;
+mod tls;
+
+use crate::config::{Config, ProviderConfig, UpstreamConfig};
 use bytes::Bytes;
+use egress::EgressConnector;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -9,30 +13,110 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<EgressConnector>, Full<Bytes>>;
 
-/// Build the shared client: HTTPS by rustls with the bundled web PKI roots (no system store
-/// needed), HTTP/1.1 and HTTP/2 by ALPN, a keep-alive pool with a timer so idle timeouts work.
-pub fn client(config: &UpstreamConfig) -> UpstreamClient {
+/// The upstream clients of one config, built once (at start and at each reload): one shared
+/// by every provider, and one of its own for each provider with a `ca_file` or a client
+/// certificate (a TLS setting is per connector, and pooled connections must not cross).
+pub struct Clients {
+    shared: UpstreamClient,
+    own: HashMap<String, UpstreamClient>,
+}
+
+impl Clients {
+    pub fn new(config: &Config) -> Clients {
+        let roots = tls::base_roots();
+        let u = &config.upstream;
+        let shared = build(u, &roots, &config.upstream.ca, None);
+        let own = config
+            .providers
+            .iter()
+            .filter(|p| p.tls.is_custom())
+            .map(|p| (p.name.clone(), build(u, &roots, &u.ca, Some(p))))
+            .collect();
+        log_egress(u);
+        Clients { shared, own }
+    }
+
+    /// The client for `provider`'s requests.
+    pub fn get(&self, provider: &str) -> &UpstreamClient {
+        if self.own.is_empty() {
+            return &self.shared;
+        }
+        self.own.get(provider).unwrap_or(&self.shared)
+    }
+}
+
+/// Say once where upstream connections go; the proxy by address only, never its credentials.
+fn log_egress(u: &UpstreamConfig) {
+    use crate::config::EgressSource;
+    if u.egress.from == EgressSource::None {
+        return;
+    }
+    let shown = |p: &Option<keyrelay_pool::Secret>| {
+        p.as_ref()
+            .and_then(|s| s.expose().parse::<http::Uri>().ok())
+            .and_then(|u| {
+                u.host()
+                    .map(|h| format!("{h}:{}", u.port_u16().unwrap_or(80)))
+            })
+            .unwrap_or_else(|| "none".to_owned())
+    };
+    tracing::info!(
+        from = ?u.egress.from,
+        https = %shown(&u.egress.https),
+        http = %shown(&u.egress.http),
+        no_proxy = %u.egress.no_proxy,
+        "upstream connections go through an egress proxy (CONNECT)"
+    );
+}
+
+/// One client: HTTPS by rustls (bundled, system and configured roots; the provider's client
+/// certificate if it has one), HTTP/2 or HTTP/1.1 by ALPN, over the egress connector, with a
+/// keep-alive pool given a timer so idle timeouts work.
+fn build(
+    config: &UpstreamConfig,
+    roots: &rustls::RootCertStore,
+    global_ca: &[rustls::pki_types::CertificateDer<'static>],
+    provider: Option<&ProviderConfig>,
+) -> UpstreamClient {
     // Only one crypto provider is compiled in; installing it can only fail if one already is.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
+    let connector = EgressConnector::new(http, &config.egress, config.connect_timeout);
+    let none = crate::config::ProviderTls::default();
+    let own = provider.map_or(&none, |p| &p.tls);
+    let tls = tls::client_config(roots, &tls::extra(global_ca, own), own.identity.as_ref())
+        .unwrap_or_else(|e| {
+            // Every certificate and key was checked at load; this is a last resort.
+            tracing::error!(error = %e, "upstream TLS settings refused; using the default roots only");
+            let fallback = tls::client_config(roots, &[], None);
+            fallback.unwrap_or_else(|_| default_tls(roots))
+        });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https)
+}
+
+/// The plainest client config over `roots`, with the process's default crypto provider.
+fn default_tls(roots: &rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth()
 }
 
 /// Why an attempt got no response head. Classified by hyper's own predicates and error types,
@@ -115,6 +199,32 @@ fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A TLS failure towards the provider, or a tunnel the egress proxy would not open, (an unknown CA, a name mismatch, a client certificate
+/// refused) is a deployment problem, not a passing one: said at warn, with rustls's reason
+/// (which never holds a key or a header).
+fn warn_tls(e: &UpstreamError, host: Option<&str>) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // An io::Error's `source()` skips the error it wraps; look inside it too.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                tracing::warn!(host = host.unwrap_or_default(), error = %tls, "TLS with the upstream failed");
+                return;
+            }
+            if let Some(proxy) = candidate.downcast_ref::<egress::EgressError>() {
+                let cause = std::error::Error::source(proxy).map(ToString::to_string);
+                tracing::warn!(host = host.unwrap_or_default(), error = %proxy, cause = cause.unwrap_or_default(), "the egress proxy failed");
+                return;
+            }
+        }
+        source = err.source();
+    }
+}
+
 /// The kind of the first I/O error in `e`'s chain of causes.
 fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
     let mut source = Some(e);
@@ -160,10 +270,12 @@ pub async fn send(
     limit: Duration,
     read_body: fn(http::StatusCode) -> bool,
 ) -> Result<Answered, UpstreamError> {
+    let host = req.uri().host().map(str::to_owned);
     let attempt = async {
         let resp = client.request(req).await.map_err(|e| {
             let e = UpstreamError::classify(e);
             tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
+            warn_tls(&e, host.as_deref());
             e
         })?;
         let (parts, body) = resp.into_parts();

@@ -81,6 +81,7 @@ fn provider(
         deadline,
         retry_after_send,
         allow_link_local_base_url: allow_link_local(rp),
+        tls: super::upstream_tls::provider(rp, path, env, p),
         keys,
     })
 }

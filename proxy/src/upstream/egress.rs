@@ -1,0 +1,136 @@
+//! The TCP leg of every upstream connection: straight to the provider, or through the egress
+//! proxy by an HTTP CONNECT tunnel (hyper-util's `Tunnel`), chosen per destination by
+//! hyper-util's proxy `Matcher` (`NO_PROXY` rules as curl has them: hosts, domain suffixes,
+//! IPs, networks, `*`; loopback is proxied unless listed). TLS, when the upstream is
+//! `https://`, runs inside the tunnel, end to end with the provider.
+//!
+//! Plain `http://` upstreams are tunnelled too (CONNECT to their port) rather than sent in
+//! absolute form: one path for both, and the proxy credentials only ever travel in the CONNECT.
+
+use crate::config::{Egress, EgressSource};
+use http::Uri;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connector that reaches each destination directly or through the proxy.
+#[derive(Clone)]
+pub struct EgressConnector {
+    direct: HttpConnector,
+    matcher: Option<Arc<Matcher>>,
+    /// The whole tunnel (TCP to the proxy and its CONNECT answer) must be up within this.
+    connect_timeout: Duration,
+}
+
+impl EgressConnector {
+    pub(super) fn new(direct: HttpConnector, egress: &Egress, connect_timeout: Duration) -> Self {
+        let matcher = (egress.from != EgressSource::None).then(|| {
+            let mut b = Matcher::builder().no(egress.no_proxy.clone());
+            if let Some(p) = &egress.http {
+                b = b.http(p.expose().to_owned());
+            }
+            if let Some(p) = &egress.https {
+                b = b.https(p.expose().to_owned());
+            }
+            Arc::new(b.build())
+        });
+        EgressConnector {
+            direct,
+            matcher,
+            connect_timeout,
+        }
+    }
+}
+
+/// Why a tunnel could not be made; the proxy's address is named, its credentials never.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("the egress proxy {proxy} could not open a tunnel")]
+    Tunnel {
+        proxy: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("no tunnel through the egress proxy {proxy} within {limit:?}")]
+    TimedOut {
+        proxy: String,
+        limit: Duration,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Service<Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The direct connector (and so the tunnel over it) is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let intercept = self.matcher.as_ref().and_then(|m| m.intercept(&dst));
+        let mut direct = self.direct.clone();
+        let Some(intercept) = intercept else {
+            return Box::pin(async move { direct.call(dst).await.map_err(Into::into) });
+        };
+        let proxy = intercept.uri().clone();
+        let shown = proxy
+            .authority()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let mut tunnel = Tunnel::new(proxy, direct);
+        if let Some(auth) = intercept.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        let limit = self.connect_timeout;
+        Box::pin(async move {
+            let target = with_port(dst)?;
+            match tokio::time::timeout(limit, tunnel.call(target)).await {
+                Ok(Ok(io)) => Ok(io),
+                Ok(Err(e)) => Err(EgressError::Tunnel {
+                    proxy: shown,
+                    source: e.into(),
+                }
+                .into()),
+                Err(_) => Err(EgressError::TimedOut {
+                    proxy: shown,
+                    limit,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                }
+                .into()),
+            }
+        })
+    }
+}
+
+/// `dst` with its port written out (the tunnel would assume 443 for an `http://` one).
+fn with_port(dst: Uri) -> Result<Uri, BoxError> {
+    if dst.port().is_some() {
+        return Ok(dst);
+    }
+    let port = if dst.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    let host = dst.host().ok_or("upstream URL without a host")?;
+    let uri = Uri::builder()
+        .scheme(dst.scheme_str().unwrap_or("https"))
+        .authority(format!("{host}:{port}"))
+        .path_and_query("/")
+        .build()?;
+    Ok(uri)
+}
