@@ -203,26 +203,32 @@ fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
 /// refused) is a deployment problem, not a passing one: said at warn, with rustls's reason
 /// (which never holds a key or a header).
 fn warn_tls(e: &UpstreamError, host: Option<&str>) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        // An io::Error's `source()` skips the error it wraps; look inside it too.
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                tracing::warn!(host = host.unwrap_or_default(), error = %tls, "TLS with the upstream failed");
-                return;
-            }
-            if let Some(proxy) = candidate.downcast_ref::<egress::EgressError>() {
-                let cause = std::error::Error::source(proxy).map(ToString::to_string);
-                tracing::warn!(host = host.unwrap_or_default(), error = %proxy, cause = cause.unwrap_or_default(), "the egress proxy failed");
-                return;
-            }
-        }
-        source = err.source();
+    let host = host.unwrap_or_default();
+    if let Some(tls) = find_cause::<rustls::Error>(e) {
+        tracing::warn!(host, error = %tls, "TLS with the upstream failed");
+    } else if let Some(proxy) = find_cause::<egress::EgressError>(e) {
+        let cause = std::error::Error::source(proxy).map(ToString::to_string);
+        tracing::warn!(host, error = %proxy, cause = cause.unwrap_or_default(), "the egress proxy failed");
     }
+}
+
+/// The first `T` among `e`'s causes, looking inside wrapped I/O errors too (an io::Error's
+/// `source()` skips the error it wraps).
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    if let Some(found) = e.downcast_ref::<T>() {
+        return Some(found);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(found) = find_cause::<T>(inner) {
+            return Some(found);
+        }
+    }
+    find_cause::<T>(e.source()?)
 }
 
 /// The kind of the first I/O error in `e`'s chain of causes.
