@@ -57,6 +57,8 @@ pub struct Egress {
     pub no_proxy: String,
     /// Where the proxy settings came from, for the start-up log.
     pub from: EgressSource,
+    /// Whether `HTTPS_PROXY` and friends were to be honoured (`use_env_proxy`).
+    pub use_env_proxy: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,6 +204,7 @@ fn identity(
 /// `[upstream] proxy`, `proxy_auth`, `no_proxy` and `use_env_proxy`.
 pub(super) fn egress(u: &RawUpstream, env: &dyn Env, p: &mut Problems) -> Egress {
     let mut no_proxy = no_proxy_list(u.no_proxy.as_deref().unwrap_or_default(), p);
+    let use_env_proxy = u.use_env_proxy.unwrap_or(defaults::USE_ENV_PROXY);
     if u.proxy_auth.is_some() && u.proxy.is_none() {
         p.add("upstream.proxy_auth", "set without upstream.proxy");
     }
@@ -216,9 +219,10 @@ pub(super) fn egress(u: &RawUpstream, env: &dyn Env, p: &mut Problems) -> Egress
             https: proxy,
             no_proxy: no_proxy.join(","),
             from: EgressSource::Config,
+            use_env_proxy,
         };
     }
-    if !u.use_env_proxy.unwrap_or(defaults::USE_ENV_PROXY) {
+    if !use_env_proxy {
         return Egress {
             no_proxy: no_proxy.join(","),
             ..Egress::default()
@@ -248,6 +252,7 @@ pub(super) fn egress(u: &RawUpstream, env: &dyn Env, p: &mut Problems) -> Egress
         https,
         no_proxy: no_proxy.join(","),
         from,
+        use_env_proxy,
     }
 }
 
