@@ -1,4 +1,5 @@
-//! The one shared upstream client, and sending one attempt with its time limit.
+//! The upstream clients (one shared, one per provider with TLS settings of its own), and
+//! sending one attempt with its time limit.
 
 mod egress;
 mod tls;
@@ -30,12 +31,12 @@ impl Clients {
     pub fn new(config: &Config) -> Clients {
         let roots = tls::base_roots();
         let u = &config.upstream;
-        let shared = build(u, &roots, &config.upstream.ca, None);
+        let shared = build(u, roots, &config.upstream.ca, None);
         let own = config
             .providers
             .iter()
             .filter(|p| p.tls.is_custom())
-            .map(|p| (p.name.clone(), build(u, &roots, &u.ca, Some(p))))
+            .map(|p| (p.name.clone(), build(u, roots, &u.ca, Some(p))))
             .collect();
         log_egress(u);
         Clients { shared, own }
@@ -199,17 +200,36 @@ fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A TLS failure towards the provider, or a tunnel the egress proxy would not open, (an unknown CA, a name mismatch, a client certificate
-/// refused) is a deployment problem, not a passing one: said at warn, with rustls's reason
-/// (which never holds a key or a header).
+/// A TLS failure towards the provider (an unknown CA, a name mismatch, a client certificate
+/// refused) or a tunnel the egress proxy would not open is a deployment problem, not a passing
+/// one: said at warn, at most once a second (every attempt is in the debug log), with rustls's
+/// or the tunnel's reason and the host, which never hold a key, a header or a credential.
 fn warn_tls(e: &UpstreamError, host: Option<&str>) {
     let host = host.unwrap_or_default();
-    if let Some(tls) = find_cause::<rustls::Error>(e) {
+    let tls = find_cause::<rustls::Error>(e);
+    let proxy = find_cause::<egress::EgressError>(e);
+    if (tls.is_none() && proxy.is_none()) || !once_a_second() {
+        return;
+    }
+    if let Some(tls) = tls {
         tracing::warn!(host, error = %tls, "TLS with the upstream failed");
-    } else if let Some(proxy) = find_cause::<egress::EgressError>(e) {
+    } else if let Some(proxy) = proxy {
         let cause = std::error::Error::source(proxy).map(ToString::to_string);
         tracing::warn!(host, error = %proxy, cause = cause.unwrap_or_default(), "the egress proxy failed");
     }
+}
+
+/// Whether a second has passed since this last said yes.
+fn once_a_second() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 /// The first `T` among `e`'s causes, looking inside wrapped I/O errors too (an io::Error's

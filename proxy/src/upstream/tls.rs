@@ -4,12 +4,20 @@
 
 use crate::config::{ClientIdentity, ProviderTls};
 use rustls::pki_types::CertificateDer;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The roots every upstream client starts from: the bundled web PKI roots and the system's
-/// store, read once per config. A store that is missing or partly unreadable is a warning, not
-/// a failure: the bundled roots still serve.
-pub(super) fn base_roots() -> rustls::RootCertStore {
+/// store. The store is read once per process (about 70 ms in a debug build), so a reload does
+/// not pay for it again; a CA added to it later is trusted from the next start (a `ca_file`
+/// applies at a reload). A store that is missing or partly unreadable is a warning, not a
+/// failure: the bundled roots still serve.
+pub(super) fn base_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(load_roots)
+}
+
+fn load_roots() -> rustls::RootCertStore {
+    let started = std::time::Instant::now();
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let bundled = roots.len();
@@ -22,6 +30,7 @@ pub(super) fn base_roots() -> rustls::RootCertStore {
         bundled,
         system = added,
         ignored,
+        ms = started.elapsed().as_millis(),
         "upstream TLS roots loaded"
     );
     roots
