@@ -6,7 +6,7 @@ mod tls;
 
 use crate::config::{Config, ProviderConfig, UpstreamConfig};
 use bytes::Bytes;
-use egress::EgressConnector;
+use egress::{Bounded, EgressConnector};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<EgressConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, Full<Bytes>>;
 
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client
@@ -90,7 +90,7 @@ fn build(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    let connector = EgressConnector::new(http, &config.egress, config.connect_timeout);
+    let connector = EgressConnector::new(http, &config.egress);
     let none = crate::config::ProviderTls::default();
     let own = provider.map_or(&none, |p| &p.tls);
     let tls = tls::client_config(roots, &tls::extra(global_ca, own), own.identity.as_ref())
@@ -106,11 +106,15 @@ fn build(
         .enable_http1()
         .enable_http2()
         .wrap_connector(connector);
+    let bounded = Bounded {
+        inner: https,
+        limit: config.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .build(bounded)
 }
 
 /// The plainest client config over `roots`, with the process's default crypto provider.

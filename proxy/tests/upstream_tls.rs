@@ -492,3 +492,28 @@ fn proxy_credentials_never_print_in_the_loaded_config() {
     assert!(printed.contains("Environment"), "{printed}");
     assert!(!printed.contains("env-proxy-secret"), "{printed}");
 }
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_timeout_and_the_next_key_is_tried() {
+    // Accepts TCP, then never answers the ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.push(tcp);
+        }
+    });
+    let text = config_text("", &[("a", &format!("https://localhost:{port}"), "")])
+        .replace("connect_timeout = \"2s\"", "connect_timeout = \"200ms\"");
+    let proxy = start(&text, &env()).await;
+    let r = chat_via(proxy.addr(), "a", CHAT).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    // Not sent: so every key was tried (a first-byte timeout is never sent again).
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    hold.abort();
+}

@@ -28,12 +28,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct EgressConnector {
     direct: HttpConnector,
     matcher: Option<Arc<Matcher>>,
-    /// The whole tunnel (TCP to the proxy and its CONNECT answer) must be up within this.
-    connect_timeout: Duration,
 }
 
 impl EgressConnector {
-    pub(super) fn new(direct: HttpConnector, egress: &Egress, connect_timeout: Duration) -> Self {
+    pub(super) fn new(direct: HttpConnector, egress: &Egress) -> Self {
         let matcher = (egress.from != EgressSource::None).then(|| {
             let mut b = Matcher::builder().no(egress.no_proxy.clone());
             if let Some(p) = &egress.http {
@@ -44,11 +42,7 @@ impl EgressConnector {
             }
             Arc::new(b.build())
         });
-        EgressConnector {
-            direct,
-            matcher,
-            connect_timeout,
-        }
+        EgressConnector { direct, matcher }
     }
 }
 
@@ -60,13 +54,6 @@ pub enum EgressError {
         proxy: String,
         #[source]
         source: BoxError,
-    },
-    #[error("no tunnel through the egress proxy {proxy} within {limit:?}")]
-    TimedOut {
-        proxy: String,
-        limit: Duration,
-        #[source]
-        source: std::io::Error,
     },
 }
 
@@ -95,23 +82,15 @@ impl Service<Uri> for EgressConnector {
         if let Some(auth) = intercept.basic_auth() {
             tunnel = tunnel.with_auth(auth.clone());
         }
-        let limit = self.connect_timeout;
         Box::pin(async move {
             let target = with_port(dst)?;
-            match tokio::time::timeout(limit, tunnel.call(target)).await {
-                Ok(Ok(io)) => Ok(io),
-                Ok(Err(e)) => Err(EgressError::Tunnel {
+            tunnel.call(target).await.map_err(|e| {
+                EgressError::Tunnel {
                     proxy: shown,
                     source: e.into(),
                 }
-                .into()),
-                Err(_) => Err(EgressError::TimedOut {
-                    proxy: shown,
-                    limit,
-                    source: std::io::ErrorKind::TimedOut.into(),
-                }
-                .into()),
-            }
+                .into()
+            })
         })
     }
 }
@@ -133,4 +112,52 @@ fn with_port(dst: Uri) -> Result<Uri, BoxError> {
         .path_and_query("/")
         .build()?;
     Ok(uri)
+}
+
+/// A connector whose whole connect (TCP, the proxy's tunnel, the TLS handshake) must finish
+/// within `connect_timeout`: a handshake that stalls is then a connect failure (never sent, so
+/// the next key may be tried), not a wait until `first_byte_timeout`.
+#[derive(Clone)]
+pub struct Bounded<C> {
+    pub(super) inner: C,
+    pub(super) limit: Duration,
+}
+
+/// The connect (TCP, tunnel and TLS) did not finish within `connect_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream connection (TCP, tunnel and TLS) was not up within {limit:?}")]
+pub struct ConnectTimedOut {
+    limit: Duration,
+    #[source]
+    source: std::io::Error,
+}
+
+impl<C> Service<Uri> for Bounded<C>
+where
+    C: Service<Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(ConnectTimedOut {
+                    limit,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                }
+                .into()),
+            }
+        })
+    }
 }
