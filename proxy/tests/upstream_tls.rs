@@ -517,3 +517,45 @@ async fn a_stalled_tls_handshake_is_a_connect_timeout_and_the_next_key_is_tried(
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     hold.abort();
 }
+
+#[tokio::test]
+async fn the_system_store_is_trusted_and_a_missing_one_is_only_a_warning() {
+    let pki = Pki::new();
+    let dir = kit::temp_dir("system-store");
+    pki.write(&dir);
+    let tls = TlsMock::start(&pki, H2).await;
+    let text = config_text("", &[("a", &tls.url(false), "")]);
+    // rustls-native-certs reads SSL_CERT_FILE in place of the platform's store.
+    let store = dir.join("ca.pem").display().to_string();
+    let (proc, addr) = spawn(&dir, &text, &[("SSL_CERT_FILE", store)]).await;
+    let r = chat_via(addr, "a", CHAT).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(proc);
+    let missing = dir.join("no-such-store.pem").display().to_string();
+    let (proc, addr) = spawn(&dir, &text, &[("SSL_CERT_FILE", missing)]).await;
+    let r = chat_via(addr, "a", CHAT).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let logs = assert_clean_logs(&proc);
+    assert!(
+        logs.contains("could not read (part of) the system certificate store"),
+        "{logs}"
+    );
+    assert_eq!(tls.mock.total_calls(), 1);
+}
+
+#[test]
+fn lowercase_proxy_variables_count_and_use_env_proxy_false_ignores_them() {
+    let env = env()
+        .with("https_proxy", "127.0.0.1:3128")
+        .with("no_proxy", "internal.example");
+    let text = config_text("", &[("a", "https://a.example", "")]);
+    let egress = Config::from_toml_str(&text, &env).unwrap().upstream.egress;
+    assert_eq!(egress.from, keyrelay::config::EgressSource::Environment);
+    assert_eq!(egress.https.unwrap().expose(), "http://127.0.0.1:3128");
+    assert!(egress.http.is_none());
+    assert_eq!(egress.no_proxy, "internal.example");
+    let text = config_text("use_env_proxy = false", &[("a", "https://a.example", "")]);
+    let egress = Config::from_toml_str(&text, &env).unwrap().upstream.egress;
+    assert_eq!(egress.from, keyrelay::config::EgressSource::None);
+    assert!(egress.https.is_none());
+}

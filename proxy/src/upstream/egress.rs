@@ -161,3 +161,58 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyrelay_pool::Secret;
+
+    fn proxied(no_proxy: &str, url: &str) -> bool {
+        let egress = Egress {
+            http: Some(Secret::new("http://127.0.0.1:3128")),
+            https: Some(Secret::new("http://127.0.0.1:3128")),
+            no_proxy: no_proxy.to_owned(),
+            from: EgressSource::Config,
+            use_env_proxy: true,
+        };
+        let c = EgressConnector::new(HttpConnector::new(), &egress);
+        let uri: Uri = url.parse().unwrap_or_default();
+        c.matcher
+            .as_ref()
+            .is_some_and(|m| m.intercept(&uri).is_some())
+    }
+
+    #[test]
+    fn no_proxy_takes_hosts_suffixes_ips_networks_and_star() {
+        // Loopback is proxied unless listed, so a test's proxy on 127.0.0.1 sees it.
+        assert!(proxied("", "https://127.0.0.1:8443/v1"));
+        assert!(proxied("", "http://localhost/v1"));
+        assert!(!proxied("localhost", "https://localhost:8443/v1"));
+        assert!(!proxied("corp.example", "https://api.corp.example/v1"));
+        assert!(!proxied(".corp.example", "https://api.corp.example/v1"));
+        assert!(proxied("corp.example", "https://notcorp.example/v1"));
+        assert!(!proxied("10.1.2.3", "https://10.1.2.3/v1"));
+        assert!(!proxied("10.0.0.0/8", "https://10.9.9.9/v1"));
+        assert!(proxied("10.0.0.0/8", "https://11.0.0.1/v1"));
+        assert!(!proxied("*", "https://api.openai.com/v1"));
+        assert!(proxied("a.example, b.example", "https://api.openai.com/v1"));
+    }
+
+    #[test]
+    fn the_tunnel_target_always_has_a_port() {
+        let t = |u: &str| {
+            with_port(u.parse().unwrap_or_default())
+                .map(|u| u.to_string())
+                .ok()
+        };
+        assert_eq!(
+            t("http://mock.internal/v1").as_deref(),
+            Some("http://mock.internal:80/")
+        );
+        assert_eq!(
+            t("https://api.openai.com/v1").as_deref(),
+            Some("https://api.openai.com:443/")
+        );
+        assert_eq!(t("https://h:8443/v1").as_deref(), Some("https://h:8443/v1"));
+    }
+}
