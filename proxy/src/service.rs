@@ -287,13 +287,8 @@ impl App {
                 .first_byte_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             let started = Instant::now();
-            let sent = upstream::send(
-                self.client.get(&provider.name),
-                attempt(&req, &lease),
-                limit,
-                needs_body,
-            )
-            .await;
+            let client = self.client.get(&provider.name);
+            let sent = upstream::send(client, attempt(&req, &lease), limit, needs_body).await;
             let waited = started.elapsed();
             let answer = match &sent {
                 Ok(a) => Answer::Head {
