@@ -8,7 +8,7 @@ use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{JoinError, Provider, Routes};
-use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
+use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -52,7 +52,7 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
     auth: ClientAuth,
-    client: UpstreamClient,
+    client: upstream::Clients,
     upstream: UpstreamConfig,
     body_limits: BodyLimits,
     ids: RequestIds,
@@ -109,7 +109,7 @@ impl App {
                 .clone()
                 .map(tokio_rustls::TlsAcceptor::from),
             auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
-            client: upstream::client(&config.upstream),
+            client: upstream::Clients::new(config),
             upstream: config.upstream.clone(),
             body_limits: BodyLimits {
                 max_bytes: config.server.max_body_bytes,
@@ -305,7 +305,8 @@ impl App {
                 .first_byte_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             let started = Instant::now();
-            let sent = upstream::send(&self.client, attempt(&req, &lease), limit, needs_body).await;
+            let client = self.client.get(&provider.name);
+            let sent = upstream::send(client, attempt(&req, &lease), limit, needs_body).await;
             let waited = started.elapsed();
             let answer = match &sent {
                 Ok(a) => Answer::Head {

@@ -1,7 +1,12 @@
-//! The one shared upstream client, and sending one attempt with its time limit.
+//! The upstream clients (one shared, one per provider with TLS settings of its own), and
+//! sending one attempt with its time limit.
 
-use crate::config::UpstreamConfig;
+mod egress;
+mod tls;
+
+use crate::config::{Config, ProviderConfig, UpstreamConfig};
 use bytes::Bytes;
+use egress::{Bounded, EgressConnector};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -9,30 +14,138 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, Full<Bytes>>;
 
-/// Build the shared client: HTTPS by rustls with the bundled web PKI roots (no system store
-/// needed), HTTP/1.1 and HTTP/2 by ALPN, a keep-alive pool with a timer so idle timeouts work.
-pub fn client(config: &UpstreamConfig) -> UpstreamClient {
+/// The upstream clients of one config, built once (at start and at each reload): one shared
+/// by every provider, and one of its own for each provider with a `ca_file` or a client
+/// certificate (a TLS setting is per connector, and pooled connections must not cross).
+pub struct Clients {
+    shared: UpstreamClient,
+    own: HashMap<String, UpstreamClient>,
+}
+
+/// What the clients of a [`Clients`] speak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/2 or HTTP/1.1 by ALPN, with a keep-alive pool: every request.
+    Any,
+    /// HTTP/1.1 only, keeping no idle connections: WebSocket upgrades (an upgraded connection
+    /// leaves the pool anyway).
+    Upgrades,
+}
+
+impl Clients {
+    pub fn new(config: &Config) -> Clients {
+        let clients = Clients::speaking(config, Protocols::Any);
+        log_egress(&config.upstream);
+        clients
+    }
+
+    /// Clients over the same roots, CAs, client certificates and egress proxy as
+    /// [`Clients::new`], speaking `protocols`.
+    pub fn speaking(config: &Config, protocols: Protocols) -> Clients {
+        let roots = tls::base_roots();
+        let u = &config.upstream;
+        let shared = build(u, roots, &u.ca, None, protocols);
+        let own = config
+            .providers
+            .iter()
+            .filter(|p| p.tls.is_custom())
+            .map(|p| (p.name.clone(), build(u, roots, &u.ca, Some(p), protocols)))
+            .collect();
+        Clients { shared, own }
+    }
+
+    /// The client for `provider`'s requests.
+    pub fn get(&self, provider: &str) -> &UpstreamClient {
+        if self.own.is_empty() {
+            return &self.shared;
+        }
+        self.own.get(provider).unwrap_or(&self.shared)
+    }
+}
+
+/// Say once where upstream connections go; the proxy by address only, never its credentials.
+fn log_egress(u: &UpstreamConfig) {
+    use crate::config::EgressSource;
+    if u.egress.from == EgressSource::None {
+        return;
+    }
+    let shown = |p: &Option<keyrelay_pool::Secret>| {
+        p.as_ref()
+            .and_then(|s| s.expose().parse::<http::Uri>().ok())
+            .and_then(|u| {
+                u.host()
+                    .map(|h| format!("{h}:{}", u.port_u16().unwrap_or(80)))
+            })
+            .unwrap_or_else(|| "none".to_owned())
+    };
+    tracing::info!(
+        from = ?u.egress.from,
+        https = %shown(&u.egress.https),
+        http = %shown(&u.egress.http),
+        no_proxy = %u.egress.no_proxy,
+        "upstream connections go through an egress proxy (CONNECT)"
+    );
+}
+
+/// One client: HTTPS by rustls (bundled, system and configured roots; the provider's client
+/// certificate if it has one), HTTP/2 or HTTP/1.1 by ALPN, over the egress connector, with a
+/// keep-alive pool given a timer so idle timeouts work.
+fn build(
+    config: &UpstreamConfig,
+    roots: &rustls::RootCertStore,
+    global_ca: &[rustls::pki_types::CertificateDer<'static>],
+    provider: Option<&ProviderConfig>,
+    protocols: Protocols,
+) -> UpstreamClient {
     // Only one crypto provider is compiled in; installing it can only fail if one already is.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
+    let connector = EgressConnector::new(http, &config.egress);
+    let none = crate::config::ProviderTls::default();
+    let own = provider.map_or(&none, |p| &p.tls);
+    let tls = tls::client_config(roots, &tls::extra(global_ca, own), own.identity.as_ref())
+        .unwrap_or_else(|e| {
+            // Every certificate and key was checked at load; this is a last resort.
+            tracing::error!(error = %e, "upstream TLS settings refused; using the default roots only");
+            let fallback = tls::client_config(roots, &[], None);
+            fallback.unwrap_or_else(|_| default_tls(roots))
+        });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+        .enable_http1();
+    let https = match protocols {
+        Protocols::Any => https.enable_http2().wrap_connector(connector),
+        Protocols::Upgrades => https.wrap_connector(connector),
+    };
+    let bounded = Bounded {
+        inner: https,
+        limit: config.connect_timeout,
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if protocols == Protocols::Upgrades {
+        builder.pool_max_idle_per_host(0);
+    }
+    builder.build(bounded)
+}
+
+/// The plainest client config over `roots`, with the process's default crypto provider.
+fn default_tls(roots: &rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth()
 }
 
 /// Why an attempt got no response head. Classified by hyper's own predicates and error types,
@@ -115,6 +228,57 @@ fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A TLS failure towards the provider (an unknown CA, a name mismatch, a client certificate
+/// refused) or a tunnel the egress proxy would not open is a deployment problem, not a passing
+/// one: said at warn, at most once a second (every attempt is in the debug log), with rustls's
+/// or the tunnel's reason and the host, which never hold a key, a header or a credential.
+fn warn_tls(e: &UpstreamError, host: Option<&str>) {
+    let host = host.unwrap_or_default();
+    let tls = find_cause::<rustls::Error>(e);
+    let proxy = find_cause::<egress::EgressError>(e);
+    if (tls.is_none() && proxy.is_none()) || !once_a_second() {
+        return;
+    }
+    if let Some(tls) = tls {
+        tracing::warn!(host, error = %tls, "TLS with the upstream failed");
+    } else if let Some(proxy) = proxy {
+        let cause = std::error::Error::source(proxy).map(ToString::to_string);
+        tracing::warn!(host, error = %proxy, cause = cause.unwrap_or_default(), "the egress proxy failed");
+    }
+}
+
+/// Whether a second has passed since this last said yes.
+fn once_a_second() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST: AtomicU64 = AtomicU64::new(u64::MAX);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
+/// The first `T` among `e`'s causes, looking inside wrapped I/O errors too (an io::Error's
+/// `source()` skips the error it wraps).
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    if let Some(found) = e.downcast_ref::<T>() {
+        return Some(found);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(found) = find_cause::<T>(inner) {
+            return Some(found);
+        }
+    }
+    find_cause::<T>(e.source()?)
+}
+
 /// The kind of the first I/O error in `e`'s chain of causes.
 fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
     let mut source = Some(e);
@@ -160,10 +324,12 @@ pub async fn send(
     limit: Duration,
     read_body: fn(http::StatusCode) -> bool,
 ) -> Result<Answered, UpstreamError> {
+    let host = req.uri().host().map(str::to_owned);
     let attempt = async {
         let resp = client.request(req).await.map_err(|e| {
             let e = UpstreamError::classify(e);
             tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
+            warn_tls(&e, host.as_deref());
             e
         })?;
         let (parts, body) = resp.into_parts();

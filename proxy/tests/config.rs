@@ -454,6 +454,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "upstream.first_byte_timeout",
         "upstream.forwarded_for",
         "upstream.idle_timeout",
+        "upstream.use_env_proxy",
         "websocket.enabled",
         "websocket.idle_timeout",
         "websocket.max_duration",

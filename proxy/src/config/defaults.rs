@@ -31,6 +31,7 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) const FORWARDED_FOR: bool = false;
+pub(super) const USE_ENV_PROXY: bool = true;
 
 // [websocket]
 pub(super) const WS_ENABLED: bool = true;

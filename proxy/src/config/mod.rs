@@ -20,6 +20,7 @@ mod secrets;
 mod server;
 mod store;
 mod tls;
+mod upstream_tls;
 mod validate;
 mod websocket;
 
@@ -32,6 +33,7 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
+pub use upstream_tls::{ClientIdentity, Egress, EgressSource, ProviderTls};
 
 /// How a provider expects its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +101,10 @@ pub struct UpstreamConfig {
     pub pass_headers: Vec<String>,
     /// Whether keyrelay sets `X-Forwarded-For` to the client's address.
     pub forwarded_for: bool,
+    /// CAs (`ca_file`) every provider is trusted by, beyond the system and bundled roots.
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The egress proxy, if any.
+    pub egress: Egress,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +133,8 @@ pub struct ProviderConfig {
     pub allow_link_local_base_url: bool,
     /// Whether WebSocket upgrades are proxied for this provider (else 426).
     pub websocket: bool,
+    /// Its own CAs and client certificate; when set, it gets an upstream client of its own.
+    pub tls: ProviderTls,
     pub keys: Vec<Key>,
 }
 

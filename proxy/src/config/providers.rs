@@ -82,6 +82,7 @@ fn provider(
         retry_after_send,
         allow_link_local_base_url: allow_link_local(rp),
         websocket: rp.websocket.unwrap_or(defaults::WEBSOCKET),
+        tls: super::upstream_tls::provider(rp, path, env, p),
         keys,
     })
 }

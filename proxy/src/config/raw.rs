@@ -69,6 +69,11 @@ pub(super) struct RawUpstream {
     pub idle_timeout: Option<String>,
     pub pass_headers: Option<Vec<String>>,
     pub forwarded_for: Option<bool>,
+    pub ca_file: Option<String>,
+    pub proxy: Option<String>,
+    pub proxy_auth: Option<String>,
+    pub no_proxy: Option<Vec<String>>,
+    pub use_env_proxy: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +105,9 @@ pub(super) struct RawProvider {
     pub retry_budget_min_per_second: Option<i64>,
     pub allow_link_local_base_url: Option<bool>,
     pub websocket: Option<bool>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
     /// A string reference (`"env:PREFIX_*"`) or an array of key tables; checked by hand so
     /// that each entry's problems carry their own path.
     pub keys: Option<toml::Value>,

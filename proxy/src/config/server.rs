@@ -83,7 +83,7 @@ fn size(path: &str, value: Option<i64>, default: usize, p: &mut Problems) -> usi
         })
 }
 
-pub(super) fn upstream(u: &RawUpstream, p: &mut Problems) -> UpstreamConfig {
+pub(super) fn upstream(u: &RawUpstream, env: &dyn Env, p: &mut Problems) -> UpstreamConfig {
     UpstreamConfig {
         connect_timeout: p.period(
             "upstream.connect_timeout",
@@ -102,6 +102,8 @@ pub(super) fn upstream(u: &RawUpstream, p: &mut Problems) -> UpstreamConfig {
         ),
         pass_headers: pass_headers(u.pass_headers.as_deref().unwrap_or_default(), p),
         forwarded_for: u.forwarded_for.unwrap_or(defaults::FORWARDED_FOR),
+        ca: super::upstream_tls::global_ca(u, env, p),
+        egress: super::upstream_tls::egress(u, env, p),
     }
 }
 

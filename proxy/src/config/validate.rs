@@ -17,7 +17,7 @@ pub(super) fn validate(
         p.add(path, "unknown field");
     }
     let server = server::server(&raw.server, env, &mut p);
-    let upstream = server::upstream(&raw.upstream, &mut p);
+    let upstream = server::upstream(&raw.upstream, env, &mut p);
     let clients = clients::clients(&raw.clients, &server, env, &mut p);
     let fingerprinter = keys::fingerprinter(raw.server.fingerprint_secret.as_deref(), env, &mut p);
     let providers = providers::providers(&raw.providers, &fingerprinter, env, &mut p);

@@ -15,15 +15,12 @@ use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop,
 use crate::log::RequestLog;
 use crate::routes::{JoinError, Provider, Routes};
 use crate::service::Peer;
-use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
+use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keyrelay_metrics::{AuthFailure, Metrics};
 use keyrelay_pool::{needs_body, Acquired, Answer, Lease, Outcome, Tried};
 use protocols::{Protocols, Sent};
@@ -34,11 +31,12 @@ pub use protocols::KEY_PROTOCOL;
 pub use session::Limits;
 
 /// What WebSocket upgrades need that a config fixes: whether they are on, the session limits,
-/// and an HTTP/1.1-only upstream client (an upgrade is an HTTP/1.1 affair).
+/// and HTTP/1.1-only upstream clients (an upgrade is an HTTP/1.1 affair).
 pub struct Gateway {
     enabled: bool,
     limits: Limits,
-    client: UpstreamClient,
+    /// HTTP/1.1-only clients over the same TLS settings and egress proxy as HTTP requests.
+    clients: upstream::Clients,
 }
 
 impl Gateway {
@@ -49,29 +47,9 @@ impl Gateway {
                 idle: config.websocket.idle_timeout,
                 max: config.websocket.max_duration,
             },
-            client: client(&config.upstream),
+            clients: upstream::Clients::speaking(config, upstream::Protocols::Upgrades),
         }
     }
-}
-
-/// The upgrade client: like the shared one, but offering only HTTP/1.1 by ALPN and keeping no
-/// idle connections (an upgraded one leaves the pool anyway).
-fn client(config: &UpstreamConfig) -> UpstreamClient {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(0)
-        .build(https)
 }
 
 /// What a session keeps of the connection it came on: its place under `max_connections`
@@ -228,7 +206,13 @@ impl Ctx<'_> {
                 .first_byte_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             let asked = Instant::now();
-            let sent = upstream::send(&self.gateway.client, req, limit, needs_body).await;
+            let sent = upstream::send(
+                self.gateway.clients.get(&provider.name),
+                req,
+                limit,
+                needs_body,
+            )
+            .await;
             let waited = asked.elapsed();
             let answer = match &sent {
                 Ok(a) => Answer::Head {
