@@ -95,6 +95,8 @@ pub struct Tried<'a> {
     granted: usize,
     /// Whether a key remembered as refused on this route was given its one chance.
     refused_chance: bool,
+    /// The one key this request may use (a resource it names lives there).
+    pinned: Option<usize>,
 }
 
 impl<'a> Tried<'a> {
@@ -106,7 +108,21 @@ impl<'a> Tried<'a> {
             deposited: false,
             granted: 0,
             refused_chance: false,
+            pinned: None,
         }
+    }
+
+    /// An attempt loop that may only use key `index`: waiting for it while it cools, never
+    /// moving to another key.
+    pub fn pinned(route: &'a str, max_attempts: usize, index: usize) -> Self {
+        Tried {
+            pinned: Some(index),
+            ..Tried::new(route, max_attempts)
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -268,9 +284,16 @@ impl Pool {
         if !self.budget_allows(tried) {
             return Acquired::OverBudget;
         }
-        let acquired = match self.skipped(tried) {
-            None => self.store.acquire(&self.spec, &tried.keys).await,
-            Some(skip) => self.store.acquire(&self.spec, &skip).await,
+        let acquired = match tried.pinned {
+            Some(only) if tried.keys.contains(&only) => Acquire::Exhausted,
+            Some(only) => {
+                let others: Vec<usize> = (0..self.spec.keys.len()).filter(|i| *i != only).collect();
+                self.store.acquire(&self.spec, &others).await
+            }
+            None => match self.skipped(tried) {
+                None => self.store.acquire(&self.spec, &tried.keys).await,
+                Some(skip) => self.store.acquire(&self.spec, &skip).await,
+            },
         };
         match acquired {
             Acquire::Key(index) if index < self.spec.keys.len() => {

@@ -1,6 +1,7 @@
 //! The request pipeline, as named steps: route, authenticate, buffer, then try keys in turn,
 //! each attempt one lease from the pool and one report back to it.
 
+use crate::affinity::{self, Plan};
 use crate::auth::ClientAuth;
 use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
@@ -71,6 +72,8 @@ struct Prepared {
     headers: HeaderMap,
     /// Holds its share of the budget until the request is done with it.
     body: Buffered,
+    /// The key a resource id pins the request to, and how its answer is treated.
+    plan: Plan,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -200,7 +203,12 @@ impl App {
         let provider = provider.clone();
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
-        let uri = match provider.upstream_uri(rest, query.as_deref()) {
+        // Keyrelay resource ids in the path and query opened (resource routes only).
+        let target = match affinity::open(provider.affinity.as_deref(), rest, query.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return log.error(e, shape),
+        };
+        let uri = match provider.upstream_uri(target.rest(), target.query()) {
             Ok(uri) => uri,
             Err(JoinError::Path(why)) => return log.error(ProxyError::BadPath(why), shape),
             Err(JoinError::Origin) => {
@@ -209,7 +217,7 @@ impl App {
             }
         };
         // Step 3: the body, buffered so another key can replay it.
-        let body = match self.read_body(body, &parts).await {
+        let mut body = match self.read_body(body, &parts).await {
             Ok(b) => b,
             Err((e, shed)) => {
                 let mut resp = log.error(e, shape);
@@ -222,12 +230,18 @@ impl App {
             }
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
-        let headers = self.headers.forward(parts.headers, peer);
+        let mut headers = self.headers.forward(parts.headers, peer);
+        let plan = match target.finish(provider.affinity.as_deref(), &mut body.bytes, &mut headers)
+        {
+            Ok(plan) => plan,
+            Err(e) => return log.error(e, shape),
+        };
         let prepared = Prepared {
             method: parts.method,
             uri,
             headers,
             body,
+            plan,
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
@@ -267,7 +281,11 @@ impl App {
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let mut tried = Tried::new(req.uri.path(), provider.max_attempts as usize);
+        let attempts = provider.max_attempts as usize;
+        let mut tried = match req.plan.pinned {
+            Some(key) => Tried::pinned(req.uri.path(), attempts, key),
+            None => Tried::new(req.uri.path(), attempts),
+        };
         let mut last: Option<Failure> = None;
         let now = Instant::now();
         let deadline = now + provider.deadline;
@@ -302,7 +320,8 @@ impl App {
             let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
                 Ok(answered) if !again => {
-                    return pass_on(answered, log, &self.upstream, provider.shape)
+                    let resp = pass_on(answered, log, &self.upstream, provider.shape);
+                    return affinity::wrap(provider.affinity.as_ref(), &req.plan, key, resp);
                 }
                 Ok(answered) => {
                     tracing::debug!(key = %key.name, outcome = verdict.outcome.label(), "trying the next key");
@@ -341,6 +360,9 @@ impl App {
                 }
                 Acquired::Wait(d) if last.is_none() => {
                     return Next::Refuse(ProxyError::AllKeysCooling { retry_after: d })
+                }
+                Acquired::Exhausted if tried.is_pinned() && last.is_none() => {
+                    return Next::Refuse(ProxyError::ResourceKeyDisabled)
                 }
                 Acquired::Wait(_) | Acquired::Exhausted | Acquired::OverBudget => {
                     return Next::GiveUp

@@ -7,6 +7,7 @@
 //! them note problems in one [`Problems`] list.
 
 mod admin;
+mod affinity;
 mod base_url;
 mod clients;
 mod defaults;
@@ -137,6 +138,27 @@ pub struct Config {
     /// The shared store; `None` runs on the embedded in-memory store.
     pub store: Option<StoreConfig>,
     pub admin: AdminConfig,
+    /// Resource affinity by sealed ids (off without a secret).
+    pub affinity: AffinityConfig,
+}
+
+/// What happens to a resource id keyrelay did not seal (one the client got elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownIds {
+    /// Sent on as it is, to whichever key rotation picks.
+    Pass,
+    /// Refused with 400.
+    Refuse,
+}
+
+/// `[affinity]`: ids of stateful resources sealed to the key that created them.
+#[derive(Clone, Debug)]
+pub struct AffinityConfig {
+    /// Seals ids; `None` turns affinity off (ids pass untouched).
+    pub secret: Option<Secret>,
+    pub unknown_ids: UnknownIds,
+    /// The largest JSON answer whose ids are rewritten; a larger one passes as it is.
+    pub max_rewrite_bytes: usize,
 }
 
 /// Where pool state is shared.

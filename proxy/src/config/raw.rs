@@ -11,6 +11,15 @@ pub(super) struct RawConfig {
     pub providers: Vec<RawProvider>,
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
+    pub affinity: RawAffinity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAffinity {
+    pub secret: Option<String>,
+    pub unknown_ids: Option<String>,
+    pub max_rewrite_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,7 @@
 use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
-use super::{admin, clients, keys, providers, server, store, Config, ConfigError};
+use super::{admin, affinity, clients, keys, providers, server, store, Config, ConfigError};
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
 /// `unknown` holds the path of each field the file has that the config does not know.
@@ -26,6 +26,7 @@ pub(super) fn validate(
         .as_ref()
         .and_then(|s| store::store(s, env, &mut p));
     let admin = admin::admin(&raw.admin, env, &mut p);
+    let affinity = affinity::affinity(&raw.affinity, env, &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -36,5 +37,6 @@ pub(super) fn validate(
         providers,
         store,
         admin,
+        affinity,
     })
 }
