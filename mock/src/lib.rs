@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod fault;
 mod record;
+mod resources;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -80,6 +81,7 @@ pub(crate) struct State {
     no_recording: std::sync::atomic::AtomicBool,
     pub(crate) seen: Mutex<Vec<Seen>>,
     pub(crate) counters: Counters,
+    resources: resources::Projects,
 }
 
 /// A running mock upstream on 127.0.0.1. Stops accepting when dropped.
@@ -302,7 +304,10 @@ async fn handle(
             headers,
             body,
         } => fixed(status, &headers, body),
-        Reply::Normal | Reply::Fault(_) => normal(&parts, &body, &state, None, ctl),
+        Reply::Normal | Reply::Fault(_) => {
+            resources::handle(&parts, &body, key.as_deref(), &state.resources)
+                .unwrap_or_else(|| normal(&parts, &body, &state, None, ctl))
+        }
     })
 }
 
