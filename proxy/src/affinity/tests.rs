@@ -96,3 +96,87 @@ fn gemini_names_seal_in_place() {
     let t = open(Some(&a), &path, None).unwrap();
     assert_eq!(t.rest(), "/v1beta/files/abc-123");
 }
+
+/// A body fed frame by frame from a channel, for the SSE test.
+struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl http_body::Body for Fed {
+    type Data = Bytes;
+    type Error = crate::body::StreamError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// The next data frame, or `None` if none comes within 200 ms (or the body ended).
+async fn next(body: &mut response::Sealing) -> Option<Bytes> {
+    use http_body_util::BodyExt;
+    tokio::time::timeout(std::time::Duration::from_millis(200), body.frame())
+        .await
+        .ok()
+        .flatten()
+        .map(|f| f.unwrap().into_data().unwrap())
+}
+
+#[tokio::test]
+async fn sse_events_are_sealed_as_they_complete_never_holding_the_stream() {
+    let a = Arc::new(affinity(UnknownIds::Pass));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let inner = ProxyBody::boxed(Fed(rx));
+    let mut body = response::Sealing::new(inner, a.clone(), a.refs[0], response::Kind::Sse);
+    tx.send(Bytes::from_static(
+        b"event: response.created\ndata: {\"response\":{\"id\":\"resp_1\"",
+    ))
+    .unwrap();
+    assert!(
+        next(&mut body).await.is_none(),
+        "half an event is held, nothing else"
+    );
+    tx.send(Bytes::from_static(
+        b"}}\n\nevent: x\ndata: {\"delta\":\"resp_1\"}\n\ndata: {\"id\"",
+    ))
+    .unwrap();
+    let out = next(&mut body)
+        .await
+        .expect("whole events go out while the stream is open");
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(
+        text.starts_with("event: response.created\ndata: {\"response\":{\"id\":\"resp_kr1_"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("event: x\ndata: {\"delta\":\"resp_1\"}\n\n"),
+        "{text}"
+    );
+    tx.send(Bytes::from_static(b":\"batch_9\"}\n\n")).unwrap();
+    let out = next(&mut body).await.unwrap();
+    assert!(out.starts_with(b"data: {\"id\":\"batch_kr1_"), "{out:?}");
+    drop(tx);
+    assert!(next(&mut body).await.is_none());
+    assert_eq!(a.unrewritten(), 0);
+}
+
+#[tokio::test]
+async fn a_json_answer_past_the_bound_passes_unsealed_and_is_counted() {
+    use http_body_util::BodyExt;
+    let a = Arc::new(affinity(UnknownIds::Pass));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let big = format!("{{\"id\":\"file-1\",\"pad\":\"{}\"}}", "x".repeat(2000));
+    tx.send(Bytes::from(big.clone())).unwrap();
+    drop(tx);
+    let body = response::Sealing::new(
+        ProxyBody::boxed(Fed(rx)),
+        a.clone(),
+        a.refs[0],
+        response::Kind::Json,
+    );
+    let out = body.collect().await.unwrap().to_bytes();
+    assert_eq!(out, big.as_bytes());
+    assert_eq!(a.unrewritten(), 1);
+}
