@@ -203,18 +203,9 @@ impl App {
         let provider = provider.clone();
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
-        // Keyrelay resource ids in the path and query opened (resource routes only).
-        let target = match affinity::open(provider.affinity.as_deref(), rest, query.as_deref()) {
+        let (target, uri) = match open_target(&provider, rest, query.as_deref()) {
             Ok(t) => t,
             Err(e) => return log.error(e, shape),
-        };
-        let uri = match provider.upstream_uri(target.rest(), target.query()) {
-            Ok(uri) => uri,
-            Err(JoinError::Path(why)) => return log.error(ProxyError::BadPath(why), shape),
-            Err(JoinError::Origin) => {
-                tracing::error!(provider = %provider.name, "a joined upstream URL left the provider's base URL; not sent");
-                return log.error(ProxyError::UpstreamMismatch, shape);
-            }
         };
         // Step 3: the body, buffered so another key can replay it.
         let mut body = match self.read_body(body, &parts).await {
@@ -373,6 +364,24 @@ impl App {
             return Next::Refuse(ProxyError::UpstreamTimeout);
         }
         Next::GiveUp
+    }
+}
+
+/// The upstream URL for a request's path (`rest`, after the route prefix) and query, with
+/// keyrelay resource ids opened (resource routes only; see `affinity`).
+fn open_target<'a>(
+    provider: &Provider,
+    rest: &'a str,
+    query: Option<&'a str>,
+) -> Result<(affinity::Target<'a>, Uri), ProxyError> {
+    let target = affinity::open(provider.affinity.as_deref(), rest, query)?;
+    match provider.upstream_uri(target.rest(), target.query()) {
+        Ok(uri) => Ok((target, uri)),
+        Err(JoinError::Path(why)) => Err(ProxyError::BadPath(why)),
+        Err(JoinError::Origin) => {
+            tracing::error!(provider = %provider.name, "a joined upstream URL left the provider's base URL; not sent");
+            Err(ProxyError::UpstreamMismatch)
+        }
     }
 }
 

@@ -189,7 +189,7 @@ async fn batches_reference_their_file_and_its_output_downloads() {
 }
 
 #[tokio::test]
-async fn stored_responses_chain_and_background_responses_stream_from_their_key() {
+async fn stored_responses_chain_on_the_key_that_stored_them() {
     let mock = MockUpstream::start().await.unwrap();
     let h = proxy(&mock, "env:KR_KEY_*", "").await;
     let first = h
@@ -215,7 +215,12 @@ async fn stored_responses_chain_and_background_responses_stream_from_their_key()
     let got = h.get(&format!("/v1/responses/{previous}")).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.json()["id"], previous.as_str());
+}
 
+#[tokio::test]
+async fn a_background_response_is_polled_and_streamed_with_starting_after_from_its_key() {
+    let mock = MockUpstream::start().await.unwrap();
+    let h = proxy(&mock, "env:KR_KEY_*", "").await;
     let bg = h
         .post(
             "/v1/responses",
