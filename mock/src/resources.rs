@@ -65,6 +65,11 @@ pub(crate) fn handle(
             .unwrap_or_default(),
         body,
         id: format!("{id:08x}{:016x}", id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        host: parts
+            .headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1"),
     };
     match (*version, segs) {
         ("v1", ["files", rest @ ..]) => files(&req, project, rest),
@@ -85,6 +90,8 @@ struct Req<'a> {
     body: &'a Bytes,
     /// A fresh id tail, for whatever this request creates.
     id: String,
+    /// The mock's own address as the request named it, for links it returns.
+    host: &'a str,
 }
 
 impl Req<'_> {
@@ -421,7 +428,8 @@ fn message_batches(req: &Req<'_>, p: &mut Project, rest: &[&str]) -> Option<Repl
                 "request_counts": {"processing": 0, "succeeded": n, "errored": 0, "canceled": 0, "expired": 0},
                 "created_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-01T00:01:00Z",
                 "expires_at": "2025-01-02T00:00:00Z", "archived_at": null, "cancel_initiated_at": null,
-                "results_url": null, "requests": body["requests"]});
+                "results_url": format!("http://{}/v1/messages/batches/{id}/results", req.host),
+                "requests": body["requests"]});
             p.message_batches.insert(id, v.clone());
             let mut shown = v;
             if let Some(o) = shown.as_object_mut() {

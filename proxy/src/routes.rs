@@ -71,9 +71,10 @@ impl Provider {
             deadline: pc.deadline,
             retry_after_send: pc.retry_after_send,
             metrics: shared.metrics.provider(&pc.name),
-            affinity: affinity
-                .1
-                .map(|c| Arc::new(Affinity::new(c.clone(), affinity.0, &pc.name, &pc.keys))),
+            affinity: affinity.1.map(|c| {
+                let scope = (pc.name.as_str(), pc.base_url.as_str());
+                Arc::new(Affinity::new(c.clone(), affinity.0, scope, &pc.keys))
+            }),
         })
     }
 

@@ -31,6 +31,8 @@ use std::sync::Arc;
 pub struct Affinity {
     codec: Arc<Codec>,
     scope: String,
+    /// The provider's base URL, to make the links it returns (`results_url`) relative.
+    base_url: String,
     refs: Vec<KeyRef>,
     unknown: UnknownIds,
     max_rewrite: usize,
@@ -47,10 +49,16 @@ impl Affinity {
             .map(|s| Arc::new(Codec::new(s.expose())))
     }
 
-    pub fn new(codec: Arc<Codec>, config: &AffinityConfig, scope: &str, keys: &[Key]) -> Self {
+    pub fn new(
+        codec: Arc<Codec>,
+        config: &AffinityConfig,
+        (scope, base_url): (&str, &str),
+        keys: &[Key],
+    ) -> Self {
         Affinity {
             codec,
             scope: scope.to_owned(),
+            base_url: base_url.to_owned(),
             refs: keys.iter().map(|k| key_ref(&k.fingerprint)).collect(),
             unknown: config.unknown_ids,
             max_rewrite: config.max_rewrite_bytes,
@@ -97,6 +105,8 @@ impl Affinity {
                 for (field, value) in map.iter_mut() {
                     if ids::is_id_field(field) {
                         changed |= self.seal_field(field, value, key);
+                    } else if field == "results_url" {
+                        changed |= self.seal_link(value, key);
                     }
                     changed |= self.seal_value(value, key);
                 }
@@ -109,6 +119,27 @@ impl Affinity {
             _ => {}
         }
         changed
+    }
+
+    /// A link to the provider (Anthropic's `results_url`), made relative to the SDK's base
+    /// URL with its ids sealed, so the SDK follows it through keyrelay, to the same key.
+    fn seal_link(&self, value: &mut Value, key: &KeyRef) -> bool {
+        let Some(path) = value
+            .as_str()
+            .and_then(|u| u.strip_prefix(self.base_url.as_str()))
+        else {
+            return false;
+        };
+        let sealed: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|seg| {
+                self.seal_str("id", seg, key)
+                    .unwrap_or_else(|| seg.to_owned())
+            })
+            .collect();
+        *value = Value::String(sealed.join("/"));
+        true
     }
 
     fn seal_field(&self, field: &str, value: &mut Value, key: &KeyRef) -> bool {

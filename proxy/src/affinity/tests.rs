@@ -11,7 +11,12 @@ fn affinity(unknown: UnknownIds) -> Affinity {
         max_rewrite_bytes: 1024,
     };
     let keys = ["a", "b"].map(|n| Key::new(n, Secret::new(format!("sk-{n}")), 10, 1));
-    Affinity::new(Affinity::codec(&config).unwrap(), &config, "openai", &keys)
+    Affinity::new(
+        Affinity::codec(&config).unwrap(),
+        &config,
+        ("openai", "https://api.example.com"),
+        &keys,
+    )
 }
 
 #[test]
@@ -30,6 +35,13 @@ fn sealed_ids_open_to_their_key_and_pin_it() {
         .unwrap()
         .starts_with("file-kr1_"));
     assert!(v["file_ids"][0].as_str().unwrap().starts_with("file-kr1_"));
+    let mut link = serde_json::json!({"results_url": "https://api.example.com/v1/messages/batches/msgbatch_1/results"});
+    assert!(a.seal_value(&mut link, &a.refs[0]));
+    let link = link["results_url"].as_str().unwrap();
+    assert!(
+        link.starts_with("v1/messages/batches/msgbatch_kr1_") && link.ends_with("/results"),
+        "{link}"
+    );
     let path = format!("/files/{id}/content");
     let target = open(Some(&a), &path, Some("limit=2")).unwrap();
     assert_eq!(target.rest(), "/files/file-abc/content");

@@ -90,6 +90,9 @@ def anthropic_batches():
         got = client.messages.batches.retrieve(batch.id)
         assert got.id == batch.id and got.processing_status == "ended"
         assert got.request_counts.succeeded == 3
+    results = list(client.messages.batches.results(batch.id))
+    assert sorted(r.custom_id for r in results) == ["q0", "q1", "q2"], results
+    assert all(r.result.type == "succeeded" for r in results)
     print("anthropic message batches ok")
 
 
