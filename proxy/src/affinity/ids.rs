@@ -56,22 +56,26 @@ const ID_FIELDS: [&str; 24] = [
     "name",
 ];
 
-/// Top path segments (after a version segment) of resource routes.
-const RESOURCE_ROOTS: [&str; 13] = [
-    "files",
-    "uploads",
-    "batches",
-    "responses",
-    "vector_stores",
-    "assistants",
-    "threads",
-    "fine_tuning",
-    "containers",
-    "conversations",
-    "evals",
-    "cachedContents",
-    "upload",
-];
+/// Whether `root` (the first path segment after a version segment) is a resource route's:
+/// one `match` (length, then bytes), so a stateless route pays a few comparisons.
+fn is_resource_root(root: &str) -> bool {
+    matches!(
+        root,
+        "files"
+            | "uploads"
+            | "batches"
+            | "responses"
+            | "vector_stores"
+            | "assistants"
+            | "threads"
+            | "fine_tuning"
+            | "containers"
+            | "conversations"
+            | "evals"
+            | "cachedContents"
+            | "upload"
+    )
+}
 
 /// Whether a field of an answer holds resource ids.
 pub fn is_id_field(name: &str) -> bool {
@@ -146,17 +150,19 @@ pub enum Route {
 /// The route class of `rest` (the path after the provider's route prefix): `None` for every
 /// stateless endpoint (chat, completions, embeddings, messages, generateContent, models...).
 pub fn classify(rest: &str) -> Option<Route> {
-    let mut segs = rest.trim_start_matches('/').split('/');
-    let mut first = segs.next()?;
-    if first.starts_with("v1") {
-        first = segs.next()?;
-    }
-    let root = first.split(':').next().unwrap_or(first);
-    let anthropic_batches = root == "messages" && segs.clone().next() == Some("batches");
-    if !(RESOURCE_ROOTS.contains(&root) || anthropic_batches) {
+    let path = rest.strip_prefix('/').unwrap_or(rest);
+    let (first, after) = path.split_once('/').unwrap_or((path, ""));
+    let (root, after) = if first.starts_with("v1") {
+        after.split_once('/').unwrap_or((after, ""))
+    } else {
+        (first, after)
+    };
+    let root = root.split_once(':').map_or(root, |(r, _)| r);
+    let anthropic_batches = root == "messages" && after.starts_with("batches");
+    if !(is_resource_root(root) || anthropic_batches) {
         return None;
     }
-    let last = rest.rsplit('/').next().unwrap_or_default();
+    let last = rest.rsplit_once('/').map_or(rest, |(_, l)| l);
     let download = last == "content" || last == "results" || last.ends_with(":download");
     Some(if download {
         Route::Download
