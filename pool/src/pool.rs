@@ -680,6 +680,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pinned_loop_uses_its_key_only_and_waits_while_it_cools() {
+        let p = three(PoolSettings::default());
+        for _ in 0..4 {
+            let mut tried = Tried::pinned("/v1/files/f", 3, 2);
+            assert!(tried.is_pinned());
+            assert_eq!(lease(&p, &mut tried).await.key().name, "c");
+            assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+        }
+        let mut tried = Tried::pinned("/v1/files/f", 3, 1);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("5"));
+        lease(&p, &mut tried).await.report(head(429, &h)).await;
+        // Cooling: the pinned key is waited for, never swapped for a ready one.
+        let mut tried = Tried::pinned("/v1/files/f", 3, 1);
+        assert!(
+            matches!(p.acquire(&mut tried).await, Acquired::Wait(d) if d <= Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(lease(&p, &mut tried).await.key().name, "b");
+        // Disabled: nothing to wait for.
+        p.act(0, KeyAction::Disable).await;
+        let mut tried = Tried::pinned("/v1/files/f", 3, 0);
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+        // A key index past the pool's keys (a stale pin) gets nothing either.
+        let mut tried = Tried::pinned("/v1/files/f", 3, 7);
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retries_stop_at_the_budget() {
         let settings = PoolSettings {
             budget: BudgetSettings {

@@ -469,3 +469,29 @@ async fn a_cooling_key_is_waited_for_then_refused_with_retry_after() {
     assert!(cooling.headers.contains_key("retry-after"));
     assert_eq!(mock.total_calls(), calls, "no other key was asked");
 }
+
+#[test]
+fn affinity_settings_are_checked_by_path() {
+    let text = |extra: &str| {
+        config_text("http://127.0.0.1:1", "", "") + &format!("\n[affinity]\n{extra}\n")
+    };
+    let env = env().with("KR_SHORT", "short").with("KR_AFFINITY", SECRET);
+    let err = Config::from_toml_str(
+        &text("secret = \"env:KR_SHORT\"\nunknown_ids = \"maybe\"\nmax_rewrite_bytes = 0\nmode = \"map\""),
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    for path in [
+        "affinity.secret",
+        "affinity.unknown_ids",
+        "affinity.max_rewrite_bytes",
+        "affinity.mode",
+    ] {
+        assert!(err.contains(path), "{path} not named: {err}");
+    }
+    assert!(!err.contains("short\""), "the secret was shown: {err}");
+    let ok = Config::from_toml_str(&text("secret = \"env:KR_AFFINITY\""), &env).unwrap();
+    assert!(ok.affinity.secret.is_some());
+    assert!(format!("{ok:?}").contains("*****") && !format!("{ok:?}").contains(SECRET));
+}
