@@ -21,6 +21,8 @@ struct Project {
     vector_stores: BTreeMap<String, (Value, Vec<String>)>,
     message_batches: BTreeMap<String, Value>,
     gemini_files: BTreeMap<String, Value>,
+    /// Resumable uploads started, by upload id: the display name asked for.
+    gemini_uploads: HashMap<String, Value>,
 }
 
 /// Every key's project.
@@ -65,6 +67,11 @@ pub(crate) fn handle(
             .unwrap_or_default(),
         body,
         id: format!("{id:08x}{:016x}", id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        command: parts
+            .headers
+            .get("x-goog-upload-command")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
         host: parts
             .headers
             .get("host")
@@ -92,6 +99,8 @@ struct Req<'a> {
     id: String,
     /// The mock's own address as the request named it, for links it returns.
     host: &'a str,
+    /// Gemini's resumable upload step (`start`, `upload, finalize`).
+    command: &'a str,
 }
 
 impl Req<'_> {
@@ -474,6 +483,37 @@ fn gemini_files(req: &Req<'_>, p: &mut Project, rest: &[&str]) -> Option<Reply> 
         Some(reply(404, "application/json", e.to_string()))
     };
     match (req.method, rest) {
+        (&Method::POST, []) if req.command.contains("start") => {
+            let id = format!("up{}", req.id);
+            p.gemini_uploads
+                .insert(id.clone(), req.json()["file"].clone());
+            let mut resp = reply(200, "application/json", "{}");
+            let link = format!(
+                "http://{}/upload/v1beta/files?upload_id={id}&upload_protocol=resumable",
+                req.host
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&link) {
+                resp.headers_mut().insert("x-goog-upload-url", v);
+            }
+            Some(resp)
+        }
+        (&Method::POST, []) if req.command.contains("upload") => {
+            let id = req.param("upload_id").unwrap_or_default();
+            let Some(asked) = p.gemini_uploads.remove(id) else {
+                return missing(id);
+            };
+            let name = format!("files/{}", req.id);
+            let v = json!({"name": name, "displayName": asked["displayName"].as_str().or(asked["display_name"].as_str()),
+                "mimeType": "text/plain", "sizeBytes": req.body.len().to_string(), "state": "ACTIVE",
+                "uri": format!("https://generativelanguage.googleapis.com/v1beta/{name}")});
+            p.gemini_files.insert(name, v.clone());
+            let mut resp = reply(200, "application/json", json!({"file": v}).to_string());
+            resp.headers_mut().insert(
+                "x-goog-upload-status",
+                http::HeaderValue::from_static("final"),
+            );
+            Some(resp)
+        }
         (&Method::POST, []) => {
             let name = format!("files/{}", req.id);
             let v = json!({"name": name, "displayName": "upload", "mimeType": "application/octet-stream",

@@ -203,7 +203,8 @@ impl App {
         let provider = provider.clone();
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
-        let (target, uri) = match open_target(&provider, rest, query.as_deref()) {
+        let tls = self.tls.is_some();
+        let (target, uri) = match open_target(&provider, rest, query.as_deref(), (&parts, tls)) {
             Ok(t) => t,
             Err(e) => return log.error(e, shape),
         };
@@ -373,8 +374,10 @@ fn open_target<'a>(
     provider: &Provider,
     rest: &'a str,
     query: Option<&'a str>,
+    (parts, tls): (&http::request::Parts, bool),
 ) -> Result<(affinity::Target<'a>, Uri), ProxyError> {
-    let target = affinity::open(provider.affinity.as_deref(), rest, query)?;
+    let origin = || affinity::origin(parts, tls, &provider.route);
+    let target = affinity::open(provider.affinity.as_deref(), rest, query, origin)?;
     match provider.upstream_uri(target.rest(), target.query()) {
         Ok(uri) => Ok((target, uri)),
         Err(JoinError::Path(why)) => Err(ProxyError::BadPath(why)),

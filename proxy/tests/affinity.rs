@@ -495,3 +495,85 @@ fn affinity_settings_are_checked_by_path() {
     assert!(ok.affinity.secret.is_some());
     assert!(format!("{ok:?}").contains("*****") && !format!("{ok:?}").contains(SECRET));
 }
+
+/// keyrelay with a Gemini provider at `/gemini` (round-robin, upload headers passed).
+async fn gemini_proxy(mock: &MockUpstream) -> keyrelay::Running {
+    let text = config_text(&mock.url(), "", "")
+        .replace(
+            "pass_headers = [\"x-mock-*\"]",
+            "pass_headers = [\"x-goog-upload-*\"]",
+        )
+        .replace(
+            "name = \"openai\"",
+            "name = \"gemini\"\nauth = \"x-goog-api-key\"",
+        )
+        .replace(
+            &format!("{}/v1\"", mock.url()),
+            &format!("{}\"", mock.url()),
+        )
+        .replace(
+            "route = \"/v1\"",
+            "route = \"/gemini\"\nstrategy = \"round-robin\"",
+        )
+        + "\n[affinity]\nsecret = \"env:KR_AFFINITY\"\n";
+    let env = env().with("KR_AFFINITY", SECRET);
+    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    keyrelay::start(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_gemini_resumable_upload_link_points_back_at_keyrelay_and_its_key() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = gemini_proxy(&mock).await;
+    let client = http_client();
+    let step = |url: String, command: &'static str, body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("x-goog-api-key", TOKEN)
+            .header("x-goog-upload-protocol", "resumable")
+            .header("x-goog-upload-command", command)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let origin = format!("http://{}", proxy.addr());
+    for _ in 0..3 {
+        let start = send(
+            &client,
+            step(
+                format!("{origin}/gemini/upload/v1beta/files"),
+                "start",
+                "{\"file\":{\"displayName\":\"n\"}}",
+            ),
+        )
+        .await;
+        assert_eq!(start.status, 200, "{}", start.text());
+        let link = start.headers["x-goog-upload-url"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let prefix = format!("{origin}/gemini/upload/v1beta/files?upload_id=kr1_");
+        assert!(link.starts_with(&prefix), "{link}");
+        let starter = mock.seen().last().unwrap().key.clone();
+        let done = send(&client, step(link, "upload, finalize", "the bytes")).await;
+        assert_eq!(done.status, 200, "{}", done.text());
+        let name = done.json()["file"]["name"].as_str().unwrap().to_owned();
+        assert!(name.starts_with("files/kr1_"), "{name}");
+        let last = mock.seen().last().unwrap().clone();
+        assert_eq!(
+            last.key, starter,
+            "the upload's second step went to another key"
+        );
+        assert!(last.uri.contains("upload_id=up"), "{}", last.uri);
+        let got = send(
+            &client,
+            Request::builder()
+                .uri(format!("{origin}/gemini/v1beta/{name}"))
+                .header("x-goog-api-key", TOKEN)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+}

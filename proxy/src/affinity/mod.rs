@@ -25,6 +25,9 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Gemini's resumable upload link, answered to the upload's first step.
+const UPLOAD_URL: &str = "x-goog-upload-url";
+
 /// One provider's affinity: the shared codec, the provider's name (bound into every seal) and
 /// a reference per key, in pool order.
 #[derive(Debug)]
@@ -142,6 +145,30 @@ impl Affinity {
         true
     }
 
+    /// Gemini's resumable upload URL (`x-goog-upload-url`, on the provider's host) made to
+    /// point at keyrelay, its `upload_id` sealed, so the upload's next steps reach this key.
+    fn seal_upload_url(
+        &self,
+        headers: &HeaderMap,
+        origin: &Origin,
+        key: &KeyRef,
+    ) -> Option<http::HeaderValue> {
+        let url = headers.get(UPLOAD_URL)?.to_str().ok()?;
+        let rest = url.strip_prefix(self.base_url.as_str())?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some(("upload_id", id)) => {
+                    format!("upload_id={}", self.codec.seal(&self.scope, "", key, id))
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        let link = format!("{}{path}?{}", origin.0.as_deref()?, query.join("&"));
+        http::HeaderValue::from_str(&link).ok()
+    }
+
     fn seal_field(&self, field: &str, value: &mut Value, key: &KeyRef) -> bool {
         let mut changed = false;
         let mut one = |s: &mut Value| {
@@ -160,11 +187,17 @@ impl Affinity {
 
 /// What affinity decided for one request: the key it is pinned to, and how its answer is
 /// treated. The default (no affinity, or a stateless route) does nothing.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub pinned: Option<usize>,
     route: Option<Route>,
+    origin: Origin,
 }
+
+/// What a resource answer's links are rewritten against: the provider route as the client
+/// reached it (`http://HOST:PORT/gemini`).
+#[derive(Clone, Debug, Default)]
+struct Origin(Option<String>);
 
 /// The ids found in one request: they must all name the same key.
 #[derive(Default)]
@@ -190,6 +223,7 @@ pub struct Target<'a> {
     query: Option<Cow<'a, str>>,
     route: Option<Route>,
     found: Found,
+    origin: Origin,
 }
 
 /// Open the keyrelay ids in a request's path (`rest`, after the route prefix) and query.
@@ -197,12 +231,14 @@ pub fn open<'a>(
     affinity: Option<&Affinity>,
     rest: &'a str,
     query: Option<&'a str>,
+    origin: impl FnOnce() -> Option<String>,
 ) -> Result<Target<'a>, ProxyError> {
     let plain = Target {
         rest: Cow::Borrowed(rest),
         query: query.map(Cow::Borrowed),
         route: None,
         found: Found::default(),
+        origin: Origin(None),
     };
     let Some(a) = affinity else {
         return Ok(plain);
@@ -221,7 +257,25 @@ pub fn open<'a>(
         query,
         route: Some(route),
         found,
+        origin: Origin(origin()),
     })
+}
+
+/// `scheme://host` of the request as the client sent it, and the provider's route: where a
+/// link in an answer (Gemini's upload URL) must point for the client to come back through
+/// keyrelay. `None` without a valid host.
+pub fn origin(parts: &http::request::Parts, tls: bool, route: &str) -> Option<String> {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))?;
+    let host = http::uri::Authority::try_from(host).ok()?;
+    if host.as_str().contains('@') {
+        return None;
+    }
+    let scheme = if tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}{}", route.trim_end_matches('/')))
 }
 
 /// Each path segment in keyrelay form opened (a Gemini `:method` suffix kept).
@@ -274,7 +328,7 @@ fn open_query<'a>(
     let mut parts = Vec::new();
     for kv in query.split('&') {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match a.open_str(v, false)? {
+        match a.open_str(v, k == "upload_id")? {
             Some((opened, key)) => {
                 found.note(key)?;
                 parts.push(format!("{k}={opened}"));
@@ -327,6 +381,7 @@ impl Target<'_> {
         Ok(Plan {
             pinned,
             route: Some(route),
+            origin: self.origin,
         })
     }
 }
@@ -405,6 +460,10 @@ pub fn wrap(
     if !resp.status().is_success() {
         return resp;
     }
+    let key = key_ref(&key.fingerprint);
+    if let Some(link) = a.seal_upload_url(resp.headers(), &plan.origin, &key) {
+        resp.headers_mut().insert(UPLOAD_URL, link);
+    }
     let kind = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -422,7 +481,6 @@ pub fn wrap(
         return resp;
     };
     resp.headers_mut().remove(http::header::CONTENT_LENGTH);
-    let key = key_ref(&key.fingerprint);
     let (parts, body) = resp.into_parts();
     let sealing = response::Sealing::new(body, a.clone(), key, kind);
     Response::from_parts(parts, ProxyBody::boxed(sealing))

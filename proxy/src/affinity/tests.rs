@@ -19,6 +19,14 @@ fn affinity(unknown: UnknownIds) -> Affinity {
     )
 }
 
+fn open_<'a>(
+    a: Option<&Affinity>,
+    rest: &'a str,
+    query: Option<&'a str>,
+) -> Result<Target<'a>, ProxyError> {
+    open(a, rest, query, || None)
+}
+
 #[test]
 fn sealed_ids_open_to_their_key_and_pin_it() {
     let a = affinity(UnknownIds::Pass);
@@ -43,7 +51,7 @@ fn sealed_ids_open_to_their_key_and_pin_it() {
         "{link}"
     );
     let path = format!("/files/{id}/content");
-    let target = open(Some(&a), &path, Some("limit=2")).unwrap();
+    let target = open_(Some(&a), &path, Some("limit=2")).unwrap();
     assert_eq!(target.rest(), "/files/file-abc/content");
     let mut body = Bytes::new();
     let plan = target
@@ -54,7 +62,7 @@ fn sealed_ids_open_to_their_key_and_pin_it() {
     let mut body = Bytes::from(body_json);
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
-    let plan = open(Some(&a), "/batches", None)
+    let plan = open_(Some(&a), "/batches", None)
         .unwrap()
         .finish(Some(&a), &mut body, &mut headers)
         .unwrap();
@@ -70,26 +78,26 @@ fn tampered_foreign_and_mixed_ids() {
     let mut bad = one.clone();
     bad.pop();
     assert!(matches!(
-        open(Some(&a), &format!("/files/{bad}"), None),
+        open_(Some(&a), &format!("/files/{bad}"), None),
         Err(ProxyError::ResourceIdInvalid)
     ));
     assert!(matches!(
-        open(Some(&a), &format!("/vector_stores/{one}/files/{two}"), None),
+        open_(Some(&a), &format!("/vector_stores/{one}/files/{two}"), None),
         Err(ProxyError::ResourceIdsConflict)
     ));
-    let t = open(Some(&a), "/files/file-raw", Some("after=file-raw")).unwrap();
+    let t = open_(Some(&a), "/files/file-raw", Some("after=file-raw")).unwrap();
     assert_eq!(t.rest(), "/files/file-raw");
     let refuse = affinity(UnknownIds::Refuse);
     assert!(matches!(
-        open(Some(&refuse), "/files/file-raw", None),
+        open_(Some(&refuse), "/files/file-raw", None),
         Err(ProxyError::ResourceIdUnknown)
     ));
     assert!(matches!(
-        open(Some(&refuse), "/files", Some("after=file-raw")),
+        open_(Some(&refuse), "/files", Some("after=file-raw")),
         Err(ProxyError::ResourceIdUnknown)
     ));
     // Stateless routes are never looked at.
-    let t = open(Some(&refuse), "/chat/completions", None).unwrap();
+    let t = open_(Some(&refuse), "/chat/completions", None).unwrap();
     let mut body = Bytes::from_static(br#"{"file_id":"file-kr1_garbage"}"#);
     let plan = t
         .finish(Some(&refuse), &mut body, &mut HeaderMap::new())
@@ -105,7 +113,7 @@ fn gemini_names_seal_in_place() {
     let name = v["file"]["name"].as_str().unwrap().to_owned();
     assert!(name.starts_with("files/kr1_"), "{name}");
     let path = format!("/v1beta/{name}");
-    let t = open(Some(&a), &path, None).unwrap();
+    let t = open_(Some(&a), &path, None).unwrap();
     assert_eq!(t.rest(), "/v1beta/files/abc-123");
 }
 

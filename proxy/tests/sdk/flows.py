@@ -97,15 +97,16 @@ def anthropic_batches():
 
 
 def gemini_files():
-    # The upload itself by plain HTTP (multipart); the SDK's resumable upload is not covered.
+    # The upload by plain HTTP (multipart): the SDK's resumable upload sends its second step
+    # to the returned upload URL without the API key, which keyrelay requires (see README).
+    client = genai.Client(api_key=TOKEN, http_options=types.HttpOptions(base_url=f"{URL}/gemini",
+                                                                       api_version="v1beta"))
     req = urllib.request.Request(f"{URL}/gemini/upload/v1beta/files?uploadType=multipart",
                                  data=b'{"file":{"displayName":"notes"}}', method="POST",
                                  headers={"x-goog-api-key": TOKEN, "content-type": "application/json"})
     with urllib.request.urlopen(req) as up:
         name = json.load(up)["file"]["name"]
     assert name.startswith("files/kr1_"), name
-    client = genai.Client(api_key=TOKEN, http_options=types.HttpOptions(base_url=f"{URL}/gemini",
-                                                                       api_version="v1beta"))
     for _ in range(4):
         got = client.files.get(name=name)
         assert got.name == name, got.name
