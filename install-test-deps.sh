@@ -34,3 +34,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+
+# The SDK tests (proxy/tests/sdk.rs) drive keyrelay with the official Python SDKs, installed
+# into a venv under the target directory, where the tests look for it.
+venv="${CARGO_TARGET_DIR:-target}/sdk-venv"
+if ! "$venv/bin/python" -c "import openai, anthropic, google.genai" >/dev/null 2>&1; then
+  echo "install-test-deps.sh: installing the Python SDKs (openai, anthropic, google-genai) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check openai anthropic google-genai
+fi

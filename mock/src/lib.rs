@@ -14,6 +14,7 @@ mod conn;
 mod fault;
 mod record;
 mod ws;
+mod resources;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -83,6 +84,7 @@ pub(crate) struct State {
     pub(crate) seen: Mutex<Vec<Seen>>,
     pub(crate) counters: Counters,
     pub(crate) ws: ws::WsSessions,
+    resources: resources::Projects,
 }
 
 /// A running mock upstream on 127.0.0.1. Stops accepting when dropped.
@@ -309,7 +311,10 @@ async fn handle(
         Reply::Normal | Reply::Fault(_) if ws::is_upgrade(&parts.headers) => {
             ws::accept(&mut parts, key, &state)
         }
-        Reply::Normal | Reply::Fault(_) => normal(&parts, &body, &state, None, ctl),
+        Reply::Normal | Reply::Fault(_) => {
+            resources::handle(&parts, &body, key.as_deref(), &state.resources)
+                .unwrap_or_else(|| normal(&parts, &body, &state, None, ctl))
+        }
     })
 }
 

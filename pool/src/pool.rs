@@ -95,6 +95,8 @@ pub struct Tried<'a> {
     granted: usize,
     /// Whether a key remembered as refused on this route was given its one chance.
     refused_chance: bool,
+    /// The one key this request may use (a resource it names lives there).
+    pinned: Option<usize>,
 }
 
 impl<'a> Tried<'a> {
@@ -106,7 +108,21 @@ impl<'a> Tried<'a> {
             deposited: false,
             granted: 0,
             refused_chance: false,
+            pinned: None,
         }
+    }
+
+    /// An attempt loop that may only use key `index`: waiting for it while it cools, never
+    /// moving to another key.
+    pub fn pinned(route: &'a str, max_attempts: usize, index: usize) -> Self {
+        Tried {
+            pinned: Some(index),
+            ..Tried::new(route, max_attempts)
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -268,9 +284,16 @@ impl Pool {
         if !self.budget_allows(tried) {
             return Acquired::OverBudget;
         }
-        let acquired = match self.skipped(tried) {
-            None => self.store.acquire(&self.spec, &tried.keys).await,
-            Some(skip) => self.store.acquire(&self.spec, &skip).await,
+        let acquired = match tried.pinned {
+            Some(only) if tried.keys.contains(&only) => Acquire::Exhausted,
+            Some(only) => {
+                let others: Vec<usize> = (0..self.spec.keys.len()).filter(|i| *i != only).collect();
+                self.store.acquire(&self.spec, &others).await
+            }
+            None => match self.skipped(tried) {
+                None => self.store.acquire(&self.spec, &tried.keys).await,
+                Some(skip) => self.store.acquire(&self.spec, &skip).await,
+            },
         };
         match acquired {
             Acquire::Key(index) if index < self.spec.keys.len() => {
@@ -653,6 +676,35 @@ mod tests {
         let mut tried = Tried::new("/v1/x", 3);
         let l = lease(&p, &mut tried).await;
         l.report(head(403, &none)).await;
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_loop_uses_its_key_only_and_waits_while_it_cools() {
+        let p = three(PoolSettings::default());
+        for _ in 0..4 {
+            let mut tried = Tried::pinned("/v1/files/f", 3, 2);
+            assert!(tried.is_pinned());
+            assert_eq!(lease(&p, &mut tried).await.key().name, "c");
+            assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+        }
+        let mut tried = Tried::pinned("/v1/files/f", 3, 1);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("5"));
+        lease(&p, &mut tried).await.report(head(429, &h)).await;
+        // Cooling: the pinned key is waited for, never swapped for a ready one.
+        let mut tried = Tried::pinned("/v1/files/f", 3, 1);
+        assert!(
+            matches!(p.acquire(&mut tried).await, Acquired::Wait(d) if d <= Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(lease(&p, &mut tried).await.key().name, "b");
+        // Disabled: nothing to wait for.
+        p.act(0, KeyAction::Disable).await;
+        let mut tried = Tried::pinned("/v1/files/f", 3, 0);
+        assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
+        // A key index past the pool's keys (a stale pin) gets nothing either.
+        let mut tried = Tried::pinned("/v1/files/f", 3, 7);
         assert!(matches!(p.acquire(&mut tried).await, Acquired::Exhausted));
     }
 

@@ -193,6 +193,8 @@ enum Kind {
     Full(Option<Bytes>),
     Held(Held),
     Stream(Box<Streamed>),
+    /// A body wrapped by another step (resource ids sealed on the way out, `affinity`).
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = StreamError> + Send + Sync>>),
 }
 
 /// The response body keyrelay sends: its own small JSON, or an upstream body passed through.
@@ -244,6 +246,17 @@ impl ProxyBody {
     }
 }
 
+impl ProxyBody {
+    /// A body that wraps another (which keeps its own guard and timeouts).
+    pub fn boxed(
+        inner: impl Body<Data = Bytes, Error = StreamError> + Send + Sync + 'static,
+    ) -> Self {
+        ProxyBody {
+            kind: Kind::Boxed(Box::pin(inner)),
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = StreamError;
@@ -257,6 +270,7 @@ impl Body for ProxyBody {
                 return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))))
             }
             Kind::Stream(s) => s,
+            Kind::Boxed(b) => return b.as_mut().poll_frame(cx),
         };
         if s.failing.is_some() {
             if s.timer.as_mut().poll(cx).is_pending() {
@@ -290,6 +304,7 @@ impl Body for ProxyBody {
             Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => b.is_none(),
             // Never "ended" while an error is still to come: hyper would end the message cleanly.
             Kind::Stream(s) => s.failing.is_none() && (s.end.is_some() || s.inner.is_end_stream()),
+            Kind::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -301,6 +316,7 @@ impl Body for ProxyBody {
             Kind::Full(None) | Kind::Held(Held { bytes: None, .. }) => SizeHint::with_exact(0),
             Kind::Stream(s) if s.sse.is_some() => SizeHint::default(),
             Kind::Stream(s) => s.inner.size_hint(),
+            Kind::Boxed(b) => b.size_hint(),
         }
     }
 }

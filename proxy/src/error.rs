@@ -44,8 +44,22 @@ pub enum ProxyError {
     /// A WebSocket handshake keyrelay cannot forward; the reason is fixed text.
     #[error("bad WebSocket handshake: {0}")]
     BadUpgrade(&'static str),
+    /// A keyrelay resource id that does not open: forged, altered or from elsewhere.
+    #[error("this resource id was not issued by this keyrelay (or was altered)")]
+    ResourceIdInvalid,
+    /// A provider's own resource id, with `[affinity] unknown_ids = "refuse"`.
+    #[error("resource ids not issued by this keyrelay are refused")]
+    ResourceIdUnknown,
+    #[error("the resource ids in this request belong to different keys")]
+    ResourceIdsConflict,
 
     // The pool's side.
+    /// The key a resource id is sealed to is no longer in the config.
+    #[error("the key that holds this resource was removed from keyrelay's config")]
+    ResourceKeyRemoved,
+    /// The key a resource id is sealed to is disabled.
+    #[error("the key that holds this resource is disabled")]
+    ResourceKeyDisabled,
     #[error("every key of this provider is rate limited; retry after {} s", retry_after_secs(.retry_after))]
     AllKeysCooling { retry_after: Duration },
     #[error("no key of this provider can serve now")]
@@ -140,6 +154,11 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::WebSocketDisabled => StatusCode::UPGRADE_REQUIRED,
             ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ResourceIdInvalid
+            | ProxyError::ResourceIdUnknown
+            | ProxyError::ResourceIdsConflict => StatusCode::BAD_REQUEST,
+            ProxyError::ResourceKeyRemoved => StatusCode::GONE,
+            ProxyError::ResourceKeyDisabled => StatusCode::FORBIDDEN,
             ProxyError::UpstreamMismatch => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::StreamCut => StatusCode::BAD_GATEWAY,
             ProxyError::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
@@ -167,6 +186,11 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::WebSocketDisabled => "websocket_disabled",
             ProxyError::BadUpgrade(_) => "invalid_websocket_handshake",
+            ProxyError::ResourceIdInvalid => "invalid_resource_id",
+            ProxyError::ResourceIdUnknown => "unknown_resource_id",
+            ProxyError::ResourceIdsConflict => "resource_ids_conflict",
+            ProxyError::ResourceKeyRemoved => "resource_key_removed",
+            ProxyError::ResourceKeyDisabled => "resource_key_disabled",
             ProxyError::UpstreamMismatch => "internal_error",
             ProxyError::StreamCut => "upstream_stream_cut",
             ProxyError::StreamIdle => "upstream_stream_idle",
@@ -192,7 +216,12 @@ impl ProxyError {
             | ProxyError::BadPath(_)
             | ProxyError::MethodNotAllowed
             | ProxyError::WebSocketDisabled
-            | ProxyError::BadUpgrade(_) => "invalid_request_error",
+            | ProxyError::BadUpgrade(_)
+            | ProxyError::ResourceIdInvalid
+            | ProxyError::ResourceIdUnknown
+            | ProxyError::ResourceIdsConflict
+            | ProxyError::ResourceKeyRemoved => "invalid_request_error",
+            ProxyError::ResourceKeyDisabled => "permission_error",
             ProxyError::BodyBudgetFull => "overloaded_error",
             ProxyError::AllKeysCooling { .. } => "rate_limit_error",
             ProxyError::NoUsableKey
@@ -217,6 +246,11 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::BadUpgrade(_) => "INVALID_ARGUMENT",
             ProxyError::WebSocketDisabled => "FAILED_PRECONDITION",
+            | ProxyError::ResourceIdInvalid
+            | ProxyError::ResourceIdUnknown
+            | ProxyError::ResourceIdsConflict => "INVALID_ARGUMENT",
+            ProxyError::ResourceKeyRemoved => "NOT_FOUND",
+            ProxyError::ResourceKeyDisabled => "PERMISSION_DENIED",
             ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",
             ProxyError::BodyBudgetFull => "UNAVAILABLE",
             ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",

@@ -1,6 +1,7 @@
 //! keyrelay: an LLM reverse proxy that rotates provider API keys from a shared pool.
 
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -2,7 +2,8 @@
 //! and the one place a request path is joined to a provider's base URL, refusing paths that
 //! could climb out of it and checking the result still points at the provider.
 
-use crate::config::{AuthStyle, Config, ProviderConfig};
+use crate::affinity::{Affinity, Codec};
+use crate::config::{AffinityConfig, AuthStyle, Config, ProviderConfig};
 use crate::error::ErrorShape;
 use crate::service::Shared;
 use http::{HeaderName, Uri};
@@ -28,10 +29,16 @@ pub struct Provider {
     /// Whether WebSocket upgrades are proxied (else 426).
     pub websocket: bool,
     pub metrics: ProviderMetrics,
+    /// Resource affinity, when `[affinity] secret` is set.
+    pub affinity: Option<Arc<Affinity>>,
 }
 
 impl Provider {
-    fn new(pc: &ProviderConfig, shared: &Shared) -> Result<Provider, PoolError> {
+    fn new(
+        pc: &ProviderConfig,
+        shared: &Shared,
+        affinity: (&AffinityConfig, Option<&Arc<Codec>>),
+    ) -> Result<Provider, PoolError> {
         let (header, shape) = match pc.auth {
             AuthStyle::Bearer => (http::header::AUTHORIZATION, ErrorShape::OpenAi),
             AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), ErrorShape::Anthropic),
@@ -67,6 +74,10 @@ impl Provider {
             retry_after_send: pc.retry_after_send,
             websocket: pc.websocket,
             metrics: shared.metrics.provider(&pc.name),
+            affinity: affinity.1.map(|c| {
+                let scope = (pc.name.as_str(), pc.base_url.as_str());
+                Arc::new(Affinity::new(c.clone(), affinity.0, scope, &pc.keys))
+            }),
         })
     }
 
@@ -201,10 +212,11 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(config: &Config, shared: &Shared) -> Result<Routes, PoolError> {
+        let codec = Affinity::codec(&config.affinity);
         let mut providers = config
             .providers
             .iter()
-            .map(|pc| Provider::new(pc, shared).map(Arc::new))
+            .map(|pc| Provider::new(pc, shared, (&config.affinity, codec.as_ref())).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         providers.sort_by_key(|p| std::cmp::Reverse(p.route.len()));
         Ok(Routes { providers })

@@ -1,6 +1,7 @@
 //! The request pipeline, as named steps: route, authenticate, buffer, then try keys in turn,
 //! each attempt one lease from the pool and one report back to it.
 
+use crate::affinity::{self, Plan};
 use crate::auth::ClientAuth;
 use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
@@ -72,6 +73,8 @@ struct Prepared {
     headers: HeaderMap,
     /// Holds its share of the budget until the request is done with it.
     body: Buffered,
+    /// The key a resource id pins the request to, and how its answer is treated.
+    plan: Plan,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -205,16 +208,13 @@ impl App {
         let provider = provider.clone();
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
-        let uri = match provider.upstream_uri(rest, query.as_deref()) {
-            Ok(uri) => uri,
-            Err(JoinError::Path(why)) => return log.error(ProxyError::BadPath(why), shape),
-            Err(JoinError::Origin) => {
-                tracing::error!(provider = %provider.name, "a joined upstream URL left the provider's base URL; not sent");
-                return log.error(ProxyError::UpstreamMismatch, shape);
-            }
+        let tls = self.tls.is_some();
+        let (target, uri) = match open_target(&provider, rest, query.as_deref(), (&parts, tls)) {
+            Ok(t) => t,
+            Err(e) => return log.error(e, shape),
         };
         // Step 3: the body, buffered so another key can replay it.
-        let body = match self.read_body(body, &parts).await {
+        let mut body = match self.read_body(body, &parts).await {
             Ok(b) => b,
             Err((e, shed)) => {
                 let mut resp = log.error(e, shape);
@@ -227,12 +227,18 @@ impl App {
             }
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
-        let headers = self.headers.forward(parts.headers, peer);
+        let mut headers = self.headers.forward(parts.headers, peer);
+        let plan = match target.finish(provider.affinity.as_deref(), &mut body.bytes, &mut headers)
+        {
+            Ok(plan) => plan,
+            Err(e) => return log.error(e, shape),
+        };
         let prepared = Prepared {
             method: parts.method,
             uri,
             headers,
             body,
+            plan,
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
@@ -285,7 +291,11 @@ impl App {
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let mut tried = Tried::new(req.uri.path(), provider.max_attempts as usize);
+        let attempts = provider.max_attempts as usize;
+        let mut tried = match req.plan.pinned {
+            Some(key) => Tried::pinned(req.uri.path(), attempts, key),
+            None => Tried::new(req.uri.path(), attempts),
+        };
         let mut last: Option<Failure> = None;
         let now = Instant::now();
         let deadline = now + provider.deadline;
@@ -321,7 +331,8 @@ impl App {
             let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
                 Ok(answered) if !again => {
-                    return pass_on(answered, log, &self.upstream, provider.shape)
+                    let resp = pass_on(answered, log, &self.upstream, provider.shape);
+                    return affinity::wrap(provider.affinity.as_ref(), &req.plan, key, resp);
                 }
                 Ok(answered) => {
                     tracing::debug!(key = %key.name, outcome = verdict.outcome.label(), "trying the next key");
@@ -361,6 +372,9 @@ impl App {
                 Acquired::Wait(d) if last.is_none() => {
                     return Next::Refuse(ProxyError::AllKeysCooling { retry_after: d })
                 }
+                Acquired::Exhausted if tried.is_pinned() && last.is_none() => {
+                    return Next::Refuse(ProxyError::ResourceKeyDisabled)
+                }
                 Acquired::Wait(_) | Acquired::Exhausted | Acquired::OverBudget => {
                     return Next::GiveUp
                 }
@@ -370,6 +384,26 @@ impl App {
             return Next::Refuse(ProxyError::UpstreamTimeout);
         }
         Next::GiveUp
+    }
+}
+
+/// The upstream URL for a request's path (`rest`, after the route prefix) and query, with
+/// keyrelay resource ids opened (resource routes only; see `affinity`).
+fn open_target<'a>(
+    provider: &Provider,
+    rest: &'a str,
+    query: Option<&'a str>,
+    (parts, tls): (&http::request::Parts, bool),
+) -> Result<(affinity::Target<'a>, Uri), ProxyError> {
+    let origin = || affinity::origin(parts, tls, &provider.route);
+    let target = affinity::open(provider.affinity.as_deref(), rest, query, origin)?;
+    match provider.upstream_uri(target.rest(), target.query()) {
+        Ok(uri) => Ok((target, uri)),
+        Err(JoinError::Path(why)) => Err(ProxyError::BadPath(why)),
+        Err(JoinError::Origin) => {
+            tracing::error!(provider = %provider.name, "a joined upstream URL left the provider's base URL; not sent");
+            Err(ProxyError::UpstreamMismatch)
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! them note problems in one [`Problems`] list.
 
 mod admin;
+mod affinity;
 mod base_url;
 mod clients;
 mod defaults;
@@ -149,6 +150,8 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     pub admin: AdminConfig,
     pub websocket: WebSocketConfig,
+    /// Resource affinity by sealed ids (off without a secret).
+    pub affinity: AffinityConfig,
 }
 
 /// `[websocket]`: upgrades proxied or answered 426, and each session's limits.
@@ -159,6 +162,25 @@ pub struct WebSocketConfig {
     pub idle_timeout: Duration,
     /// The longest a session may last.
     pub max_duration: Duration,
+}
+
+/// What happens to a resource id keyrelay did not seal (one the client got elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownIds {
+    /// Sent on as it is, to whichever key rotation picks.
+    Pass,
+    /// Refused with 400.
+    Refuse,
+}
+
+/// `[affinity]`: ids of stateful resources sealed to the key that created them.
+#[derive(Clone, Debug)]
+pub struct AffinityConfig {
+    /// Seals ids; `None` turns affinity off (ids pass untouched).
+    pub secret: Option<Secret>,
+    pub unknown_ids: UnknownIds,
+    /// The largest JSON answer whose ids are rewritten; a larger one passes as it is.
+    pub max_rewrite_bytes: usize,
 }
 
 /// Where pool state is shared.

@@ -12,6 +12,7 @@ pub(super) struct RawConfig {
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
     pub websocket: RawWebSocket,
+    pub affinity: RawAffinity,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,14 @@ pub(super) struct RawWebSocket {
     pub enabled: Option<bool>,
     pub idle_timeout: Option<String>,
     pub max_duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawAffinity {
+    pub secret: Option<String>,
+    pub unknown_ids: Option<String>,
+    pub max_rewrite_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

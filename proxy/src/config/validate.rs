@@ -3,7 +3,9 @@
 use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
-use super::{admin, clients, keys, providers, server, store, websocket, Config, ConfigError};
+use super::{
+    admin, affinity, clients, keys, providers, server, store, websocket, Config, ConfigError,
+};
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
 /// `unknown` holds the path of each field the file has that the config does not know.
@@ -27,6 +29,7 @@ pub(super) fn validate(
         .and_then(|s| store::store(s, env, &mut p));
     let admin = admin::admin(&raw.admin, env, &mut p);
     let websocket = websocket::websocket(&raw.websocket, &mut p);
+    let affinity = affinity::affinity(&raw.affinity, env, &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -38,5 +41,6 @@ pub(super) fn validate(
         store,
         admin,
         websocket,
+        affinity,
     })
 }
