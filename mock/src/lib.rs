@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod fault;
 mod record;
+pub mod stamp;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -450,7 +451,8 @@ fn normal(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let shape = shape.or(cut_after.map(|after| fault::StreamFault::Cut { after, rst: false }));
-        let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl);
+        let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl)
+            .with_stamp(stamp::wanted(&parts.headers));
         let mut resp = Response::new(body);
         resp.headers_mut().insert(
             "content-type",
