@@ -201,31 +201,38 @@ def refresh(path, section):
         f.write(text)
 
 
-def bars(ax, f, w, left, right, left_label, right_label, stack=None):
-    """Bars of `left` (left axis) and `right` (right axis) per contender; `stack` adds a
-    hatched segment on top of the right bar (Redis's own CPU)."""
-    xs = range(len(CONTENDERS))
-    lv = [f.med(w, c, left) or 0 for c in CONTENDERS]
+def bars(ax, f, w, left, right, left_label, right_label, stack=None, scale=1.0):
+    """Bars of `left` (left axis, times `scale`) and `right` (right axis) per contender;
+    `stack` adds a hatched segment on top of the right bar (Redis's own CPU)."""
+    xs = list(range(len(CONTENDERS)))
+    lv = [(f.med(w, c, left) or 0) * scale for c in CONTENDERS]
     rv = [f.med(w, c, right) or 0 for c in CONTENDERS]
-    ax.bar([x - 0.2 for x in xs], lv, 0.4, color="#4c72b0", label=left_label)
-    ax.set_ylabel(left_label, color="#4c72b0")
+    sv = [(f.med(w, c, stack) or 0) if stack else 0 for c in CONTENDERS]
+    h1 = ax.bar([x - 0.2 for x in xs], lv, 0.4, color="#4c72b0", label=left_label)
+    ax.set_ylabel(left_label, color="#4c72b0", fontsize=8)
     ax2 = ax.twinx()
-    ax2.bar([x + 0.2 for x in xs], rv, 0.4, color="#dd8452", label=right_label)
-    if stack:
-        sv = [f.med(w, c, stack) or 0 for c in CONTENDERS]
-        ax2.bar([x + 0.2 for x in xs], sv, 0.4, bottom=rv, color="#dd8452", alpha=0.45,
-                hatch="//", label="+ redis-server")
-        ax2.legend(loc="upper right", fontsize=7)
-    ax2.set_ylabel(right_label, color="#dd8452")
-    ax.set_xticks(list(xs))
+    h2 = ax2.bar([x + 0.2 for x in xs], rv, 0.4, color="#dd8452", label=right_label)
+    handles = [h1, h2]
+    if stack and any(sv):
+        handles.append(ax2.bar([x + 0.2 for x in xs], sv, 0.4, bottom=rv, color="#f4c7a8",
+                               hatch="//", edgecolor="#dd8452", label="+ redis-server CPU"))
+    ax2.set_ylabel(right_label, color="#dd8452", fontsize=8)
+    # Headroom for the labels and the legend above the bars.
+    ax.set_ylim(0, max(lv + [1e-9]) * 1.35)
+    ax2.set_ylim(0, max([a + b for a, b in zip(rv, sv)] + [1e-9]) * 1.35)
+    ax.set_xticks(xs)
     ax.set_xticklabels(["direct", "nginx", "keyrelay\nembedded", "keyrelay\nRedis"], fontsize=8)
     for x, v in zip(xs, lv):
         if v:
             ax.text(x - 0.2, v, f"{v:,.0f}" if v >= 10 else f"{v:.2f}", ha="center",
-                    va="bottom", fontsize=7)
-    for x, v in zip(xs, rv):
+                    va="bottom", fontsize=7, color="#4c72b0")
+    for x, v, extra in zip(xs, rv, sv):
         if v:
-            ax2.text(x + 0.2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+            text = f"{v:.1f}" + (f"\n+{extra:.1f}" if extra else "")
+            ax2.text(x + 0.2, v + extra, text, ha="center", va="bottom", fontsize=7,
+                     color="#a0522d")
+    ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=len(handles),
+              frameon=False)
 
 
 def chart(f, meta, path):
@@ -248,8 +255,8 @@ def chart(f, meta, path):
             ax.set_title(f"{meta.get('streams')} streams held, {meta.get('stream_chunks')} "
                          f"chunks {meta.get('stream_delay_ms')} ms apart", fontsize=9)
         elif w == "idle":
-            bars(ax, f, w, "rss_held_kib", "rss_per_conn_kib", "RSS holding them KiB",
-                 "RSS KiB per connection")
+            bars(ax, f, w, "rss_held_kib", "rss_per_conn_kib", "RSS holding them MiB",
+                 "RSS KiB per connection", scale=1 / 1024)
             ax.set_title(f"{meta.get('idle_connections')} idle keep-alive connections",
                          fontsize=9)
         else:

@@ -28,7 +28,7 @@ IDLE_HOLD="${BENCH_IDLE_HOLD:-5}"
 WORKLOADS="${BENCH_WORKLOADS:-chat64 chat1 stream64 stream1 streams idle}"
 CONTENDERS="${BENCH_CONTENDERS:-direct nginx embedded redis}"
 NO_BUILD="${BENCH_NO_BUILD:-0}"
-COMMAND="$(env | grep -E '^BENCH_[A-Z_]+=' | sort | tr '\n' ' ')bash bench/run.sh"
+COMMAND="$(for v in $(compgen -e | grep -E '^BENCH_' | sort); do printf '%s=%q ' "$v" "${!v}"; done)bash bench/run.sh"
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -90,10 +90,12 @@ start_all() {
   for c in $CONTENDERS; do verify "$c"; done
 }
 
-# stop_all: stop every process this round started (by PID).
+# stop_all ROUND: stop every process this round started (by PID); keep their logs.
 stop_all() {
   local pid
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  mkdir -p "$OUT/r$1-logs"
+  cp "$TMP"/*.log "$TMP"/*.toml "$TMP/nginx/nginx.conf" "$TMP/nginx/logs/error.log" "$OUT/r$1-logs/" 2>/dev/null || true
   PIDS=()
   unset REDIS_PORT
 }
@@ -297,7 +299,7 @@ chart_python() {
 # ---------------------------------------------------------------- run
 mkdir -p "$OUT"
 chart_python >/dev/null
-rm -f "$OUT"/results.tsv "$OUT"/r[0-9]*-*.txt
+rm -rf "$OUT"/results.tsv "$OUT"/r[0-9]*-*.txt "$OUT"/r[0-9]*-logs
 HWM_NOTE=""
 started=$SECONDS
 read -ra order <<<"$CONTENDERS"
@@ -314,7 +316,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
       esac
     done
   done
-  stop_all
+  stop_all "$r"
 done
 log "measured in $((SECONDS - started)) s"
 
