@@ -99,7 +99,15 @@ def wrk_rows(f, w, label):
                                            for c, v in g("peak_rss_kib").items()}, 1))
     out.append(row(label, "Redis script calls/request",
                    {"redis": f.med(w, "redis", "redis_calls_per_req")}, 3, ratios=False))
+    out.append(degraded_row(f, w, label))
     return out
+
+
+def degraded_row(f, w, label):
+    """How often keyrelay on Redis fell back to local state during the workload, all rounds."""
+    total = sum(f.rows.get((w, "redis", "degraded"), {}).values())
+    return row(label, "Redis store fallbacks to local state (sum of rounds)",
+               {"redis": total}, 0, ratios=False)
 
 
 def stream_rows(f):
@@ -122,6 +130,9 @@ def stream_rows(f):
         row(L, "RSS per open stream KiB", g("rss_per_stream_kib"), 1),
         row(L, "peak RSS MiB", {c: (v / 1024 if v else None)
                                 for c, v in g("peak_rss_kib").items()}, 1),
+        row(L, "Redis script calls/stream",
+            {"redis": f.med("streams", "redis", "redis_calls_per_stream")}, 3, ratios=False),
+        degraded_row(f, "streams", L),
     ]
 
 
@@ -136,6 +147,7 @@ def idle_rows(f):
         row(L, "RSS holding them MiB (total)", {c: (v / 1024 if v else None)
                                                 for c, v in g("rss_held_kib").items()}, 1),
         row(L, "RSS per connection KiB", g("rss_per_conn_kib"), 2),
+        degraded_row(f, "idle", L),
     ]
 
 
@@ -179,7 +191,9 @@ def markdown(f, meta, chart_name):
         "each stream's request. \"Redis's included\" adds redis-server's own CPU. Peak RSS is "
         "VmHWM, reset before each run (clear_refs), summed over nginx's processes. RSS per open "
         "stream is (RSS at mid-hold − RSS before) / streams open then; per idle connection "
-        "likewise. Chunk delay is arrival at the client minus the mock's send stamp; "
+        "likewise; every workload starts on freshly started processes. A Redis store "
+        "fallback is keyrelay logging that Redis did not answer within its timeout and serving "
+        "on local state: with any, the Redis column is partly the embedded store's figure. Chunk delay is arrival at the client minus the mock's send stamp; "
         "\"added\" is the contender's minus direct's in the same round. Everything (load "
         "client, mock, proxy, Redis) shares the same CPUs.",
         "",

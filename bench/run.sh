@@ -90,12 +90,15 @@ start_all() {
   for c in $CONTENDERS; do verify "$c"; done
 }
 
-# stop_all ROUND: stop every process this round started (by PID); keep their logs.
+# stop_all ROUND WORKLOAD: stop every process start_all started (by PID); keep their logs and
+# configs in bench/out/r<ROUND>-logs/<WORKLOAD>/.
 stop_all() {
-  local pid
+  local pid dir="$OUT/r$1-logs/$2"
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
-  mkdir -p "$OUT/r$1-logs"
-  cp "$TMP"/*.log "$TMP"/*.toml "$TMP/nginx/nginx.conf" "$TMP/nginx/logs/error.log" "$OUT/r$1-logs/" 2>/dev/null || true
+  mkdir -p "$dir"
+  cp "$TMP"/*.log "$TMP"/*.toml "$TMP/nginx/nginx.conf" "$dir/" 2>/dev/null || true
+  cp "$TMP/nginx/logs/error.log" "$dir/nginx-error.log" 2>/dev/null || true
+  rm -f "$TMP"/*.log
   PIDS=()
   unset REDIS_PORT
 }
@@ -127,6 +130,10 @@ body() {
 # emit ROUND WORKLOAD CONTENDER METRIC VALUE: one figure, into the results table.
 emit() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$OUT/results.tsv"; }
 
+# degraded: how often keyrelay on Redis has logged falling back to local state (a Redis answer
+# slower than its timeout, e.g. on a loaded machine): its figures then are partly embedded's.
+degraded() { grep -c 'redis store unavailable' "$TMP/kr-redis.log" 2>/dev/null || true; }
+
 # redis_calls: script calls Redis has served (eval, evalsha, fcall and their _ro forms).
 redis_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
@@ -148,6 +155,7 @@ emit_costs() {
   if [[ "$c" == redis ]]; then
     rcpu=$(($(cpu_ticks "$REDIS_PID") - SNAP_RCPU))
     calls=$(($(redis_calls) - SNAP_CALLS))
+    LAST_CALLS="$calls"
     emit "$r" "$w" "$c" "redis_cpu_us_per_$per" "$(per_us "$rcpu")"
     emit "$r" "$w" "$c" "cpu_with_redis_us_per_$per" "$(per_us $((cpu + rcpu)))"
     emit "$r" "$w" "$c" "redis_calls_per_$per" "$(awk -v a="$calls" -v n="$units" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
@@ -225,7 +233,7 @@ wait_line() {
 # run_streams ROUND CONTENDER: STREAMS long stamped streams held open; CPU per chunk, RSS per
 # open stream (at mid-hold minus before), chunk delay p50/p99.
 run_streams() {
-  local r="$1" c="$2" raw="$OUT/r$1-streams-$2.txt" idle plateau open chunks lg
+  local r="$1" c="$2" raw="$OUT/r$1-streams-$2.txt" idle plateau open chunks lg opened
   idle="$(rss_sum_kib ${PIDS_[$c]})"
   reset_hwm ${PIDS_[$c]} || true
   log "round $r: streams via $c ($STREAMS streams of $STREAM_CHUNKS chunks ${STREAM_DELAY_MS} ms apart, ramp ${STREAM_RAMP}s, hold ${STREAM_HOLD}s)"
@@ -244,6 +252,10 @@ run_streams() {
   chunks="$(sed -n 's/.* chunks=\([0-9]*\).*/\1/p' "$raw")"
   [[ -n "$chunks" ]] || die "streams via $c: no figures from loadgen: $(cat "$raw")"
   emit_costs "$r" streams "$c" "$chunks" chunk
+  opened="$(sed -n 's/^streams opened=\([0-9]*\).*/\1/p' "$raw")"
+  if [[ "$c" == redis ]]; then
+    emit "$r" streams "$c" redis_calls_per_stream "$(awk -v a="$LAST_CALLS" -v n="$opened" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
+  fi
   emit "$r" streams "$c" chunks "$chunks"
   emit "$r" streams "$c" open_streams "$open"
   emit "$r" streams "$c" failed_streams "$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' "$raw")"
@@ -304,19 +316,22 @@ HWM_NOTE=""
 started=$SECONDS
 read -ra order <<<"$CONTENDERS"
 for ((r = 1; r <= ROUNDS; r++)); do
-  start_all
   # Each round starts the contender order one further along, so none is always first.
   rotated=("${order[@]:$(((r - 1) % ${#order[@]}))}" "${order[@]:0:$(((r - 1) % ${#order[@]}))}")
   for w in $WORKLOADS; do
+    # Fresh processes for every workload: memory before and at peak belongs to it alone.
+    start_all
     for c in "${rotated[@]}"; do
+      degraded_before="$(degraded)"
       case "$w" in
         streams) run_streams "$r" "$c" ;;
         idle) [[ "$c" == direct ]] || run_idle "$r" "$c" ;;
         *) run_wrk "$r" "$w" "$c" ;;
       esac
+      [[ "$c" != redis ]] || emit "$r" "$w" "$c" degraded "$(($(degraded) - degraded_before))"
     done
+    stop_all "$r" "$w"
   done
-  stop_all "$r"
 done
 log "measured in $((SECONDS - started)) s"
 
