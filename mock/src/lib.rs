@@ -5,7 +5,8 @@
 //! normally. Stream shape is steered by request headers, which keyrelay forwards untouched:
 //! `x-mock-chunks` (default 5), `x-mock-delay-ms` between chunks (default 0),
 //! `x-mock-cut-after` (abort the connection after that many chunks), `x-mock-head-delay-ms`
-//! (wait before sending the response head). Faults (resets, hangs, cut and malformed streams,
+//! (wait before sending the response head), `x-mock-stamp: 1` (each chunk carries its send
+//! time, see [`stamp`]). Faults (resets, hangs, cut and malformed streams,
 //! refusals, redirects) come per key as [`Reply::Fault`] or per request in `x-mock-fault`; see
 //! [`Fault`].
 

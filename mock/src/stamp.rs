@@ -52,6 +52,32 @@ mod tests {
         assert!(text.contains("tok7 ") && text.ends_with("\n\n"), "{text}");
     }
 
+    /// One raw HTTP/1.1 stream request to the mock, `Connection: close`, the whole answer.
+    async fn stream_answer(extra: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mock = crate::MockUpstream::start().await.unwrap();
+        let body = r#"{"stream":true}"#;
+        let mut tcp = tokio::net::TcpStream::connect(mock.addr()).await.unwrap();
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-mock-chunks: 3\r\n{extra}content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_stamped_only_when_asked() {
+        let stamped = stream_answer("x-mock-stamp: 1\r\n").await;
+        assert_eq!(stamped.matches("\"t_us\":").count(), 3, "{stamped}");
+        assert!(stamped.contains("data: [DONE]"), "{stamped}");
+        let plain = stream_answer("").await;
+        assert!(!plain.contains("t_us"), "{plain}");
+        assert_eq!(plain.matches("chat.completion.chunk").count(), 3, "{plain}");
+    }
+
     #[test]
     fn only_the_header_turns_stamps_on() {
         let mut h = HeaderMap::new();
