@@ -47,8 +47,9 @@ def load(out):
 class Figures:
     """Medians over rounds, and per-round differences."""
 
-    def __init__(self, rows):
+    def __init__(self, rows, meta):
         self.rows = rows
+        self.meta = meta
 
     def med(self, w, c, m):
         v = list(self.rows.get((w, c, m), {}).values())
@@ -92,6 +93,8 @@ def wrk_rows(f, w, label):
     out.append(row(label, "p50 ms", g("p50_ms"), 3))
     out.append(row(label, "p99 ms", g("p99_ms"), 3))
     out.append(row(label, "proxy CPU µs/request", g("cpu_us_per_req"), 1))
+    if w.startswith("stream"):
+        out.append(row(label, "proxy CPU µs per chunk beyond chat's", extra_chunk_cpu(f, w), 2))
     with_redis = g("cpu_us_per_req")
     with_redis["redis"] = f.med(w, "redis", "cpu_with_redis_us_per_req")
     out.append(row(label, "CPU µs/request, Redis's included", with_redis, 1))
@@ -99,7 +102,67 @@ def wrk_rows(f, w, label):
                                            for c, v in g("peak_rss_kib").items()}, 1))
     out.append(row(label, "Redis script calls/request",
                    {"redis": f.med(w, "redis", "redis_calls_per_req")}, 3, ratios=False))
+    out.append(row(label, "Redis script calls/attempt (upstream request)",
+                   {"redis": f.med(w, "redis", "redis_calls_per_attempt")}, 3, ratios=False))
     out.append(degraded_row(f, w, label))
+    return out
+
+
+def extra_chunk_cpu(f, w):
+    """(CPU per stream request - CPU per chat request at the same concurrency) / chunks."""
+    chunks = float(f.meta.get("chunks") or 0)
+    chat = "chat" + w[len("stream"):]
+    out = {}
+    for c in CONTENDERS:
+        a, b = f.med(w, c, "cpu_us_per_req"), f.med(chat, c, "cpu_us_per_req")
+        if a is not None and b is not None and chunks > 0:
+            out[c] = (a - b) / chunks
+    return out
+
+
+def targets(f):
+    """Issue 14's targets, each with its figure from this run and whether it is met."""
+    m = f.med
+    rps = lambda w, c: m(w, c, "rps")  # noqa: E731
+    ratio_of = lambda a, b: a / b if a is not None and b else None  # noqa: E731
+    idle_mib = m("idle", "embedded", "rss_held_kib")
+    rows = [
+        ("stream, c=64: embedded req/s ≥ 1.0x nginx", ratio_of(rps("stream64", "embedded"),
+                                                             rps("stream64", "nginx")), 1.0, ">="),
+        ("stream, c=64: embedded CPU per chunk ≤ nginx's (x nginx)",
+         ratio_of(extra_chunk_cpu(f, "stream64").get("embedded"),
+                  extra_chunk_cpu(f, "stream64").get("nginx")), 1.0, "<="),
+        ("chat, c=64: embedded req/s ≥ 1.0x nginx", ratio_of(rps("chat64", "embedded"),
+                                                           rps("chat64", "nginx")), 1.0, ">="),
+        ("chat, c=64: Redis req/s ≥ 0.8x nginx", ratio_of(rps("chat64", "redis"),
+                                                        rps("chat64", "nginx")), 0.8, ">="),
+        ("chat, c=1: embedded p50 ≤ nginx's (x nginx)",
+         ratio_of(m("chat1", "embedded", "p50_ms"), m("chat1", "nginx", "p50_ms")), 1.0, "<="),
+        ("stream, c=1: embedded p50 ≤ nginx's (x nginx)",
+         ratio_of(m("stream1", "embedded", "p50_ms"), m("stream1", "nginx", "p50_ms")), 1.0, "<="),
+        ("streams held: embedded added chunk delay p99 < 1 ms",
+         f.med_diff("streams", "embedded", "direct", "delay_p99_ms"), 1.0, "<"),
+        ("streams held: embedded ≤ 16 KiB per open stream",
+         m("streams", "embedded", "rss_per_stream_kib"), 16.0, "<="),
+        ("streams held: embedded CPU per chunk ≤ nginx's (x nginx)",
+         ratio_of(m("streams", "embedded", "cpu_us_per_chunk"),
+                  m("streams", "nginx", "cpu_us_per_chunk")), 1.0, "<="),
+        ("chat, c=64: embedded peak RSS ≤ 20 MiB",
+         (m("chat64", "embedded", "peak_rss_kib") or 0) / 1024 or None, 20.0, "<="),
+        ("stream, c=64: embedded peak RSS ≤ 20 MiB",
+         (m("stream64", "embedded", "peak_rss_kib") or 0) / 1024 or None, 20.0, "<="),
+        (f"{f.meta.get('idle_connections')} idle connections: embedded total RSS ≤ 100 MiB",
+         idle_mib / 1024 if idle_mib else None, 100.0, "<="),
+        ("chat, c=64: Redis script calls per attempt ≤ 1",
+         m("chat64", "redis", "redis_calls_per_attempt"), 1.0, "<="),
+    ]
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+    out = ["", "Targets of issue 14 (figures from this run):", "",
+           "| target | this run | met |", "|---|---:|---|"]
+    for name, value, bound, op in rows:
+        if value is None:
+            continue
+        out.append(f"| {name} | {value:,.2f} | {'yes' if ops[op](value, bound) else 'no'} |")
     return out
 
 
@@ -184,11 +247,13 @@ def markdown(f, meta, chart_name):
         lines += stream_rows(f)
     if "idle" in workloads:
         lines += idle_rows(f)
+    lines += targets(f)
     lines += [
         "",
         "Proxy CPU is utime+stime from /proc/PID/stat over the measured window (nginx: master "
         "and workers) divided by the requests or chunks delivered; for streams it includes "
-        "each stream's request. \"Redis's included\" adds redis-server's own CPU. Peak RSS is "
+        "each stream's request; \"per chunk beyond chat's\" is (stream's CPU per request − "
+        "chat's) / chunks per stream. \"Redis's included\" adds redis-server's own CPU. Peak RSS is "
         "VmHWM, reset before each run (clear_refs), summed over nginx's processes. RSS per open "
         "stream is (RSS at mid-hold − RSS before) / streams open then; per idle connection "
         "likewise; every workload starts on freshly started processes. A Redis store "
@@ -289,7 +354,7 @@ def chart(f, meta, path):
 def main():
     out, results_md, chart_png = sys.argv[1:4]
     rows, meta = load(out)
-    f = Figures(rows)
+    f = Figures(rows, meta)
     section = markdown(f, meta, os.path.basename(chart_png))
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write(section)

@@ -140,10 +140,18 @@ redis_calls() {
     awk -F'[:=,]' '/^cmdstat_(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro):/ { n += $3 } END { print n + 0 }'
 }
 
-# snap CONTENDER: proxy CPU ticks, Redis CPU ticks and Redis calls now, into SNAP_*.
+# mock_received: requests the mock has answered (its /__mock/stats counter).
+mock_received() {
+  curl -s --max-time 5 "$MOCK_URL/__mock/stats" | sed -n 's/.*"received":\([0-9]*\).*/\1/p'
+}
+
+# snap CONTENDER: proxy CPU ticks, Redis CPU ticks, Redis calls and upstream requests now,
+# into SNAP_*.
 snap() {
-  SNAP_CPU="$(cpu_ticks ${PIDS_[$1]})" SNAP_RCPU=0 SNAP_CALLS=0
-  if [[ "$1" == redis ]]; then SNAP_RCPU="$(cpu_ticks "$REDIS_PID")" SNAP_CALLS="$(redis_calls)"; fi
+  SNAP_CPU="$(cpu_ticks ${PIDS_[$1]})" SNAP_RCPU=0 SNAP_CALLS=0 SNAP_UP=0
+  if [[ "$1" == redis ]]; then
+    SNAP_RCPU="$(cpu_ticks "$REDIS_PID")" SNAP_CALLS="$(redis_calls)" SNAP_UP="$(mock_received)"
+  fi
 }
 
 # emit_costs R W C UNITS PER: CPU since snap, per unit (UNITS requests or chunks), as PER.
@@ -159,6 +167,9 @@ emit_costs() {
     emit "$r" "$w" "$c" "redis_cpu_us_per_$per" "$(per_us "$rcpu")"
     emit "$r" "$w" "$c" "cpu_with_redis_us_per_$per" "$(per_us $((cpu + rcpu)))"
     emit "$r" "$w" "$c" "redis_calls_per_$per" "$(awk -v a="$calls" -v n="$units" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
+    # Per attempt: every upstream request the mock saw in the window, those still in flight
+    # when the load client stopped counting included (the client's count leaves them out).
+    emit "$r" "$w" "$c" redis_calls_per_attempt "$(awk -v a="$calls" -v n="$(($(mock_received) - SNAP_UP))" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
   fi
 }
 
