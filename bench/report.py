@@ -159,10 +159,14 @@ def targets(f):
     ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
     out = ["", "Targets of issue 14 (figures from this run):", "",
            "| target | this run | met |", "|---|---:|---|"]
+    fallbacks = sum(f.rows.get(("chat64", "redis", "degraded"), {}).values())
     for name, value, bound, op in rows:
         if value is None:
             continue
-        out.append(f"| {name} | {value:,.2f} | {'yes' if ops[op](value, bound) else 'no'} |")
+        met = "yes" if ops[op](value, bound) else "no"
+        if "Redis" in name and "chat, c=64" in name and fallbacks:
+            met += f" (unsure: {fallbacks:.0f} fallbacks to local state)"
+        out.append(f"| {name} | {value:,.2f} | {met} |")
     return out
 
 
@@ -310,7 +314,7 @@ def bars(ax, f, w, left, right, left_label, right_label, stack=None, scale=1.0):
             text = f"{v:.1f}" + (f"\n+{extra:.1f}" if extra else "")
             ax2.text(x + 0.2, v + extra, text, ha="center", va="bottom", fontsize=7,
                      color="#a0522d")
-    ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=len(handles),
+    ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=2,
               frameon=False)
 
 
