@@ -101,8 +101,9 @@ start_mock() {
   MOCK_PORT="$(free_port)"
   MOCK_URL="http://127.0.0.1:$MOCK_PORT"
   "$TARGET_DIR/release/keyrelay-mock" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-  PIDS+=("$!")
-  wait_http mock "$!" "$MOCK_URL/__mock/stats"
+  MOCK_PID=$!
+  PIDS+=("$MOCK_PID")
+  wait_http mock "$MOCK_PID" "$MOCK_URL/__mock/stats"
 }
 
 BENCH_TOKEN="bench-token-$$-$RANDOM"
@@ -110,7 +111,8 @@ BENCH_KEYS=(sk-bench-key-1 sk-bench-key-2 sk-bench-key-3)
 
 # start_keyrelay NAME STORE_URL PROVIDER_EXTRA [KEYRELAY_ARGS...]: a release keyrelay in front
 # of the mock (x-mock-* headers passed, three keys, client token BENCH_TOKEN), on Redis when
-# STORE_URL is set, logging at KR_LOG (warn); sets KR_PID, KR_URL and ADMIN_URL.
+# STORE_URL is set, logging at KR_LOG (warn), with KR_SERVER_EXTRA (TOML lines) added to its
+# [server] section; sets KR_PID, KR_URL and ADMIN_URL.
 start_keyrelay() {
   local name="$1" store="$2" extra="$3" port admin
   shift 3
@@ -119,6 +121,7 @@ start_keyrelay() {
 [server]
 listen = "127.0.0.1:$port"
 shutdown_grace = "30s"
+${KR_SERVER_EXTRA:-}
 
 [upstream]
 pass_headers = ["x-mock-*"]
@@ -148,4 +151,122 @@ TOML
   KR_URL="http://127.0.0.1:$port/v1/chat/completions"
   ADMIN_URL="http://127.0.0.1:$admin"
   wait_http "$name" "$KR_PID" "$ADMIN_URL/healthz"
+}
+
+# cpu_ticks PID...: utime + stime of the processes together, in clock ticks (CLK_TCK a second).
+# The fields are counted after the ")" that ends the command name, which may hold spaces.
+cpu_ticks() {
+  local pid total=0 t
+  for pid in "$@"; do
+    t="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }')" || t=0
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
+# rss_sum_kib PID...: resident memory of the processes together, in KiB.
+rss_sum_kib() {
+  local pid total=0 r
+  for pid in "$@"; do
+    r="$(rss_kib "$pid")"
+    total=$((total + ${r:-0}))
+  done
+  echo "$total"
+}
+
+# hwm_sum_kib PID...: peak resident memory (VmHWM) of the processes together, in KiB.
+hwm_sum_kib() {
+  local pid total=0 r
+  for pid in "$@"; do
+    r="$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)"
+    total=$((total + ${r:-0}))
+  done
+  echo "$total"
+}
+
+# reset_hwm PID...: restart the processes' VmHWM from their current RSS (clear_refs 5, Linux
+# 4.0+, our own processes only); returns 1 if the kernel refused, so the peak then spans the
+# process's whole life.
+reset_hwm() {
+  local pid ok=0
+  for pid in "$@"; do
+    { echo 5 >"/proc/$pid/clear_refs"; } 2>/dev/null || ok=1
+  done
+  return "$ok"
+}
+
+# raise_nofile N: raise this shell's open-file limit (inherited by what it starts) towards N,
+# as far as the hard limit allows; prints the limit it got.
+raise_nofile() {
+  local want="$1" hard
+  hard="$(ulimit -Hn)"
+  if [[ "$hard" != unlimited ]] && ((hard < want)); then want="$hard"; fi
+  if (($(ulimit -Sn) < want)); then ulimit -Sn "$want" 2>/dev/null || true; fi
+  ulimit -Sn
+}
+
+# start_nginx NAME UPSTREAM_HOST_PORT KEY: a plain nginx reverse proxy (proxy_pass with upstream
+# keep-alive, proxy_buffering off, one fixed Authorization header "Bearer KEY") run as the
+# current user from the nginx binary, its config, pid, logs and temp paths under $TMP/NAME;
+# sets NGINX_PID (the master), NGINX_PORT and NGINX_URL. Workers: NGINX_WORKERS (auto).
+start_nginx() {
+  local name="$1" upstream="$2" key="$3" dir="$TMP/$1" user=""
+  mkdir -p "$dir/logs" "$dir/temp"
+  NGINX_PORT="$(free_port)"
+  NGINX_URL="http://127.0.0.1:$NGINX_PORT/v1/chat/completions"
+  # As root the workers would switch to "nobody", who cannot read $TMP: keep them as us.
+  if [[ "$(id -u)" -eq 0 ]]; then user="user $(id -un) $(id -gn);"; fi
+  cat >"$dir/nginx.conf" <<NGINX
+$user
+worker_processes ${NGINX_WORKERS:-auto};
+worker_rlimit_nofile $(ulimit -Sn);
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections $(( $(ulimit -Sn) - 64 )); }
+http {
+  access_log off;
+  client_body_temp_path $dir/temp/body;
+  proxy_temp_path $dir/temp/proxy;
+  fastcgi_temp_path $dir/temp/fastcgi;
+  uwsgi_temp_path $dir/temp/uwsgi;
+  scgi_temp_path $dir/temp/scgi;
+  keepalive_timeout 600s;
+  keepalive_requests 100000000;
+  upstream mock {
+    server $upstream;
+    keepalive 1024;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer $key";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }
+  }
+}
+NGINX
+  nginx -t -q -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" >"$TMP/$name.log" 2>&1 ||
+    die "nginx refused its config: $(cat "$TMP/$name.log")"
+  nginx -e "$dir/logs/error.log" -p "$dir" -c "$dir/nginx.conf" >>"$TMP/$name.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_http "$name" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/__mock/stats"
+}
+
+# children PID: the PIDs whose parent is PID (nginx's workers).
+children() {
+  if command -v pgrep >/dev/null 2>&1; then
+    pgrep -P "$1" || true
+  else
+    grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3
+  fi
 }

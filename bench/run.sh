@@ -1,420 +1,381 @@
 #!/usr/bin/env bash
-# Benchmark: requests through keyrelay vs. direct requests to the mock upstream, same run.
-# See bench/README.md. Usage: bash bench/run.sh
+# Benchmark: four contenders side by side in one run, interleaved over rounds: direct to the
+# mock, nginx (plain proxy_pass), keyrelay embedded, keyrelay on Redis. Workloads: chat and
+# 20-chunk streams at c=64 and c=1 (wrk), long timed streams held open and idle keep-alive
+# connections (keyrelay-loadgen). Figures per contender and workload go to bench/out/, the
+# medians into bench/RESULTS.md and a chart (bench/report.py). See bench/README.md.
+# Usage: bash bench/run.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/bench/out"
+PREFIX=bench
+READY_DEADLINE=30 # seconds to wait for a process to answer
 
-SECONDS_PER_RUN="${BENCH_SECONDS:-10}"
+DURATION="${BENCH_SECONDS:-10}"
 WARMUP="${BENCH_WARMUP_SECONDS:-2}"
 CONNS="${BENCH_CONNECTIONS:-64}"
 THREADS="${BENCH_THREADS:-2}"
-KEYS="${BENCH_KEYS:-4}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+CHUNKS="${BENCH_CHUNKS:-20}"
+STREAMS="${BENCH_STREAMS:-2000}"
+STREAM_CHUNKS="${BENCH_STREAM_CHUNKS:-200}"
+STREAM_DELAY_MS="${BENCH_STREAM_DELAY_MS:-20}"
+STREAM_RAMP="${BENCH_STREAM_RAMP:-10}"
+STREAM_HOLD="${BENCH_STREAM_HOLD:-10}"
+IDLE_CONNS="${BENCH_IDLE_CONNECTIONS:-10000}"
+IDLE_HOLD="${BENCH_IDLE_HOLD:-5}"
+WORKLOADS="${BENCH_WORKLOADS:-chat64 chat1 stream64 stream1 streams idle}"
+CONTENDERS="${BENCH_CONTENDERS:-direct nginx embedded redis}"
 NO_BUILD="${BENCH_NO_BUILD:-0}"
-ROUNDS="${BENCH_STORE_ROUNDS:-6}"
-ROUND_SECONDS="${BENCH_STORE_SECONDS:-5}"
-READY_DEADLINE=30 # seconds to wait for a process to answer
+COMMAND="$(for v in $(compgen -e | grep -E '^BENCH_' | sort); do printf '%s=%q ' "$v" "${!v}"; done)bash bench/run.sh"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-  printf '[bench] FAIL: %s\n' "$*" >&2
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-for v in SECONDS_PER_RUN WARMUP CONNS THREADS KEYS ROUNDS ROUND_SECONDS; do
+for v in DURATION WARMUP CONNS THREADS ROUNDS CHUNKS STREAMS STREAM_CHUNKS STREAM_DELAY_MS \
+  STREAM_RAMP STREAM_HOLD IDLE_CONNS IDLE_HOLD; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
-((SECONDS_PER_RUN > 0 && CONNS > 0 && THREADS > 0 && KEYS > 0 && ROUNDS > 0 && ROUND_SECONDS > 0)) ||
-  die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_KEYS, BENCH_STORE_ROUNDS and BENCH_STORE_SECONDS must be > 0"
-((CONNS >= THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
+((DURATION > 0 && CONNS > 0 && THREADS > 0 && ROUNDS > 0 && STREAMS > 0 && IDLE_CONNS > 0)) ||
+  die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_STREAMS and BENCH_IDLE_CONNECTIONS must be > 0"
+for w in $WORKLOADS; do
+  [[ " chat64 chat1 stream64 stream1 streams idle " == *" $w "* ]] || die "unknown workload '$w' in BENCH_WORKLOADS"
+done
+for c in $CONTENDERS; do
+  [[ " direct nginx embedded redis " == *" $c "* ]] || die "unknown contender '$c' in BENCH_CONTENDERS"
+done
 
-# ---------------------------------------------------------------- tools
+# ---------------------------------------------------------------- tools and limits
 command -v curl >/dev/null 2>&1 || die "curl is required"
-command -v python3 >/dev/null 2>&1 || die "python3 is required (to pick free ports)"
-if ! command -v wrk >/dev/null 2>&1; then
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    log "wrk not found; installing it with apt-get"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-    fi
-  fi
-  command -v wrk >/dev/null 2>&1 || die "wrk is required (Debian: apt-get install wrk)"
-fi
+command -v python3 >/dev/null 2>&1 || die "python3 is required"
+need wrk wrk
+need nginx nginx-light
+need redis-server redis-server
+need redis-cli redis-tools
+# Every held stream or idle connection is a descriptor in the client and two in a proxy.
+want_fds=$((IDLE_CONNS > STREAMS * 2 ? IDLE_CONNS : STREAMS * 2))
+NOFILE="$(raise_nofile $((want_fds + 2048)))"
+((NOFILE >= want_fds + 256)) || log "warning: open-file limit $NOFILE is low for $IDLE_CONNS idle connections and $STREAMS streams; raise the hard limit (ulimit -Hn)"
+build_release keyrelay keyrelay-mock keyrelay-loadgen
+LOADGEN="$TARGET_DIR/release/keyrelay-loadgen"
+for b in keyrelay keyrelay-mock keyrelay-loadgen; do
+  [[ -x "$TARGET_DIR/release/$b" ]] || die "$TARGET_DIR/release/$b not found (build it or unset BENCH_NO_BUILD)"
+done
 
-# ---------------------------------------------------------------- build
-if [[ "$NO_BUILD" != 1 ]]; then
-  log "building release binaries (cargo build --release -p keyrelay -p keyrelay-mock)"
-  (cd "$ROOT" && cargo build --release -q -p keyrelay -p keyrelay-mock) || die "release build failed"
-fi
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-KEYRELAY="$TARGET_DIR/release/keyrelay"
-MOCK="$TARGET_DIR/release/keyrelay-mock"
-[[ -x "$KEYRELAY" ]] || die "$KEYRELAY not found (build it or unset BENCH_NO_BUILD)"
-[[ -x "$MOCK" ]] || die "$MOCK not found (build it or unset BENCH_NO_BUILD)"
+# keyrelay: room for every idle connection, and idle connections not closed during the hold.
+KR_SERVER_EXTRA="max_connections = $((IDLE_CONNS + 1000))
+header_read_timeout = \"600s\"
+keepalive_timeout = \"600s\""
+NGINX_KEY="sk-bench-nginx-fixed"
 
-# ---------------------------------------------------------------- processes
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/keyrelay-bench.XXXXXX")"
-PIDS=()
-
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
+# ---------------------------------------------------------------- contenders
+# start_all: a fresh mock, redis-server, nginx and two keyrelays for one round; sets, per
+# contender, URL_x, TOKEN_x and PIDS_x (the processes whose CPU and memory are the proxy's).
+declare -A URL_ TOKEN_ PIDS_
+start_all() {
+  start_mock
+  URL_[direct]="$MOCK_URL/v1/chat/completions" TOKEN_[direct]="sk-bench-direct" PIDS_[direct]="$MOCK_PID"
+  start_redis
+  start_nginx nginx "127.0.0.1:$MOCK_PORT" "$NGINX_KEY"
+  local workers
+  workers="$(children "$NGINX_PID" | tr '\n' ' ')"
+  [[ -n "$workers" ]] || die "nginx started no workers"
+  URL_[nginx]="$NGINX_URL" TOKEN_[nginx]="unused" PIDS_[nginx]="$NGINX_PID $workers"
+  start_keyrelay kr-embedded "" ""
+  URL_[embedded]="$KR_URL" TOKEN_[embedded]="$BENCH_TOKEN" PIDS_[embedded]="$KR_PID"
+  start_keyrelay kr-redis "redis://127.0.0.1:$REDIS_PORT/0" ""
+  URL_[redis]="$KR_URL" TOKEN_[redis]="$BENCH_TOKEN" PIDS_[redis]="$KR_PID"
+  local c
+  for c in $CONTENDERS; do verify "$c"; done
 }
 
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-    stop_pid "$pid"
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# rss_mib PID: resident memory of a process in MiB, or "?"
-rss_mib() {
-  if [[ -r "/proc/$1/status" ]]; then
-    awk '/^VmRSS:/ { printf "%.0f", $2 / 1024; found = 1 } END { if (!found) printf "?" }' "/proc/$1/status" 2>/dev/null || true
-  else
-    printf '?'
-  fi
-}
-
-# wait_http NAME PID URL [curl args...]: poll until URL answers any HTTP status, or fail.
-wait_http() {
-  local name="$1" pid="$2" url="$3" code
-  shift 3
-  local deadline=$((SECONDS + READY_DEADLINE))
-  while :; do
-    kill -0 "$pid" 2>/dev/null || die "$name exited during startup; its log:
-$(cat "$TMP/$name.log" 2>/dev/null)"
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true)"
-    [[ -n "$code" && "$code" != 000 ]] && return 0
-    ((SECONDS < deadline)) || die "$name did not answer at $url within ${READY_DEADLINE}s; its log:
-$(cat "$TMP/$name.log" 2>/dev/null)"
-    sleep 0.05
-  done
-}
-
-MOCK_PID="" MOCK_PORT="" KR_PID="" KR_PORT="" REDIS_PID="" REDIS_PORT=""
-TOKEN="bench-client-token-$$-$RANDOM"
-DIRECT_KEY="sk-bench-direct"
-
-start_mock() {
-  MOCK_PORT="$(free_port)"
-  "$MOCK" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-  MOCK_PID=$!
-  PIDS+=("$MOCK_PID")
-  wait_http mock "$MOCK_PID" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" \
-    -X POST -H "Authorization: Bearer $DIRECT_KEY" -H 'Content-Type: application/json' --data '{}'
-}
-
-start_redis() {
-  command -v redis-server >/dev/null 2>&1 || die "redis-server is required for the Redis store run (Debian: apt-get install redis-server)"
-  REDIS_PORT="$(free_port)"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  local deadline=$((SECONDS + READY_DEADLINE))
-  until [[ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" == PONG ]]; do
-    kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start: $(cat "$TMP/redis.log")"
-    ((SECONDS < deadline)) || die "redis-server did not answer PING"
-    sleep 0.05
-  done
-}
-
-# start_keyrelay [STORE_URL [NAME]]: keyrelay in front of the mock, on Redis when a URL is
-# given; NAME (default keyrelay) names its directory and log under $TMP.
-start_keyrelay() {
-  local store_url="${1:-}" name="${2:-keyrelay}"
-  KR_PORT="$(free_port)"
-  local dir="$TMP/$name" i
-  mkdir -p "$dir"
-  cat >"$dir/bench.toml" <<EOF
-[server]
-listen = "127.0.0.1:$KR_PORT"
-
-[admin]
-listen = "127.0.0.1:$(free_port)"
-
-[[clients]]
-name = "bench"
-token = "env:KEYRELAY_BENCH_TOKEN"
-
-[[providers]]
-name = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-route = "/v1"
-rpm = 100000000
-keys = "env:BENCH_OPENAI_KEY_*"
-EOF
-  if [[ -n "$store_url" ]]; then
-    printf '\n[store]\nurl = "%s"\n' "$store_url" >>"$dir/bench.toml"
-  fi
-  local envs=(KEYRELAY_LOG=warn "KEYRELAY_BENCH_TOKEN=$TOKEN")
-  for ((i = 1; i <= KEYS; i++)); do
-    envs+=("BENCH_OPENAI_KEY_$i=sk-bench-key-$i")
-  done
-  # From its own temp dir, so no .env of the caller's is picked up.
-  (cd "$dir" && exec env "${envs[@]}" "$KEYRELAY" --config "$dir/bench.toml") >"$TMP/$name.log" 2>&1 &
-  KR_PID=$!
-  PIDS+=("$KR_PID")
-  wait_http "$name" "$KR_PID" "http://127.0.0.1:$KR_PORT/v1/chat/completions"
-}
-
-# stop_all: stop every process this measurement started.
+# stop_all ROUND WORKLOAD: stop every process start_all started (by PID); keep their logs and
+# configs in bench/out/r<ROUND>-logs/<WORKLOAD>/.
 stop_all() {
-  local pid
-  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
-    stop_pid "$pid"
-  done
-  KR_PID="" MOCK_PID="" REDIS_PID=""
+  local pid dir="$OUT/r$1-logs/$2"
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
+  mkdir -p "$dir"
+  cp "$TMP"/*.log "$TMP"/*.toml "$TMP/nginx/nginx.conf" "$dir/" 2>/dev/null || true
+  cp "$TMP/nginx/logs/error.log" "$dir/nginx-error.log" 2>/dev/null || true
+  rm -f "$TMP"/*.log
   PIDS=()
+  unset REDIS_PORT
 }
 
-# ---------------------------------------------------------------- requests
-body_for() { # scenario -> JSON body
-  case "$1" in
-    chat) printf '%s' '{"model":"mock","messages":[{"role":"user","content":"Say hello."}]}' ;;
-    stream) printf '%s' '{"model":"mock","messages":[{"role":"user","content":"Say hello."}],"stream":true}' ;;
-    *) die "unknown scenario $1" ;;
-  esac
-}
-
-# url_auth TARGET -> sets URL and AUTH for that target
-url_auth() {
-  case "$1" in
-    direct) URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions" AUTH="$DIRECT_KEY" ;;
-    keyrelay) URL="http://127.0.0.1:$KR_PORT/v1/chat/completions" AUTH="$TOKEN" ;;
-    *) die "unknown target $1" ;;
-  esac
-}
-
-# verify SCENARIO TARGET: one request must answer 200 with the expected body, else fail loudly.
+# verify CONTENDER: a chat request answers 200 with a completion, and a stamped stream arrives
+# with its stamps, so the headers the workloads rely on pass through.
 verify() {
-  local scenario="$1" target="$2" code body
-  url_auth "$target"
-  body="$(body_for "$scenario")"
+  local c="$1" code
   code="$(curl -sS -o "$TMP/verify.out" -w '%{http_code}' --max-time 10 -X POST \
-    -H "Authorization: Bearer $AUTH" -H 'Content-Type: application/json' --data "$body" "$URL")" ||
-    die "$scenario via $target: request to $URL failed (curl)"
-  [[ "$code" == 200 ]] || die "$scenario via $target: expected HTTP 200, got $code; body:
-$(head -c 2000 "$TMP/verify.out")
-keyrelay log:
-$(tail -n 40 "$TMP/keyrelay.log" 2>/dev/null)"
-  case "$scenario" in
-    chat) grep -q '"chat.completion"' "$TMP/verify.out" || die "$scenario via $target: 200 but not a chat completion: $(head -c 2000 "$TMP/verify.out")" ;;
-    stream) [[ "$(grep -c '^data:' "$TMP/verify.out")" -ge 5 ]] || die "$scenario via $target: 200 but fewer than 5 SSE data lines: $(head -c 2000 "$TMP/verify.out")" ;;
-  esac
+    -H "Authorization: Bearer ${TOKEN_[$c]}" -H 'Content-Type: application/json' \
+    --data "$(body false)" "${URL_[$c]}")" || die "$c: request to ${URL_[$c]} failed"
+  [[ "$code" == 200 ]] && grep -q '"chat.completion"' "$TMP/verify.out" ||
+    die "$c: expected a 200 chat completion, got $code: $(head -c 500 "$TMP/verify.out")"
+  curl -sS -o "$TMP/verify.out" --max-time 10 -X POST -H "Authorization: Bearer ${TOKEN_[$c]}" \
+    -H 'Content-Type: application/json' -H 'x-mock-stamp: 1' -H "x-mock-chunks: $CHUNKS" \
+    --data "$(body true)" "${URL_[$c]}" || die "$c: stream request failed"
+  [[ "$(grep -c '"t_us":' "$TMP/verify.out")" -eq "$CHUNKS" ]] && grep -q '\[DONE\]' "$TMP/verify.out" ||
+    die "$c: expected $CHUNKS stamped chunks and [DONE]: $(head -c 500 "$TMP/verify.out")"
 }
 
-lua_for() { # scenario target -> path of a wrk Lua script
-  local scenario="$1" target="$2" f="$TMP/$1-$2.lua"
-  url_auth "$target"
-  cat >"$f" <<EOF
-wrk.method = "POST"
-wrk.body = [[$(body_for "$scenario")]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $AUTH"
-EOF
+# body STREAM: a chat request of about 1 KB.
+body() {
+  local text="Summarise the following notes in three sentences. " s=""
+  while ((${#s} < 860)); do s+="$text"; done
+  printf '{"model":"mock","stream":%s,"max_tokens":256,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"%s"}]}' "$1" "$s"
+}
+
+# ---------------------------------------------------------------- measurements
+# emit ROUND WORKLOAD CONTENDER METRIC VALUE: one figure, into the results table.
+emit() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$OUT/results.tsv"; }
+
+# degraded: how often keyrelay on Redis has logged falling back to local state (a Redis answer
+# slower than its timeout, e.g. on a loaded machine): its figures then are partly embedded's.
+degraded() { grep -c 'redis store unavailable' "$TMP/kr-redis.log" 2>/dev/null || true; }
+
+# redis_calls: script calls Redis has served (eval, evalsha, fcall and their _ro forms).
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+    awk -F'[:=,]' '/^cmdstat_(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro):/ { n += $3 } END { print n + 0 }'
+}
+
+# mock_received: requests the mock has answered (its /__mock/stats counter).
+mock_received() {
+  curl -s --max-time 5 "$MOCK_URL/__mock/stats" | sed -n 's/.*"received":\([0-9]*\).*/\1/p'
+}
+
+# snap CONTENDER: proxy CPU ticks, Redis CPU ticks, Redis calls and upstream requests now,
+# into SNAP_*.
+snap() {
+  SNAP_CPU="$(cpu_ticks ${PIDS_[$1]})" SNAP_RCPU=0 SNAP_CALLS=0 SNAP_UP=0
+  if [[ "$1" == redis ]]; then
+    SNAP_RCPU="$(cpu_ticks "$REDIS_PID")" SNAP_CALLS="$(redis_calls)" SNAP_UP="$(mock_received)"
+  fi
+}
+
+# emit_costs R W C UNITS PER: CPU since snap, per unit (UNITS requests or chunks), as PER.
+emit_costs() {
+  local r="$1" w="$2" c="$3" units="$4" per="$5" cpu rcpu calls
+  cpu=$(($(cpu_ticks ${PIDS_[$c]}) - SNAP_CPU))
+  per_us() { awk -v t="$1" -v n="$units" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.3f", t / hz * 1e6 / n; else print "" }'; }
+  [[ "$c" == direct ]] || emit "$r" "$w" "$c" "cpu_us_per_$per" "$(per_us "$cpu")"
+  if [[ "$c" == redis ]]; then
+    rcpu=$(($(cpu_ticks "$REDIS_PID") - SNAP_RCPU))
+    calls=$(($(redis_calls) - SNAP_CALLS))
+    LAST_CALLS="$calls"
+    emit "$r" "$w" "$c" "redis_cpu_us_per_$per" "$(per_us "$rcpu")"
+    emit "$r" "$w" "$c" "cpu_with_redis_us_per_$per" "$(per_us $((cpu + rcpu)))"
+    emit "$r" "$w" "$c" "redis_calls_per_$per" "$(awk -v a="$calls" -v n="$units" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
+    # Per attempt: every upstream request the mock saw in the window, those still in flight
+    # when the load client stopped counting included (the client's count leaves them out).
+    emit "$r" "$w" "$c" redis_calls_per_attempt "$(awk -v a="$calls" -v n="$(($(mock_received) - SNAP_UP))" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
+  fi
+}
+
+# to_ms VALUE: wrk latency ("812.00us", "1.23ms", "1.02s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+# wrk_lua CONTENDER STREAM: a wrk script posting the ~1 KB body.
+wrk_lua() {
+  local f="$TMP/$1-$2.lua"
+  {
+    echo 'wrk.method = "POST"'
+    echo "wrk.body = [[$(body "$2")]]"
+    echo 'wrk.headers["Content-Type"] = "application/json"'
+    echo "wrk.headers[\"Authorization\"] = \"Bearer ${TOKEN_[$1]}\""
+    [[ "$2" == true ]] && echo "wrk.headers[\"x-mock-chunks\"] = \"$CHUNKS\""
+  } >"$f"
   printf '%s' "$f"
 }
 
-# to_ms VALUE: wrk latency ("812.00us", "1.23ms", "1.02s", "2.00m") in milliseconds
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
-    printf "%.2f", n }'
-}
-
-declare -A RPS P50 P99 NON2XX SOCKERR RSS
-
-# measure SCENARIO TARGET: fresh mock (and keyrelay), verify, warm up, run wrk, parse.
-# A fresh mock (and keyrelay) per run, so no run inherits warm state from another.
-measure() {
-  local scenario="$1" target="$2" k="$1/$2" lua raw="$OUT/$1-$2.txt"
-  start_mock
-  case "$target" in
-    keyrelay) start_keyrelay ;;
-  esac
-  verify "$scenario" "$target"
-  url_auth "$target"
-  lua="$(lua_for "$scenario" "$target")"
+# run_wrk ROUND WORKLOAD CONTENDER: warm up, then one measured wrk run with CPU, peak RSS and
+# Redis calls taken around it.
+run_wrk() {
+  local r="$1" w="$2" c="$3" conns threads stream=false lua raw="$OUT/r$1-$2-$3.txt" requests
+  case "$w" in chat64 | stream64) conns="$CONNS" ;; *) conns=1 ;; esac
+  [[ "$w" == stream* ]] && stream=true
+  threads=$((THREADS < conns ? THREADS : conns))
+  lua="$(wrk_lua "$c" "$stream")"
   if ((WARMUP > 0)); then
-    wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "$URL" >/dev/null 2>&1 || die "wrk warm-up failed for $k"
+    timeout $((WARMUP + 30)) wrk -t "$threads" -c "$conns" -d "${WARMUP}s" -s "$lua" "${URL_[$c]}" >/dev/null 2>&1 ||
+      die "wrk warm-up failed for $w via $c"
   fi
-  log "measuring $scenario via $target (${SECONDS_PER_RUN}s, -c $CONNS -t $THREADS)"
-  {
-    echo "# scenario=$scenario target=$target url=$URL"
-    echo "# wrk -t $THREADS -c $CONNS -d ${SECONDS_PER_RUN}s --latency -s $(basename "$lua")"
-    echo "# body: $(body_for "$scenario")"
-  } >"$raw"
-  wrk -t "$THREADS" -c "$CONNS" -d "${SECONDS_PER_RUN}s" --timeout 10s --latency -s "$lua" "$URL" >>"$raw" 2>&1 ||
-    die "wrk failed for $k; output:
-$(cat "$raw")"
-  kill -0 "$MOCK_PID" 2>/dev/null || die "mock died during $k"
-  if [[ "$target" != direct ]]; then
-    kill -0 "$KR_PID" 2>/dev/null || die "keyrelay died during $k; log:
-$(tail -n 40 "$TMP/keyrelay.log")"
-  fi
-
-  RSS[$k]="mock $(rss_mib "$MOCK_PID") MiB"
-  if [[ "$target" != direct ]]; then RSS[$k]+=", keyrelay $(rss_mib "$KR_PID") MiB"; fi
-  echo "# rss after run: ${RSS[$k]}" >>"$raw"
-  if [[ "$target" != direct && -s "$TMP/keyrelay.log" ]]; then
-    { echo "# keyrelay log (warn and above, last 20 lines):"; tail -n 20 "$TMP/keyrelay.log" | sed 's/^/#   /'; } >>"$raw"
-  fi
-
-  RPS[$k]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
-  P50[$k]="$(to_ms "$(awk '$1 == "50%" { print $2; exit }' "$raw")")"
-  P99[$k]="$(to_ms "$(awk '$1 == "99%" { print $2; exit }' "$raw")")"
-  NON2XX[$k]="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$raw")"
-  NON2XX[$k]="${NON2XX[$k]:-0}"
-  SOCKERR[$k]="$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$raw")"
-  SOCKERR[$k]="${SOCKERR[$k]:-0}"
-  [[ -n "${RPS[$k]}" ]] || die "could not parse wrk output for $k:
-$(cat "$raw")"
-  stop_all
+  log "round $r: $w via $c (${DURATION}s, -c $conns -t $threads)"
+  reset_hwm ${PIDS_[$c]} ${REDIS_PID} || HWM_NOTE="peak RSS spans each process's life (clear_refs refused)"
+  snap "$c"
+  timeout $((DURATION + 60)) wrk -t "$threads" -c "$conns" -d "${DURATION}s" --timeout 10s --latency \
+    -s "$lua" "${URL_[$c]}" >"$raw" 2>&1 || die "wrk failed for $w via $c: $(cat "$raw")"
+  requests="$(awk '/requests in/ { print $1; exit }' "$raw")"
+  emit_costs "$r" "$w" "$c" "${requests:-0}" req
+  emit "$r" "$w" "$c" requests "${requests:-0}"
+  emit "$r" "$w" "$c" rps "$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
+  emit "$r" "$w" "$c" p50_ms "$(to_ms "$(awk '$1 == "50%" { print $2; exit }' "$raw")")"
+  emit "$r" "$w" "$c" p99_ms "$(to_ms "$(awk '$1 == "99%" { print $2; exit }' "$raw")")"
+  emit "$r" "$w" "$c" non2xx "$(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$raw")"
+  emit "$r" "$w" "$c" socket_errors "$(awk '/Socket errors:/ { gsub(",", ""); n = $4 + $6 + $8 + $10 } END { print n + 0 }' "$raw")"
+  [[ "$c" == direct ]] || emit "$r" "$w" "$c" peak_rss_kib "$(hwm_sum_kib ${PIDS_[$c]})"
+  [[ "$c" != redis ]] || emit "$r" "$w" "$c" redis_peak_rss_kib "$(hwm_sum_kib "$REDIS_PID")"
+  alive "$c" "$w"
 }
 
-# wrk_run URL LUA SECONDS RAW: one measured wrk run, its output in RAW.
-wrk_run() {
-  wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --timeout 10s --latency -s "$2" "$1" >"$4" 2>&1 ||
-    die "wrk failed for $1; output:
-$(cat "$4")"
-}
-
-# The Redis store against the embedded store: both keyrelays run side by side in front of one
-# mock, and wrk alternates between them, ROUNDS runs each in ABBA order, so a slow spell of a
-# shared machine falls on both alike instead of on whichever ran second.
-STORE_RPS_EMB=() STORE_RPS_RED=() STORE_NON2XX=0 STORE_CMDS="" STORE_RSS=""
-compare_stores() {
-  local emb_port emb_pid red_port red_pid lua r t port raw requests evalsha total_red=0
-  start_mock
-  start_redis
-  start_keyrelay "" keyrelay
-  emb_port="$KR_PORT" emb_pid="$KR_PID"
-  start_keyrelay "redis://127.0.0.1:$REDIS_PORT/0" keyrelay-redis
-  red_port="$KR_PORT" red_pid="$KR_PID"
-  KR_PORT="$emb_port" verify chat keyrelay
-  KR_PORT="$red_port" verify chat keyrelay
-  lua="$(lua_for chat keyrelay)"
-  if ((WARMUP > 0)); then
-    for port in "$emb_port" "$red_port"; do
-      wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null 2>&1 ||
-        die "wrk warm-up failed on port $port"
-    done
-  fi
-  redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
-  log "comparing stores: $ROUNDS rounds of ${ROUND_SECONDS}s on each, alternating (-c $CONNS -t $THREADS)"
-  for ((r = 1; r <= ROUNDS; r++)); do
-    for t in $( ((r % 2)) && echo "embedded redis" || echo "redis embedded"); do
-      if [[ "$t" == embedded ]]; then port="$emb_port"; else port="$red_port"; fi
-      raw="$OUT/stores-$t-$r.txt"
-      wrk_run "http://127.0.0.1:$port/v1/chat/completions" "$lua" "$ROUND_SECONDS" "$raw"
-      STORE_NON2XX=$((STORE_NON2XX + $(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$raw")))
-      if [[ "$t" == embedded ]]; then
-        STORE_RPS_EMB[r]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
-      else
-        STORE_RPS_RED[r]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
-        requests="$(awk '/requests in/ { print $1; exit }' "$raw")"
-        total_red=$((total_red + ${requests:-0}))
-      fi
-    done
+# alive CONTENDER WORKLOAD: fail if one of the contender's processes died.
+alive() {
+  local pid
+  for pid in ${PIDS_[$1]} ${MOCK_PID}; do
+    kill -0 "$pid" 2>/dev/null || die "a process of $1 (pid $pid) died during $2; logs in $TMP"
   done
-  kill -0 "$emb_pid" 2>/dev/null || die "keyrelay (embedded) died during the store comparison"
-  kill -0 "$red_pid" 2>/dev/null || die "keyrelay (redis) died during the store comparison"
-  redis-cli -p "$REDIS_PORT" INFO commandstats >"$OUT/stores-redis.commandstats.txt"
-  evalsha="$(awk -F'[=,]' '/^cmdstat_evalsha:/ { print $2 }' "$OUT/stores-redis.commandstats.txt" | tr -d '\r')"
-  STORE_CMDS="$(awk -v e="${evalsha:-0}" -v r="$total_red" 'BEGIN { if (r > 0) printf "%.3f", e / r; else printf "n/a" }')"
-  STORE_RSS="keyrelay embedded $(rss_mib "$emb_pid") MiB, keyrelay redis $(rss_mib "$red_pid") MiB, redis $(rss_mib "$REDIS_PID") MiB"
-  stop_all
+}
+
+# wait_line FILE PATTERN PID SECONDS: wait until FILE has a line matching PATTERN.
+wait_line() {
+  local deadline=$((SECONDS + $4))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    kill -0 "$3" 2>/dev/null || return 1
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+
+# run_streams ROUND CONTENDER: STREAMS long stamped streams held open; CPU per chunk, RSS per
+# open stream (at mid-hold minus before), chunk delay p50/p99.
+run_streams() {
+  local r="$1" c="$2" raw="$OUT/r$1-streams-$2.txt" idle plateau open chunks lg opened
+  idle="$(rss_sum_kib ${PIDS_[$c]})"
+  reset_hwm ${PIDS_[$c]} || true
+  log "round $r: streams via $c ($STREAMS streams of $STREAM_CHUNKS chunks ${STREAM_DELAY_MS} ms apart, ramp ${STREAM_RAMP}s, hold ${STREAM_HOLD}s)"
+  snap "$c"
+  timeout $((STREAM_RAMP + STREAM_HOLD + STREAM_CHUNKS * STREAM_DELAY_MS / 1000 + 60)) \
+    "$LOADGEN" --kind streams --url "${URL_[$c]}" --token "${TOKEN_[$c]}" --streams "$STREAMS" \
+    --chunks "$STREAM_CHUNKS" --chunk-delay-ms "$STREAM_DELAY_MS" --ramp-secs "$STREAM_RAMP" \
+    --hold-secs "$STREAM_HOLD" >"$raw" 2>&1 &
+  lg=$!
+  PIDS+=("$lg")
+  wait_line "$raw" '^plateau open=' "$lg" $((STREAM_RAMP + STREAM_HOLD + 30)) ||
+    die "streams via $c: loadgen gave no plateau line: $(cat "$raw")"
+  plateau="$(rss_sum_kib ${PIDS_[$c]})"
+  wait "$lg" || log "warning: streams via $c: loadgen reported failures (see $raw)"
+  open="$(sed -n 's/^plateau open=//p' "$raw")"
+  chunks="$(sed -n 's/.* chunks=\([0-9]*\).*/\1/p' "$raw")"
+  [[ -n "$chunks" ]] || die "streams via $c: no figures from loadgen: $(cat "$raw")"
+  emit_costs "$r" streams "$c" "$chunks" chunk
+  opened="$(sed -n 's/^streams opened=\([0-9]*\).*/\1/p' "$raw")"
+  if [[ "$c" == redis ]]; then
+    emit "$r" streams "$c" redis_calls_per_stream "$(awk -v a="$LAST_CALLS" -v n="$opened" 'BEGIN { if (n > 0) printf "%.3f", a / n }')"
+  fi
+  emit "$r" streams "$c" chunks "$chunks"
+  emit "$r" streams "$c" open_streams "$open"
+  emit "$r" streams "$c" failed_streams "$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' "$raw")"
+  emit "$r" streams "$c" delay_p50_ms "$(awk '/^chunk delay ms:/ { print $5 }' "$raw")"
+  emit "$r" streams "$c" delay_p99_ms "$(awk '/^chunk delay ms:/ { print $7 }' "$raw")"
+  if [[ "$c" != direct ]]; then
+    emit "$r" streams "$c" rss_idle_kib "$idle"
+    emit "$r" streams "$c" rss_plateau_kib "$plateau"
+    emit "$r" streams "$c" rss_per_stream_kib "$(awk -v a="$plateau" -v b="$idle" -v n="$open" 'BEGIN { if (n > 0) printf "%.2f", (a - b) / n }')"
+    emit "$r" streams "$c" peak_rss_kib "$(hwm_sum_kib ${PIDS_[$c]})"
+  fi
+  alive "$c" streams
+}
+
+# run_idle ROUND CONTENDER: IDLE_CONNS keep-alive connections, each after one request, held
+# open: RSS per connection (held minus before) and in total.
+run_idle() {
+  local r="$1" c="$2" raw="$OUT/r$1-idle-$2.txt" idle held open lg
+  idle="$(rss_sum_kib ${PIDS_[$c]})"
+  log "round $r: idle via $c ($IDLE_CONNS connections held ${IDLE_HOLD}s)"
+  timeout $((IDLE_HOLD + 120)) "$LOADGEN" --kind idle --url "${URL_[$c]}" --token "${TOKEN_[$c]}" \
+    --connections "$IDLE_CONNS" --concurrency 256 --hold-secs "$IDLE_HOLD" >"$raw" 2>&1 &
+  lg=$!
+  PIDS+=("$lg")
+  wait_line "$raw" '^idle open=' "$lg" 120 || die "idle via $c: loadgen gave no open line: $(cat "$raw")"
+  sleep 1 # let the last answers' buffers go
+  held="$(rss_sum_kib ${PIDS_[$c]})"
+  wait "$lg" || log "warning: idle via $c: some connections failed or closed early (see $raw)"
+  open="$(sed -n 's/^idle open=\([0-9]*\).*/\1/p' "$raw")"
+  emit "$r" idle "$c" open_connections "$open"
+  emit "$r" idle "$c" still_open "$(sed -n 's/^idle still_open=\([0-9]*\).*/\1/p' "$raw")"
+  emit "$r" idle "$c" rss_idle_kib "$idle"
+  emit "$r" idle "$c" rss_held_kib "$held"
+  emit "$r" idle "$c" rss_per_conn_kib "$(awk -v a="$held" -v b="$idle" -v n="$open" 'BEGIN { if (n > 0) printf "%.3f", (a - b) / n }')"
+  alive "$c" idle
+}
+
+# chart_python: a python3 with matplotlib: the system's, else a venv under bench/out/venv.
+chart_python() {
+  if python3 -c 'import matplotlib' 2>/dev/null; then
+    echo python3
+    return
+  fi
+  local venv="$OUT/venv"
+  if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    log "matplotlib not found; installing it with pip into $venv"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q matplotlib >&2 || die "pip install matplotlib failed"
+  fi
+  echo "$venv/bin/python"
 }
 
 # ---------------------------------------------------------------- run
 mkdir -p "$OUT"
-SCENARIOS=(chat stream)
-declare -A TARGETS=([chat]="direct keyrelay" [stream]="direct keyrelay")
-for s in "${SCENARIOS[@]}"; do
-  for t in ${TARGETS[$s]}; do
-    measure "$s" "$t"
+chart_python >/dev/null
+rm -rf "$OUT"/results.tsv "$OUT"/r[0-9]*-*.txt "$OUT"/r[0-9]*-logs
+HWM_NOTE=""
+started=$SECONDS
+read -ra order <<<"$CONTENDERS"
+for ((r = 1; r <= ROUNDS; r++)); do
+  # Each round starts the contender order one further along, so none is always first.
+  rotated=("${order[@]:$(((r - 1) % ${#order[@]}))}" "${order[@]:0:$(((r - 1) % ${#order[@]}))}")
+  for w in $WORKLOADS; do
+    # Fresh processes for every workload: memory before and at peak belongs to it alone.
+    start_all
+    for c in "${rotated[@]}"; do
+      degraded_before="$(degraded)"
+      case "$w" in
+        streams) run_streams "$r" "$c" ;;
+        idle) [[ "$c" == direct ]] || run_idle "$r" "$c" ;;
+        *) run_wrk "$r" "$w" "$c" ;;
+      esac
+      [[ "$c" != redis ]] || emit "$r" "$w" "$c" degraded "$(($(degraded) - degraded_before))"
+    done
+    stop_all "$r" "$w"
   done
 done
-compare_stores
+log "measured in $((SECONDS - started)) s"
 
 # ---------------------------------------------------------------- report
-declare -A LABEL=([chat]="chat (non-stream)" [stream]="chat stream (5 chunks)")
 {
-  echo "keyrelay benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo '+dirty'), $(nproc) CPUs"
-  echo "wrk -t $THREADS -c $CONNS -d ${SECONDS_PER_RUN}s (after ${WARMUP}s warm-up), $KEYS keys in the pool; latencies in ms"
-  echo
-  printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' scenario target 'req/s' p50 p99 non-2xx 'sock err' '/direct'
-  printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' "$(printf '%.0s-' {1..24})" ---------- ---------- --------- --------- -------- -------- --------
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
-  for s in "${SCENARIOS[@]}"; do
-    for t in ${TARGETS[$s]}; do
-      k="$s/$t" vs_direct=""
-      if [[ "$t" != direct ]]; then vs_direct="$(ratio "${RPS[$k]}" "${RPS[$s/direct]}")"; fi
-      printf '%-24s %-10s %10s %9s %9s %8s %8s %8s\n' "${LABEL[$s]}" "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${NON2XX[$k]}" "${SOCKERR[$k]}" "$vs_direct"
-    done
-  done
-  echo
-  echo "/direct: throughput relative to the mock alone."
-  echo
-  echo "Redis store vs embedded store, chat (non-stream), both keyrelays side by side,"
-  echo "$ROUNDS rounds of ${ROUND_SECONDS}s each, alternating (ABBA):"
-  printf '%-6s %14s %14s %8s\n' round 'embedded req/s' 'redis req/s' ratio
-  ratios=()
-  sum_emb=0 sum_red=0
-  for ((r = 1; r <= ROUNDS; r++)); do
-    ratios+=("$(ratio "${STORE_RPS_RED[r]}" "${STORE_RPS_EMB[r]}")")
-    sum_emb=$((sum_emb + STORE_RPS_EMB[r])) sum_red=$((sum_red + STORE_RPS_RED[r]))
-    printf '%-6s %14s %14s %8s\n' "$r" "${STORE_RPS_EMB[r]}" "${STORE_RPS_RED[r]}" "${ratios[r - 1]}"
-  done
-  median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
-  printf '%-6s %14s %14s %8s\n' mean "$((sum_emb / ROUNDS))" "$((sum_red / ROUNDS))" "$(ratio "$sum_red" "$sum_emb")"
-  echo "Redis store / embedded store: $(ratio "$sum_red" "$sum_emb") (mean of rounds), $median (median of rounds); target >= 0.80"
-  echo "Redis commands per request: $STORE_CMDS EVALSHA (INFO commandstats over all Redis rounds; target 1.000)"
-  echo "non-2xx responses in the comparison: $STORE_NON2XX"
-  echo
-  for s in "${SCENARIOS[@]}"; do
-    for t in ${TARGETS[$s]}; do
-      echo "memory after $s/$t: ${RSS[$s/$t]}"
-    done
-  done
-  echo "memory after the store comparison: $STORE_RSS"
-} | tee "$OUT/summary.txt"
-
-status=0
-if ((STORE_NON2XX != 0)); then
-  log "WARNING: the store comparison had $STORE_NON2XX non-2xx responses; its ratio is not a valid result"
-  status=1
-fi
-for k in "${!NON2XX[@]}"; do
-  if [[ "${NON2XX[$k]}" != 0 ]]; then
-    log "WARNING: $k had ${NON2XX[$k]} non-2xx responses; its req/s is not a valid result (see $OUT/${k/\//-}.txt)"
-    status=1
-  fi
-  if [[ "${SOCKERR[$k]}" != 0 ]]; then
-    log "warning: $k had ${SOCKERR[$k]} socket errors (see $OUT/${k/\//-}.txt)"
-  fi
-done
-log "raw wrk outputs and summary in $OUT/"
-exit "$status"
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "git=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -n "$(git status --porcelain 2>/dev/null)" ]] && echo '+dirty')"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  echo "kernel=$(uname -sr)"
+  echo "rustc=$(rustc --version 2>/dev/null || echo '?')"
+  echo "nginx=$(nginx -v 2>&1 | sed 's/.*version: //')"
+  echo "redis=$(redis-server --version | awk '{ print $3 }' | sed 's/v=//')"
+  echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
+  echo "command=$COMMAND"
+  echo "rounds=$ROUNDS"
+  echo "seconds=$DURATION"
+  echo "warmup=$WARMUP"
+  echo "connections=$CONNS"
+  echo "threads=$THREADS"
+  echo "chunks=$CHUNKS"
+  echo "streams=$STREAMS"
+  echo "stream_chunks=$STREAM_CHUNKS"
+  echo "stream_delay_ms=$STREAM_DELAY_MS"
+  echo "stream_ramp=$STREAM_RAMP"
+  echo "stream_hold=$STREAM_HOLD"
+  echo "idle_connections=$IDLE_CONNS"
+  echo "nofile=$NOFILE"
+  echo "elapsed_s=$((SECONDS - started))"
+  echo "note=${BENCH_NOTE:-}${HWM_NOTE:+ $HWM_NOTE}"
+} >"$OUT/meta.txt"
+"$(chart_python)" "$ROOT/bench/report.py" "$OUT" "$ROOT/bench/RESULTS.md" "$ROOT/bench/run-chart.png" ||
+  die "report failed"
+log "raw outputs in $OUT/, table in bench/RESULTS.md, chart in bench/run-chart.png"
+awk -F'\t' '$4 == "non2xx" && $5 != 0 { bad = 1; print "[bench] WARNING: " $2 " via " $3 " (round " $1 ") had " $5 " non-2xx responses" > "/dev/stderr" }
+  END { exit bad }' "$OUT/results.tsv"

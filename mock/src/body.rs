@@ -42,6 +42,8 @@ struct Sse {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     finished: bool,
     state: Arc<State>,
+    /// Chunks carry their send time (`x-mock-stamp`, see `stamp.rs`).
+    stamp: bool,
 }
 
 impl Drop for Sse {
@@ -84,8 +86,17 @@ impl MockBody {
                 timer: None,
                 finished: false,
                 state,
+                stamp: false,
             })),
         }
+    }
+
+    /// Stamp each chunk with its send time when `on` (see `stamp.rs`).
+    pub(crate) fn with_stamp(mut self, on: bool) -> MockBody {
+        if let Kind::Sse(s) = &mut self.kind {
+            s.stamp = on;
+        }
+        self
     }
 }
 
@@ -178,6 +189,7 @@ impl Body for MockBody {
             Some(StreamFault::Malformed(n)) if sse.sent == n => {
                 Bytes::from_static(b"data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\n\n")
             }
+            _ if sse.stamp => crate::stamp::chunk(sse.sent),
             _ => chunk(sse.sent),
         };
         sse.sent += 1;

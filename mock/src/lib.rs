@@ -5,7 +5,8 @@
 //! normally. Stream shape is steered by request headers, which keyrelay forwards untouched:
 //! `x-mock-chunks` (default 5), `x-mock-delay-ms` between chunks (default 0),
 //! `x-mock-cut-after` (abort the connection after that many chunks), `x-mock-head-delay-ms`
-//! (wait before sending the response head). Faults (resets, hangs, cut and malformed streams,
+//! (wait before sending the response head), `x-mock-stamp: 1` (each chunk carries its send
+//! time, see [`stamp`]). Faults (resets, hangs, cut and malformed streams,
 //! refusals, redirects) come per key as [`Reply::Fault`] or per request in `x-mock-fault`; see
 //! [`Fault`].
 
@@ -15,6 +16,7 @@ mod fault;
 mod record;
 mod ws;
 mod resources;
+pub mod stamp;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -462,7 +464,8 @@ fn normal(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let shape = shape.or(cut_after.map(|after| fault::StreamFault::Cut { after, rst: false }));
-        let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl);
+        let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl)
+            .with_stamp(stamp::wanted(&parts.headers));
         let mut resp = Response::new(body);
         resp.headers_mut().insert(
             "content-type",

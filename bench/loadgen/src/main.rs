@@ -1,11 +1,14 @@
-//! `keyrelay-loadgen`: a bounded load client for keyrelay's chaos and soak scripts. Sends a
-//! fixed number of requests of a weighted mix (normal, stream, 429, 5xx, cut, disconnect) at a
-//! fixed concurrency to a keyrelay in front of the mock, judges each against what its kind
-//! expects, and prints figures per kind and per second. Exits 1 when any outcome was
-//! unexpected. Loopback targets only.
+//! `keyrelay-loadgen`: a bounded load client for keyrelay's bench scripts. `--kind mix` (the
+//! default) sends a fixed number of requests of a weighted mix (normal, stream, 429, 5xx, cut,
+//! disconnect) at a fixed concurrency, judges each against what its kind expects, and prints
+//! figures per kind and per second. `--kind streams` holds many long SSE streams open and times
+//! every chunk (see `streams.rs`); `--kind idle` holds many idle keep-alive connections (see
+//! `idle.rs`). Exits 1 when any outcome was unexpected. Loopback targets only.
 
+mod idle;
 mod mix;
 mod stats;
+mod streams;
 
 use clap::Parser;
 use hyper_util::client::legacy::Client;
@@ -43,6 +46,27 @@ struct Cli {
     /// Start at most this many requests per second (0: as fast as the concurrency allows).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// What to run: mix, streams (long timed streams held open) or idle (idle connections).
+    #[arg(long, default_value = "mix")]
+    kind: String,
+    /// streams: stream slots held open at once.
+    #[arg(long, default_value_t = 2_000)]
+    streams: u64,
+    /// streams: chunks per stream.
+    #[arg(long, default_value_t = 200)]
+    chunks: u64,
+    /// streams: milliseconds between chunks.
+    #[arg(long, default_value_t = 20)]
+    chunk_delay_ms: u64,
+    /// streams: seconds over which the slots open.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_secs: f64,
+    /// streams and idle: seconds to hold everything open after the ramp.
+    #[arg(long, default_value_t = 10.0)]
+    hold_secs: f64,
+    /// idle: connections to hold open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: u64,
 }
 
 fn loopback(url: &str) -> bool {
@@ -58,6 +82,9 @@ async fn main() -> std::process::ExitCode {
         eprintln!("keyrelay-loadgen: only loopback targets (http://127.x, localhost, [::1])");
         return std::process::ExitCode::from(2);
     }
+    if cli.kind != "mix" {
+        return other_kind(&cli).await;
+    }
     let mix = match Mix::parse(&cli.mix) {
         Ok(m) => m,
         Err(e) => {
@@ -71,6 +98,48 @@ async fn main() -> std::process::ExitCode {
         .build_http();
     let stats = run(&cli, mix, client).await;
     if stats.report() == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// `--kind streams` or `--kind idle`.
+async fn other_kind(cli: &Cli) -> std::process::ExitCode {
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    let failed = match cli.kind.as_str() {
+        "streams" => {
+            let client: HttpClient = Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_max_idle_per_host(cli.streams as usize)
+                .build_http();
+            let plan = streams::Plan {
+                url: cli.url.clone(),
+                token: cli.token.clone(),
+                streams: cli.streams,
+                chunks: cli.chunks,
+                delay_ms: cli.chunk_delay_ms,
+                ramp: secs(cli.ramp_secs),
+                hold: secs(cli.hold_secs),
+            };
+            streams::run(plan, client).await
+        }
+        "idle" => {
+            let plan = idle::Plan {
+                url: cli.url.clone(),
+                token: cli.token.clone(),
+                connections: cli.connections,
+                parallel: cli.concurrency as usize,
+                hold: secs(cli.hold_secs),
+            };
+            idle::run(plan).await
+        }
+        other => {
+            eprintln!("keyrelay-loadgen: --kind {other}: want mix, streams or idle");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if failed == 0 {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
