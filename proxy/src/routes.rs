@@ -26,10 +26,14 @@ pub struct Provider {
     pub deadline: Duration,
     pub retry_after_send: bool,
     pub metrics: ProviderMetrics,
+    /// The tenant whose pool this is; `None` for a shared pool.
+    pub tenant: Option<String>,
+    /// The shared pool a tenant's request falls back to when none of its keys is ready.
+    pub fallback: Option<Arc<Provider>>,
 }
 
 impl Provider {
-    fn new(pc: &ProviderConfig, shared: &Shared) -> Result<Provider, PoolError> {
+    pub(crate) fn new(pc: &ProviderConfig, shared: &Shared) -> Result<Provider, PoolError> {
         let (header, shape) = match pc.auth {
             AuthStyle::Bearer => (http::header::AUTHORIZATION, ErrorShape::OpenAi),
             AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), ErrorShape::Anthropic),
@@ -64,6 +68,8 @@ impl Provider {
             deadline: pc.deadline,
             retry_after_send: pc.retry_after_send,
             metrics: shared.metrics.provider(&pc.name),
+            tenant: None,
+            fallback: None,
         })
     }
 

@@ -51,6 +51,7 @@ pub struct App {
     shared: Shared,
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
+    tenants: crate::tenants::Tenants,
     auth: ClientAuth,
     client: UpstreamClient,
     upstream: UpstreamConfig,
@@ -100,14 +101,16 @@ struct Bounds {
 
 impl App {
     pub fn new(config: &Config, shared: Shared) -> Result<App, PoolError> {
+        let routes = Routes::new(config, &shared)?;
         let app = App {
-            routes: Routes::new(config, &shared)?,
+            tenants: crate::tenants::Tenants::new(config, &shared, &routes)?,
+            routes,
             tls: config
                 .server
                 .tls
                 .clone()
                 .map(tokio_rustls::TlsAcceptor::from),
-            auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
+            auth: ClientAuth::new(&config.all_clients(), config.server.allow_unauthenticated),
             client: upstream::client(&config.upstream),
             upstream: config.upstream.clone(),
             body_limits: BodyLimits {
@@ -150,6 +153,10 @@ impl App {
 
     pub fn routes(&self) -> &Routes {
         &self.routes
+    }
+
+    pub fn tenants(&self) -> &crate::tenants::Tenants {
+        &self.tenants
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -197,7 +204,11 @@ impl App {
         let Some((provider, rest)) = found else {
             return log.error(ProxyError::UnknownRoute, shape);
         };
-        let provider = provider.clone();
+        // A tenant's client is served from its tenant's pool only.
+        let provider = match self.tenants.route(client, provider) {
+            Ok(p) => p,
+            Err(e) => return log.error(e, shape),
+        };
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
         let uri = match provider.upstream_uri(rest, query.as_deref()) {
@@ -276,7 +287,14 @@ impl App {
             deadline,
         };
         loop {
-            let lease = match self.next_key(provider, &mut tried, &last, &bounds).await {
+            let next = self.next_key(provider, &mut tried, &last, &bounds).await;
+            // A tenant that allows it goes to the shared pool when none of its keys was ready.
+            if let (Some(shared), None, false) =
+                (&provider.fallback, &last, matches!(next, Next::Try(_)))
+            {
+                return Box::pin(self.forward(shared, req, log)).await;
+            }
+            let lease = match next {
                 Next::Try(lease) => lease,
                 Next::Refuse(e) => return log.error(e, provider.shape),
                 Next::GiveUp => break,

@@ -32,6 +32,9 @@ pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) const FORWARDED_FOR: bool = false;
 
+// [[tenants]]
+pub(super) const TENANT_FALLBACK: &str = "none";
+
 // [[providers]]
 pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;
 pub(super) const STRATEGY: Strategy = Strategy::LeastLoaded;

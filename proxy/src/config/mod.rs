@@ -19,6 +19,7 @@ mod raw;
 mod secrets;
 mod server;
 mod store;
+mod tenants;
 mod tls;
 mod validate;
 
@@ -31,6 +32,7 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
+pub use tenants::{pool_name, TenantConfig, TenantPool, RUNTIME_LABEL};
 
 /// How a provider expects its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +106,8 @@ pub struct UpstreamConfig {
 pub struct ClientConfig {
     pub name: String,
     pub token: Secret,
+    /// Requests this client may make in any sliding minute; `None`: no limit of its own.
+    pub rpm: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +141,8 @@ pub struct Config {
     /// The shared store; `None` runs on the embedded in-memory store.
     pub store: Option<StoreConfig>,
     pub admin: AdminConfig,
+    /// Tenants, each with its own clients and keys (`[[tenants]]`).
+    pub tenants: Vec<TenantConfig>,
 }
 
 /// Where pool state is shared.

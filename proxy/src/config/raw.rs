@@ -11,6 +11,7 @@ pub(super) struct RawConfig {
     pub providers: Vec<RawProvider>,
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
+    pub tenants: Vec<super::tenants::RawTenant>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +68,7 @@ pub(super) struct RawUpstream {
 pub(super) struct RawClient {
     pub name: Option<String>,
     pub token: Option<String>,
+    pub rpm: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,7 @@
 use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
-use super::{admin, clients, keys, providers, server, store, Config, ConfigError};
+use super::{admin, clients, keys, providers, server, store, tenants, Config, ConfigError};
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
 /// `unknown` holds the path of each field the file has that the config does not know.
@@ -18,7 +18,8 @@ pub(super) fn validate(
     }
     let server = server::server(&raw.server, env, &mut p);
     let upstream = server::upstream(&raw.upstream, &mut p);
-    let clients = clients::clients(&raw.clients, &server, env, &mut p);
+    let tenant_clients = raw.tenants.iter().any(|t| !t.clients.is_empty());
+    let clients = clients::clients(&raw.clients, &server, tenant_clients, env, &mut p);
     let fingerprinter = keys::fingerprinter(raw.server.fingerprint_secret.as_deref(), env, &mut p);
     let providers = providers::providers(&raw.providers, &fingerprinter, env, &mut p);
     let store = raw
@@ -26,6 +27,13 @@ pub(super) fn validate(
         .as_ref()
         .and_then(|s| store::store(s, env, &mut p));
     let admin = admin::admin(&raw.admin, env, &mut p);
+    let cx = tenants::Context {
+        clients: &clients,
+        providers: &providers,
+        fingerprinter: &fingerprinter,
+        env,
+    };
+    let tenants = tenants::tenants(&raw.tenants, &cx, &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -36,5 +44,6 @@ pub(super) fn validate(
         providers,
         store,
         admin,
+        tenants,
     })
 }

@@ -1,0 +1,481 @@
+//! Tenants: each tenant's clients are served only from that tenant's keys (under load, on two
+//! instances sharing Redis, streaming and not), shared clients only from the shared pool; a
+//! tenant whose keys are all cooling gets 429 unless it may fall back to the shared pool; the
+//! `[[tenants]]` section is checked with every problem named by its path.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use futures_util::future::join_all;
+use keyrelay::config::{Config, MapEnv};
+use keyrelay::Running;
+use keyrelay_mock::{MockUpstream, Reply as Script};
+use std::collections::HashMap;
+use support::redis::RedisServer;
+use support::*;
+
+/// One tenant of a test world: its name, keys and client tokens.
+struct Spec {
+    name: String,
+    keys: Vec<String>,
+    tokens: Vec<String>,
+    fallback: bool,
+}
+
+const FP_SECRET: &str = "fp-secret-for-tenant-tests-0123456789";
+
+/// `tenants` tenants, each with `clients` clients and `keys` keys of its own.
+fn world(tenants: usize, clients: usize, keys: usize) -> Vec<Spec> {
+    (0..tenants)
+        .map(|t| Spec {
+            name: format!("t{t}"),
+            keys: (0..keys)
+                .map(|k| format!("sk-ten{t}-key{k}-Q7wz{t}x{k}Lm9pR"))
+                .collect(),
+            tokens: (0..clients)
+                .map(|c| format!("kr-ten{t}-client{c}-Zt8v{t}y{c}Hq2n"))
+                .collect(),
+            fallback: false,
+        })
+        .collect()
+}
+
+fn world_env(specs: &[Spec]) -> MapEnv {
+    let mut env = env().with("KR_FP", FP_SECRET);
+    for (t, s) in specs.iter().enumerate() {
+        for (k, key) in s.keys.iter().enumerate() {
+            env = env.with(&format!("TK_{t}_{k}"), key);
+        }
+        for (c, token) in s.tokens.iter().enumerate() {
+            env = env.with(&format!("TT_{t}_{c}"), token);
+        }
+    }
+    env
+}
+
+/// The tenants' sections of a config.
+fn tenants_toml(specs: &[Spec]) -> String {
+    let mut out = String::new();
+    for (t, s) in specs.iter().enumerate() {
+        let fallback = if s.fallback { "shared" } else { "none" };
+        out.push_str(&format!(
+            "\n[[tenants]]\nname = \"{}\"\nfallback = \"{fallback}\"\n",
+            s.name
+        ));
+        for c in 0..s.tokens.len() {
+            out.push_str(&format!(
+                "[[tenants.clients]]\nname = \"{}-c{c}\"\ntoken = \"env:TT_{t}_{c}\"\n",
+                s.name
+            ));
+        }
+        out.push_str(&format!(
+            "[[tenants.providers]]\nname = \"openai\"\nkeys = \"env:TK_{t}_*\"\n"
+        ));
+    }
+    out
+}
+
+/// Start `n` instances in front of one mock, on `store` (TOML lines of `[store]`) when given.
+async fn start(
+    specs: &[Spec],
+    n: usize,
+    store: Option<&str>,
+    extra: &str,
+) -> (MockUpstream, Vec<Running>) {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_recording(true);
+    // Generous upstream timeouts: 1,500 requests at once on a busy two-core machine.
+    let mut text = config_text(&mock.url(), extra, "fingerprint_secret = \"env:KR_FP\"")
+        .replace(
+            "first_byte_timeout = \"5s\"",
+            "first_byte_timeout = \"120s\"",
+        )
+        .replace(
+            "idle_timeout = \"5s\"",
+            "idle_timeout = \"120s\"\nconnect_timeout = \"60s\"",
+        );
+    text.push_str(&tenants_toml(specs));
+    if let Some(store) = store {
+        text.push_str(&format!(
+            "\n[store]\n{store}\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\n"
+        ));
+    }
+    let env = world_env(specs);
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+        instances.push(keyrelay::start(config).await.unwrap());
+    }
+    (mock, instances)
+}
+
+/// A chat completion (streamed or not) with `token`, marked with `who` for the mock's record;
+/// sent on a task of its own, so many run in parallel.
+async fn ask(proxy: &Running, token: &str, who: &str, stream: bool) -> Reply {
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
+    let body = if stream { CHAT_STREAM } else { CHAT };
+    let auth = format!("Bearer {token}");
+    let req = post(&url, &[("authorization", &auth), ("x-mock-who", who)], body);
+    tokio::spawn(async move {
+        let resp = http_client()
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Every upstream call, as (who asked, key it carried).
+fn calls(mock: &MockUpstream) -> Vec<(String, String)> {
+    mock.seen()
+        .into_iter()
+        .map(|s| {
+            let who = s
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-mock-who")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (who, s.key.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Who may use each key: every tenant's own, and `shared` for the shared pool's.
+fn owners(specs: &[Spec]) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = KEYS
+        .iter()
+        .map(|k| ((*k).to_owned(), "shared".to_owned()))
+        .collect();
+    for s in specs {
+        for k in &s.keys {
+            out.insert(k.clone(), s.name.clone());
+        }
+    }
+    out
+}
+
+/// Calls whose key belongs to someone other than who asked.
+fn crossings(specs: &[Spec], mock: &MockUpstream) -> Vec<(String, String)> {
+    let owners = owners(specs);
+    calls(mock)
+        .into_iter()
+        .filter(|(who, key)| owners.get(key) != Some(who))
+        .map(|(who, key)| (who, owners.get(&key).cloned().unwrap_or("unknown".into())))
+        .collect()
+}
+
+/// 500 requests per tenant and 500 shared, all at once, half streamed, spread over `instances`.
+async fn mixed_load(specs: &[Spec], instances: &[Running]) {
+    let mut jobs = Vec::new();
+    for i in 0..500 {
+        let stream = i % 2 == 0;
+        let proxy = &instances[i % instances.len()];
+        for s in specs {
+            let token = &s.tokens[i % s.tokens.len()];
+            jobs.push(ask(proxy, token, &s.name, stream));
+        }
+        jobs.push(ask(proxy, TOKEN, "shared", stream));
+    }
+    let replies = join_all(jobs).await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!r.body.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_under_load_on_two_instances_never_cross() {
+    let redis = RedisServer::start().await;
+    let specs = world(2, 3, 3);
+    let store = format!("url = \"{}\"", redis.url());
+    let (mock, instances) = start(&specs, 2, Some(&store), "").await;
+    mixed_load(&specs, &instances).await;
+    let all = calls(&mock);
+    assert_eq!(all.len(), 1500);
+    assert_eq!(crossings(&specs, &mock), Vec::<(String, String)>::new());
+    // Every key of each pool served: the pools rotate within themselves.
+    for s in &specs {
+        for k in &s.keys {
+            assert!(mock.calls(k) > 0, "{} key never used", s.name);
+        }
+    }
+    // The tenants' pools live under their own names in Redis, with no secret in it.
+    let dump = redis.dump();
+    assert!(
+        dump.contains("t0.openai") && dump.contains("t1.openai"),
+        "{dump}"
+    );
+    let mut secrets: Vec<&str> = specs
+        .iter()
+        .flat_map(|s| s.keys.iter().chain(&s.tokens))
+        .map(String::as_str)
+        .collect();
+    secrets.extend(KEYS);
+    assert_no_fragment(&dump, &secrets, "the Redis dump");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_under_load_on_the_embedded_store_never_cross() {
+    let specs = world(2, 3, 3);
+    let (mock, instances) = start(&specs, 1, None, "").await;
+    mixed_load(&specs, &instances).await;
+    assert_eq!(calls(&mock).len(), 1500);
+    assert_eq!(crossings(&specs, &mock), Vec::<(String, String)>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_scoped_race_never_lends_another_tenants_key() {
+    // 10 tenants of 5 clients, one key each: 1,000 requests at once.
+    let specs = world(10, 5, 1);
+    let (mock, instances) = start(&specs, 1, None, "").await;
+    let proxy = &instances[0];
+    let mut jobs = Vec::new();
+    for i in 0..1000 {
+        let s = &specs[i % 10];
+        jobs.push(ask(proxy, &s.tokens[(i / 10) % 5], &s.name, i % 3 == 0));
+    }
+    for r in join_all(jobs).await {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(calls(&mock).len(), 1000);
+    assert_eq!(crossings(&specs, &mock), Vec::<(String, String)>::new());
+    for s in &specs {
+        assert_eq!(mock.calls(&s.keys[0]), 100, "{}", s.name);
+    }
+}
+
+/// Every key of `spec` answers 429 for a minute.
+fn cool_all(mock: &MockUpstream, spec: &Spec) {
+    for k in &spec.keys {
+        mock.set(k, Script::rate_limited(&[("retry-after", "60")]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_every_key_cooling_gets_429_and_never_another_key() {
+    let redis = RedisServer::start().await;
+    let specs = world(2, 2, 3);
+    let store = format!("url = \"{}\"", redis.url());
+    let (mock, instances) = start(&specs, 2, Some(&store), "").await;
+    cool_all(&mock, &specs[0]);
+    // The first request meets the 429s on all three keys and passes the last one on.
+    let first = ask(&instances[0], &specs[0].tokens[0], "t0", false).await;
+    assert_eq!(first.status, 429);
+    // Now no key of t0 is ready on either instance: keyrelay answers 429 itself.
+    let mut jobs = Vec::new();
+    for i in 0..100 {
+        jobs.push(ask(
+            &instances[i % 2],
+            &specs[0].tokens[i % 2],
+            "t0",
+            i % 2 == 0,
+        ));
+        jobs.push(ask(&instances[i % 2], &specs[1].tokens[i % 2], "t1", false));
+    }
+    let replies = join_all(jobs).await;
+    for (i, r) in replies.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(r.status, 429, "{}", r.text());
+            assert!(r.headers.contains_key("retry-after"));
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let t0_calls = calls(&mock).iter().filter(|(w, _)| w == "t0").count();
+    assert_eq!(t0_calls, 3, "only the first request reached the provider");
+    assert_eq!(crossings(&specs, &mock), Vec::<(String, String)>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_falls_back_uses_the_shared_pool_once_its_keys_cool() {
+    let mut specs = world(2, 1, 2);
+    specs[0].fallback = true;
+    let (mock, instances) = start(&specs, 1, None, "").await;
+    cool_all(&mock, &specs[0]);
+    cool_all(&mock, &specs[1]);
+    assert_eq!(
+        ask(&instances[0], &specs[0].tokens[0], "t0", false)
+            .await
+            .status,
+        429
+    );
+    assert_eq!(
+        ask(&instances[0], &specs[1].tokens[0], "t1", false)
+            .await
+            .status,
+        429
+    );
+    // t0 now goes to the shared pool; t1, which does not fall back, is refused.
+    let fell_back = ask(&instances[0], &specs[0].tokens[0], "t0", true).await;
+    assert_eq!(fell_back.status, 200, "{}", fell_back.text());
+    assert_eq!(
+        ask(&instances[0], &specs[1].tokens[0], "t1", false)
+            .await
+            .status,
+        429
+    );
+    let last = calls(&mock).pop().unwrap();
+    assert_eq!(last.0, "t0");
+    assert!(
+        KEYS.contains(&last.1.as_str()),
+        "a shared key served the fallback"
+    );
+    // Never the other tenant's key.
+    let owners = owners(&specs);
+    assert!(calls(&mock)
+        .iter()
+        .all(|(who, key)| owners[key] == *who || (who == "t0" && owners[key] == "shared")));
+}
+
+#[tokio::test]
+async fn status_shows_each_tenants_pools_and_no_secret() {
+    let specs = world(2, 1, 2);
+    let (_mock, instances) = start(&specs, 1, None, "").await;
+    assert_eq!(
+        ask(&instances[0], &specs[1].tokens[0], "t1", false)
+            .await
+            .status,
+        200
+    );
+    let client = http_client();
+    let admin = instances[0].admin_addr().unwrap();
+    let req = http::Request::get(format!("http://{admin}/admin/api-keys/status"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Default::default())
+        .unwrap();
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, 200);
+    let doc = reply.json();
+    let pools = doc["pools"].as_array().unwrap();
+    let t1 = pools.iter().find(|p| p["provider"] == "t1.openai").unwrap();
+    assert_eq!(t1["tenant"], "t1");
+    assert_eq!(t1["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(t1["total_requests_this_minute"], 1);
+    assert!(pools
+        .iter()
+        .any(|p| p["provider"] == "openai" && p["tenant"].is_null()));
+    let mut secrets: Vec<&str> = specs
+        .iter()
+        .flat_map(|s| s.keys.iter().chain(&s.tokens))
+        .map(String::as_str)
+        .collect();
+    secrets.extend(KEYS);
+    assert_no_fragment(&reply.text(), &secrets, "the status document");
+    let metrics = send(
+        &client,
+        http::Request::get(format!("http://{admin}/metrics"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        metrics.text().contains("provider=\"t1.openai\""),
+        "{}",
+        metrics.text()
+    );
+}
+
+/// Fail if `text` holds any of `secrets` or a 12-character fragment of one.
+fn assert_no_fragment(text: &str, secrets: &[&str], place: &str) {
+    for s in secrets {
+        for f in s.as_bytes().windows(12) {
+            let f = std::str::from_utf8(f).unwrap();
+            assert!(!text.contains(f), "fragment {f:?} of a secret in {place}");
+        }
+    }
+}
+
+/// The problems loading `tenants` (TOML) with the test world's environment.
+fn problems(tenants: &str) -> String {
+    let specs = world(2, 2, 2);
+    let text = format!("{}{tenants}", config_text("http://127.0.0.1:1", "", ""));
+    match Config::from_toml_str(&text, &world_env(&specs)) {
+        Ok(_) => panic!("loaded:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn every_tenant_problem_is_named_by_its_path() {
+    let e = problems(
+        r#"
+[[tenants]]
+name = "t0"
+fallback = "everyone"
+rpm = 0
+colour = "red"
+[[tenants.clients]]
+name = "tests"
+token = "env:TT_0_0"
+[[tenants.providers]]
+name = "openai"
+keys = "env:KR_KEY_1"
+
+[[tenants]]
+name = "runtime"
+
+[[tenants]]
+name = "t1"
+[[tenants.clients]]
+name = "t1-c0"
+token = "env:NOT_SET_ANYWHERE"
+[[tenants.clients]]
+name = "t1-c1"
+token = "env:KR_TOKEN"
+[[tenants.providers]]
+name = "anthropic"
+keys = "env:TK_1_*"
+[[tenants.providers]]
+name = "openai"
+keys = "env:NOTHING_*"
+"#,
+    );
+    for expected in [
+        "tenants[0].fallback: \"everyone\" is not one of none, shared",
+        "tenants[0].rpm: must be a whole number",
+        "tenants[0].colour: unknown field",
+        "tenants[0].clients[0].name: duplicate client name \"tests\"",
+        "tenants[0].providers[0].keys: key \"KR_KEY_1\" has the same secret as a key of providers \"openai\"",
+        "tenants[1].name: \"runtime\" is reserved",
+        "tenants[2].clients[0].token: env var NOT_SET_ANYWHERE is not set",
+        "tenants[2].clients[1].token: the same token is given to another client",
+        "tenants[2].providers[0].name: \"anthropic\" is not a configured provider",
+        "tenants[2].providers[1].keys: no env var matches NOTHING_*",
+    ] {
+        assert!(e.contains(expected), "expected `{expected}` in:\n{e}");
+    }
+}
+
+#[test]
+fn a_tenant_needs_clients_and_keys_and_tenant_clients_alone_suffice() {
+    let e = problems("[[tenants]]\nname = \"t0\"\n");
+    assert!(e.contains("tenants[0].clients: no clients"), "{e}");
+    assert!(e.contains("tenants[0].providers: no providers"), "{e}");
+    // With tenant clients only, no shared [[clients]] is needed.
+    let specs = world(1, 1, 1);
+    let text = format!(
+        "{}{}",
+        config_text("http://127.0.0.1:1", "", "").replace(
+            "[[clients]]\nname = \"tests\"\ntoken = \"env:KR_TOKEN\"\n",
+            ""
+        ),
+        tenants_toml(&specs)
+    );
+    let c = Config::from_toml_str(&text, &world_env(&specs)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.clients.is_empty());
+    assert_eq!(c.tenants[0].pools[0].keys.len(), 1);
+    assert!(!c.tenants[0].fallback_shared);
+    assert_eq!(c.pool_names(), ["openai", "t0.openai"]);
+}
