@@ -52,6 +52,7 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
     tenants: crate::tenants::Tenants,
+    limits: crate::tenants::limits::Limits,
     auth: ClientAuth,
     client: UpstreamClient,
     upstream: UpstreamConfig,
@@ -105,6 +106,7 @@ impl App {
         let app = App {
             tenants: crate::tenants::Tenants::new(config, &shared, &routes)?,
             routes,
+            limits: crate::tenants::limits::Limits::new(config),
             tls: config
                 .server
                 .tls
@@ -210,6 +212,10 @@ impl App {
             Err(e) => return log.error(e, shape),
         };
         log.provider(&provider);
+        // The client's own limit and its tenant's, before anything is read or sent.
+        if let Err(e) = self.limits.check(client).await {
+            return log.error(e, shape);
+        }
         let query = parts.uri.query().and_then(query_without_key);
         let uri = match provider.upstream_uri(rest, query.as_deref()) {
             Ok(uri) => uri,

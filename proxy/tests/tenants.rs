@@ -20,6 +20,9 @@ struct Spec {
     keys: Vec<String>,
     tokens: Vec<String>,
     fallback: bool,
+    /// The tenant's `rpm`, and each of its clients'.
+    rpm: Option<u32>,
+    client_rpm: Option<u32>,
 }
 
 const FP_SECRET: &str = "fp-secret-for-tenant-tests-0123456789";
@@ -36,6 +39,8 @@ fn world(tenants: usize, clients: usize, keys: usize) -> Vec<Spec> {
                 .map(|c| format!("kr-ten{t}-client{c}-Zt8v{t}y{c}Hq2n"))
                 .collect(),
             fallback: false,
+            rpm: None,
+            client_rpm: None,
         })
         .collect()
 }
@@ -62,11 +67,17 @@ fn tenants_toml(specs: &[Spec]) -> String {
             "\n[[tenants]]\nname = \"{}\"\nfallback = \"{fallback}\"\n",
             s.name
         ));
+        if let Some(rpm) = s.rpm {
+            out.push_str(&format!("rpm = {rpm}\n"));
+        }
         for c in 0..s.tokens.len() {
             out.push_str(&format!(
                 "[[tenants.clients]]\nname = \"{}-c{c}\"\ntoken = \"env:TT_{t}_{c}\"\n",
                 s.name
             ));
+            if let Some(rpm) = s.client_rpm {
+                out.push_str(&format!("rpm = {rpm}\n"));
+            }
         }
         out.push_str(&format!(
             "[[tenants.providers]]\nname = \"openai\"\nkeys = \"env:TK_{t}_*\"\n"
@@ -82,10 +93,21 @@ async fn start(
     store: Option<&str>,
     extra: &str,
 ) -> (MockUpstream, Vec<Running>) {
+    let extra = extra.to_owned();
+    start_edit(specs, n, store, &move |t| format!("{t}{extra}")).await
+}
+
+/// As `start`, with the config text passed through `edit` before it is loaded.
+async fn start_edit(
+    specs: &[Spec],
+    n: usize,
+    store: Option<&str>,
+    edit: &dyn Fn(String) -> String,
+) -> (MockUpstream, Vec<Running>) {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_recording(true);
     // Generous upstream timeouts: 1,500 requests at once on a busy two-core machine.
-    let mut text = config_text(&mock.url(), extra, "fingerprint_secret = \"env:KR_FP\"")
+    let mut text = config_text(&mock.url(), "", "fingerprint_secret = \"env:KR_FP\"")
         .replace(
             "first_byte_timeout = \"5s\"",
             "first_byte_timeout = \"120s\"",
@@ -100,6 +122,7 @@ async fn start(
             "\n[store]\n{store}\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\n"
         ));
     }
+    let text = edit(text);
     let env = world_env(specs);
     let mut instances = Vec::new();
     for _ in 0..n {
@@ -478,4 +501,108 @@ fn a_tenant_needs_clients_and_keys_and_tenant_clients_alone_suffice() {
     assert_eq!(c.tenants[0].pools[0].keys.len(), 1);
     assert!(!c.tenants[0].fallback_shared);
     assert_eq!(c.pool_names(), ["openai", "t0.openai"]);
+}
+
+/// The shared client's token line, with a limit of `rpm` added.
+fn shared_client_rpm(rpm: u32) -> String {
+    format!("rpm = {rpm}")
+}
+
+/// How many of `replies` were served; every other one must be keyrelay's own 429 naming
+/// `scope`'s limit, with Retry-After.
+fn served(replies: &[Reply], scope: &str) -> usize {
+    let mut ok = 0;
+    for r in replies {
+        if r.status == 200 {
+            ok += 1;
+            continue;
+        }
+        assert_eq!(r.status, 429, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "client_rate_limit_exceeded");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("the {scope}'s request limit")),
+            "{message}"
+        );
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=120).contains(&retry), "{retry}");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_tenant_limits_refuse_with_429_and_no_upstream_call() {
+    let mut specs = world(2, 2, 1);
+    specs[0].rpm = Some(6);
+    specs[1].client_rpm = Some(3);
+    let (mock, instances) = start_edit(&specs, 1, None, &|t| {
+        t.replace(
+            "token = \"env:KR_TOKEN\"\n",
+            &format!("token = \"env:KR_TOKEN\"\n{}\n", shared_client_rpm(5)),
+        )
+    })
+    .await;
+    let p = &instances[0];
+    let mut shared = Vec::new();
+    for _ in 0..8 {
+        shared.push(ask(p, TOKEN, "shared", false).await);
+    }
+    assert_eq!(served(&shared, "client"), 5);
+    // t0: 6 a minute over both its clients.
+    let t0 = join_all((0..10).map(|i| ask(p, &specs[0].tokens[i % 2], "t0", i % 2 == 0))).await;
+    assert_eq!(served(&t0, "tenant"), 6);
+    // t1: 3 a minute for each client, the other client unaffected.
+    let t1 = join_all((0..5).map(|_| ask(p, &specs[1].tokens[0], "t1", false))).await;
+    assert_eq!(served(&t1, "client"), 3);
+    assert_eq!(ask(p, &specs[1].tokens[1], "t1", false).await.status, 200);
+    // No refused request reached the provider.
+    let by = |who: &str| calls(&mock).iter().filter(|(w, _)| w == who).count();
+    assert_eq!((by("shared"), by("t0"), by("t1")), (5, 6, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_limit_holds_within_5_percent_across_two_instances() {
+    let redis = RedisServer::start().await;
+    let mut specs = world(1, 1, 2);
+    specs[0].client_rpm = Some(100);
+    let store = format!("url = \"{}\"\ninstances = 2", redis.url());
+    let (mock, instances) = start_edit(&specs, 2, Some(&store), &|t| {
+        t.replace(
+            "token = \"env:KR_TOKEN\"\n",
+            &format!("token = \"env:KR_TOKEN\"\n{}\n", shared_client_rpm(60)),
+        )
+    })
+    .await;
+    let mut jobs = Vec::new();
+    for i in 0..300 {
+        jobs.push(ask(
+            &instances[i % 2],
+            &specs[0].tokens[0],
+            "t0",
+            i % 2 == 0,
+        ));
+        if i % 2 == 0 {
+            jobs.push(ask(&instances[i / 2 % 2], TOKEN, "shared", false));
+        }
+    }
+    let replies = join_all(jobs).await;
+    let (tenant, shared): (Vec<_>, Vec<_>) = replies
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 3 != 1);
+    let tenant: Vec<Reply> = tenant.into_iter().map(|(_, r)| r).collect();
+    let shared: Vec<Reply> = shared.into_iter().map(|(_, r)| r).collect();
+    let (t, s) = (served(&tenant, "client"), served(&shared, "client"));
+    assert!((95..=105).contains(&t), "{t} of 100 served");
+    assert!((57..=63).contains(&s), "{s} of 60 served");
+    assert_eq!(
+        calls(&mock).len(),
+        t + s,
+        "a refused request reached the provider"
+    );
+    // The counters are in Redis, under the tenant's hash tag; no token in them.
+    let dump = redis.dump();
+    assert!(dump.contains("keyrelay:{limit.t0}:client:t0-c0"), "{dump}");
+    assert_no_fragment(&dump, &[TOKEN, &specs[0].tokens[0]], "the Redis dump");
 }

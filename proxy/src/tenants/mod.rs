@@ -4,6 +4,8 @@
 //! made per request from the authenticated client, never kept anywhere a concurrent request
 //! could see it.
 
+pub mod limits;
+
 use crate::config::{pool_name, Config, ProviderConfig};
 use crate::error::ProxyError;
 use crate::routes::{Provider, Routes};
