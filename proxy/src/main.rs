@@ -96,6 +96,9 @@ async fn check(path: &std::path::Path) -> bool {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            for line in keyrelay::tenants::check::lines(&config) {
+                println!("{line}");
+            }
             store_ok
         }
         Err(e) => {

@@ -606,3 +606,73 @@ async fn a_client_limit_holds_within_5_percent_across_two_instances() {
     assert!(dump.contains("keyrelay:{limit.t0}:client:t0-c0"), "{dump}");
     assert_no_fragment(&dump, &[TOKEN, &specs[0].tokens[0]], "the Redis dump");
 }
+
+#[test]
+fn check_shows_tenants_their_pools_and_missing_variables() {
+    let mut specs = world(2, 1, 2);
+    specs[1].fallback = true;
+    specs[1].rpm = Some(30);
+    let dir = std::env::temp_dir().join(format!("keyrelay-tenants-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tenants.toml");
+    let text = format!(
+        "{}{}",
+        config_text(
+            "http://127.0.0.1:1",
+            "",
+            "fingerprint_secret = \"env:KR_FP\""
+        ),
+        tenants_toml(&specs)
+    );
+    std::fs::write(&path, &text).unwrap();
+    let run = |env: &MapEnv| run_check(&path, env);
+    let (ok, out) = run(&world_env(&specs));
+    assert!(ok, "{out}");
+    assert!(out.contains("tenant t0 (fallback none, rpm none)"), "{out}");
+    assert!(out.contains("tenant t1 (fallback shared, rpm 30)"), "{out}");
+    assert!(out.contains("  clients: t1-c0 (rpm none)"), "{out}");
+    assert!(out.contains("  pool t1.openai (2 keys)"), "{out}");
+    assert!(out.contains("    key TK_1_0"), "{out}");
+    let secrets: Vec<&str> = specs
+        .iter()
+        .flat_map(|s| s.keys.iter().chain(&s.tokens))
+        .map(String::as_str)
+        .collect();
+    assert_no_fragment(&out, &secrets, "keyrelay check's output");
+    // A tenant's missing variables are named by their paths.
+    let mut env = MapEnv::default();
+    for (k, v) in keyrelay::config::Env::vars(&world_env(&specs)) {
+        if k != "TT_1_0" && !k.starts_with("TK_0_") {
+            env = env.with(&k, &v);
+        }
+    }
+    let (ok, out) = run(&env);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("tenants[1].clients[0].token: env var TT_1_0 is not set"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tenants[0].providers[0].keys: no env var matches TK_0_*"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `keyrelay check` on `path` with only `env` in the environment: success, and all it wrote.
+fn run_check(path: &std::path::Path, env: &MapEnv) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    cmd.args(["check", "--config", path.to_str().unwrap()])
+        .env_clear()
+        .current_dir(path.parent().unwrap());
+    for (k, v) in keyrelay::config::Env::vars(env) {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

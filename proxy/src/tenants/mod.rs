@@ -4,6 +4,7 @@
 //! made per request from the authenticated client, never kept anywhere a concurrent request
 //! could see it.
 
+pub mod check;
 pub mod limits;
 
 use crate::config::{pool_name, Config, ProviderConfig};
