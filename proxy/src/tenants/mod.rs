@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod limits;
+pub mod seal;
 
 use crate::config::{pool_name, Config, ProviderConfig};
 use crate::error::ProxyError;
