@@ -376,7 +376,8 @@ fn minimal() -> toml::Table {
          [[providers]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:1\"\nkeys = \"env:KR_KEY_1\"\n\
          [store]\nurl = \"redis://127.0.0.1:6390\"\n\
          [[tenants]]\nname = \"t\"\n[[tenants.clients]]\nname = \"tc\"\ntoken = \"env:KR_ADMIN\"\n\
-         [[tenants.providers]]\nname = \"openai\"\nkeys = \"env:KR_KEY_2\"\n",
+         [[tenants.providers]]\nname = \"openai\"\nkeys = \"env:KR_KEY_2\"\n\
+         [registry]\nmaster_key = \"env:KR_MASTER\"\n",
     )
     .unwrap()
 }
@@ -440,6 +441,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "providers.rpm",
         "providers.strategy",
         "providers.weight",
+        "registry.file",
         "server.allow_unauthenticated",
         "server.body_read_timeout",
         "server.header_read_timeout",

@@ -676,3 +676,457 @@ fn run_check(path: &std::path::Path, env: &MapEnv) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+// ---- Runtime registration ----
+
+const MASTER_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const MASTER_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const TENANT_ADMIN: [&str; 2] = ["kr-tadm0-9Hq3Zx7Lp2Wm", "kr-tadm1-4Ty8Vb1Nc6Rk"];
+/// A key registered at run time (never in any config or environment).
+const REGISTERED: &str = "sk-registered-Xy7Qp3Lm9Zt2Vb8Nw4";
+
+/// The `[registry]` section and each tenant's admin token (in the environment as TA_0, TA_1).
+fn registry_toml(file: &std::path::Path, audit: &std::path::Path, previous: bool) -> String {
+    let previous = if previous {
+        "previous_master_key = \"env:KR_MASTER_OLD\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "\n[registry]\nmaster_key = \"env:KR_MASTER\"\n{previous}file = \"{}\"\naudit_file = \"{}\"\n",
+        file.display(),
+        audit.display()
+    )
+}
+
+/// Add `admin_token = "env:TA_<t>"` to each tenant of `text`.
+fn with_tenant_admins(text: &str) -> String {
+    let mut out = String::new();
+    let mut t = 0;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line == "[[tenants]]" {
+            out.push_str(&format!("admin_token = \"env:TA_{t}\"\n"));
+            t += 1;
+        }
+    }
+    out
+}
+
+/// A config with tenants `specs`, `[registry]` and tenant admin tokens, and its environment.
+fn registry_setup(
+    mock: &MockUpstream,
+    specs: &[Spec],
+    store: Option<&str>,
+    dir: &std::path::Path,
+    master: &str,
+    old: Option<&str>,
+) -> (String, MapEnv) {
+    let mut text = config_text(&mock.url(), "", "fingerprint_secret = \"env:KR_FP\"");
+    text.push_str(&with_tenant_admins(&tenants_toml(specs)));
+    text.push_str(&registry_toml(
+        &dir.join("keys.json"),
+        &dir.join("audit.log"),
+        old.is_some(),
+    ));
+    if let Some(store) = store {
+        text.push_str(&format!("\n[store]\n{store}\ncommand_timeout = \"2s\"\n"));
+    }
+    let mut env = world_env(specs)
+        .with("KR_MASTER", master)
+        .with("TA_0", TENANT_ADMIN[0])
+        .with("TA_1", TENANT_ADMIN[1]);
+    if let Some(old) = old {
+        env = env.with("KR_MASTER_OLD", old);
+    }
+    (text, env)
+}
+
+async fn start_text(text: &str, env: &MapEnv) -> Running {
+    let config = Config::from_toml_str(text, env).unwrap_or_else(|e| panic!("{e}"));
+    keyrelay::start(config).await.unwrap()
+}
+
+/// `method path` on `proxy`'s admin listener with `token`, and a JSON body when given.
+async fn admin_call(
+    proxy: &Running,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let admin = proxy.admin_addr().unwrap();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    send(&http_client(), req).await
+}
+
+fn new_key(name: &str, secret: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "provider": "openai", "secret": secret, "rpm": 1000})
+}
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyrelay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Ask as `t0` on `proxy` until the registered key carries a request, or `within` passes.
+async fn until_registered_serves(
+    mock: &MockUpstream,
+    proxy: &Running,
+    token: &str,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        ask(proxy, token, "t0", false).await;
+        if mock.calls(REGISTERED) > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn registration_is_off_without_a_master_key() {
+    let specs = world(1, 1, 1);
+    let (_mock, instances) = start(&specs, 1, None, "").await;
+    let r = admin_call(
+        &instances[0],
+        "GET",
+        "/admin/tenants/t0/keys",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text().contains("runtime registration is off"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_registered_on_one_instance_serves_on_both_until_removed() {
+    let redis = RedisServer::start().await;
+    let dir = scratch("registry-redis");
+    let specs = world(2, 1, 1);
+    let mock = MockUpstream::start().await.unwrap();
+    let store = format!("url = \"{}\"", redis.url());
+    let (text, env) = registry_setup(&mock, &specs, Some(&store), &dir, MASTER_A, None);
+    let a = start_text(&text, &env).await;
+    let b = start_text(&text, &env).await;
+    let added = admin_call(
+        &a,
+        "POST",
+        "/admin/tenants/t0/keys",
+        TENANT_ADMIN[0],
+        Some(new_key("extra", REGISTERED)),
+    )
+    .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    let registered_at = std::time::Instant::now();
+    // The other instance serves it within a second.
+    assert!(
+        until_registered_serves(
+            &mock,
+            &b,
+            &specs[0].tokens[0],
+            std::time::Duration::from_secs(1)
+        )
+        .await
+    );
+    assert!(registered_at.elapsed() < std::time::Duration::from_secs(1));
+    // Listed by name and fingerprint, with its state; never the secret.
+    let listed = admin_call(&b, "GET", "/admin/tenants/t0/keys", ADMIN_TOKEN, None).await;
+    assert_eq!(listed.status, 200);
+    let keys = listed.json()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["name"], "extra");
+    assert_eq!(keys[0]["state"], "ready");
+    assert_eq!(keys[0]["fingerprint"].as_str().unwrap().len(), 12);
+    tenant_admins_reach_only_their_own(&b).await;
+    // No secret or fragment of one in Redis: the record is sealed.
+    let dump = redis.dump();
+    assert!(dump.contains("keyrelay:{registry}:keys"), "{dump}");
+    assert_no_fragment(
+        &dump,
+        &[
+            REGISTERED,
+            TENANT_ADMIN[0],
+            TENANT_ADMIN[1],
+            &specs[0].keys[0],
+        ],
+        "the Redis dump",
+    );
+    a_moved_record_does_not_open(&redis, &a, &specs).await;
+    removal_stops_it_on_both(&mock, &a, &b, &specs).await;
+    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"action\":\"register\"") && audit.contains("\"action\":\"remove\""),
+        "{audit}"
+    );
+    assert!(audit.contains("\"who\":\"tenant-admin:t0\""), "{audit}");
+    assert_no_fragment(&audit, &[REGISTERED], "the audit file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tenant's admin token reaches its own tenant only; a wrong token nothing.
+async fn tenant_admins_reach_only_their_own(b: &Running) {
+    // t1's admin can neither see nor change t0.
+    for (method, path, body) in [
+        ("GET", "/admin/tenants/t0/keys", None),
+        (
+            "POST",
+            "/admin/tenants/t0/keys",
+            Some(new_key("sneak", "sk-sneaky-key-000000000000")),
+        ),
+        ("DELETE", "/admin/tenants/t0/keys/extra", None),
+    ] {
+        let r = admin_call(b, method, path, TENANT_ADMIN[1], body).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+    }
+    assert_eq!(
+        admin_call(b, "GET", "/admin/tenants/t1/keys", TENANT_ADMIN[1], None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        admin_call(
+            b,
+            "GET",
+            "/admin/tenants/t0/keys",
+            "kr-wrong-token-000000",
+            None
+        )
+        .await
+        .status,
+        401
+    );
+}
+
+/// A record copied under another tenant's name does not open there, and is never served.
+async fn a_moved_record_does_not_open(redis: &RedisServer, a: &Running, specs: &[Spec]) {
+    // A record copied to another tenant's name does not open there.
+    let record = redis.cli(&["HGET", "keyrelay:{registry}:keys", "t0/extra"]);
+    let moved = record
+        .trim()
+        .replace("\"tenant\":\"t0\"", "\"tenant\":\"t1\"");
+    redis.cli(&["HSET", "keyrelay:{registry}:keys", "t1/extra", &moved]);
+    redis.cli(&["INCR", "keyrelay:{registry}:version"]);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let t1 = admin_call(a, "GET", "/admin/tenants/t1/keys", ADMIN_TOKEN, None)
+        .await
+        .json();
+    assert_eq!(t1["keys"][0]["state"], "not_serving", "{t1}");
+    for _ in 0..20 {
+        assert_eq!(ask(a, &specs[1].tokens[0], "t1", false).await.status, 200);
+    }
+}
+
+/// Removed on one instance: no new request on either carries the key.
+async fn removal_stops_it_on_both(mock: &MockUpstream, a: &Running, b: &Running, specs: &[Spec]) {
+    // Removed on one instance: no new request on either carries it.
+    let removed = admin_call(
+        b,
+        "DELETE",
+        "/admin/tenants/t0/keys/extra",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let before = mock.calls(REGISTERED);
+    for i in 0..40 {
+        let p = if i % 2 == 0 { a } else { b };
+        assert_eq!(ask(p, &specs[0].tokens[0], "t0", false).await.status, 200);
+    }
+    assert_eq!(mock.calls(REGISTERED), before, "a removed key still served");
+    assert!(
+        calls(mock)
+            .iter()
+            .all(|(who, key)| who != "t1" || key != REGISTERED),
+        "t1 was served t0's key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_answers_valid_invalid_and_unknown() {
+    let dir = scratch("registry-validate");
+    let specs = world(1, 1, 1);
+    let mock = MockUpstream::start().await.unwrap();
+    let (text, env) = registry_setup(&mock, &specs, None, &dir, MASTER_A, None);
+    let p = start_text(&text, &env).await;
+    let invalid = "sk-invalid-Rt5Yu8Io1Pa4Sd7F";
+    let flaky = "sk-flaky-Gh2Jk5Lz8Xc1Vb4N";
+    mock.set(invalid, Script::Fixed {
+        status: 401,
+        headers: vec![],
+        body: format!(r#"{{"error":{{"message":"Incorrect API key provided: {invalid}","type":"invalid_request_error","code":"invalid_api_key"}}}}"#),
+    });
+    mock.set(flaky, Script::status(503));
+    let path = "/admin/tenants/t0/keys?validate=true";
+    let ok = admin_call(
+        &p,
+        "POST",
+        path,
+        ADMIN_TOKEN,
+        Some(new_key("good", REGISTERED)),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["validation"]["result"], "valid");
+    let bad = admin_call(&p, "POST", path, ADMIN_TOKEN, Some(new_key("bad", invalid))).await;
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    let v = bad.json();
+    assert_eq!(v["validation"]["result"], "invalid");
+    assert_eq!(v["stored"], false);
+    assert!(
+        v["validation"]["reason"].as_str().unwrap().contains("401"),
+        "{v}"
+    );
+    assert_no_fragment(&bad.text(), &[invalid], "the validation answer");
+    let forced = admin_call(
+        &p,
+        "POST",
+        "/admin/tenants/t0/keys?validate=true&force=true",
+        ADMIN_TOKEN,
+        Some(new_key("bad", invalid)),
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    let unknown = admin_call(&p, "POST", path, ADMIN_TOKEN, Some(new_key("flaky", flaky))).await;
+    assert_eq!(unknown.status, 200, "{}", unknown.text());
+    assert_eq!(unknown.json()["validation"]["result"], "unknown");
+    three_stored_none_in_the_clear(&p, &dir, &[REGISTERED, invalid, flaky]).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_keeps_every_registered_key_serving() {
+    let dir = scratch("registry-rekey");
+    let specs = world(1, 1, 1);
+    let mock = MockUpstream::start().await.unwrap();
+    let (text, env) = registry_setup(&mock, &specs, None, &dir, MASTER_A, None);
+    let p = start_text(&text, &env).await;
+    let added = admin_call(
+        &p,
+        "POST",
+        "/admin/tenants/t0/keys",
+        ADMIN_TOKEN,
+        Some(new_key("extra", REGISTERED)),
+    )
+    .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    drop(p);
+    // Rotating: B is current, A still read.
+    let (text, env) = registry_setup(&mock, &specs, None, &dir, MASTER_B, Some(MASTER_A));
+    let p = start_text(&text, &env).await;
+    assert!(
+        until_registered_serves(
+            &mock,
+            &p,
+            &specs[0].tokens[0],
+            std::time::Duration::from_secs(5)
+        )
+        .await
+    );
+    let path = dir.join("rotating.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keyrelay"));
+    cmd.args(["rekey", "--config", path.to_str().unwrap()])
+        .env_clear()
+        .current_dir(&dir);
+    for (k, v) in keyrelay::config::Env::vars(&env) {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("rekey: 1 records"), "{stdout}");
+    drop(p);
+    // A alone is gone: the key still serves under B.
+    let (text, env) = registry_setup(&mock, &specs, None, &dir, MASTER_B, None);
+    let p = start_text(&text, &env).await;
+    let before = mock.calls(REGISTERED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mock.calls(REGISTERED) == before && std::time::Instant::now() < deadline {
+        ask(&p, &specs[0].tokens[0], "t0", false).await;
+    }
+    assert!(
+        mock.calls(REGISTERED) > before,
+        "the rekeyed key does not serve"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Three keys listed; the key file and the audit file hold no secret or fragment of one.
+async fn three_stored_none_in_the_clear(p: &Running, dir: &std::path::Path, secrets: &[&str]) {
+    let names: Vec<String> = admin_call(p, "GET", "/admin/tenants/t0/keys", ADMIN_TOKEN, None)
+        .await
+        .json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    // The local file store holds no secret or fragment of one.
+    let file = std::fs::read_to_string(dir.join("keys.json")).unwrap();
+    assert!(file.contains("\"tenant\": \"t0\""), "{file}");
+    assert_no_fragment(&file, secrets, "the local key file");
+    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    assert_eq!(
+        audit.matches("\"action\":\"validate\"").count(),
+        4,
+        "{audit}"
+    );
+    assert_no_fragment(&audit, secrets, "the audit file");
+}
+
+#[test]
+fn registry_problems_are_named_by_their_paths() {
+    let e = problems("[registry]\nmaster_key = \"env:KR_TOKEN\"\nprevious_master_key = \"env:NOT_SET_ANYWHERE\"\n");
+    assert!(
+        e.contains("registry.master_key: must be 64 hex digits"),
+        "{e}"
+    );
+    assert!(
+        e.contains("registry.previous_master_key: env var NOT_SET_ANYWHERE is not set"),
+        "{e}"
+    );
+    let e = problems("[registry]\nfile = \"k.json\"\n");
+    assert!(e.contains("registry.master_key: missing"), "{e}");
+    // The master key never shows in the config's debug form.
+    let specs = world(1, 1, 1);
+    let text = format!(
+        "{}{}[registry]\nmaster_key = \"env:KR_MASTER\"\n",
+        config_text("http://127.0.0.1:1", "", ""),
+        tenants_toml(&specs)
+    );
+    let c = Config::from_toml_str(&text, &world_env(&specs).with("KR_MASTER", MASTER_A)).unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        shown.contains("RegistryConfig") && !shown.contains(&MASTER_A[..12]),
+        "{shown}"
+    );
+}

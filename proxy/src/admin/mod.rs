@@ -138,6 +138,10 @@ impl Admin {
                 );
                 resp
             }
+            (_, ["admin", "tenants", ..]) => {
+                let app = self.live.app();
+                crate::tenants::admin::handle(&app, req, self.token.as_ref()).await
+            }
             (_, ["admin", ..]) => match self.authorized_page(&req, &method, &segments) {
                 Some(resp) => resp,
                 None => self.admin(&method, &segments).await,

@@ -35,6 +35,9 @@ pub(super) const FORWARDED_FOR: bool = false;
 // [[tenants]]
 pub(super) const TENANT_FALLBACK: &str = "none";
 
+// [registry]
+pub(super) const REGISTRY_FILE: &str = "keyrelay-keys.json";
+
 // [[providers]]
 pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;
 pub(super) const STRATEGY: Strategy = Strategy::LeastLoaded;

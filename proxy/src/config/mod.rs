@@ -32,7 +32,7 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
-pub use tenants::{pool_name, TenantConfig, TenantPool, RUNTIME_LABEL};
+pub use tenants::{pool_name, RegistryConfig, TenantConfig, TenantPool, RUNTIME_LABEL};
 
 /// How a provider expects its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +143,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Tenants, each with its own clients and keys (`[[tenants]]`).
     pub tenants: Vec<TenantConfig>,
+    /// Runtime key registration (`[registry]`); `None`: off.
+    pub registry: Option<RegistryConfig>,
 }
 
 /// Where pool state is shared.

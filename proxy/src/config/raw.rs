@@ -12,6 +12,7 @@ pub(super) struct RawConfig {
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
     pub tenants: Vec<super::tenants::RawTenant>,
+    pub registry: Option<super::tenants::RawRegistry>,
 }
 
 #[derive(Debug, Default, Deserialize)]

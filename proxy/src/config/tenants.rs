@@ -15,6 +15,7 @@ pub(super) struct RawTenant {
     pub name: Option<String>,
     pub fallback: Option<String>,
     pub rpm: Option<i64>,
+    pub admin_token: Option<String>,
     pub clients: Vec<RawTenantClient>,
     pub providers: Vec<RawTenantPool>,
 }
@@ -47,6 +48,85 @@ pub struct TenantConfig {
     pub rpm: Option<u32>,
     pub clients: Vec<ClientConfig>,
     pub pools: Vec<TenantPool>,
+    /// The tenant's own admin token: it sees and changes this tenant's registered keys only.
+    pub admin_token: Option<Secret>,
+}
+
+/// `[registry]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawRegistry {
+    pub master_key: Option<String>,
+    pub previous_master_key: Option<String>,
+    pub file: Option<String>,
+    pub audit_file: Option<String>,
+}
+
+/// Runtime key registration: keys sealed under `master`, kept in the store's Redis or, with no
+/// `[store]`, in `file`.
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub master: [u8; 32],
+    pub previous: Option<[u8; 32]>,
+    pub file: std::path::PathBuf,
+    pub audit_file: Option<std::path::PathBuf>,
+    /// The deployment's fingerprinter, so registered keys fingerprint like configured ones.
+    pub fingerprinter: Fingerprinter,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("master", &"*****")
+            .field("previous", &self.previous.map(|_| "*****"))
+            .field("file", &self.file)
+            .field("audit_file", &self.audit_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[registry]`: a master key of 64 hex digits, by reference like every secret.
+pub(super) fn registry(
+    raw: &RawRegistry,
+    fingerprinter: &Fingerprinter,
+    env: &dyn Env,
+    p: &mut Problems,
+) -> Option<RegistryConfig> {
+    let mut master = |field: &str, reference: &str| {
+        let path = format!("registry.{field}");
+        let secret = p.secret(&path, reference, env)?;
+        let key = crate::tenants::seal::parse_master(secret.expose());
+        if key.is_none() {
+            p.add(
+                path,
+                "must be 64 hex digits (32 bytes), e.g. `openssl rand -hex 32`",
+            );
+        }
+        key
+    };
+    let Some(reference) = raw.master_key.as_deref() else {
+        p.add(
+            "registry.master_key",
+            "missing; runtime registration needs a master key (\"env:NAME\" or \"file:PATH\")",
+        );
+        return None;
+    };
+    let current = master("master_key", reference);
+    let previous = raw
+        .previous_master_key
+        .as_deref()
+        .and_then(|r| master("previous_master_key", r));
+    Some(RegistryConfig {
+        master: current?,
+        previous,
+        file: raw
+            .file
+            .as_deref()
+            .unwrap_or(defaults::REGISTRY_FILE)
+            .into(),
+        audit_file: raw.audit_file.as_deref().map(Into::into),
+        fingerprinter: fingerprinter.clone(),
+    })
 }
 
 /// A tenant's keys for the provider named `provider` (route, address and settings are its).
@@ -168,7 +248,12 @@ fn tenant(
         );
     }
     let pools = pools(&rt.providers, path, cx, p);
+    let admin_token = rt
+        .admin_token
+        .as_deref()
+        .and_then(|r| p.secret(&format!("{path}.admin_token"), r, cx.env));
     Some(TenantConfig {
+        admin_token,
         name,
         fallback_shared,
         rpm,

@@ -34,6 +34,10 @@ pub(super) fn validate(
         env,
     };
     let tenants = tenants::tenants(&raw.tenants, &cx, &mut p);
+    let registry = raw
+        .registry
+        .as_ref()
+        .and_then(|r| tenants::registry(r, &fingerprinter, env, &mut p));
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -45,5 +49,6 @@ pub(super) fn validate(
         store,
         admin,
         tenants,
+        registry,
     })
 }

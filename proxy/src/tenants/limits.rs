@@ -9,10 +9,10 @@
 //! fail or be slower than `store.command_timeout`, the limit is counted here, each instance
 //! allowing `1/store.instances` of it, as the pools do.
 
+use super::conn::Conn;
 use crate::config::{Config, StoreConfig};
 use crate::error::ProxyError;
-use deadpool_redis::redis::{self, Script};
-use keyrelay_pool::RedisTarget;
+use deadpool_redis::redis::Script;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -225,31 +225,21 @@ end
 return {0, 0, 0}
 ";
 
-/// A connection to the store's Redis, opened on first use and again after a failure.
+/// The store's Redis for the limit script.
 struct Remote {
-    target: RedisTarget,
+    link: super::conn::Link,
     timeout: Duration,
-    connect_timeout: Duration,
     instances: u32,
     script: Script,
-    conn: tokio::sync::Mutex<Option<Conn>>,
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Remote {
     fn new(s: &StoreConfig) -> Remote {
         Remote {
-            target: s.target.clone(),
+            link: super::conn::Link::new(s),
             timeout: s.settings.command_timeout,
-            connect_timeout: s.settings.connect_timeout,
             instances: s.settings.instances,
             script: Script::new(SCRIPT),
-            conn: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -261,7 +251,7 @@ impl Remote {
         window: u64,
         elapsed: u64,
     ) -> Option<Option<(usize, u64, u64)>> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.get().await?;
         let mut call = self.script.prepare_invoke();
         for c in checks {
             call.key(format!("{}:{window}", c.name)).key(format!(
@@ -285,40 +275,7 @@ impl Remote {
             Ok(Ok((i, cur, prev))) => Some(Some((i - 1, cur, prev))),
             Ok(Err(e)) => {
                 tracing::warn!(error = ?e.kind(), "client limits: Redis failed; counting here");
-                *self.conn.lock().await = None;
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    async fn connection(&self) -> Option<Conn> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Some(c.clone());
-        }
-        let open = async {
-            match &self.target {
-                RedisTarget::Single(url) => {
-                    let client = redis::Client::open(url.as_str())?;
-                    client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map(Conn::Single)
-                }
-                RedisTarget::Cluster(urls) => {
-                    let client = redis::cluster::ClusterClient::new(urls.clone())?;
-                    client.get_async_connection().await.map(Conn::Cluster)
-                }
-            }
-        };
-        match tokio::time::timeout(self.connect_timeout, open).await {
-            Ok(Ok(c)) => {
-                *slot = Some(c.clone());
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = ?e.kind(), "client limits: cannot reach Redis; counting here");
+                self.link.reset().await;
                 None
             }
             Err(_) => None,

@@ -4,9 +4,15 @@
 //! made per request from the authenticated client, never kept anywhere a concurrent request
 //! could see it.
 
+pub mod admin;
+pub mod audit;
 pub mod check;
+pub mod conn;
 pub mod limits;
+pub mod records;
+pub mod registry;
 pub mod seal;
+pub mod validate;
 
 use crate::config::{pool_name, Config, ProviderConfig};
 use crate::error::ProxyError;
@@ -41,12 +47,17 @@ pub struct Tenants {
     tenants: Vec<Tenant>,
     /// Client name to index in `tenants`; client names are unique over the whole config.
     by_client: HashMap<String, usize>,
+    /// Keys registered at run time, when `[registry]` is configured.
+    registry: Option<Arc<registry::Registry>>,
 }
 
 impl Tenants {
     /// Build every tenant's pools from the shared provider each one names.
     pub fn new(config: &Config, shared: &Shared, routes: &Routes) -> Result<Tenants, PoolError> {
-        let mut out = Tenants::default();
+        let mut out = Tenants {
+            registry: registry::Registry::start(config, shared, routes.providers()),
+            ..Tenants::default()
+        };
         for tc in &config.tenants {
             let mut pools = Vec::new();
             for tp in &tc.pools {
@@ -91,11 +102,20 @@ impl Tenants {
         let Some(tenant) = self.of(client) else {
             return Ok(shared.clone());
         };
+        if let Some(r) = &self.registry {
+            if let Some(p) = r.pool(&pool_name(&tenant.name, &shared.name)) {
+                return Ok(p);
+            }
+        }
         match tenant.pool_for(shared) {
             Some(own) => Ok(own.clone()),
             None if tenant.fallback_shared => Ok(shared.clone()),
             None => Err(ProxyError::UnknownRoute),
         }
+    }
+
+    pub fn registry(&self) -> Option<&Arc<registry::Registry>> {
+        self.registry.as_ref()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
@@ -122,11 +142,21 @@ impl App {
     /// Every pool: the shared ones, then each tenant's, for status, actions and metrics.
     pub fn pools(&self) -> Vec<Arc<Provider>> {
         let tenants = self.tenants().iter().flat_map(|t| t.pools.iter().cloned());
-        self.routes()
+        let registered = self
+            .tenants()
+            .registry()
+            .map(|r| r.pools())
+            .unwrap_or_default();
+        let mut out: Vec<Arc<Provider>> = self
+            .routes()
             .providers()
             .iter()
             .cloned()
             .chain(tenants)
-            .collect()
+            .collect();
+        // A runtime pool stands for its tenant's configured one of the same name.
+        out.retain(|p| registered.iter().all(|r| r.name != p.name));
+        out.extend(registered);
+        out
     }
 }

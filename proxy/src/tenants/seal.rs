@@ -65,7 +65,10 @@ impl Masters {
     pub fn seal(&self, tenant: &str, name: &str, plain: &[u8]) -> Sealed {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let aad = associated(tenant, name);
-        let payload = Payload { msg: plain, aad: &aad };
+        let payload = Payload {
+            msg: plain,
+            aad: &aad,
+        };
         // Encryption only fails for inputs past 64 GiB; a key is a few hundred bytes.
         let data = self
             .current
@@ -94,7 +97,13 @@ impl Masters {
         let aad = associated(tenant, name);
         let plain = master
             .cipher
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &data, aad: &aad })
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &data,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SealError::Rejected)?;
         let text = String::from_utf8(plain).map_err(|_| SealError::Rejected)?;
         Ok(Secret::new(text))
@@ -140,7 +149,8 @@ mod tests {
         assert_eq!(m.open("acme", "spare", &a), Err(SealError::Rejected));
         // Altered: refused.
         let mut bad = a.clone();
-        bad.data.replace_range(0..2, if &bad.data[0..2] == "00" { "01" } else { "00" });
+        bad.data
+            .replace_range(0..2, if &bad.data[0..2] == "00" { "01" } else { "00" });
         assert_eq!(m.open("acme", "main", &bad), Err(SealError::Rejected));
         // No fragment of the secret in what is stored.
         let stored = serde_json::to_string(&a).unwrap();
