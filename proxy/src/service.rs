@@ -191,7 +191,8 @@ impl App {
         }
         // Step 1: who is asking.
         let presented = presented_credentials(&parts.headers, parts.uri.query());
-        let Some(client) = self.auth.authenticate(&presented) else {
+        let mut runtime = None;
+        let Some(client) = self.client(&presented, &mut runtime) else {
             self.shared
                 .metrics
                 .client_auth_failure(if presented.is_empty() {
@@ -206,16 +207,11 @@ impl App {
         let Some((provider, rest)) = found else {
             return log.error(ProxyError::UnknownRoute, shape);
         };
-        // A tenant's client is served from its tenant's pool only.
-        let provider = match self.tenants.route(client, provider) {
+        let provider = match self.pool_for(client, provider).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
         log.provider(&provider);
-        // The client's own limit and its tenant's, before anything is read or sent.
-        if let Err(e) = self.limits.check(client).await {
-            return log.error(e, shape);
-        }
         let query = parts.uri.query().and_then(query_without_key);
         let uri = match provider.upstream_uri(rest, query.as_deref()) {
             Ok(uri) => uri,
@@ -248,6 +244,32 @@ impl App {
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
+    }
+
+    /// The configured client a presented credential belongs to, or the client of a tenant
+    /// created at run time (named `runtime:<tenant>`, kept in `runtime`).
+    fn client<'a>(
+        &'a self,
+        presented: &[&[u8]],
+        runtime: &'a mut Option<String>,
+    ) -> Option<&'a str> {
+        if let Some(c) = self.auth.authenticate(presented) {
+            return Some(c);
+        }
+        *runtime = self.tenants.runtime_client(presented);
+        runtime.as_deref()
+    }
+
+    /// The pool serving `client` on `shared`'s route: its tenant's only, for a tenant's client;
+    /// checked against the client's own limit and its tenant's before anything is read or sent.
+    async fn pool_for(
+        &self,
+        client: &str,
+        shared: &Arc<Provider>,
+    ) -> Result<Arc<Provider>, ProxyError> {
+        let provider = self.tenants.route(client, shared)?;
+        self.limits.check(client).await?;
+        Ok(provider)
     }
 
     /// Buffer the body within the limits; on refusal, the error and whether the connection is

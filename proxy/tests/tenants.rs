@@ -107,7 +107,9 @@ async fn start_edit(
     let mock = MockUpstream::start().await.unwrap();
     mock.set_recording(true);
     // Generous upstream timeouts: 1,500 requests at once on a busy two-core machine.
-    let mut text = config_text(&mock.url(), "", "fingerprint_secret = \"env:KR_FP\"")
+    // A slow machine must not time out a connection waiting for its turn.
+    let server = "fingerprint_secret = \"env:KR_FP\"\nheader_read_timeout = \"120s\"\nbody_read_timeout = \"120s\"";
+    let mut text = config_text(&mock.url(), "", server)
         .replace(
             "first_byte_timeout = \"5s\"",
             "first_byte_timeout = \"120s\"",
@@ -1129,4 +1131,105 @@ fn registry_problems_are_named_by_their_paths() {
         shown.contains("RegistryConfig") && !shown.contains(&MASTER_A[..12]),
         "{shown}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_created_at_run_time_serves_on_both_instances_until_deleted() {
+    let redis = RedisServer::start().await;
+    let dir = scratch("registry-runtime-tenant");
+    let specs = world(1, 1, 1);
+    let mock = MockUpstream::start().await.unwrap();
+    let store = format!("url = \"{}\"", redis.url());
+    let (text, env) = registry_setup(&mock, &specs, Some(&store), &dir, MASTER_A, None);
+    let (a, b) = (start_text(&text, &env).await, start_text(&text, &env).await);
+    let (client, admin) = create_acme(&a).await;
+    let added = admin_call(
+        &a,
+        "POST",
+        "/admin/tenants/acme/keys",
+        &admin,
+        Some(new_key("own", REGISTERED)),
+    )
+    .await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    served_within_a_second_from_its_own_key(&mock, &b, &client).await;
+    // Its admin reaches only its own tenant; metrics carry the one runtime label.
+    assert_eq!(
+        admin_call(&b, "GET", "/admin/tenants/t0/keys", &admin, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        admin_call(&b, "GET", "/admin/tenants/acme/keys", &admin, None)
+            .await
+            .status,
+        200
+    );
+    let metrics = send(
+        &http_client(),
+        http::Request::get(format!("http://{}/metrics", b.admin_addr().unwrap()))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains("provider=\"runtime.openai\"") && !metrics.contains("acme"),
+        "{metrics}"
+    );
+    assert_no_fragment(
+        &redis.dump(),
+        &[REGISTERED, &client, &admin],
+        "the Redis dump",
+    );
+    // Deleted on one instance: its client is refused on both.
+    let deleted = admin_call(&b, "DELETE", "/admin/tenants/acme", ADMIN_TOKEN, None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(ask(&a, &client, "acme", false).await.status, 401);
+    assert_eq!(ask(&b, &client, "acme", false).await.status, 401);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Create the runtime tenant `acme` on `a` (the admin token only); its client and admin tokens.
+async fn create_acme(a: &Running) -> (String, String) {
+    let body = serde_json::json!({"name": "acme"});
+    // Only the admin token creates tenants.
+    let refused = admin_call(
+        a,
+        "POST",
+        "/admin/tenants",
+        TENANT_ADMIN[0],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    let created = admin_call(a, "POST", "/admin/tenants", ADMIN_TOKEN, Some(body)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let v = created.json();
+    let (client, admin) = (
+        v["client_token"].as_str().unwrap().to_owned(),
+        v["admin_token"].as_str().unwrap().to_owned(),
+    );
+    (client, admin)
+}
+
+/// `acme`'s client is served on `b` within a second, from its own registered key only.
+async fn served_within_a_second_from_its_own_key(mock: &MockUpstream, b: &Running, client: &str) {
+    // Its client is served on the other instance within a second, from its own key only.
+    let started = std::time::Instant::now();
+    let mut served = false;
+    while started.elapsed() < std::time::Duration::from_secs(1) && !served {
+        served = ask(b, client, "acme", false).await.status == 200;
+    }
+    assert!(served, "not served on the second instance within a second");
+    for _ in 0..20 {
+        assert_eq!(ask(b, client, "acme", true).await.status, 200);
+    }
+    let acme: Vec<_> = calls(mock)
+        .into_iter()
+        .filter(|(w, _)| w == "acme")
+        .collect();
+    assert!(acme.iter().all(|(_, k)| k == REGISTERED), "{acme:?}");
 }

@@ -120,7 +120,12 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
 /// them); called on each scrape. The store's own figures are read by their collector.
 pub async fn refresh_metrics(app: &App) {
     let mut rows = Vec::new();
-    for p in app.pools() {
+    // A runtime tenant's keys have free names: they stay out of the per-key series.
+    for p in app
+        .pools()
+        .into_iter()
+        .filter(|p| !app.tenants().is_runtime_pool(p))
+    {
         let keys = p.pool.status().await;
         rows.push((p, keys));
     }

@@ -139,6 +139,9 @@ pub struct TenantPool {
 /// The label every runtime-registered tenant shares in metrics, so a label set stays bounded.
 pub const RUNTIME_LABEL: &str = "runtime";
 
+/// The prefix of a runtime tenant's client name, which no configured client may use.
+const RUNTIME_CLIENT: &str = "runtime:";
+
 impl Config {
     /// Every client that may present a token: shared ones first, then each tenant's.
     pub fn all_clients(&self) -> Vec<ClientConfig> {
@@ -186,6 +189,14 @@ pub(super) fn tenants(raw: &[RawTenant], cx: &Context<'_>, p: &mut Problems) -> 
                 .map(|k| (format!("providers \"{}\"", pc.name), k.clone()))
         })
         .collect();
+    for (i, c) in cx.clients.iter().enumerate() {
+        if c.name.starts_with(RUNTIME_CLIENT) {
+            p.add(
+                format!("clients[{i}].name"),
+                format!("\"{RUNTIME_CLIENT}\" is reserved"),
+            );
+        }
+    }
     for (i, rt) in raw.iter().enumerate() {
         let path = format!("tenants[{i}]");
         let Some(t) = tenant(rt, &path, cx, &mut clients, p) else {
@@ -306,6 +317,12 @@ fn client(
         p.add(
             format!("{path}.name"),
             format!("duplicate client name \"{name}\""),
+        );
+    }
+    if name.starts_with(RUNTIME_CLIENT) {
+        p.add(
+            format!("{path}.name"),
+            format!("\"{RUNTIME_CLIENT}\" is reserved"),
         );
     }
     let token_path = format!("{path}.token");

@@ -29,7 +29,7 @@ struct NewKey {
 /// A refusal's status and JSON body, answered by the caller.
 type Refusal = (StatusCode, serde_json::Value);
 
-fn answer(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
+pub(super) fn answer(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
     crate::admin::json(status, body)
 }
 
@@ -45,10 +45,15 @@ fn who(app: &App, req: &Request<Incoming>, admin: Option<&[u8; 32]>) -> Option<W
     if admin.is_some_and(|a| bool::from(a.ct_eq(&digest))) {
         return Some(Who::Admin);
     }
-    let config = &app.tenants().registry()?.config;
-    config.tenants.iter().find_map(|t| {
+    let registry = app.tenants().registry()?;
+    let configured = registry.config.tenants.iter().find_map(|t| {
         let own: [u8; 32] = Sha256::digest(t.admin_token.as_ref()?.expose().as_bytes()).into();
         bool::from(own.ct_eq(&digest)).then(|| Who::Tenant(t.name.clone()))
+    });
+    configured.or_else(|| {
+        registry
+            .runtime_admin(&hex::encode(digest))
+            .map(Who::Tenant)
     })
 }
 
@@ -73,6 +78,13 @@ pub async fn handle(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let ["admin", "tenants", rest @ ..] = segments.as_slice() {
+        if rest.len() <= 1 {
+            let method = req.method().clone();
+            let name = rest.first().copied();
+            return super::runtime::tenants(registry, &who, &method, name, req).await;
+        }
+    }
     let tenant = match target(registry, &who, &segments) {
         Ok(t) => t,
         Err((status, body)) => return answer(status, body),
@@ -108,7 +120,7 @@ fn target<'s>(registry: &Registry, who: &Who, segments: &[&'s str]) -> Result<&'
             ))
         }
     };
-    if !who.may(tenant) || !registry.config.tenants.iter().any(|t| t.name == tenant) {
+    if !who.may(tenant) || !registry.has_tenant(tenant) {
         return Err((
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such tenant"}),

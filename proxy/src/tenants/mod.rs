@@ -11,6 +11,7 @@ pub mod conn;
 pub mod limits;
 pub mod records;
 pub mod registry;
+pub mod runtime;
 pub mod seal;
 pub mod validate;
 
@@ -21,6 +22,9 @@ use crate::service::{App, Shared};
 use keyrelay_pool::PoolError;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The prefix of a runtime tenant's client name (no configured client may start with it).
+pub const RUNTIME_CLIENT: &str = "runtime:";
 
 /// One tenant: its pools, one per provider it has keys for.
 pub struct Tenant {
@@ -100,6 +104,14 @@ impl Tenants {
     /// provider); a tenant with neither gets 404, as for a route that does not exist.
     pub fn route(&self, client: &str, shared: &Arc<Provider>) -> Result<Arc<Provider>, ProxyError> {
         let Some(tenant) = self.of(client) else {
+            if let Some(name) = client.strip_prefix(RUNTIME_CLIENT) {
+                // A runtime tenant has only the keys registered for it.
+                let pool = self
+                    .registry
+                    .as_ref()
+                    .and_then(|r| r.pool(&pool_name(name, &shared.name)));
+                return pool.ok_or(ProxyError::UnknownRoute);
+            }
             return Ok(shared.clone());
         };
         if let Some(r) = &self.registry {
@@ -112,6 +124,19 @@ impl Tenants {
             None if tenant.fallback_shared => Ok(shared.clone()),
             None => Err(ProxyError::UnknownRoute),
         }
+    }
+
+    /// The client name of a runtime tenant's client who presented one of `presented`.
+    pub fn runtime_client(&self, presented: &[&[u8]]) -> Option<String> {
+        let tenant = self.registry.as_ref()?.runtime_client(presented)?;
+        Some(format!("{RUNTIME_CLIENT}{tenant}"))
+    }
+
+    /// Whether `p` is the pool of a tenant created at run time (not in the config).
+    pub fn is_runtime_pool(&self, p: &Provider) -> bool {
+        p.tenant
+            .as_deref()
+            .is_some_and(|t| self.tenants.iter().all(|c| c.name != t))
     }
 
     pub fn registry(&self) -> Option<&Arc<registry::Registry>> {

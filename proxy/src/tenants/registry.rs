@@ -3,15 +3,17 @@
 //! registered on one serves on all within a second). A tenant's runtime pool for a provider
 //! holds its configured keys for that provider plus its registered ones.
 
-use super::records::{Record, Records};
+use super::records::{Records, Stored, TenantRecord};
 use super::seal::Masters;
 use crate::config::{pool_name, Config, ProviderConfig, RegistryConfig};
 use crate::routes::Provider;
 use crate::service::Shared;
 use keyrelay_pool::{Fingerprinter, Key, Secret};
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 const POLL: Duration = Duration::from_millis(250);
 
@@ -25,6 +27,8 @@ pub struct Registry {
     shared: Shared,
     bases: Vec<Arc<Provider>>,
     pools: RwLock<HashMap<String, Arc<Provider>>>,
+    /// Tenants created at run time.
+    runtime: RwLock<Vec<TenantRecord>>,
     seen: Mutex<Option<String>>,
     pub(super) client: crate::upstream::UpstreamClient,
 }
@@ -57,6 +61,7 @@ impl Registry {
             shared: shared.clone(),
             bases: bases.to_vec(),
             pools: RwLock::default(),
+            runtime: RwLock::default(),
             seen: Mutex::default(),
             client: crate::upstream::client(&config.upstream),
         });
@@ -101,9 +106,9 @@ impl Registry {
         if unchanged && !force {
             return;
         }
-        match self.records.all().await {
-            Ok(records) => {
-                self.apply(&records);
+        match self.records.everything().await {
+            Ok(stored) => {
+                self.apply(&stored);
                 *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(version);
             }
             Err(e) => tracing::warn!(error = %e, "registered keys: cannot read the store"),
@@ -113,9 +118,10 @@ impl Registry {
     /// Build every pool that has registered keys: the tenant's configured keys for that
     /// provider, then its registered ones (a registered key replaces a configured one of its
     /// name).
-    fn apply(&self, records: &[Record]) {
+    fn apply(&self, stored: &Stored) {
+        *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = stored.tenants.clone();
         let mut groups: HashMap<(String, String), Vec<Key>> = HashMap::new();
-        for r in records {
+        for r in &stored.keys {
             match self.masters.open(&r.tenant, &r.name, &r.sealed) {
                 Ok(secret) => groups
                     .entry((r.tenant.clone(), r.provider.clone()))
@@ -144,13 +150,48 @@ impl Registry {
         Key::fingerprinted(name, secret, rpm, 1, &self.fingerprinter)
     }
 
+    /// The runtime tenant a presented credential is the client token of.
+    pub fn runtime_client(&self, presented: &[&[u8]]) -> Option<String> {
+        let runtime = self.runtime.read().unwrap_or_else(PoisonError::into_inner);
+        presented.iter().find_map(|p| {
+            let digest = hex::encode(sha2::Sha256::digest(p));
+            runtime
+                .iter()
+                .find(|t| bool::from(t.client_digest.as_bytes().ct_eq(digest.as_bytes())))
+                .map(|t| t.name.clone())
+        })
+    }
+
+    /// The runtime tenant whose admin token has this digest (hex).
+    pub fn runtime_admin(&self, digest: &str) -> Option<String> {
+        let runtime = self.runtime.read().unwrap_or_else(PoisonError::into_inner);
+        runtime
+            .iter()
+            .find(|t| bool::from(t.admin_digest.as_bytes().ct_eq(digest.as_bytes())))
+            .map(|t| t.name.clone())
+    }
+
+    /// Whether `tenant` exists: configured, or created at run time.
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.config.tenants.iter().any(|t| t.name == tenant)
+            || self
+                .runtime
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|t| t.name == tenant)
+    }
+
     fn build(&self, tenant: &str, provider: &str, registered: Vec<Key>) -> Option<Provider> {
-        let tc = self.config.tenants.iter().find(|t| t.name == tenant)?;
+        let tc = self.config.tenants.iter().find(|t| t.name == tenant);
+        if tc.is_none() && !self.has_tenant(tenant) {
+            return None;
+        }
         let pc = self.config.providers.iter().find(|p| p.name == provider)?;
         let base = self.bases.iter().find(|p| p.name == provider)?;
         let mut keys: Vec<Key> = tc
-            .pools
             .iter()
+            .flat_map(|tc| tc.pools.iter())
             .filter(|p| p.provider == provider)
             .flat_map(|p| p.keys.iter().cloned())
             .filter(|k| registered.iter().all(|r| r.name != k.name))
@@ -163,7 +204,14 @@ impl Registry {
         };
         let mut p = Provider::new(&pc, &self.shared).ok()?;
         p.tenant = Some(tenant.to_owned());
-        p.fallback = tc.fallback_shared.then(|| base.clone());
+        match tc {
+            Some(tc) => p.fallback = tc.fallback_shared.then(|| base.clone()),
+            // Runtime tenants share one metrics label, so the label set stays bounded.
+            None => {
+                let label = pool_name(crate::config::RUNTIME_LABEL, provider);
+                p.metrics = self.shared.metrics.provider(&label);
+            }
+        }
         Some(p)
     }
 }
