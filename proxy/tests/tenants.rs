@@ -121,7 +121,7 @@ async fn start_edit(
     text.push_str(&tenants_toml(specs));
     if let Some(store) = store {
         text.push_str(&format!(
-            "\n[store]\n{store}\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\n"
+            "\n[store]\n{store}\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n"
         ));
     }
     let text = edit(text);
@@ -733,7 +733,9 @@ fn registry_setup(
         old.is_some(),
     ));
     if let Some(store) = store {
-        text.push_str(&format!("\n[store]\n{store}\ncommand_timeout = \"2s\"\n"));
+        text.push_str(&format!(
+            "\n[store]\n{store}\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n"
+        ));
     }
     let mut env = world_env(specs)
         .with("KR_MASTER", master)
@@ -1083,6 +1085,22 @@ async fn rekey_keeps_every_registered_key_serving() {
 
 /// Three keys listed; the key file and the audit file hold no secret or fragment of one.
 async fn three_stored_none_in_the_clear(p: &Running, dir: &std::path::Path, secrets: &[&str]) {
+    // An operator's key action is audited too.
+    let act = admin_call(
+        p,
+        "POST",
+        "/admin/keys/openai/KR_KEY_1/disable",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(act.status, 200, "{}", act.text());
+    let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains(r#""action":"disable","at""#) || audit.contains(r#""action":"disable""#),
+        "{audit}"
+    );
+    assert!(audit.contains(r#""provider":"openai""#), "{audit}");
     let names: Vec<String> = admin_call(p, "GET", "/admin/tenants/t0/keys", ADMIN_TOKEN, None)
         .await
         .json()["keys"]

@@ -41,14 +41,33 @@ pub fn audit(
 ) {
     let who = who.label();
     tracing::info!(target: "keyrelay::audit", %who, action, tenant, key, fingerprint, result, "audit");
-    let Some(path) = &registry.audit_file else {
-        return;
-    };
     let line = serde_json::json!({
         "at": crate::admin::rfc3339(std::time::SystemTime::now()),
         "who": who, "action": action, "tenant": tenant, "key": key,
         "fingerprint": fingerprint, "result": result,
     });
+    append(registry.audit_file.as_deref(), &line);
+}
+
+/// An operator's key action or reload on the admin listener (authorised by the admin token):
+/// one audit line. `key` is what the operator named, given only once it matched a key (so a
+/// secret pasted by mistake is never written).
+pub fn operator(app: &crate::service::App, action: &str, provider: &str, key: &str, status: u16) {
+    let key = if status == 200 { key } else { "" };
+    tracing::info!(target: "keyrelay::audit", who = "admin", action, provider, key, status, "audit");
+    let line = serde_json::json!({
+        "at": crate::admin::rfc3339(std::time::SystemTime::now()),
+        "who": "admin", "action": action, "provider": provider, "key": key, "status": status,
+    });
+    let file = app.tenants().registry().and_then(|r| r.audit_file.clone());
+    append(file.as_deref(), &line);
+}
+
+/// Append `line` to the audit file, if one is configured.
+fn append(path: Option<&std::path::Path>, line: &serde_json::Value) {
+    let Some(path) = path else {
+        return;
+    };
     let mut options = std::fs::OpenOptions::new();
     options.append(true).create(true);
     #[cfg(unix)]

@@ -227,7 +227,7 @@ return {0, 0, 0}
 
 /// The store's Redis for the limit script.
 struct Remote {
-    link: super::conn::Link,
+    link: std::sync::Arc<super::conn::Link>,
     timeout: Duration,
     instances: u32,
     script: Script,
@@ -235,8 +235,14 @@ struct Remote {
 
 impl Remote {
     fn new(s: &StoreConfig) -> Remote {
+        let link = std::sync::Arc::new(super::conn::Link::new(s));
+        // Connect now, so the first limited request does not wait for it.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let early = link.clone();
+            tokio::spawn(async move { early.get().await });
+        }
         Remote {
-            link: super::conn::Link::new(s),
+            link,
             timeout: s.settings.command_timeout,
             instances: s.settings.instances,
             script: Script::new(SCRIPT),
@@ -278,7 +284,12 @@ impl Remote {
                 self.link.reset().await;
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                tracing::warn!(
+                    "client limits: Redis slower than store.command_timeout; counting here"
+                );
+                None
+            }
         }
     }
 }
