@@ -631,6 +631,7 @@ fn check_shows_tenants_their_pools_and_missing_variables() {
     let (ok, out) = run(&world_env(&specs));
     assert!(ok, "{out}");
     assert!(out.contains("tenant t0 (fallback none, rpm none)"), "{out}");
+    assert!(out.contains("registry: off"), "{out}");
     assert!(out.contains("tenant t1 (fallback shared, rpm 30)"), "{out}");
     assert!(out.contains("  clients: t1-c0 (rpm none)"), "{out}");
     assert!(out.contains("  pool t1.openai (2 keys)"), "{out}");
@@ -1132,6 +1133,11 @@ fn registry_problems_are_named_by_their_paths() {
     );
     assert!(
         e.contains("registry.previous_master_key: env var NOT_SET_ANYWHERE is not set"),
+        "{e}"
+    );
+    let e = problems("[[tenants]]\nname = \"t9\"\nadmin_token = \"env:KR_ADMIN\"\n");
+    assert!(
+        e.contains("tenants[0].admin_token: must differ from the admin token"),
         "{e}"
     );
     let e = problems("[registry]\nfile = \"k.json\"\n");

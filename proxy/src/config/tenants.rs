@@ -385,3 +385,22 @@ fn pools(raw: &[RawTenantPool], path: &str, cx: &Context<'_>, p: &mut Problems) 
     }
     out
 }
+
+/// No tenant admin token may be the admin token, another tenant's, or any client's token.
+pub(super) fn admin_tokens(tenants: &[TenantConfig], admin: Option<&Secret>, p: &mut Problems) {
+    for (i, t) in tenants.iter().enumerate() {
+        let Some(own) = &t.admin_token else { continue };
+        let clients = tenants.iter().flat_map(|o| o.clients.iter());
+        let reused = admin == Some(own)
+            || tenants[..i]
+                .iter()
+                .any(|o| o.admin_token.as_ref() == Some(own))
+            || clients.into_iter().any(|c| c.token == *own);
+        if reused {
+            p.add(
+                format!("tenants[{i}].admin_token"),
+                "must differ from the admin token and every other token",
+            );
+        }
+    }
+}

@@ -34,6 +34,7 @@ pub(super) fn validate(
         env,
     };
     let tenants = tenants::tenants(&raw.tenants, &cx, &mut p);
+    tenants::admin_tokens(&tenants, admin.token.as_ref(), &mut p);
     let registry = raw
         .registry
         .as_ref()

@@ -10,6 +10,24 @@ pub fn lines(config: &Config) -> Vec<String> {
     if config.tenants.is_empty() {
         out.push("tenants: none".to_owned());
     }
+    out.push(match &config.registry {
+        None => {
+            "registry: off (no [registry] master_key: runtime registration is refused)".to_owned()
+        }
+        Some(r) => format!(
+            "registry: on, keys sealed in {}{}",
+            if config.store.is_some() {
+                "the store's Redis".to_owned()
+            } else {
+                r.file.display().to_string()
+            },
+            if r.previous.is_some() {
+                ", previous master key read (run `keyrelay rekey`)"
+            } else {
+                ""
+            }
+        ),
+    });
     for t in &config.tenants {
         let limit = |rpm: Option<u32>| rpm.map_or_else(|| "none".to_owned(), |r| r.to_string());
         out.push(format!(
