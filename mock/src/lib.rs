@@ -14,9 +14,9 @@ mod body;
 mod conn;
 mod fault;
 mod record;
-mod ws;
 mod resources;
 pub mod stamp;
+mod ws;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};

@@ -58,10 +58,12 @@ mod tests {
             ClientConfig {
                 name: "a".into(),
                 token: Secret::new("tok-a"),
+                rpm: None,
             },
             ClientConfig {
                 name: "b".into(),
                 token: Secret::new("tok-b"),
+                rpm: None,
             },
         ];
         let auth = ClientAuth::new(&clients, false);

@@ -52,6 +52,12 @@ pub enum ProxyError {
     ResourceIdUnknown,
     #[error("the resource ids in this request belong to different keys")]
     ResourceIdsConflict,
+    /// The client's own request limit, or its tenant's (`scope`: "client" or "tenant").
+    #[error("the {scope}'s request limit (rpm) is reached; retry after {} s", retry_after_secs(.retry_after))]
+    ClientLimited {
+        scope: &'static str,
+        retry_after: Duration,
+    },
 
     // The pool's side.
     /// The key a resource id is sealed to is no longer in the config.
@@ -162,7 +168,9 @@ impl ProxyError {
             ProxyError::UpstreamMismatch => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::StreamCut => StatusCode::BAD_GATEWAY,
             ProxyError::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::AllKeysCooling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::AllKeysCooling { .. } | ProxyError::ClientLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamRejectedKeys
@@ -195,6 +203,7 @@ impl ProxyError {
             ProxyError::StreamCut => "upstream_stream_cut",
             ProxyError::StreamIdle => "upstream_stream_idle",
             ProxyError::AllKeysCooling { .. } => "rate_limit_exceeded",
+            ProxyError::ClientLimited { .. } => "client_rate_limit_exceeded",
             ProxyError::NoUsableKey => "no_usable_key",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -223,7 +232,9 @@ impl ProxyError {
             | ProxyError::ResourceKeyRemoved => "invalid_request_error",
             ProxyError::ResourceKeyDisabled => "permission_error",
             ProxyError::BodyBudgetFull => "overloaded_error",
-            ProxyError::AllKeysCooling { .. } => "rate_limit_error",
+            ProxyError::AllKeysCooling { .. } | ProxyError::ClientLimited { .. } => {
+                "rate_limit_error"
+            }
             ProxyError::NoUsableKey
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
@@ -246,14 +257,16 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::BadUpgrade(_) => "INVALID_ARGUMENT",
             ProxyError::WebSocketDisabled => "FAILED_PRECONDITION",
-            | ProxyError::ResourceIdInvalid
+            ProxyError::ResourceIdInvalid
             | ProxyError::ResourceIdUnknown
             | ProxyError::ResourceIdsConflict => "INVALID_ARGUMENT",
             ProxyError::ResourceKeyRemoved => "NOT_FOUND",
             ProxyError::ResourceKeyDisabled => "PERMISSION_DENIED",
             ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",
             ProxyError::BodyBudgetFull => "UNAVAILABLE",
-            ProxyError::AllKeysCooling { .. } => "RESOURCE_EXHAUSTED",
+            ProxyError::AllKeysCooling { .. } | ProxyError::ClientLimited { .. } => {
+                "RESOURCE_EXHAUSTED"
+            }
             ProxyError::NoUsableKey | ProxyError::UpstreamUnreachable => "UNAVAILABLE",
             ProxyError::UpstreamTimeout => "DEADLINE_EXCEEDED",
             ProxyError::UpstreamRejectedKeys
@@ -298,7 +311,8 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         match &self {
-            ProxyError::AllKeysCooling { retry_after } => {
+            ProxyError::AllKeysCooling { retry_after }
+            | ProxyError::ClientLimited { retry_after, .. } => {
                 h.insert(
                     http::header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs(retry_after)),

@@ -13,6 +13,7 @@ pub mod log;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod tenants;
 pub mod upstream;
 pub mod websocket;
 
@@ -105,7 +106,7 @@ pub async fn build_store(config: &Config) -> Result<Arc<dyn Store>, StartError> 
         Some(s) => {
             // The probe checks the pools' own Redis slots from the start.
             let mut settings = s.settings.clone();
-            settings.pools = config.providers.iter().map(|p| p.name.clone()).collect();
+            settings.pools = config.pool_names();
             let store = RedisStore::connect(&s.target, settings)
                 .await
                 .map_err(StartError::Store)?;

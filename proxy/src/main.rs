@@ -42,6 +42,9 @@ struct Cli {
 enum Command {
     /// Validate the config and print the pools (names and fingerprints, never secrets).
     Check,
+    /// Seal every registered key again under `[registry] master_key` (reading those under
+    /// `previous_master_key`); run once after rotating the master key.
+    Rekey,
     /// Run keyrelay in front of a built-in mock upstream with fake keys: no keys or internet needed.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -96,6 +99,9 @@ async fn check(path: &std::path::Path) -> bool {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            for line in keyrelay::tenants::check::lines(&config) {
+                println!("{line}");
+            }
             store_ok
         }
         Err(e) => {
@@ -242,6 +248,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             if !check(&cli.config).await {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Some(Command::Rekey) => {
+            let config = Config::load(&cli.config)?;
+            let done = keyrelay::tenants::registry::rekey(&config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("rekey: {done} records sealed again under the current master key");
             Ok(())
         }
         Some(Command::Demo { listen }) => keyrelay::demo::run(listen).await.map_err(Into::into),

@@ -31,10 +31,14 @@ pub struct Provider {
     pub metrics: ProviderMetrics,
     /// Resource affinity, when `[affinity] secret` is set.
     pub affinity: Option<Arc<Affinity>>,
+    /// The tenant whose pool this is; `None` for a shared pool.
+    pub tenant: Option<String>,
+    /// The shared pool a tenant's request falls back to when none of its keys is ready.
+    pub fallback: Option<Arc<Provider>>,
 }
 
 impl Provider {
-    fn new(
+    pub(crate) fn new(
         pc: &ProviderConfig,
         shared: &Shared,
         affinity: (&AffinityConfig, Option<&Arc<Codec>>),
@@ -78,6 +82,8 @@ impl Provider {
                 let scope = (pc.name.as_str(), pc.base_url.as_str());
                 Arc::new(Affinity::new(c.clone(), affinity.0, scope, &pc.keys))
             }),
+            tenant: None,
+            fallback: None,
         })
     }
 

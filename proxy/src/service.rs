@@ -52,6 +52,8 @@ pub struct App {
     shared: Shared,
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
+    tenants: crate::tenants::Tenants,
+    limits: crate::tenants::limits::Limits,
     auth: ClientAuth,
     client: upstream::Clients,
     upstream: UpstreamConfig,
@@ -104,14 +106,17 @@ struct Bounds {
 
 impl App {
     pub fn new(config: &Config, shared: Shared) -> Result<App, PoolError> {
+        let routes = Routes::new(config, &shared)?;
         let app = App {
-            routes: Routes::new(config, &shared)?,
+            tenants: crate::tenants::Tenants::new(config, &shared, &routes)?,
+            routes,
+            limits: crate::tenants::limits::Limits::new(config),
             tls: config
                 .server
                 .tls
                 .clone()
                 .map(tokio_rustls::TlsAcceptor::from),
-            auth: ClientAuth::new(&config.clients, config.server.allow_unauthenticated),
+            auth: ClientAuth::new(&config.all_clients(), config.server.allow_unauthenticated),
             client: upstream::Clients::new(config),
             upstream: config.upstream.clone(),
             body_limits: BodyLimits {
@@ -157,6 +162,10 @@ impl App {
         &self.routes
     }
 
+    pub fn tenants(&self) -> &crate::tenants::Tenants {
+        &self.tenants
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
@@ -190,7 +199,8 @@ impl App {
         }
         // Step 1: who is asking.
         let presented = presented_credentials(&parts.headers, parts.uri.query());
-        let Some(client) = self.auth.authenticate(&presented) else {
+        let mut runtime = None;
+        let Some(client) = self.client(&presented, &mut runtime) else {
             self.shared
                 .metrics
                 .client_auth_failure(if presented.is_empty() {
@@ -205,7 +215,10 @@ impl App {
         let Some((provider, rest)) = found else {
             return log.error(ProxyError::UnknownRoute, shape);
         };
-        let provider = provider.clone();
+        let provider = match self.pool_for(client, provider).await {
+            Ok(p) => p,
+            Err(e) => return log.error(e, shape),
+        };
         log.provider(&provider);
         let query = parts.uri.query().and_then(query_without_key);
         let tls = self.tls.is_some();
@@ -253,8 +266,36 @@ impl App {
             upstream: &self.upstream,
             metrics: &self.shared.metrics,
             gateway: &self.ws,
+            tenants: &self.tenants,
+            limits: &self.limits,
         };
         ctx.serve(parts, log).await
+    }
+
+    /// The configured client a presented credential belongs to, or the client of a tenant
+    /// created at run time (named `runtime:<tenant>`, kept in `runtime`).
+    fn client<'a>(
+        &'a self,
+        presented: &[&[u8]],
+        runtime: &'a mut Option<String>,
+    ) -> Option<&'a str> {
+        if let Some(c) = self.auth.authenticate(presented) {
+            return Some(c);
+        }
+        *runtime = self.tenants.runtime_client(presented);
+        runtime.as_deref()
+    }
+
+    /// The pool serving `client` on `shared`'s route: its tenant's only, for a tenant's client;
+    /// checked against the client's own limit and its tenant's before anything is read or sent.
+    async fn pool_for(
+        &self,
+        client: &str,
+        shared: &Arc<Provider>,
+    ) -> Result<Arc<Provider>, ProxyError> {
+        let provider = self.tenants.route(client, shared)?;
+        self.limits.check(client).await?;
+        Ok(provider)
     }
 
     /// Buffer the body within the limits; on refusal, the error and whether the connection is
@@ -304,7 +345,14 @@ impl App {
             deadline,
         };
         loop {
-            let lease = match self.next_key(provider, &mut tried, &last, &bounds).await {
+            let next = self.next_key(provider, &mut tried, &last, &bounds).await;
+            // A tenant that allows it goes to the shared pool when none of its keys was ready.
+            if let (Some(shared), None, false) =
+                (&provider.fallback, &last, matches!(next, Next::Try(_)))
+            {
+                return Box::pin(self.forward(shared, req, log)).await;
+            }
+            let lease = match next {
                 Next::Try(lease) => lease,
                 Next::Refuse(e) => return log.error(e, provider.shape),
                 Next::GiveUp => break,

@@ -374,7 +374,10 @@ fn minimal() -> toml::Table {
     toml::from_str(
         "[[clients]]\nname = \"c\"\ntoken = \"env:KR_TOKEN\"\n\
          [[providers]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:1\"\nkeys = \"env:KR_KEY_1\"\n\
-         [store]\nurl = \"redis://127.0.0.1:6390\"\n",
+         [store]\nurl = \"redis://127.0.0.1:6390\"\n\
+         [[tenants]]\nname = \"t\"\n[[tenants.clients]]\nname = \"tc\"\ntoken = \"env:KR_ADMIN\"\n\
+         [[tenants.providers]]\nname = \"openai\"\nkeys = \"env:KR_KEY_2\"\n\
+         [registry]\nmaster_key = \"env:KR_MASTER\"\n",
     )
     .unwrap()
 }
@@ -382,13 +385,17 @@ fn minimal() -> toml::Table {
 /// `minimal()` with `section.field = value` set (`providers` means the first provider).
 fn with(d: &Documented, value: toml::Value) -> String {
     let mut t = minimal();
-    let section = t
-        .entry(d.section.clone())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let table = match section {
-        toml::Value::Array(items) => items[0].as_table_mut().unwrap(),
-        other => other.as_table_mut().unwrap(),
-    };
+    // A dotted section (`tenants.providers`) is walked down, through each array's first item.
+    let mut table = &mut t;
+    for part in d.section.split('.') {
+        let section = table
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match section {
+            toml::Value::Array(items) => items[0].as_table_mut().unwrap(),
+            other => other.as_table_mut().unwrap(),
+        };
+    }
     table.insert(d.field.clone(), value);
     toml::to_string(&t).unwrap()
 }
@@ -437,6 +444,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "providers.strategy",
         "providers.websocket",
         "providers.weight",
+        "registry.file",
         "server.allow_unauthenticated",
         "server.body_read_timeout",
         "server.header_read_timeout",
@@ -452,6 +460,8 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "store.probe_interval",
         "store.probe_max_interval",
         "store.wait_timeout",
+        "tenants.fallback",
+        "tenants.providers.rpm",
         "upstream.connect_timeout",
         "upstream.first_byte_timeout",
         "upstream.forwarded_for",

@@ -138,6 +138,10 @@ impl Admin {
                 );
                 resp
             }
+            (_, ["admin", "tenants", ..]) => {
+                let app = self.live.app();
+                crate::tenants::admin::handle(&app, req, self.token.as_ref()).await
+            }
             (_, ["admin", ..]) => match self.authorized_page(&req, &method, &segments) {
                 Some(resp) => resp,
                 None => self.admin(&method, &segments).await,
@@ -192,7 +196,17 @@ impl Admin {
                         )
                     }
                 };
-                status::act(&self.live.app(), provider, key, action).await
+                let app = self.live.app();
+                let resp = status::act(&app, provider, key, action).await;
+                let label = format!("{action:?}").to_ascii_lowercase();
+                crate::tenants::audit::operator(
+                    &app,
+                    &label,
+                    provider,
+                    key,
+                    resp.status().as_u16(),
+                );
+                resp
             }
             (&Method::POST, ["admin", "reload"]) => match &self.reload {
                 None => json(

@@ -46,7 +46,7 @@ fn mode_parts(mode: &KeyMode, now: SystemTime) -> (Option<&'static str>, Option<
 pub async fn status_json(app: &App) -> serde_json::Value {
     let now = SystemTime::now();
     let mut pools = Vec::new();
-    for p in app.routes().providers() {
+    for p in app.pools() {
         let keys = p.pool.status().await;
         let total_minute: u64 = keys.iter().map(|k| k.used_this_minute).sum();
         let capacity: u64 = keys.iter().map(|k| u64::from(k.rpm)).sum();
@@ -74,6 +74,7 @@ pub async fn status_json(app: &App) -> serde_json::Value {
             .collect();
         pools.push(serde_json::json!({
             "provider": p.name,
+            "tenant": p.tenant,
             "route": p.route,
             "strategy": p.pool.spec().strategy.as_str(),
             "total_requests_this_minute": total_minute,
@@ -90,7 +91,7 @@ pub async fn status_json(app: &App) -> serde_json::Value {
 
 /// Apply an operator action to `provider`'s key named by name, fingerprint or index.
 pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Response<ProxyBody> {
-    let Some(p) = app.routes().providers().iter().find(|p| p.name == provider) else {
+    let Some(p) = app.pools().into_iter().find(|p| p.name == provider) else {
         return json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such provider"}),
@@ -119,8 +120,14 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
 /// them); called on each scrape. The store's own figures are read by their collector.
 pub async fn refresh_metrics(app: &App) {
     let mut rows = Vec::new();
-    for p in app.routes().providers() {
-        rows.push((p, p.pool.status().await));
+    // A runtime tenant's keys have free names: they stay out of the per-key series.
+    for p in app
+        .pools()
+        .into_iter()
+        .filter(|p| !app.tenants().is_runtime_pool(p))
+    {
+        let keys = p.pool.status().await;
+        rows.push((p, keys));
     }
     let m = app.metrics();
     m.clear_keys();

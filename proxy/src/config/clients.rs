@@ -9,6 +9,7 @@ use super::{ClientConfig, ServerConfig};
 pub(super) fn clients(
     raw: &[RawClient],
     server: &ServerConfig,
+    tenant_clients: bool,
     env: &dyn Env,
     p: &mut Problems,
 ) -> Vec<ClientConfig> {
@@ -18,7 +19,7 @@ pub(super) fn clients(
             out.push(client);
         }
     }
-    if raw.is_empty() {
+    if raw.is_empty() && !tenant_clients {
         unauthenticated(server, p);
     }
     out
@@ -52,7 +53,10 @@ fn client(
     if seen.iter().any(|o| o.token == token) {
         p.add(token_path, "the same token is given to another client");
     }
-    Some(ClientConfig { name, token })
+    let rpm = c
+        .rpm
+        .map(|v| p.positive(&format!("{path}.rpm"), Some(v), 1));
+    Some(ClientConfig { name, token, rpm })
 }
 
 /// With no clients, the proxy is open: only when asked for, and only on loopback.

@@ -42,6 +42,12 @@ pub(super) const WS_ENABLED: bool = true;
 pub(super) const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub(super) const WS_MAX_DURATION: Duration = Duration::from_secs(2 * 60 * 60);
 
+// [[tenants]]
+pub(super) const TENANT_FALLBACK: &str = "none";
+
+// [registry]
+pub(super) const REGISTRY_FILE: &str = "keyrelay-keys.json";
+
 // [[providers]]
 pub(super) const AUTH: AuthStyle = AuthStyle::Bearer;
 pub(super) const STRATEGY: Strategy = Strategy::LeastLoaded;

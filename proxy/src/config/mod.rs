@@ -20,6 +20,7 @@ mod raw;
 mod secrets;
 mod server;
 mod store;
+mod tenants;
 mod tls;
 mod upstream_tls;
 mod validate;
@@ -34,6 +35,7 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
+pub use tenants::{pool_name, RegistryConfig, TenantConfig, TenantPool, RUNTIME_LABEL};
 pub use upstream_tls::{ClientIdentity, Egress, EgressSource, ProviderTls};
 
 /// How a provider expects its key.
@@ -112,6 +114,8 @@ pub struct UpstreamConfig {
 pub struct ClientConfig {
     pub name: String,
     pub token: Secret,
+    /// Requests this client may make in any sliding minute; `None`: no limit of its own.
+    pub rpm: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +156,10 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Resource affinity by sealed ids (off without a secret).
     pub affinity: AffinityConfig,
+    /// Tenants, each with its own clients and keys (`[[tenants]]`).
+    pub tenants: Vec<TenantConfig>,
+    /// Runtime key registration (`[registry]`); `None`: off.
+    pub registry: Option<RegistryConfig>,
 }
 
 /// `[websocket]`: upgrades proxied or answered 426, and each session's limits.

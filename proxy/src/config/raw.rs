@@ -13,6 +13,8 @@ pub(super) struct RawConfig {
     pub admin: RawAdmin,
     pub websocket: RawWebSocket,
     pub affinity: RawAffinity,
+    pub tenants: Vec<super::tenants::RawTenant>,
+    pub registry: Option<super::tenants::RawRegistry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +92,7 @@ pub(super) struct RawUpstream {
 pub(super) struct RawClient {
     pub name: Option<String>,
     pub token: Option<String>,
+    pub rpm: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,7 +4,8 @@ use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
 use super::{
-    admin, affinity, clients, keys, providers, server, store, websocket, Config, ConfigError,
+    admin, affinity, clients, keys, providers, server, store, tenants, websocket, Config,
+    ConfigError,
 };
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
@@ -20,7 +21,8 @@ pub(super) fn validate(
     }
     let server = server::server(&raw.server, env, &mut p);
     let upstream = server::upstream(&raw.upstream, env, &mut p);
-    let clients = clients::clients(&raw.clients, &server, env, &mut p);
+    let tenant_clients = raw.tenants.iter().any(|t| !t.clients.is_empty());
+    let clients = clients::clients(&raw.clients, &server, tenant_clients, env, &mut p);
     let fingerprinter = keys::fingerprinter(raw.server.fingerprint_secret.as_deref(), env, &mut p);
     let providers = providers::providers(&raw.providers, &fingerprinter, env, &mut p);
     let store = raw
@@ -30,6 +32,18 @@ pub(super) fn validate(
     let admin = admin::admin(&raw.admin, env, &mut p);
     let websocket = websocket::websocket(&raw.websocket, &mut p);
     let affinity = affinity::affinity(&raw.affinity, env, &mut p);
+    let cx = tenants::Context {
+        clients: &clients,
+        providers: &providers,
+        fingerprinter: &fingerprinter,
+        env,
+    };
+    let tenants = tenants::tenants(&raw.tenants, &cx, &mut p);
+    tenants::admin_tokens(&tenants, admin.token.as_ref(), &mut p);
+    let registry = raw
+        .registry
+        .as_ref()
+        .and_then(|r| tenants::registry(r, &fingerprinter, env, &mut p));
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -42,5 +56,7 @@ pub(super) fn validate(
         admin,
         websocket,
         affinity,
+        tenants,
+        registry,
     })
 }

@@ -105,6 +105,9 @@ pub struct Ctx<'a> {
     pub upstream: &'a UpstreamConfig,
     pub metrics: &'a Metrics,
     pub gateway: &'a Gateway,
+    /// A tenant's client reaches its tenant's pools only, as over HTTP.
+    pub tenants: &'a crate::tenants::Tenants,
+    pub limits: &'a crate::tenants::limits::Limits,
 }
 
 /// A handshake ready to send to any key.
@@ -134,7 +137,8 @@ impl Ctx<'_> {
         let protocols = Protocols::from_headers(&parts.headers);
         let mut presented = presented_credentials(&parts.headers, parts.uri.query());
         presented.extend(protocols.tokens());
-        let Some(client) = self.auth.authenticate(&presented) else {
+        let runtime = self.tenants.runtime_client(&presented);
+        let Some(client) = self.auth.authenticate(&presented).or(runtime.as_deref()) else {
             self.metrics.client_auth_failure(if presented.is_empty() {
                 AuthFailure::Missing
             } else {
@@ -143,10 +147,16 @@ impl Ctx<'_> {
             return log.error(ProxyError::Unauthorized, shape);
         };
         log.client(client);
-        let Some((provider, rest)) = found else {
+        let Some((shared, rest)) = found else {
             return log.error(ProxyError::UnknownRoute, shape);
         };
-        let provider = provider.clone();
+        let provider = match self.tenants.route(client, shared) {
+            Ok(p) => p,
+            Err(e) => return log.error(e, shape),
+        };
+        if let Err(e) = self.limits.check(client).await {
+            return log.error(e, shape);
+        }
         log.provider(&provider);
         if !(self.gateway.enabled && provider.websocket) {
             return log.error(ProxyError::WebSocketDisabled, shape);

@@ -27,6 +27,9 @@ pub const KEYS: [&str; 3] = [
     "sk-test-key-CCCCCCCCCCCCCCCC",
 ];
 
+/// A `[registry] master_key` (64 hex digits).
+pub const MASTER_KEY: &str = "5e3a9c1f7b2d4e6081a3c5e7f9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7";
+
 /// The environment every test config resolves secrets from.
 pub fn env() -> MapEnv {
     MapEnv::default()
@@ -35,6 +38,7 @@ pub fn env() -> MapEnv {
         .with("KR_KEY_1", KEYS[0])
         .with("KR_KEY_2", KEYS[1])
         .with("KR_KEY_3", KEYS[2])
+        .with("KR_MASTER", MASTER_KEY)
 }
 
 /// A config for one OpenAI-style provider in front of `mock_url`; `provider_extra` adds lines

@@ -1,0 +1,60 @@
+//! What `keyrelay check` prints of tenants: each one's fallback, limits, clients and pools, with
+//! key names and fingerprints only. (A variable a tenant names and the environment lacks never
+//! gets this far: loading refuses the file and names it by its path.)
+
+use crate::config::{pool_name, Config};
+
+/// One line per tenant, client list and pool, then one per key.
+pub fn lines(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.tenants.is_empty() {
+        out.push("tenants: none".to_owned());
+    }
+    out.push(match &config.registry {
+        None => {
+            "registry: off (no [registry] master_key: runtime registration is refused)".to_owned()
+        }
+        Some(r) => format!(
+            "registry: on, keys sealed in {}{}",
+            if config.store.is_some() {
+                "the store's Redis".to_owned()
+            } else {
+                r.file.display().to_string()
+            },
+            if r.previous.is_some() {
+                ", previous master key read (run `keyrelay rekey`)"
+            } else {
+                ""
+            }
+        ),
+    });
+    for t in &config.tenants {
+        let limit = |rpm: Option<u32>| rpm.map_or_else(|| "none".to_owned(), |r| r.to_string());
+        out.push(format!(
+            "tenant {} (fallback {}, rpm {})",
+            t.name,
+            if t.fallback_shared { "shared" } else { "none" },
+            limit(t.rpm)
+        ));
+        let clients: Vec<String> = t
+            .clients
+            .iter()
+            .map(|c| format!("{} (rpm {})", c.name, limit(c.rpm)))
+            .collect();
+        out.push(format!("  clients: {}", clients.join(", ")));
+        for p in &t.pools {
+            out.push(format!(
+                "  pool {} ({} keys)",
+                pool_name(&t.name, &p.provider),
+                p.keys.len()
+            ));
+            for k in &p.keys {
+                out.push(format!(
+                    "    key {:<22} fp {}  rpm {:<6} weight {}",
+                    k.name, k.fingerprint, k.rpm, k.weight
+                ));
+            }
+        }
+    }
+    out
+}
