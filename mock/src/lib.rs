@@ -7,12 +7,14 @@
 //! `x-mock-cut-after` (abort the connection after that many chunks), `x-mock-head-delay-ms`
 //! (wait before sending the response head). Faults (resets, hangs, cut and malformed streams,
 //! refusals, redirects) come per key as [`Reply::Fault`] or per request in `x-mock-fault`; see
-//! [`Fault`].
+//! [`Fault`]. `x-mock-sink` makes the mock count and hash a (large) body as it streams instead
+//! of keeping it (see `sink.rs`).
 
 mod body;
 mod conn;
 mod fault;
 mod record;
+mod sink;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -271,6 +273,9 @@ async fn handle(
         record(&state, &parts, key, Bytes::new());
         ctl.reset();
         return Err(Dropped);
+    }
+    if sink::wanted(&parts) {
+        return Ok(sink::answer(&parts, body, key, &state).await);
     }
     let body = body
         .collect()

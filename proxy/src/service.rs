@@ -2,16 +2,17 @@
 //! each attempt one lease from the pool and one report back to it.
 
 use crate::auth::ClientAuth;
-use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
+use crate::body::spill::{self, SpillDir};
+use crate::body::{
+    buffer_request, discard, spool, AttemptBody, BodyLimits, Budget, ProxyBody, Read, RequestBody,
+};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{JoinError, Provider, Routes};
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamClient, UpstreamError};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
 use keyrelay_pool::{
@@ -30,6 +31,8 @@ pub struct Shared {
     pub observed: Arc<Observed>,
     /// Request-body bytes buffered now, over every request of every config.
     pub budget: Arc<Budget>,
+    /// Spill-file bytes reserved now, over every request of every config.
+    pub spill_space: Arc<Budget>,
 }
 
 impl Shared {
@@ -42,6 +45,7 @@ impl Shared {
             observed: Observed::new(),
             // Each config sets its own limit when it is built.
             budget: Budget::new(0),
+            spill_space: Budget::new(0),
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct App {
     client: UpstreamClient,
     upstream: UpstreamConfig,
     body_limits: BodyLimits,
+    spill: Arc<SpillDir>,
     ids: RequestIds,
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
@@ -69,8 +74,8 @@ struct Prepared {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    /// Holds its share of the budget until the request is done with it.
-    body: Buffered,
+    /// Holds its share of the budget (or its spill file) until the request is done with it.
+    body: RequestBody,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -112,8 +117,13 @@ impl App {
             upstream: config.upstream.clone(),
             body_limits: BodyLimits {
                 max_bytes: config.server.max_body_bytes,
+                memory_bytes: config.server.replay_memory_bytes,
                 idle: config.server.body_read_timeout,
             },
+            spill: Arc::new(SpillDir::new(
+                config.server.spill_dir.clone(),
+                shared.spill_space.clone(),
+            )),
             ids: RequestIds::new(),
             unrouted: shared.metrics.provider("none"),
             headers: HeaderPolicy::new(
@@ -125,6 +135,13 @@ impl App {
         app.shared
             .budget
             .set_limit(config.server.max_buffered_bytes);
+        app.shared
+            .spill_space
+            .set_limit(config.server.max_spill_bytes);
+        let stale = spill::clear_stale(&config.server.spill_dir);
+        if stale > 0 {
+            tracing::info!(files = stale, "removed spill files left by an earlier run");
+        }
         Ok(app)
     }
 
@@ -208,7 +225,8 @@ impl App {
                 return log.error(ProxyError::UpstreamMismatch, shape);
             }
         };
-        // Step 3: the body, buffered so another key can replay it.
+        // Step 3: the body, buffered (or, when large, spilled while it streams) so another key
+        // can replay it. Only now is it read, so a refused request never gets 100 Continue.
         let body = match self.read_body(body, &parts).await {
             Ok(b) => b,
             Err((e, shed)) => {
@@ -233,14 +251,15 @@ impl App {
         self.forward(&provider, prepared, log).await
     }
 
-    /// Buffer the body within the limits; on refusal, the error and whether the connection is
-    /// shed (an HTTP/1 body refused for the budget alone, read to nowhere so the client sees
-    /// its 503 rather than a reset; an oversized or stalled body is cut off at once).
+    /// Buffer the body within the limits, or start spooling it when it is too large for
+    /// memory; on refusal, the error and whether the connection is shed (an HTTP/1 body refused
+    /// for the budget alone, read to nowhere so the client sees its 503 rather than a reset;
+    /// an oversized or stalled body is cut off at once).
     async fn read_body(
         &self,
         mut body: Incoming,
         parts: &http::request::Parts,
-    ) -> Result<Buffered, (ProxyError, bool)> {
+    ) -> Result<RequestBody, (ProxyError, bool)> {
         let declared = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -248,7 +267,14 @@ impl App {
             .and_then(|v| v.parse().ok());
         let limits = self.body_limits;
         match buffer_request(&mut body, declared, limits, &self.shared.budget).await {
-            Ok(b) => Ok(b),
+            Ok(Read::Whole(b)) => Ok(RequestBody::Memory(b)),
+            Ok(Read::Over(prefix)) => {
+                let spooled = spool(body, prefix, declared, limits, &self.spill).await;
+                if !spooled.replayable() {
+                    self.shared.metrics.request_body_unreplayable();
+                }
+                Ok(RequestBody::Spooled(spooled))
+            }
             Err(e) => {
                 let shed = matches!(e, ProxyError::BodyBudgetFull)
                     && parts.version < http::Version::HTTP_2;
@@ -282,13 +308,16 @@ impl App {
                 Next::GiveUp => break,
             };
             let key = lease.key();
-            let limit = self
-                .upstream
-                .first_byte_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
+            let Some(out) = attempt(&req, &lease) else {
+                break;
+            };
             let started = Instant::now();
-            let sent = upstream::send(&self.client, attempt(&req, &lease), limit, needs_body).await;
+            let sent = self.send(out, &req.body, deadline).await;
             let waited = started.elapsed();
+            if let (Err(_), Some(e)) = (&sent, req.body.failure()) {
+                // The client's body failed, not the key: no report, keyrelay's own answer.
+                return log.error(e, provider.shape);
+            }
             let answer = match &sent {
                 Ok(a) => Answer::Head {
                     status: a.parts.status,
@@ -299,7 +328,9 @@ impl App {
             };
             let verdict = lease.report(answer).await;
             log.attempt(&key.name, waited, sent.is_ok(), verdict);
-            let again = verdict.outcome.retryable(provider.retry_after_send);
+            // A body streamed without a spill file cannot be sent again.
+            let again =
+                verdict.outcome.retryable(provider.retry_after_send) && req.body.replayable();
             match sent {
                 Ok(answered) if !again => {
                     return pass_on(answered, log, &self.upstream, provider.shape)
@@ -317,6 +348,30 @@ impl App {
                 pass_on(answered, log, &self.upstream, provider.shape)
             }
             last => log.error(give_up(last), provider.shape),
+        }
+    }
+
+    /// Send one attempt. The answer head is due `first_byte_timeout` after the body is sent
+    /// (for a streamed body, after the client's upload ended), always within the deadline.
+    async fn send(
+        &self,
+        out: Request<AttemptBody>,
+        body: &RequestBody,
+        deadline: Instant,
+    ) -> Result<Answered, UpstreamError> {
+        let first_byte = self.upstream.first_byte_timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let RequestBody::Spooled(spooled) = body else {
+            return upstream::send(&self.client, out, first_byte.min(left), needs_body).await;
+        };
+        let uploaded = spooled.uploaded();
+        let head_due = async move {
+            uploaded.await;
+            tokio::time::sleep(first_byte).await;
+        };
+        tokio::select! {
+            sent = upstream::send(&self.client, out, left, needs_body) => sent,
+            () = head_due => Err(UpstreamError::FirstByteTimeout(first_byte)),
         }
     }
 
@@ -388,9 +443,10 @@ fn give_up(last: Option<Failure>) -> ProxyError {
     }
 }
 
-/// The upstream request for one attempt: the prepared request plus the lease's credential.
-fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
-    let mut out = Request::new(Full::new(req.body.bytes.clone()));
+/// The upstream request for one attempt: the prepared request plus the lease's credential;
+/// `None` when the body cannot be sent again.
+fn attempt(req: &Prepared, lease: &Lease<'_>) -> Option<Request<AttemptBody>> {
+    let mut out = Request::new(req.body.attempt()?);
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = req.uri.clone();
     *out.headers_mut() = req.headers.clone();
@@ -400,7 +456,7 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
     for (name, value) in lease.account_headers() {
         headers.insert(name.clone(), value.clone());
     }
-    out
+    Some(out)
 }
 
 /// Send an upstream answer to the client, head first, body frame by frame (or, for an error

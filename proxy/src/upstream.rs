@@ -1,9 +1,10 @@
 //! The one shared upstream client, and sending one attempt with its time limit.
 
+use crate::body::AttemptBody;
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -11,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, AttemptBody>;
 
 /// Build the shared client: HTTPS by rustls with the bundled web PKI roots (no system store
 /// needed), HTTP/1.1 and HTTP/2 by ALPN, a keep-alive pool with a timer so idle timeouts work.
@@ -156,7 +157,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// body) must arrive within `limit`.
 pub async fn send(
     client: &UpstreamClient,
-    req: Request<Full<Bytes>>,
+    req: Request<AttemptBody>,
     limit: Duration,
     read_body: fn(http::StatusCode) -> bool,
 ) -> Result<Answered, UpstreamError> {
