@@ -278,7 +278,10 @@ impl App {
             Err(e) => {
                 let shed = matches!(e, ProxyError::BodyBudgetFull)
                     && parts.version < http::Version::HTTP_2;
-                if shed {
+                // A client waiting for 100 Continue has sent no body: nothing to drain, and
+                // polling the body would invite it to send one.
+                let waiting = parts.headers.contains_key(http::header::EXPECT);
+                if shed && !waiting {
                     tokio::spawn(discard(body, limits));
                 }
                 Err((e, shed))

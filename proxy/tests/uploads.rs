@@ -389,6 +389,47 @@ async fn a_body_over_the_spill_space_gets_one_attempt_and_its_429_is_passed_on()
     assert_eq!(h.mock.total_calls(), 1);
 }
 
+/// Deleted spill files this (test) process holds open in `dir`: the in-process keyrelay's.
+fn own_open_spills(dir: &Path) -> usize {
+    open_spill_modes(std::process::id(), dir).len()
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_upload_frees_the_spill_file_and_its_space() {
+    let scratch = Scratch::new("abort");
+    let h = harness(&scratch, "replay_memory_bytes = 1024").await;
+    let space = h.proxy.app().shared().spill_space.clone();
+    let mut s = TcpStream::connect(h.proxy.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nx-mock-sink: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "z".repeat(8192));
+    for _ in 0..8 {
+        s.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    let spilling = eventually(Duration::from_secs(10), || {
+        space.used() > 0 && own_open_spills(&scratch.spill()) > 0
+    })
+    .await;
+    assert!(spilling, "the body went to a spill file");
+    assert!(
+        entries(&scratch.spill()).is_empty(),
+        "never visible by name"
+    );
+    drop(s);
+    let freed = eventually(Duration::from_secs(10), || {
+        space.used() == 0 && own_open_spills(&scratch.spill()) == 0
+    })
+    .await;
+    assert!(
+        freed,
+        "spill space {} still held after the client left",
+        space.used()
+    );
+    assert!(entries(&scratch.spill()).is_empty());
+}
+
 #[tokio::test]
 async fn stale_spill_files_are_removed_at_start_and_nothing_else() {
     let scratch = Scratch::new("stale");
