@@ -315,7 +315,7 @@ impl App {
                 break;
             };
             let started = Instant::now();
-            let sent = self.send(out, &req.body, deadline).await;
+            let sent = self.send(out, deadline).await;
             let waited = started.elapsed();
             if let (Err(_), Some(e)) = (&sent, req.body.failure()) {
                 // The client's body failed, not the key: no report, keyrelay's own answer.
@@ -355,21 +355,19 @@ impl App {
     }
 
     /// Send one attempt. The answer head is due `first_byte_timeout` after the body is sent
-    /// (for a streamed body, after the client's upload ended), always within the deadline.
+    /// (for a streamed body, once the upstream took its last byte), always within the deadline.
     async fn send(
         &self,
-        out: Request<AttemptBody>,
-        body: &RequestBody,
+        mut out: Request<AttemptBody>,
         deadline: Instant,
     ) -> Result<Answered, UpstreamError> {
         let first_byte = self.upstream.first_byte_timeout;
         let left = deadline.saturating_duration_since(Instant::now());
-        let RequestBody::Spooled(spooled) = body else {
+        let Some(sent) = out.body_mut().take_sent() else {
             return upstream::send(&self.client, out, first_byte.min(left), needs_body).await;
         };
-        let uploaded = spooled.uploaded();
         let head_due = async move {
-            uploaded.await;
+            let _ = sent.await;
             tokio::time::sleep(first_byte).await;
         };
         tokio::select! {

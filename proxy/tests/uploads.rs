@@ -431,6 +431,32 @@ async fn a_client_gone_mid_upload_frees_the_spill_file_and_its_space() {
 }
 
 #[tokio::test]
+async fn the_answer_is_due_first_byte_timeout_after_a_slow_upload_not_from_its_start() {
+    let scratch = Scratch::new("slow");
+    let mock = MockUpstream::start().await.unwrap();
+    let server = format!(
+        "spill_dir = \"{}\"\nreplay_memory_bytes = 1024",
+        scratch.spill().display()
+    );
+    let text = config_text(&mock.url(), "", &server)
+        .replace("first_byte_timeout = \"5s\"", "first_byte_timeout = \"1s\"");
+    let config = keyrelay::config::Config::from_toml_str(&text, &env()).unwrap();
+    let proxy = keyrelay::start(config).await.unwrap();
+    // Four 8 KiB chunks 600 ms apart: the upload takes longer than first_byte_timeout.
+    let chunks = stream::unfold(0u8, |i| async move {
+        if i == 4 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Some((Ok(Frame::data(Bytes::from(vec![b'a' + i; 8192]))), i + 1))
+    });
+    let url = format!("http://{}/v1/files", proxy.addr());
+    let (status, answer) = post_chunks(&url, Box::pin(chunks)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["bytes"], 4 * 8192);
+}
+
+#[tokio::test]
 async fn stale_spill_files_are_removed_at_start_and_nothing_else() {
     let scratch = Scratch::new("stale");
     let spill = scratch.spill();

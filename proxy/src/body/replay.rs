@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// The most read from a spill file at once, per attempt.
@@ -237,12 +237,15 @@ impl Spooled {
                 Box::pin(from_channel(rx, self.progress.clone()))
             }
         };
+        let (sent, sent_rx) = oneshot::channel();
         Some(AttemptBody {
             kind: Kind::Stream {
                 chunks,
                 left: self.declared,
-                done: self.declared == Some(0),
+                done: false,
+                sent: Some(sent),
             },
+            sent: Some(sent_rx),
         })
     }
 
@@ -254,14 +257,6 @@ impl Spooled {
             End::Failed(Fault::Read) => Some(ProxyError::BodyRead),
             End::Failed(Fault::Disk) => Some(ProxyError::BodyBudgetFull),
             End::Failed(Fault::Gone) | End::Open | End::Done => None,
-        }
-    }
-
-    /// Resolves when the client's body has ended, complete or not.
-    pub fn uploaded(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut progress = self.progress.clone();
-        async move {
-            let _ = progress.wait_for(|p| p.end != End::Open).await;
         }
     }
 }
@@ -324,6 +319,8 @@ fn from_channel(
 /// The body of one upstream attempt: a buffered body, or a streamed one read as above.
 pub struct AttemptBody {
     kind: Kind,
+    /// For a streamed body: resolves once it was read to its end, or failed, or was dropped.
+    sent: Option<oneshot::Receiver<()>>,
 }
 
 enum Kind {
@@ -333,6 +330,8 @@ enum Kind {
         /// The declared length still to come, sent as `Content-Length`; none: chunked.
         left: Option<u64>,
         done: bool,
+        /// Told when the body ends (dropped unsent when it is dropped first).
+        sent: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -340,7 +339,15 @@ impl AttemptBody {
     pub fn full(bytes: Bytes) -> AttemptBody {
         AttemptBody {
             kind: Kind::Full(Full::new(bytes)),
+            sent: None,
         }
+    }
+
+    /// For a streamed body, what resolves once the upstream has taken all of it (or the body
+    /// ended otherwise): the answer head is due from then. `None` for a buffered body, which is
+    /// sent at once.
+    pub fn take_sent(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.sent.take()
     }
 }
 
@@ -359,16 +366,26 @@ impl Body for AttemptBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            Kind::Stream { chunks, left, done } => {
+            Kind::Stream {
+                chunks,
+                left,
+                done,
+                sent,
+            } => {
                 if *done {
                     return Poll::Ready(None);
                 }
                 let next = std::task::ready!(chunks.poll_next_unpin(cx));
-                match &next {
-                    Some(Ok(bytes)) => {
-                        *left = left.map(|l| l.saturating_sub(bytes.len() as u64));
+                if let Some(Ok(bytes)) = &next {
+                    *left = left.map(|l| l.saturating_sub(bytes.len() as u64));
+                }
+                // Ended: failed, finished, or all of its declared length given (hyper may not
+                // ask for more).
+                if !matches!(next, Some(Ok(_))) || *left == Some(0) {
+                    *done = true;
+                    if let Some(tx) = sent.take() {
+                        let _ = tx.send(());
                     }
-                    Some(Err(_)) | None => *done = true,
                 }
                 Poll::Ready(next.map(|r| r.map(Frame::data)))
             }

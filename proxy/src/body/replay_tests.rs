@@ -132,3 +132,27 @@ async fn dropping_the_request_stops_the_pump_and_fails_readers() {
     assert!(closed.is_ok(), "the client's body was dropped");
     std::fs::remove_dir_all(&path).unwrap();
 }
+
+#[tokio::test]
+async fn a_streamed_attempt_says_when_the_upstream_took_all_of_it() {
+    let (dir, path) = spill_dir("sent", 10_000);
+    for declared in [Some(6), None] {
+        let (feed, body) = client();
+        let spooled = spool(body, prefix(), declared, LIMITS, &dir).await;
+        let mut attempt = spooled.attempt().unwrap();
+        let mut sent = attempt.take_sent().unwrap();
+        chunk(&feed, "abc").await;
+        let first = attempt.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "abc");
+        assert!(sent.try_recv().is_err(), "not all sent yet");
+        chunk(&feed, "def").await;
+        drop(feed);
+        let rest = collect(attempt).await.unwrap();
+        assert_eq!(rest, b"def");
+        assert_eq!(sent.await, Ok(()), "{declared:?}");
+    }
+    assert!(AttemptBody::full(Bytes::from_static(b"x"))
+        .take_sent()
+        .is_none());
+    std::fs::remove_dir_all(&path).unwrap();
+}
