@@ -487,6 +487,21 @@ async fn a_loose_spill_directory_is_refused_by_its_path() {
         .to_string();
     assert!(e.contains("server.spill_dir"), "{e}");
     assert!(e.contains("server.replay_memory_bytes"), "{e}");
+    // A path whose parent is missing is not grown into a tree.
+    let deep = scratch.0.join("no/such/spill");
+    let text = config_text(
+        "http://127.0.0.1:1",
+        "",
+        &format!("spill_dir = \"{}\"", deep.display()),
+    );
+    let e = keyrelay::config::Config::from_toml_str(&text, &env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.spill_dir") && e.contains("cannot create"),
+        "{e}"
+    );
+    assert!(!scratch.0.join("no").exists());
 }
 
 /// Read from `s` until a blank line ends a head; the head.

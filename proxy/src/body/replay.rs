@@ -194,8 +194,12 @@ where
         sink.put(prefix.bytes.clone(), 0).await?;
         tx.send_modify(|p| p.len = len);
     }
-    // The in-memory share is given back once the bytes are in the sink.
-    drop(prefix);
+    // The in-memory share is given back once the bytes are on disk; handed to a channel they
+    // may still wait in it, so they stay counted until the body ends.
+    let _held = match sink {
+        Sink::File(_) => None,
+        Sink::Channel(_) => Some(prefix),
+    };
     while !body.is_end_stream() {
         let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
             Err(_) => return Err(Fault::Timeout),

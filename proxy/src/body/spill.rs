@@ -99,15 +99,17 @@ impl SpillFile {
     }
 }
 
-/// Make sure `dir` can hold spill files: created (0700) when missing, owned by this user and
-/// writable by no one else, and writable by us (a probe file is created and removed). The
-/// problem as text when not.
+/// Make sure `dir` can hold spill files: created (0700) when missing, its parent only when
+/// that exists (a mistyped path does not grow a tree), owned by this user and writable by no
+/// one else, and writable by us (a probe file is created and removed). The problem as text
+/// when not.
 pub fn prepare_dir(dir: &Path) -> Result<(), String> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(format!("cannot create {}: {e}", dir.display()));
+        }
+        _ => {}
+    }
     let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     if !meta.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
