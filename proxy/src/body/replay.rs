@@ -19,7 +19,7 @@
 use super::request::{BodyLimits, Buffered, Permit};
 use super::spill::{SpillDir, SpillFile};
 use crate::error::ProxyError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
@@ -267,38 +267,65 @@ impl Spooled {
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, Fault>> + Send>>;
 
+/// Where an attempt's reading of the spill file is.
+struct Reading {
+    file: Arc<SpillFile>,
+    progress: watch::Receiver<Progress>,
+    at: u64,
+    /// One buffer, reused once the upstream has let go of the last chunk cut from it, so a
+    /// reader's memory stays at about one chunk whatever the body's size.
+    buf: BytesMut,
+}
+
 /// An attempt's reading of the spill file: what is written, then what comes, to the end.
 fn from_file(
     file: Arc<SpillFile>,
     progress: watch::Receiver<Progress>,
 ) -> impl Stream<Item = Result<Bytes, Fault>> + Send {
-    stream::unfold(Some((file, progress, 0u64)), |state| async move {
-        let (file, mut progress, at) = state?;
+    let start = Reading {
+        file,
+        progress,
+        at: 0,
+        buf: BytesMut::new(),
+    };
+    stream::unfold(Some(start), |state| async move {
+        let mut r = state?;
         loop {
-            let now = *progress.borrow_and_update();
+            let now = *r.progress.borrow_and_update();
             if let End::Failed(fault) = now.end {
                 return Some((Err(fault), None));
             }
-            if at < now.len {
-                let n = usize::try_from(now.len - at).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
-                let reader = file.clone();
-                let read = tokio::task::spawn_blocking(move || reader.read_at(at, n)).await;
-                return match read {
-                    Ok(Ok(bytes)) => Some((
-                        Ok(Bytes::from(bytes)),
-                        Some((file, progress, at + n as u64)),
-                    )),
-                    _ => Some((Err(Fault::Disk), None)),
+            if r.at < now.len {
+                let n = usize::try_from(now.len - r.at).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+                return match read_chunk(&mut r, n).await {
+                    Ok(chunk) => Some((Ok(chunk), Some(r))),
+                    Err(fault) => Some((Err(fault), None)),
                 };
             }
             if now.end == End::Done {
                 return None;
             }
-            if progress.changed().await.is_err() {
+            if r.progress.changed().await.is_err() {
                 return Some((Err(Fault::Gone), None));
             }
         }
     })
+}
+
+/// The next `n` bytes of the file, read off the runtime's threads into the reused buffer.
+async fn read_chunk(r: &mut Reading, n: usize) -> Result<Bytes, Fault> {
+    let mut buf = std::mem::take(&mut r.buf);
+    buf.reserve(READ_CHUNK);
+    buf.resize(n, 0);
+    let (file, at) = (r.file.clone(), r.at);
+    let read = tokio::task::spawn_blocking(move || file.read_at(at, &mut buf).map(|()| buf)).await;
+    let Ok(Ok(mut buf)) = read else {
+        return Err(Fault::Disk);
+    };
+    r.at += n as u64;
+    let chunk = buf.split().freeze();
+    r.buf = buf;
+    Ok(chunk)
 }
 
 /// The one attempt's reading of a body without replay: chunks as the pump passes them.

@@ -78,11 +78,9 @@ impl SpillFile {
         self.file.write_all_at(data, at)
     }
 
-    /// Exactly `len` bytes from `at`. Blocking.
-    pub fn read_at(&self, at: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        self.file.read_exact_at(&mut buf, at)?;
-        Ok(buf)
+    /// Fill `buf` from `at`. Blocking.
+    pub fn read_at(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, at)
     }
 
     /// The body is complete at `len` bytes: give back the spill space reserved beyond it.
@@ -182,7 +180,9 @@ mod tests {
             "unlinked at once"
         );
         file.write_at(b"hello world", 0).unwrap();
-        assert_eq!(file.read_at(6, 5).unwrap(), b"world");
+        let mut word = [0u8; 5];
+        file.read_at(6, &mut word).unwrap();
+        assert_eq!(&word, b"world");
         file.shrink_to(11);
         assert!(
             spill.reserve(80).is_some(),
