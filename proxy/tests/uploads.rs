@@ -364,6 +364,29 @@ async fn a_body_past_the_memory_share_is_replayed_from_the_spill_file() {
 }
 
 #[tokio::test]
+async fn over_http2_a_spilled_body_is_replayed_too() {
+    let scratch = Scratch::new("h2");
+    let h = harness(&scratch, "replay_memory_bytes = 1024").await;
+    h.mock.set(KEYS[0], Reply::rate_limited(&[]));
+    let body = pattern(300_000);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<StreamBody<Chunks>>();
+    let resp = client
+        .request(sink_request(&h, body.clone(), true))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["bytes"], 300_000);
+    assert_eq!(json["sha256"], hex(&Sha256::digest(&body)).as_str());
+    assert_eq!((h.mock.calls(KEYS[0]), h.mock.calls(KEYS[1])), (1, 1));
+    assert!(entries(&scratch.spill()).is_empty());
+}
+
+#[tokio::test]
 async fn a_body_over_the_spill_space_gets_one_attempt_and_its_429_is_passed_on() {
     let scratch = Scratch::new("nospace");
     let small = "replay_memory_bytes = 1024\nmax_spill_bytes = 4096";
