@@ -1,7 +1,8 @@
 //! A body sink for large uploads: a request with `x-mock-sink` has its body read as it streams,
 //! counted and hashed (SHA-256) without being held, and is answered
 //! `{"bytes":N,"sha256":"hex"}` (recorded as its body). A key scripted with a fixed answer (a
-//! 429) gets it at once, before a byte of the body is read, as providers answer early.
+//! 429) gets it at once, before a byte of the body is read, as providers answer early (the rest
+//! of the body is then read and dropped for a while, as a real front end lingers).
 
 use crate::{fixed, record, MockBody, Reply, State};
 use http::Response;
@@ -10,6 +11,10 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
 use std::sync::PoisonError;
+use std::time::Duration;
+
+/// How long an early answer keeps reading the rest of the body before the connection closes.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Whether the request asks for the sink.
 pub(crate) fn wanted(parts: &http::request::Parts) -> bool {
@@ -38,6 +43,16 @@ pub(crate) async fn answer(
     }) = scripted
     {
         record(state, parts, key, bytes::Bytes::new());
+        // Like a real front end (nginx's lingering close), keep reading what the client still
+        // sends for a while: closing at once with unread bytes resets the connection, and the
+        // reset can destroy the answer before the client reads it.
+        tokio::spawn(async move {
+            let drain = async {
+                let mut body = body;
+                while let Some(Ok(_)) = body.frame().await {}
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        });
         return fixed(status, &headers, text);
     }
     let summary = match digest(body).await {
