@@ -269,7 +269,8 @@ impl App {
         match buffer_request(&mut body, declared, limits, &self.shared.budget).await {
             Ok(Read::Whole(b)) => Ok(RequestBody::Memory(b)),
             Ok(Read::Over(prefix)) => {
-                let spooled = spool(body, prefix, declared, limits, &self.spill).await;
+                let linger = parts.version < http::Version::HTTP_2;
+                let spooled = spool(body, prefix, declared, limits, &self.spill, linger).await;
                 if !spooled.replayable() {
                     self.shared.metrics.request_body_unreplayable();
                 }

@@ -480,6 +480,54 @@ async fn the_answer_is_due_first_byte_timeout_after_a_slow_upload_not_from_its_s
 }
 
 #[tokio::test]
+async fn an_early_answer_reaches_a_client_still_uploading_and_its_connection_serves_on() {
+    let scratch = Scratch::new("early");
+    let h = harness(&scratch, "replay_memory_bytes = 1024").await;
+    for key in KEYS {
+        h.mock.set(key, Reply::status(413));
+    }
+    let mut s = TcpStream::connect(h.proxy.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nx-mock-sink: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "z".repeat(8192));
+    s.write_all(format!("{head}{chunk}").as_bytes())
+        .await
+        .unwrap();
+    // The provider answers before the body is complete; keyrelay passes its answer on.
+    let answer = read_head(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // The client finishes its upload, read to nowhere, then asks again on the same connection.
+    for _ in 0..16 {
+        s.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let again = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    s.write_all(again.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while seen.windows(9).filter(|w| *w == b"HTTP/1.1 ").count() < 1 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer to the second request within 10 s");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("HTTP/1.1 413"),
+        "the connection served on: {text}"
+    );
+}
+
+#[tokio::test]
 async fn stale_spill_files_are_removed_at_start_and_nothing_else() {
     let scratch = Scratch::new("stale");
     let spill = scratch.spill();

@@ -16,7 +16,7 @@
 //! client as it is). A pump failure (too large, too slow, client gone, disk error) fails every
 //! attempt's body, and the client gets keyrelay's own error for it.
 
-use super::request::{BodyLimits, Buffered, Permit};
+use super::request::{discard, BodyLimits, Buffered, Permit};
 use super::spill::{SpillDir, SpillFile};
 use crate::error::ProxyError;
 use bytes::{Bytes, BytesMut};
@@ -27,7 +27,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// The most read from a spill file at once, per attempt.
 const READ_CHUNK: usize = 256 * 1024;
@@ -85,31 +84,30 @@ impl Sink {
 }
 
 /// A request body being streamed, kept for replay when it has a spill file. Dropping it stops
-/// the pump (and with it the client's body); the file goes when its last reader is dropped.
+/// the pump: an HTTP/1 client still uploading has the rest of its body read to nowhere (as a
+/// refused body is, see `discard`), so it reads the answer rather than a reset; any other
+/// has its body dropped. The file goes when its last reader is dropped.
 pub struct Spooled {
     progress: watch::Receiver<Progress>,
     file: Option<Arc<SpillFile>>,
     once: Mutex<Option<mpsc::Receiver<Bytes>>>,
     declared: Option<u64>,
     limit: usize,
-    pump: JoinHandle<()>,
-}
-
-impl Drop for Spooled {
-    fn drop(&mut self) {
-        self.pump.abort();
-    }
+    /// Dropped with the request, which tells the pump to stop.
+    _stop: oneshot::Sender<()>,
 }
 
 /// Start streaming `body` (after `prefix`, what was read of it into memory): to a spill file
 /// when the spill space has room for its declared length (or, undeclared, for the most it may
-/// be), else through to the first attempt only.
+/// be), else through to the first attempt only. `linger`: when the request ends first, read
+/// the rest of the body to nowhere (HTTP/1) rather than drop it.
 pub async fn spool<B>(
     body: B,
     prefix: Buffered,
     declared: Option<u64>,
     limits: BodyLimits,
     dir: &Arc<SpillDir>,
+    linger: bool,
 ) -> Spooled
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -132,14 +130,21 @@ where
             (Sink::Channel(tx), Some(rx))
         }
     };
-    let pump = tokio::spawn(pump(body, prefix, sink, limits, tx));
+    let (stop, stopped) = oneshot::channel();
+    let pumping = Pump {
+        sink,
+        limits,
+        tx,
+        stopped,
+    };
+    tokio::spawn(pumping.run(body, prefix, linger));
     Spooled {
         progress,
         file,
         once: Mutex::new(once),
         declared,
         limit: limits.max_bytes,
-        pump,
+        _stop: stop,
     }
 }
 
@@ -155,71 +160,102 @@ async fn create(dir: &Arc<SpillDir>, permit: Permit) -> Option<Arc<SpillFile>> {
     }
 }
 
-async fn pump<B>(
-    mut body: B,
-    prefix: Buffered,
+/// One request's pump: the client's body into the sink, progress to the readers.
+struct Pump {
     sink: Sink,
     limits: BodyLimits,
     tx: watch::Sender<Progress>,
-) where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let end = match copy(&mut body, prefix, &sink, limits, &tx).await {
-        Ok(len) => {
-            if let Sink::File(file) = &sink {
-                file.shrink_to(usize::try_from(len).unwrap_or(usize::MAX));
-            }
-            End::Done
-        }
-        Err(fault) => End::Failed(fault),
-    };
-    // The end is published before the channel closes, so a reader that sees it closed knows why.
-    tx.send_modify(|p| p.end = end);
-    drop(sink);
+    /// Resolves when the request is done with the body.
+    stopped: oneshot::Receiver<()>,
 }
 
-/// Copy the prefix, then the client's body, to the sink; the length copied.
-async fn copy<B>(
+impl Pump {
+    async fn run<B>(mut self, mut body: B, prefix: Buffered, linger: bool)
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let end = match self.copy(&mut body, prefix).await {
+            Ok(len) => {
+                if let Sink::File(file) = &self.sink {
+                    file.shrink_to(usize::try_from(len).unwrap_or(usize::MAX));
+                }
+                End::Done
+            }
+            Err(fault) => End::Failed(fault),
+        };
+        // The end is published before the channel closes, so a reader that sees it closed
+        // knows why.
+        self.tx.send_modify(|p| p.end = end);
+        let Pump { sink, limits, .. } = self;
+        drop(sink);
+        if linger && end == End::Failed(Fault::Gone) {
+            discard(body, limits).await;
+        }
+    }
+
+    /// Copy the prefix, then the client's body, to the sink; the length copied. `Gone` as
+    /// soon as the request is done with the body.
+    async fn copy<B>(&mut self, body: &mut B, prefix: Buffered) -> Result<u64, Fault>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let mut len = prefix.bytes.len() as u64;
+        if len > 0 {
+            self.sink.put(prefix.bytes.clone(), 0).await?;
+            self.tx.send_modify(|p| p.len = len);
+        }
+        // The in-memory share is given back once the bytes are on disk; handed to a channel
+        // they may still wait in it, so they stay counted until the body ends.
+        let _held = match self.sink {
+            Sink::File(_) => None,
+            Sink::Channel(_) => Some(prefix),
+        };
+        loop {
+            let step = step(body, &self.sink, self.limits, len);
+            let n = tokio::select! {
+                biased;
+                _ = &mut self.stopped => return Err(Fault::Gone),
+                n = step => n?,
+            };
+            let Some(n) = n else {
+                return Ok(len);
+            };
+            len += n;
+            self.tx.send_modify(|p| p.len = len);
+        }
+    }
+}
+
+/// Read one frame of the client's body and put its data at `len`: its length, `None` at the
+/// end.
+async fn step<B>(
     body: &mut B,
-    prefix: Buffered,
     sink: &Sink,
     limits: BodyLimits,
-    tx: &watch::Sender<Progress>,
-) -> Result<u64, Fault>
+    len: u64,
+) -> Result<Option<u64>, Fault>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut len = prefix.bytes.len() as u64;
-    if len > 0 {
-        sink.put(prefix.bytes.clone(), 0).await?;
-        tx.send_modify(|p| p.len = len);
+    if body.is_end_stream() {
+        return Ok(None);
     }
-    // The in-memory share is given back once the bytes are on disk; handed to a channel they
-    // may still wait in it, so they stay counted until the body ends.
-    let _held = match sink {
-        Sink::File(_) => None,
-        Sink::Channel(_) => Some(prefix),
+    let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
+        Err(_) => return Err(Fault::Timeout),
+        Ok(None) => return Ok(None),
+        Ok(Some(Err(_))) => return Err(Fault::Read),
+        Ok(Some(Ok(frame))) => frame,
     };
-    while !body.is_end_stream() {
-        let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
-            Err(_) => return Err(Fault::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(Fault::Read),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        // Trailers are not forwarded.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let n = data.len() as u64;
-        if len + n > limits.max_bytes as u64 {
-            return Err(Fault::TooLarge);
-        }
-        sink.put(data, len).await?;
-        len += n;
-        tx.send_modify(|p| p.len = len);
+    // Trailers are not forwarded.
+    let Ok(data) = frame.into_data() else {
+        return Ok(Some(0));
+    };
+    let n = data.len() as u64;
+    if len + n > limits.max_bytes as u64 {
+        return Err(Fault::TooLarge);
     }
-    Ok(len)
+    sink.put(data, len).await?;
+    Ok(Some(n))
 }
 
 impl Spooled {

@@ -59,7 +59,7 @@ async fn chunk(feed: &Feed, text: &'static str) {
 async fn an_attempt_started_mid_upload_replays_then_follows_the_client() {
     let (dir, path) = spill_dir("follow", 10_000);
     let (feed, body) = client();
-    let spooled = spool(body, prefix(), None, LIMITS, &dir).await;
+    let spooled = spool(body, prefix(), None, LIMITS, &dir, false).await;
     assert!(spooled.replayable());
     let first = tokio::spawn(collect(spooled.attempt().unwrap()));
     chunk(&feed, "hello ").await;
@@ -87,7 +87,7 @@ async fn an_attempt_started_mid_upload_replays_then_follows_the_client() {
 async fn without_spill_space_the_body_goes_to_one_attempt_only() {
     let (dir, path) = spill_dir("once", 100);
     let (feed, body) = client();
-    let spooled = spool(body, prefix(), Some(500), LIMITS, &dir).await;
+    let spooled = spool(body, prefix(), Some(500), LIMITS, &dir, false).await;
     assert!(!spooled.replayable());
     let first = spooled.attempt().unwrap();
     assert_eq!(first.size_hint().exact(), Some(500), "sent with its length");
@@ -107,7 +107,7 @@ async fn a_body_growing_past_the_limit_fails_every_attempt_as_413() {
         max_bytes: 8,
         ..LIMITS
     };
-    let spooled = spool(body, prefix(), None, limits, &dir).await;
+    let spooled = spool(body, prefix(), None, limits, &dir, false).await;
     let first = tokio::spawn(collect(spooled.attempt().unwrap()));
     chunk(&feed, "12345").await;
     chunk(&feed, "67890").await;
@@ -123,7 +123,7 @@ async fn a_body_growing_past_the_limit_fails_every_attempt_as_413() {
 async fn dropping_the_request_stops_the_pump_and_fails_readers() {
     let (dir, path) = spill_dir("drop", 10_000);
     let (feed, body) = client();
-    let spooled = spool(body, prefix(), None, LIMITS, &dir).await;
+    let spooled = spool(body, prefix(), None, LIMITS, &dir, false).await;
     let reader = spooled.attempt().unwrap();
     chunk(&feed, "abc").await;
     drop(spooled);
@@ -138,7 +138,7 @@ async fn a_streamed_attempt_says_when_the_upstream_took_all_of_it() {
     let (dir, path) = spill_dir("sent", 10_000);
     for declared in [Some(6), None] {
         let (feed, body) = client();
-        let spooled = spool(body, prefix(), declared, LIMITS, &dir).await;
+        let spooled = spool(body, prefix(), declared, LIMITS, &dir, false).await;
         let mut attempt = spooled.attempt().unwrap();
         let mut sent = attempt.take_sent().unwrap();
         chunk(&feed, "abc").await;
@@ -154,5 +154,23 @@ async fn a_streamed_attempt_says_when_the_upstream_took_all_of_it() {
     assert!(AttemptBody::full(Bytes::from_static(b"x"))
         .take_sent()
         .is_none());
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+#[tokio::test]
+async fn an_http1_body_still_coming_when_the_request_ends_is_read_to_nowhere() {
+    let (dir, path) = spill_dir("linger", 10_000);
+    let (feed, body) = client();
+    let spooled = spool(body, prefix(), None, LIMITS, &dir, true).await;
+    let reader = spooled.attempt().unwrap();
+    chunk(&feed, "abc").await;
+    drop(spooled);
+    assert_eq!(collect(reader).await, Err(Fault::Gone));
+    for _ in 0..40 {
+        // More than the channel holds: taken and thrown away, not left to block the client.
+        chunk(&feed, "more").await;
+    }
+    assert!(!feed.is_closed());
+    drop(feed);
     std::fs::remove_dir_all(&path).unwrap();
 }
