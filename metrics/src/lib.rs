@@ -50,6 +50,7 @@ pub(crate) struct Families {
     reloads: IntCounterVec,
     connections: Connections,
     websocket: websocket::WsFamilies,
+    unreplayable_bodies: IntCounter,
     store_watched: OnceLock<()>,
 }
 
@@ -159,6 +160,13 @@ impl Families {
             ),
             connections: Connections::new(&b),
             websocket: websocket::WsFamilies::new(&b),
+            unreplayable_bodies: b.register(
+                IntCounter::new(
+                    "keyrelay_request_bodies_unreplayable_total",
+                    "Request bodies too large for memory streamed without a spill file (no spill space left, or none could be made): one attempt only.",
+                )
+                .unwrap_or_else(|e| unreachable!("static counter: {e}")),
+            ),
             store_watched: OnceLock::new(),
             registry: b.0,
         }
@@ -345,6 +353,11 @@ impl Metrics {
     /// Client connections refused for the cap so far.
     pub fn connections_refused(&self) -> u64 {
         self.families.connections.refused.get()
+    }
+
+    /// A request body went upstream without a spill file, so without replay.
+    pub fn request_body_unreplayable(&self) {
+        self.families.unreplayable_bodies.inc();
     }
 
     /// Export the store's error count and degraded state, read from it at each scrape. The

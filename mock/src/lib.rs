@@ -8,13 +8,15 @@
 //! (wait before sending the response head), `x-mock-stamp: 1` (each chunk carries its send
 //! time, see [`stamp`]). Faults (resets, hangs, cut and malformed streams,
 //! refusals, redirects) come per key as [`Reply::Fault`] or per request in `x-mock-fault`; see
-//! [`Fault`].
+//! [`Fault`]. `x-mock-sink` makes the mock count and hash a (large) body as it streams instead
+//! of keeping it (see `sink.rs`).
 
 mod body;
 mod conn;
 mod fault;
 mod record;
 mod resources;
+mod sink;
 pub mod stamp;
 mod ws;
 
@@ -279,6 +281,9 @@ async fn handle(
         record(&state, &parts, key, Bytes::new());
         ctl.reset();
         return Err(Dropped);
+    }
+    if sink::wanted(&parts) {
+        return Ok(sink::answer(&parts, body, key, &state).await);
     }
     let body = body
         .collect()

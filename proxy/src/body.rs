@@ -1,11 +1,15 @@
-//! Bodies: the request body buffered (bounded, in `request`) for replay, and the response body
+//! Bodies: the request body buffered (bounded, in `request`) for replay, or streamed and
+//! spilled to disk when large (`replay`, `spill`), and the response body
 //! streamed through frame by frame with an idle timeout and a guard that sees how it ended.
 //! A cut SSE stream gets one last event carrying an error in the provider's shape before the
 //! connection is aborted, so SDKs raise a clear error and still never see a clean end.
 
+mod replay;
 mod request;
+pub mod spill;
 
-pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit};
+pub use replay::{spool, AttemptBody, Fault, RequestBody, Spooled};
+pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit, Read};
 
 use crate::error::{ErrorShape, ProxyError};
 use bytes::Bytes;

@@ -3,16 +3,17 @@
 
 use crate::affinity::{self, Plan};
 use crate::auth::ClientAuth;
-use crate::body::{buffer_request, discard, BodyLimits, Budget, Buffered, ProxyBody};
+use crate::body::spill::{self, SpillDir};
+use crate::body::{
+    buffer_request, discard, spool, AttemptBody, BodyLimits, Budget, ProxyBody, Read, RequestBody,
+};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{JoinError, Provider, Routes};
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
 use keyrelay_pool::{
@@ -31,6 +32,8 @@ pub struct Shared {
     pub observed: Arc<Observed>,
     /// Request-body bytes buffered now, over every request of every config.
     pub budget: Arc<Budget>,
+    /// Spill-file bytes reserved now, over every request of every config.
+    pub spill_space: Arc<Budget>,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
             observed: Observed::new(),
             // Each config sets its own limit when it is built.
             budget: Budget::new(0),
+            spill_space: Budget::new(0),
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct App {
     client: upstream::Clients,
     upstream: UpstreamConfig,
     body_limits: BodyLimits,
+    spill: Arc<SpillDir>,
     ids: RequestIds,
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
@@ -73,8 +78,8 @@ struct Prepared {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    /// Holds its share of the budget until the request is done with it.
-    body: Buffered,
+    /// Holds its share of the budget (or its spill file) until the request is done with it.
+    body: RequestBody,
     /// The key a resource id pins the request to, and how its answer is treated.
     plan: Plan,
 }
@@ -121,8 +126,13 @@ impl App {
             upstream: config.upstream.clone(),
             body_limits: BodyLimits {
                 max_bytes: config.server.max_body_bytes,
+                memory_bytes: config.server.replay_memory_bytes,
                 idle: config.server.body_read_timeout,
             },
+            spill: Arc::new(SpillDir::new(
+                config.server.spill_dir.clone(),
+                shared.spill_space.clone(),
+            )),
             ids: RequestIds::new(),
             unrouted: shared.metrics.provider("none"),
             headers: HeaderPolicy::new(
@@ -135,6 +145,13 @@ impl App {
         app.shared
             .budget
             .set_limit(config.server.max_buffered_bytes);
+        app.shared
+            .spill_space
+            .set_limit(config.server.max_spill_bytes);
+        let stale = spill::clear_stale(&config.server.spill_dir);
+        if stale > 0 {
+            tracing::info!(files = stale, "removed spill files left by an earlier run");
+        }
         Ok(app)
     }
 
@@ -201,14 +218,7 @@ impl App {
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let mut runtime = None;
         let Some(client) = self.client(&presented, &mut runtime) else {
-            self.shared
-                .metrics
-                .client_auth_failure(if presented.is_empty() {
-                    AuthFailure::Missing
-                } else {
-                    AuthFailure::Invalid
-                });
-            return log.error(ProxyError::Unauthorized, shape);
+            return log.error(self.unauthorized(&presented), shape);
         };
         log.client(client);
         // Step 2: where it goes.
@@ -226,23 +236,22 @@ impl App {
             Ok(t) => t,
             Err(e) => return log.error(e, shape),
         };
-        // Step 3: the body, buffered so another key can replay it.
+        // Step 3: the body, buffered (or, when large, spilled while it streams) so another key
+        // can replay it. Only now is it read, so a refused request never gets 100 Continue.
         let mut body = match self.read_body(body, &parts).await {
             Ok(b) => b,
-            Err((e, shed)) => {
-                let mut resp = log.error(e, shape);
-                if shed {
-                    // Under memory pressure, the connection is not kept for another request.
-                    resp.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                return resp;
-            }
+            Err((e, shed)) => return body_refused(log.error(e, shape), shed, &parts),
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let mut headers = self.headers.forward(parts.headers, peer);
-        let plan = match target.finish(provider.affinity.as_deref(), &mut body.bytes, &mut headers)
-        {
+        // Ids are opened in bodies held in memory; a spilled one (past replay_memory_bytes:
+        // uploads, not JSON) passes as it is.
+        let mut none = bytes::Bytes::new();
+        let json = match &mut body {
+            RequestBody::Memory(b) => &mut b.bytes,
+            RequestBody::Spooled(_) => &mut none,
+        };
+        let plan = match target.finish(provider.affinity.as_deref(), json, &mut headers) {
             Ok(plan) => plan,
             Err(e) => return log.error(e, shape),
         };
@@ -272,6 +281,18 @@ impl App {
         ctx.serve(parts, log).await
     }
 
+    /// Count a failed authentication; the error to answer.
+    fn unauthorized(&self, presented: &[&[u8]]) -> ProxyError {
+        self.shared
+            .metrics
+            .client_auth_failure(if presented.is_empty() {
+                AuthFailure::Missing
+            } else {
+                AuthFailure::Invalid
+            });
+        ProxyError::Unauthorized
+    }
+
     /// The configured client a presented credential belongs to, or the client of a tenant
     /// created at run time (named `runtime:<tenant>`, kept in `runtime`).
     fn client<'a>(
@@ -298,14 +319,15 @@ impl App {
         Ok(provider)
     }
 
-    /// Buffer the body within the limits; on refusal, the error and whether the connection is
-    /// shed (an HTTP/1 body refused for the budget alone, read to nowhere so the client sees
-    /// its 503 rather than a reset; an oversized or stalled body is cut off at once).
+    /// Buffer the body within the limits, or start spooling it when it is too large for
+    /// memory; on refusal, the error and whether the connection is shed (an HTTP/1 body refused
+    /// for the budget alone, read to nowhere so the client sees its 503 rather than a reset;
+    /// an oversized or stalled body is cut off at once).
     async fn read_body(
         &self,
         mut body: Incoming,
         parts: &http::request::Parts,
-    ) -> Result<Buffered, (ProxyError, bool)> {
+    ) -> Result<RequestBody, (ProxyError, bool)> {
         let declared = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -313,11 +335,22 @@ impl App {
             .and_then(|v| v.parse().ok());
         let limits = self.body_limits;
         match buffer_request(&mut body, declared, limits, &self.shared.budget).await {
-            Ok(b) => Ok(b),
+            Ok(Read::Whole(b)) => Ok(RequestBody::Memory(b)),
+            Ok(Read::Over(prefix)) => {
+                let linger = parts.version < http::Version::HTTP_2;
+                let spooled = spool(body, prefix, declared, limits, &self.spill, linger).await;
+                if !spooled.replayable() {
+                    self.shared.metrics.request_body_unreplayable();
+                }
+                Ok(RequestBody::Spooled(spooled))
+            }
             Err(e) => {
                 let shed = matches!(e, ProxyError::BodyBudgetFull)
                     && parts.version < http::Version::HTTP_2;
-                if shed {
+                // A client waiting for 100 Continue has sent no body: nothing to drain, and
+                // polling the body would invite it to send one.
+                let waiting = parts.headers.contains_key(http::header::EXPECT);
+                if shed && !waiting {
                     tokio::spawn(discard(body, limits));
                 }
                 Err((e, shed))
@@ -332,11 +365,7 @@ impl App {
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let attempts = provider.max_attempts as usize;
-        let mut tried = match req.plan.pinned {
-            Some(key) => Tried::pinned(req.uri.path(), attempts, key),
-            None => Tried::new(req.uri.path(), attempts),
-        };
+        let mut tried = req.tried(provider.max_attempts as usize);
         let mut last: Option<Failure> = None;
         let now = Instant::now();
         let deadline = now + provider.deadline;
@@ -358,25 +387,21 @@ impl App {
                 Next::GiveUp => break,
             };
             let key = lease.key();
-            let limit = self
-                .upstream
-                .first_byte_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let started = Instant::now();
-            let client = self.client.get(&provider.name);
-            let sent = upstream::send(client, attempt(&req, &lease), limit, needs_body).await;
-            let waited = started.elapsed();
-            let answer = match &sent {
-                Ok(a) => Answer::Head {
-                    status: a.parts.status,
-                    headers: &a.parts.headers,
-                    body: a.read_body(),
-                },
-                Err(e) => Answer::Failed { sent: e.sent() },
+            let Some(out) = attempt(&req, &lease) else {
+                break;
             };
-            let verdict = lease.report(answer).await;
+            let started = Instant::now();
+            let sent = self.send(out, deadline, &provider.name).await;
+            let waited = started.elapsed();
+            if let (Err(_), Some(e)) = (&sent, req.body.failure()) {
+                // The client's body failed, not the key: no report, keyrelay's own answer.
+                return log.error(e, provider.shape);
+            }
+            let verdict = lease.report(answer_of(&sent)).await;
             log.attempt(&key.name, waited, sent.is_ok(), verdict);
-            let again = verdict.outcome.retryable(provider.retry_after_send);
+            // A body streamed without a spill file cannot be sent again.
+            let again =
+                verdict.outcome.retryable(provider.retry_after_send) && req.body.replayable();
             match sent {
                 Ok(answered) if !again => {
                     let resp = pass_on(answered, log, &self.upstream, provider.shape);
@@ -395,6 +420,30 @@ impl App {
                 pass_on(answered, log, &self.upstream, provider.shape)
             }
             last => log.error(give_up(last), provider.shape),
+        }
+    }
+
+    /// Send one attempt. The answer head is due `first_byte_timeout` after the body is sent
+    /// (for a streamed body, once the upstream took its last byte), always within the deadline.
+    async fn send(
+        &self,
+        mut out: Request<AttemptBody>,
+        deadline: Instant,
+        provider: &str,
+    ) -> Result<Answered, UpstreamError> {
+        let client = self.client.get(provider);
+        let first_byte = self.upstream.first_byte_timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(sent) = out.body_mut().take_sent() else {
+            return upstream::send(client, out, first_byte.min(left), needs_body).await;
+        };
+        let head_due = async move {
+            let _ = sent.await;
+            tokio::time::sleep(first_byte).await;
+        };
+        tokio::select! {
+            sent = upstream::send(client, out, left, needs_body) => sent,
+            () = head_due => Err(UpstreamError::FirstByteTimeout(first_byte)),
         }
     }
 
@@ -458,6 +507,43 @@ fn open_target<'a>(
 /// Refuse what only a forward proxy or a tunnel would serve: `CONNECT`, and an HTTP/1
 /// absolute-form target (`GET http://host/ HTTP/1.1`). keyrelay only ever sends to a
 /// provider's base URL, so such a request is a probe, not a client.
+/// What the pool is told of one attempt.
+fn answer_of(sent: &Result<Answered, UpstreamError>) -> Answer<'_> {
+    match sent {
+        Ok(a) => Answer::Head {
+            status: a.parts.status,
+            headers: &a.parts.headers,
+            body: a.read_body(),
+        },
+        Err(e) => Answer::Failed { sent: e.sent() },
+    }
+}
+
+impl Prepared {
+    /// The keys this request may try: only the one its resource ids are sealed to, if any.
+    fn tried(&self, attempts: usize) -> Tried<'_> {
+        match self.plan.pinned {
+            Some(key) => Tried::pinned(self.uri.path(), attempts, key),
+            None => Tried::new(self.uri.path(), attempts),
+        }
+    }
+}
+
+/// The answer to a request whose body was refused: under memory pressure (`shed`) the
+/// connection is not kept for another request, unless the client is still waiting for
+/// 100 Continue (it has sent no body: nothing to drain, and polling the body would invite one).
+fn body_refused(
+    mut resp: Response<ProxyBody>,
+    shed: bool,
+    parts: &http::request::Parts,
+) -> Response<ProxyBody> {
+    if shed && !parts.headers.contains_key(http::header::EXPECT) {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 fn check_target(parts: &http::request::Parts) -> Result<(), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -489,9 +575,10 @@ fn give_up(last: Option<Failure>) -> ProxyError {
     }
 }
 
-/// The upstream request for one attempt: the prepared request plus the lease's credential.
-fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
-    let mut out = Request::new(Full::new(req.body.bytes.clone()));
+/// The upstream request for one attempt: the prepared request plus the lease's credential;
+/// `None` when the body cannot be sent again.
+fn attempt(req: &Prepared, lease: &Lease<'_>) -> Option<Request<AttemptBody>> {
+    let mut out = Request::new(req.body.attempt()?);
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = req.uri.clone();
     *out.headers_mut() = req.headers.clone();
@@ -501,7 +588,7 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Request<Full<Bytes>> {
     for (name, value) in lease.account_headers() {
         headers.insert(name.clone(), value.clone());
     }
-    out
+    Some(out)
 }
 
 /// Send an upstream answer to the client, head first, body frame by frame (or, for an error

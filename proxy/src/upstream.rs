@@ -4,11 +4,12 @@
 mod egress;
 mod tls;
 
+use crate::body::AttemptBody;
 use crate::config::{Config, ProviderConfig, UpstreamConfig};
 use bytes::Bytes;
 use egress::{Bounded, EgressConnector};
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, Full<Bytes>>;
+pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, AttemptBody>;
 
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client
@@ -320,7 +321,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// body) must arrive within `limit`.
 pub async fn send(
     client: &UpstreamClient,
-    req: Request<Full<Bytes>>,
+    req: Request<AttemptBody>,
     limit: Duration,
     read_body: fn(http::StatusCode) -> bool,
 ) -> Result<Answered, UpstreamError> {

@@ -43,7 +43,7 @@ fn good_config_loads_with_defaults() {
     assert_eq!(p.keys[0].name, "KR_KEY_1");
     assert_eq!(p.max_attempts, 3);
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(c.server.max_body_bytes, 512 * 1024 * 1024);
 }
 
 #[test]
@@ -453,6 +453,8 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "server.max_body_bytes",
         "server.max_buffered_bytes",
         "server.max_connections",
+        "server.max_spill_bytes",
+        "server.replay_memory_bytes",
         "server.shutdown_grace",
         "store.command_timeout",
         "store.connect_timeout",

@@ -1,6 +1,7 @@
-//! The request body, buffered so the request can be replayed on the next key: bounded in size
-//! per request (`max_body_bytes`), over all requests (`max_buffered_bytes`, a shared budget)
-//! and in time between two chunks (`body_read_timeout`).
+//! The request body, buffered in memory so the request can be replayed on the next key: bounded
+//! in size per request (`replay_memory_bytes`, past which `replay` takes over, and
+//! `max_body_bytes`), over all requests (`max_buffered_bytes`, a shared budget of in-memory
+//! bytes only) and in time between two chunks (`body_read_timeout`).
 
 use crate::error::ProxyError;
 use bytes::Bytes;
@@ -75,6 +76,15 @@ impl Permit {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Give back what is held beyond `total`.
+    pub fn shrink_to(&mut self, total: usize) {
+        let less = self.bytes.saturating_sub(total);
+        if less > 0 {
+            self.budget.used.fetch_sub(less, Ordering::AcqRel);
+            self.bytes = total;
+        }
+    }
 }
 
 impl Drop for Permit {
@@ -90,30 +100,53 @@ pub struct Buffered {
     _permit: Permit,
 }
 
+impl Buffered {
+    /// No bytes, holding nothing.
+    pub fn empty(budget: &Arc<Budget>) -> Buffered {
+        Buffered {
+            bytes: Bytes::new(),
+            _permit: Permit::empty(budget),
+        }
+    }
+}
+
+/// What [`buffer_request`] read: the whole body, or the start of one too large to hold in
+/// memory (possibly nothing, when its declared length said so), the rest still unread.
+#[derive(Debug)]
+pub enum Read {
+    Whole(Buffered),
+    Over(Buffered),
+}
+
 /// How much and how slowly a request body may come.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimits {
     /// The most one body may hold (`max_body_bytes`).
     pub max_bytes: usize,
+    /// The most one body is held in memory (`replay_memory_bytes`); past it, the body is
+    /// spilled to disk.
+    pub memory_bytes: usize,
     /// The longest pause between two chunks (`body_read_timeout`).
     pub idle: Duration,
 }
 
-/// Read the whole request body. Refused before reading a byte when the declared length is over
-/// the limit (413) or over what the budget has left (503); refused as soon as a streamed body
-/// passes either, or pauses longer than `limits.idle` (408). Refusing drops the body unread,
-/// unless the caller hands it to [`discard`]; hyper then stops reading the connection and
-/// closes it after the answer.
+/// Read the request body into memory, up to `limits.memory_bytes`: [`Read::Over`] as soon as it
+/// is larger (before reading a byte when its declared length says so). Refused before reading
+/// a byte when the declared length is over the limit (413) or over what the budget has left
+/// (503); refused as soon as a streamed body passes either, or pauses longer than
+/// `limits.idle` (408). Refusing drops the body unread, unless the caller hands it to
+/// [`discard`]; hyper then stops reading the connection and closes it after the answer.
 pub async fn buffer_request<B>(
     body: &mut B,
     declared: Option<u64>,
     limits: BodyLimits,
     budget: &Arc<Budget>,
-) -> Result<Buffered, ProxyError>
+) -> Result<Read, ProxyError>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let limit = limits.max_bytes;
+    let memory = limits.memory_bytes.min(limit);
     let mut permit = Permit::empty(budget);
     let mut buf = Vec::new();
     if let Some(n) = declared {
@@ -121,6 +154,12 @@ where
             .ok()
             .filter(|n| *n <= limit)
             .ok_or(ProxyError::BodyTooLarge { limit })?;
+        if n > memory {
+            return Ok(Read::Over(Buffered {
+                bytes: Bytes::new(),
+                _permit: permit,
+            }));
+        }
         if !permit.grow_to(n) {
             return Err(ProxyError::BodyBudgetFull);
         }
@@ -145,11 +184,17 @@ where
             return Err(ProxyError::BodyBudgetFull);
         }
         buf.extend_from_slice(&data);
+        if total > memory {
+            return Ok(Read::Over(Buffered {
+                bytes: Bytes::from(buf),
+                _permit: permit,
+            }));
+        }
     }
-    Ok(Buffered {
+    Ok(Read::Whole(Buffered {
         bytes: Bytes::from(buf),
         _permit: permit,
-    })
+    }))
 }
 
 /// Read and throw away the rest of a refused body, up to `limits.max_bytes` and within one
@@ -180,16 +225,54 @@ mod tests {
 
     const LIMITS: BodyLimits = BodyLimits {
         max_bytes: 100,
+        memory_bytes: 100,
         idle: Duration::from_secs(1),
     };
+
+    fn whole(read: Result<Read, ProxyError>) -> Buffered {
+        match read.unwrap() {
+            Read::Whole(b) => b,
+            Read::Over(_) => panic!("expected the whole body"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_memory_share_stops_reading_and_says_so() {
+        let budget = Budget::new(1000);
+        let limits = BodyLimits {
+            memory_bytes: 25,
+            ..LIMITS
+        };
+        let mut body = Full::new(Bytes::new());
+        let declared = buffer_request(&mut body, Some(50), limits, &budget).await;
+        assert!(matches!(declared, Ok(Read::Over(b)) if b.bytes.is_empty()));
+        let chunks = (0..5).map(|_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                b"0123456789",
+            )))
+        });
+        let mut body = StreamBody::new(futures_util::stream::iter(chunks));
+        let Ok(Read::Over(prefix)) = buffer_request(&mut body, None, limits, &budget).await else {
+            panic!("expected the start of the body");
+        };
+        assert_eq!(
+            prefix.bytes.len(),
+            30,
+            "read up to the chunk that went past"
+        );
+        assert_eq!(budget.used(), 30);
+        let mut rest = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            rest += frame.into_data().map_or(0, |d| d.len());
+        }
+        assert_eq!(rest, 20, "the rest is left unread");
+    }
 
     #[tokio::test]
     async fn the_budget_is_taken_while_held_and_given_back_on_drop() {
         let budget = Budget::new(150);
         let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
-        let first = buffer_request(&mut body, Some(80), LIMITS, &budget)
-            .await
-            .unwrap();
+        let first = whole(buffer_request(&mut body, Some(80), LIMITS, &budget).await);
         assert_eq!(budget.used(), 80);
         let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
         let refused = buffer_request(&mut body, Some(80), LIMITS, &budget).await;
@@ -198,9 +281,7 @@ mod tests {
         drop(first);
         assert_eq!(budget.used(), 0);
         let mut body = Full::new(Bytes::from(vec![b'a'; 80]));
-        let second = buffer_request(&mut body, None, LIMITS, &budget)
-            .await
-            .unwrap();
+        let second = whole(buffer_request(&mut body, None, LIMITS, &budget).await);
         assert_eq!(second.bytes.len(), 80);
         assert_eq!(budget.used(), 80, "an undeclared body takes what it read");
     }

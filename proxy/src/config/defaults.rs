@@ -13,8 +13,11 @@ const fn loopback(port: u16) -> SocketAddr {
 
 // [server]
 pub(super) const LISTEN: SocketAddr = loopback(8080);
-pub(super) const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+pub(super) const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
 pub(super) const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+/// Lowered to `max_body_bytes` when that is smaller and this is not set.
+pub(super) const REPLAY_MEMORY_BYTES: usize = 4 * 1024 * 1024;
+pub(super) const MAX_SPILL_BYTES: usize = 4 * 1024 * 1024 * 1024;
 pub(super) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +62,12 @@ pub(super) const DEADLINE: Duration = Duration::from_secs(600);
 pub(super) const RETRY_AFTER_SEND: bool = false;
 pub(super) const ALLOW_LINK_LOCAL_BASE_URL: bool = false;
 pub(super) const WEBSOCKET: bool = true;
+
+/// Where spill files go when `spill_dir` is not set: `keyrelay-spill` in the system's temporary
+/// directory (`$TMPDIR`, else `/tmp`).
+pub(super) fn spill_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("keyrelay-spill")
+}
 
 /// A provider's route when none is given: `/v1` for `openai` (so `OPENAI_BASE_URL` works as
 /// is), `/<name>` for any other.

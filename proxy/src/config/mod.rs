@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The most request-body bytes buffered at once over all requests.
     pub max_buffered_bytes: usize,
+    /// The most of one request body held in memory; a larger one is spilled to disk.
+    pub replay_memory_bytes: usize,
+    /// The most spill-file bytes at once over all requests; past it, bodies go without replay.
+    pub max_spill_bytes: usize,
+    /// Where spill files are created (a private directory).
+    pub spill_dir: std::path::PathBuf,
     /// Longest pause between two chunks of a request body.
     pub body_read_timeout: Duration,
     /// From accept to the first request's head (TLS handshake and protocol detection

@@ -14,18 +14,7 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
         defaults::MAX_BODY_BYTES,
         p,
     );
-    let max_buffered_bytes = size(
-        "server.max_buffered_bytes",
-        s.max_buffered_bytes,
-        defaults::MAX_BUFFERED_BYTES,
-        p,
-    );
-    if max_buffered_bytes > 0 && max_buffered_bytes < max_body_bytes {
-        p.add(
-            "server.max_buffered_bytes",
-            format!("must be at least server.max_body_bytes ({max_body_bytes}), got {max_buffered_bytes}"),
-        );
-    }
+    let bodies = bodies(s, max_body_bytes, p);
     let body_read_timeout = p.period(
         "server.body_read_timeout",
         s.body_read_timeout.as_deref(),
@@ -56,7 +45,10 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
     ServerConfig {
         listen,
         max_body_bytes,
-        max_buffered_bytes,
+        max_buffered_bytes: bodies.max_buffered_bytes,
+        replay_memory_bytes: bodies.replay_memory_bytes,
+        max_spill_bytes: bodies.max_spill_bytes,
+        spill_dir: bodies.spill_dir,
         body_read_timeout,
         header_read_timeout,
         keepalive_timeout,
@@ -66,6 +58,74 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
             .unwrap_or(defaults::ALLOW_UNAUTHENTICATED),
         shutdown_grace,
         tls,
+    }
+}
+
+/// The fields about holding request bodies, in memory and on disk.
+struct Bodies {
+    max_buffered_bytes: usize,
+    replay_memory_bytes: usize,
+    max_spill_bytes: usize,
+    spill_dir: std::path::PathBuf,
+}
+
+/// `replay_memory_bytes` (at most `max_body_bytes`; unset, the default or `max_body_bytes`
+/// when smaller), `max_buffered_bytes` (room for at least one such body), `max_spill_bytes`
+/// (zero: never spill) and `spill_dir` (made ready here: created 0700 when missing, owned by
+/// us, writable by no one else).
+fn bodies(s: &RawServer, max_body_bytes: usize, p: &mut Problems) -> Bodies {
+    let replay_memory_bytes = match s.replay_memory_bytes {
+        None => defaults::REPLAY_MEMORY_BYTES.min(max_body_bytes),
+        Some(_) => size(
+            "server.replay_memory_bytes",
+            s.replay_memory_bytes,
+            defaults::REPLAY_MEMORY_BYTES,
+            p,
+        ),
+    };
+    if max_body_bytes > 0 && replay_memory_bytes > max_body_bytes {
+        p.add(
+            "server.replay_memory_bytes",
+            format!("must be at most server.max_body_bytes ({max_body_bytes}), got {replay_memory_bytes}"),
+        );
+    }
+    let max_buffered_bytes = size(
+        "server.max_buffered_bytes",
+        s.max_buffered_bytes,
+        defaults::MAX_BUFFERED_BYTES,
+        p,
+    );
+    let in_memory = replay_memory_bytes.min(max_body_bytes);
+    if max_buffered_bytes > 0 && max_buffered_bytes < in_memory {
+        p.add(
+            "server.max_buffered_bytes",
+            format!("must be at least what one body may hold in memory (server.replay_memory_bytes, or server.max_body_bytes when smaller: {in_memory}), got {max_buffered_bytes}"),
+        );
+    }
+    let max_spill_bytes = match s.max_spill_bytes {
+        None => defaults::MAX_SPILL_BYTES,
+        Some(n) => usize::try_from(n).unwrap_or_else(|_| {
+            p.add(
+                "server.max_spill_bytes",
+                format!("must be a size in bytes (0: never spill), got {n}"),
+            );
+            0
+        }),
+    };
+    let spill_dir = s
+        .spill_dir
+        .as_deref()
+        .map_or_else(defaults::spill_dir, std::path::PathBuf::from);
+    if s.spill_dir.as_deref() == Some("") {
+        p.add("server.spill_dir", "must be a directory path");
+    } else if let Err(why) = crate::body::spill::prepare_dir(&spill_dir) {
+        p.add("server.spill_dir", why);
+    }
+    Bodies {
+        max_buffered_bytes,
+        replay_memory_bytes,
+        max_spill_bytes,
+        spill_dir,
     }
 }
 

@@ -2,12 +2,13 @@
 //! answer is `valid`, `invalid` with the provider's reason (its status and error type only:
 //! the message may echo part of the key) or `unknown` (network, timeout, 429 or 5xx).
 
+use crate::body::AttemptBody;
 use crate::config::{AuthStyle, ProviderConfig};
 use crate::error::ErrorKind;
 use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use keyrelay_pool::Key;
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ impl Validity {
 }
 
 /// The list-models request for `key` at `pc`.
-fn request(pc: &ProviderConfig, key: &Key) -> Option<Request<Full<Bytes>>> {
+fn request(pc: &ProviderConfig, key: &Key) -> Option<Request<AttemptBody>> {
     let secret = key.secret.expose();
     let (url, header, value) = match pc.auth {
         AuthStyle::Bearer => (
@@ -70,7 +71,7 @@ fn request(pc: &ProviderConfig, key: &Key) -> Option<Request<Full<Bytes>>> {
     Request::get(url)
         .header(header, value)
         .header("anthropic-version", "2023-06-01")
-        .body(Full::default())
+        .body(AttemptBody::full(Bytes::new()))
         .ok()
 }
 

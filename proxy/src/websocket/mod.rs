@@ -8,7 +8,7 @@ mod protocols;
 mod session;
 
 use crate::auth::ClientAuth;
-use crate::body::ProxyBody;
+use crate::body::{AttemptBody, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
 use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
@@ -19,7 +19,6 @@ use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use keyrelay_metrics::{AuthFailure, Metrics};
 use keyrelay_pool::{needs_body, Acquired, Answer, Lease, Outcome, Tried};
@@ -327,8 +326,8 @@ async fn next_key<'p>(
 
 /// The handshake for one key: the key in the subprotocol list where the client put its token
 /// there and the provider takes a bearer key, else in the provider's header.
-fn attempt(hs: &Handshake, lease: &Lease<'_>) -> (Request<Full<Bytes>>, Sent) {
-    let mut req = Request::new(Full::new(Bytes::new()));
+fn attempt(hs: &Handshake, lease: &Lease<'_>) -> (Request<AttemptBody>, Sent) {
+    let mut req = Request::new(AttemptBody::full(Bytes::new()));
     *req.uri_mut() = hs.uri.clone();
     *req.headers_mut() = hs.headers.clone();
     let (name, value) = lease.credential();
