@@ -19,7 +19,15 @@
 --                      Sent ready-made: building them here would cost a concatenation per
 --                      key and a table on every call.
 --
--- Returns index + 1 (counted), -wait_ms (none ready yet), or 0 (nothing can serve).
+--   A lease (shares.rs) sends ARGV[3] as `<tried>|<want>|<lease_ms>|<returns>`: take up to
+--   `want` requests of the picked key at once (scaled down to what is left of this second
+--   when less than lease_ms is, at most 1% of its rpm, at least 1, never past its rpm), and
+--   first give back the unused requests of earlier leases, `<fp>:<second>:<count>` joined by
+--   `,` (each taken off its bucket and the key's count while that bucket is live). want 0
+--   only gives back.
+--
+-- Returns index + 1 (counted), -wait_ms (none ready yet), or 0 (nothing can serve); a lease
+-- that took a key, {index + 1, taken, ms the lease may run, the second it was counted in}.
 --
 -- Strategies: rr (round-robin from the shared cursor `rr`); lc (least count: least-loaded or
 -- weighted where every key has the same limit or weight; a tie goes to the lowest index, and
@@ -49,6 +57,24 @@ local state, buckets, dues, ops = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- Keys other key sets count, visited per call at most (see the sweep below).
 local SWEEP_MAX = 16
 local strategy, tried = ARGV[1], ARGV[3]
+local want, lease_ms = 1, 0
+if string.find(tried, '|', 1, true) then
+  local t, wn, lm, back = string.match(tried, '^([^|]*)|(%d+)|(%d+)|(.*)$')
+  tried, want, lease_ms = t, tonumber(wn), tonumber(lm)
+  -- Give back what earlier leases did not use, before anything is read.
+  for fp, s, k in string.gmatch(back, '([^:,]+):(%d+):(%d+)') do
+    local name = bucket(fp, s)
+    local have = tonumber(redis.call('HGET', buckets, name))
+    if have and have > 0 then
+      local give = math.min(tonumber(k), have)
+      redis.call('HINCRBY', buckets, name, -give)
+      local count = tonumber(redis.call('HGET', state, 'n:' .. fp)) or 0
+      if count > 0 then redis.call('HINCRBY', state, 'n:' .. fp, -math.min(give, count)) end
+      redis.call('HDEL', state, 'f:' .. fp)
+    end
+  end
+  if want == 0 then return 0 end
+end
 local rr = strategy == 'rr'
 local by_share = strategy == 'll' or strategy == 'w'
 
@@ -289,7 +315,16 @@ end
 -- Count: the key's bucket of this second and its count. A new bucket (the first request of
 -- this second for this key) renews both hashes' TTLs: at most once a second per key.
 local fp = ARGV[FP + best]
-local fresh = redis.call('HINCRBY', buckets, bucket(fp, secs), '1') == 1
+-- A lease takes more than one, within this second (its bucket), 1% of the rpm and the rpm.
+local take, span = 1, 0
+if want > 1 then
+  span = math.min(lease_ms, 1000 - math.floor(tonumber(time[2]) / 1000))
+  local rpm = tonumber(ARGV[RPM + best])
+  take = math.min(math.ceil(want * span / lease_ms), math.floor(rpm / 100),
+    rpm - tonumber(best_c))
+  if take < 1 then take = 1 end
+end
+local fresh = redis.call('HINCRBY', buckets, bucket(fp, secs), take) == take
 if fresh then
   redis.call('HSETNX', buckets, '_', TABLE)
   redis.call('PEXPIRE', buckets, BUCKET_TTL_MS)
@@ -297,7 +332,7 @@ end
 local first = best_c == '0'
 if first or rr or w > 0 then
   writes = writes or {}
-  writes[w + 1] = ARGV[COUNT_FIELD + best]; writes[w + 2] = tonumber(best_c) + 1
+  writes[w + 1] = ARGV[COUNT_FIELD + best]; writes[w + 2] = tonumber(best_c) + take
   w = w + 2
   if first then
     -- No live bucket before this one: it is the key's oldest, and may be the next to leave.
@@ -318,10 +353,11 @@ if first or rr or w > 0 then
   end
   redis.call('HSET', state, unpack(writes))
 else
-  redis.call('HINCRBY', state, ARGV[COUNT_FIELD + best], '1')
+  redis.call('HINCRBY', state, ARGV[COUNT_FIELD + best], take)
 end
 if fresh then
   redis.call('HSETNX', state, '_', TABLE)
   keep(state, STATE_TTL_MS)
 end
+if want > 1 then return {best + 1, take, span, tonumber(secs)} end
 return best + 1

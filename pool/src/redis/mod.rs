@@ -50,7 +50,9 @@
 //! 12-hex-digit keyed fingerprint, is ever sent to Redis.
 //!
 //! # Round trips
-//! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer). A success needs
+//! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer); with
+//! `lease_time` set, one such call takes a few requests at once and most attempts make none
+//! (`shares.rs`). A success needs
 //! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`; an operator's action is
 //! one `EVALSHA` of `act.lua`; the status page is one `EVALSHA` of `status.lua`. Each script is built once, with `common.lua` (the constants
 //! above, Redis time in ms, bucket names, which buckets have left the window, reading a mark)
@@ -92,6 +94,8 @@
 //! - `outages.rs`: on Cluster, the pools degraded while the rest stay shared, and their probe.
 //! - `ops.rs`: the store operations (`impl Store`), each with its local fallback.
 //! - `actions.rs`: the operator actions kept to write (again) when Redis is back.
+//! - `shares.rs`: leased shares of a key's minute, spent locally (`lease_time`), and
+//!   `events.rs`: the subscription that drops them when a key is marked or disabled.
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
 //! - `error.rs`: [`StoreError`], with no URL or password in any message.
 //! - Tests: `command_tests.rs` (the argument layouts) and `lua_tests.rs` (the scripts in a
@@ -103,11 +107,13 @@ mod actions;
 mod command;
 mod conn;
 mod error;
+mod events;
 mod health;
 mod marks;
 mod ops;
 mod outages;
 mod settings;
+mod shares;
 
 #[cfg(test)]
 mod lua_tests;
@@ -118,6 +124,7 @@ use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
 use health::Throttle;
 use outages::PoolOutages;
+use shares::Shares;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -157,6 +164,8 @@ pub struct RedisStore {
     settling_until: Mutex<Option<Instant>>,
     /// At most one warning per second per kind of error.
     throttle: Throttle,
+    /// Leased shares of keys' minutes, spent here without a Redis call (`shares.rs`).
+    shares: Shares,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -177,6 +186,11 @@ impl RedisStore {
         settings: RedisSettings,
     ) -> Result<Arc<RedisStore>, StoreError> {
         let pools = Pools::new(target, &settings)?;
+        let events = if settings.lease_time.is_zero() {
+            None
+        } else {
+            events::client(target)?
+        };
         let store = Arc::new(RedisStore {
             pools,
             conn: RwLock::new(None),
@@ -194,7 +208,11 @@ impl RedisStore {
             reported_down: AtomicBool::new(false),
             settling_until: Mutex::new(None),
             throttle: Throttle::default(),
+            shares: Shares::default(),
         });
+        if let Some(client) = events {
+            tokio::spawn(events::listen(Arc::downgrade(&store), client));
+        }
         if let Err(e) = store.probe_once().await {
             store.reported_down.store(true, Ordering::Release);
             store.warn(
