@@ -20,8 +20,8 @@
 --                      key and a table on every call.
 --
 --   A lease (shares.rs) sends ARGV[3] as `<tried>|<want>|<lease_ms>|<returns>`: take up to
---   `want` requests of the picked key at once (scaled down to what is left of this second
---   when less than lease_ms is, at most 1% of its rpm, at least 1, never past its rpm), and
+--   `want` requests of the picked key at once (at most 1% of its rpm, at least 1, never past
+--   its rpm), for lease_ms or what is left of this second if less (the span answered), and
 --   first give back the unused requests of earlier leases, `<fp>:<second>:<count>` joined by
 --   `,` (each taken off its bucket and the key's count while that bucket is live). want 0
 --   only gives back.
@@ -320,8 +320,7 @@ local take, span = 1, 0
 if want > 1 then
   span = math.min(lease_ms, 1000 - math.floor(tonumber(time[2]) / 1000))
   local rpm = tonumber(ARGV[RPM + best])
-  take = math.min(math.ceil(want * span / lease_ms), math.floor(rpm / 100),
-    rpm - tonumber(best_c))
+  take = math.min(want, math.floor(rpm / 100), rpm - tonumber(best_c))
   if take < 1 then take = 1 end
 end
 local fresh = redis.call('HINCRBY', buckets, bucket(fp, secs), take) == take

@@ -63,7 +63,7 @@ pub(super) async fn listen(store: Weak<RedisStore>, client: redis::Client) {
                 Ok(Some(msg)) => {
                     let fp = String::from_utf8_lossy(msg.get_payload_bytes());
                     if let Some(pool) = pool_of(msg.get_channel_name()) {
-                        s.shares.drop_key(pool, &fp);
+                        s.shares.received(pool, &fp);
                     }
                 }
                 Ok(None) => {

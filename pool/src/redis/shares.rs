@@ -71,6 +71,8 @@ pub(super) struct Shares {
     listening: AtomicBool,
     /// Bumped by every invalidation received and every subscription lost or won.
     epoch: AtomicU64,
+    /// Invalidation messages received.
+    received: AtomicU64,
 }
 
 /// One pool's leases on this instance.
@@ -141,6 +143,12 @@ impl Shares {
             .entry(name.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// A message from another instance (or this one): key `fingerprint` of `pool` was marked.
+    pub(super) fn received(&self, pool: &str, fingerprint: &str) {
+        self.drop_key(pool, fingerprint);
+        self.received.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A mark or disable on key `fingerprint` of `pool`: no lease on it is spent from now on.
@@ -327,6 +335,32 @@ impl Held {
 }
 
 impl RedisStore {
+    /// Whether leases are taken now: configured, and the invalidation subscription live.
+    pub fn leasing_live(&self) -> bool {
+        !self.settings.lease_time.is_zero() && self.shares.listening()
+    }
+
+    /// Invalidation messages (a key marked or disabled, by any instance) received so far.
+    pub fn lease_messages(&self) -> u64 {
+        self.shares.received.load(Ordering::Acquire)
+    }
+
+    /// Per key of `spec`, the requests this instance holds leased and unused (expired leases
+    /// not counted).
+    pub fn leased(&self, spec: &PoolSpec) -> Vec<u32> {
+        let mut out = vec![0; spec.keys.len()];
+        let p = self.shares.pool(&spec.name);
+        let mut held = p.lock();
+        held.align(spec);
+        held.expire(Instant::now());
+        for g in &held.grants {
+            if let Some(n) = out.get_mut(g.index) {
+                *n += g.left;
+            }
+        }
+        out
+    }
+
     /// Give back every lease's unused requests (one script call per pool), e.g. at shutdown.
     pub async fn return_shares(&self) {
         self.give_back(true).await;
