@@ -9,7 +9,9 @@
 
 mod support;
 
-use keyrelay_pool::{Acquire, KeyAction, PoolSpec, RedisStore, Report, Store, StoreState, Strategy};
+use keyrelay_pool::{
+    Acquire, KeyAction, PoolSpec, RedisStore, Report, Store, StoreState, Strategy,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use support::{cool, keys, redis_store, RedisServer};
@@ -74,7 +76,11 @@ async fn hammer(store: &Arc<RedisStore>, spec: &Arc<PoolSpec>, tasks: usize) -> 
 async fn two_instances_hammering_one_key_keep_its_limit() {
     let server = RedisServer::start().await;
     let (a, b) = (leasing(&server, 250).await, leasing(&server, 250).await);
-    let spec = Arc::new(PoolSpec::new("hammer", keys(&[(600, 1)]), Strategy::LeastLoaded));
+    let spec = Arc::new(PoolSpec::new(
+        "hammer",
+        keys(&[(600, 1)]),
+        Strategy::LeastLoaded,
+    ));
     server.cli(&["CONFIG", "RESETSTAT"]);
     let (ta, tb) = tokio::join!(hammer(&a, &spec, 8), hammer(&b, &spec, 8));
     let total = ta + tb;
@@ -141,7 +147,11 @@ async fn steady_traffic_makes_fewer_script_calls_than_requests() {
         .iter()
         .map(|k| k.used_this_minute)
         .sum();
-    assert_eq!(used, requests + 1, "every request counted once, nothing leased left");
+    assert_eq!(
+        used,
+        requests + 1,
+        "every request counted once, nothing leased left"
+    );
 }
 
 /// B holds a lease on the pool's one key; A then does `to_key` to it. Once B has the message
@@ -165,7 +175,11 @@ async fn a_holds_b(
         for _ in 0..3 {
             assert_eq!(b.acquire(&spec, &[]).await, Acquire::Key(0));
         }
-        assert!(b.leased(&spec)[0] > 0, "B holds a lease: {:?}", b.leased(&spec));
+        assert!(
+            b.leased(&spec)[0] > 0,
+            "B holds a lease: {:?}",
+            b.leased(&spec)
+        );
         let seen = b.lease_messages();
         to_key(&a, &spec).await;
         until("B has the message", || b.lease_messages() > seen).await;

@@ -67,7 +67,9 @@ pub(super) async fn listen(store: Weak<RedisStore>, client: redis::Client) {
                     }
                 }
                 Ok(None) => {
-                    tracing::debug!("lease invalidations lost; one script call per attempt until they are back");
+                    tracing::debug!(
+                        "lease invalidations lost; one script call per attempt until they are back"
+                    );
                     s.shares.set_listening(false);
                     break;
                 }

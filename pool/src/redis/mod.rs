@@ -12,6 +12,7 @@
 //! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s (`BUCKET_TTL_MS`), renewed by each new bucket |
 //! | `keyrelay:{p}:due`    | sorted set | per key with live buckets (of any key set) or a mark in force, its fingerprint, scored by the second it is next due: its oldest bucket leaves the window, or its mark ends | 1 day, renewed by each sweep and each key's first bucket |
 //! | `keyrelay:{p}:ops`    | hash | per key an operator acted on, `<fp>` = `<at_ms>\|disabled` or `<at_ms>\|enabled`: the latest disable or enable, stamped with the acting instance's wall clock (Unix ms). The truth for disables: status reads it, acquire restores the state hash's mirror from it | none: a disable never expires |
+//! | `keyrelay:{p}:ev`     | pub/sub channel | a key's fingerprint, published by `mark.lua` (every mark) and `act.lua` (a disable): instances leasing (`shares.rs`) drop their lease on that key | none: nothing stored |
 //! | `keyrelay:{p}:alive`  | string | written by the health probe, one per pool (configured or served), so with Cluster it checks each pool's own slot (`keyrelay:{probe}:alive` only while no pool is known) | 10 s |
 //!
 //! # Operator actions

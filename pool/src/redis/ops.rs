@@ -270,9 +270,9 @@ fn lease_answer(answer: &redis::Value, sent: Instant) -> Option<Result<Leased, A
         redis::Value::Int(i) if *i > 0 => Some(Err(Acquire::Key(
             usize::try_from(i - 1).unwrap_or(usize::MAX),
         ))),
-        redis::Value::Int(i) if *i < 0 => Some(Err(Acquire::Wait(Duration::from_millis(
-            i.unsigned_abs(),
-        )))),
+        redis::Value::Int(i) if *i < 0 => {
+            Some(Err(Acquire::Wait(Duration::from_millis(i.unsigned_abs()))))
+        }
         redis::Value::Int(_) => Some(Err(Acquire::Exhausted)),
         redis::Value::Array(parts) if parts.len() == 4 => {
             let [index, taken, span, second] = [0, 1, 2, 3].map(|i| number(&parts[i]));

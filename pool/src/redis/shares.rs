@@ -369,8 +369,7 @@ impl RedisStore {
     /// Give back what expired leases left (all leases' with `all`), one call per pool.
     pub(super) async fn give_back(&self, all: bool) {
         for (pool, back) in self.shares.to_return(all) {
-            let Some(prepared) = self.prepared.latest().into_iter().find(|p| p.pool == pool)
-            else {
+            let Some(prepared) = self.prepared.latest().into_iter().find(|p| p.pool == pool) else {
                 continue;
             };
             let cmd = prepared.lease(0, &[], 0, self.settings.lease_time, &back);

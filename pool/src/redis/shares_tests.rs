@@ -26,10 +26,18 @@ async fn a_lease_is_spent_then_runs_out() {
     let (spec, p) = (spec(), PoolShares::default());
     assert_eq!(p.spend(&spec, &[]), None);
     p.keep(&spec, leased(1, 3, 200), true);
-    assert_eq!(p.spend(&spec, &[1]), None, "a tried key's lease is not spent");
+    assert_eq!(
+        p.spend(&spec, &[1]),
+        None,
+        "a tried key's lease is not spent"
+    );
     assert_eq!(p.spend(&spec, &[]), Some(1));
     assert_eq!(p.spend(&spec, &[]), Some(1));
-    assert_eq!(p.spend(&spec, &[]), None, "3 taken: 1 by the call, 2 spent here");
+    assert_eq!(
+        p.spend(&spec, &[]),
+        None,
+        "3 taken: 1 by the call, 2 spent here"
+    );
     assert_eq!(p.ask(&spec, 64).back, "");
 }
 
@@ -41,19 +49,13 @@ async fn what_expires_or_is_dropped_is_given_back_once() {
     tokio::time::advance(Duration::from_millis(100)).await;
     assert_eq!(p.spend(&spec, &[]), None, "expired");
     let fp0 = spec.keys[0].fingerprint.clone();
-    assert_eq!(
-        p.ask(&spec, 64).back,
-        format!("{fp0}:1000:3")
-    );
+    assert_eq!(p.ask(&spec, 64).back, format!("{fp0}:1000:3"));
     assert_eq!(p.ask(&spec, 64).back, "");
     // A lease that raced with an invalidation is given back whole, less the attempt's one.
     p.keep(&spec, leased(1, 4, 100), false);
     assert_eq!(p.spend(&spec, &[]), None);
     let fp1 = spec.keys[1].fingerprint.clone();
-    assert_eq!(
-        p.ask(&spec, 64).back,
-        format!("{fp1}:1000:3")
-    );
+    assert_eq!(p.ask(&spec, 64).back, format!("{fp1}:1000:3"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,7 +81,11 @@ async fn a_dropped_key_is_spent_no_more() {
 #[tokio::test(start_paused = true)]
 async fn leases_grow_while_used_up_and_shrink_when_not() {
     let (spec, p) = (spec(), PoolShares::default());
-    assert_eq!(p.ask(&spec, 64).want, 2, "nothing left over: twice this one");
+    assert_eq!(
+        p.ask(&spec, 64).want,
+        2,
+        "nothing left over: twice this one"
+    );
     p.waiting.store(5, Ordering::Release);
     assert_eq!(p.ask(&spec, 64).want, 6, "the waiters and this one");
     p.waiting.store(0, Ordering::Release);
