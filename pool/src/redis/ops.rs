@@ -37,13 +37,10 @@ impl RedisStore {
         self.acquire_once(spec, tried).await
     }
 
-    /// Whether leases may be taken and spent for `pool` now: configured, the invalidations
-    /// live, and the pool shared.
+    /// Whether leases may be taken and spent for `pool` now: the invalidations live (never
+    /// on Cluster, never without `lease_time`), and the pool shared.
     fn leasing(&self, pool: &str) -> bool {
-        !self.settings.lease_time.is_zero()
-            && self.shares.listening()
-            && !self.is_degraded()
-            && !(self.outages.any() && self.outages.is_down(pool))
+        self.shares.listening() && self.pool_state(pool) == StoreState::Shared
     }
 
     /// A first attempt with no lease here: one call per pool at a time takes a lease sized for
