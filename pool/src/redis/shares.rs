@@ -28,8 +28,10 @@
 //! The shared limit therefore never gives more than the rpm: every request is counted in
 //! Redis before it is spent. What a lease did not use is given back on this instance's next
 //! call (the same script call: `<fp>:<second>:<count>` taken off that bucket and the count),
-//! or, for a pool gone quiet, by the sync tick of the probe loop (every `sync_interval`), and
-//! by [`RedisStore::return_shares`] at shutdown.
+//! or, for a pool gone quiet, by the sync tick of the probe loop (every `sync_interval`); an
+//! embedder may call [`RedisStore::return_shares`] at shutdown (the proxy does not yet: what an
+//! exiting instance held, at most `lease_max` per key, stays counted until it leaves the
+//! minute).
 //!
 //! # What stays shared at once
 //! Marks and disables are written to Redis at once as before (`mark.lua`, `act.lua`), and those
