@@ -117,3 +117,16 @@ async fn the_shared_limit_holds_across_leasing_instances() {
         "{ok} served of a shared 600 a minute, 800 asked"
     );
 }
+
+#[test]
+fn a_lease_longer_than_a_second_is_refused_by_its_path() {
+    let text = format!(
+        "{}\n[store]\nurl = \"redis://127.0.0.1:1\"\nlease_time = \"2s\"\nlease_max = 0\n",
+        config_text("http://127.0.0.1:1", "", "")
+    );
+    let e = Config::from_toml_str(&text, &env())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("store.lease_time: must be at most 1s"), "{e}");
+    assert!(e.contains("store.lease_max"), "{e}");
+}
