@@ -1,7 +1,8 @@
 //! The store behind a pool: where per-key windows, cooldowns and quarantines live.
 //!
 //! Every call is one unit of work against the store: `acquire` checks, picks and counts in one
-//! step (one round trip for a shared store), `report` writes a mark only when there is one.
+//! step (at most one round trip for a shared store; none while a leased share lasts, see
+//! `redis/shares.rs`), `report` writes a mark only when there is one.
 
 use crate::key::Key;
 use crate::select::Strategy;

@@ -459,6 +459,8 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "store.command_timeout",
         "store.connect_timeout",
         "store.instances",
+        "store.lease_max",
+        "store.lease_time",
         "store.probe_interval",
         "store.probe_max_interval",
         "store.wait_timeout",

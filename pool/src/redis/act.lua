@@ -32,6 +32,8 @@ local cur_at = 0
 if cur then cur_at = tonumber(string.match(cur, '^(%d+)|') or '0') end
 if cur_at > at then return 0 end
 if action == 'disable' then
+  -- Every instance holding a lease on the key drops it at once (shares.rs).
+  redis.call('PUBLISH', string.sub(state, 1, -6) .. 'ev', fp)
   redis.call('HSET', ops, fp, ARGV[3] .. '|disabled')
   redis.call('HSET', state, field, '0|disabled|' .. ARGV[3] .. '|manual', 'mk', FOREVER)
   keep(state, STATE_TTL_MS)

@@ -203,6 +203,25 @@ impl Prepared {
         cmd
     }
 
+    /// One attempt's acquire call as a lease (see `shares.rs`): take up to `want` requests of
+    /// the key picked, for up to `lease_time`, and first give `back` the unused requests of
+    /// earlier leases (want 0: only give back).
+    pub(super) fn lease(
+        &self,
+        call: u64,
+        tried: &[usize],
+        want: u32,
+        lease_time: Duration,
+        back: &str,
+    ) -> Cmd {
+        let mut cmd = self.acquire_head.clone();
+        cmd.arg(call % self.fingerprints.len().max(1) as u64);
+        let ms = lease_time.as_millis().max(1);
+        cmd.arg(format!("{}|{want}|{ms}|{back}", tried_list(tried)));
+        cmd.arg(&self.acquire_tail);
+        cmd
+    }
+
     /// The mark.lua call that applies `action` to key `index` (none for an unknown index).
     pub(super) fn mark(
         &self,

@@ -333,6 +333,8 @@ pub(super) async fn probe_loop(store: Weak<RedisStore>, wake: Arc<Notify>) {
                 () = tokio::time::sleep(every) => {
                     let Some(s) = store.upgrade() else { return };
                     s.sync_disables().await;
+                    // A pool gone quiet gives back what its expired leases left.
+                    s.give_back(false).await;
                 }
             }
             continue;

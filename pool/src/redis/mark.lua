@@ -8,6 +8,8 @@
 -- ARGV[3]  reason, stored with the mark
 -- ARGV[4]  period in ms
 --
+-- The fingerprint is published on `keyrelay:{<pool>}:ev`, so instances drop their leases on it.
+--
 -- Returns 1, or 0 when the mark was kept out by a longer one or a disable.
 -- Field `mk` is raised to the new mark's end, so acquire.lua reads the marks only while one may
 -- be in force; it brings `mk` down again itself.
@@ -16,6 +18,8 @@ local field, kind, reason, period = 'm:' .. ARGV[1], ARGV[2], ARGV[3], tonumber(
 local now = now_ms(redis.call('TIME'))
 local cur_until, cur_kind = parse_mark(redis.call('HGET', state, field))
 local ends = now + period
+-- Every instance holding a lease on the key drops it at once (shares.rs): `keyrelay:{p}:ev`.
+redis.call('PUBLISH', string.sub(state, 1, -6) .. 'ev', ARGV[1])
 if cur_kind == 'disabled' or (cur_until or 0) >= ends then return 0 end
 local mk = tonumber(redis.call('HGET', state, 'mk')) or 0
 redis.call('HSET', state, field, ends .. '|' .. kind .. '|' .. now .. '|' .. reason,

@@ -12,6 +12,7 @@
 //! | `keyrelay:{p}:b`      | hash | `<fp>:<second>`: requests given to that key in that second (Redis time); `_` as in `state` | 125 s (`BUCKET_TTL_MS`), renewed by each new bucket |
 //! | `keyrelay:{p}:due`    | sorted set | per key with live buckets (of any key set) or a mark in force, its fingerprint, scored by the second it is next due: its oldest bucket leaves the window, or its mark ends | 1 day, renewed by each sweep and each key's first bucket |
 //! | `keyrelay:{p}:ops`    | hash | per key an operator acted on, `<fp>` = `<at_ms>\|disabled` or `<at_ms>\|enabled`: the latest disable or enable, stamped with the acting instance's wall clock (Unix ms). The truth for disables: status reads it, acquire restores the state hash's mirror from it | none: a disable never expires |
+//! | `keyrelay:{p}:ev`     | pub/sub channel | a key's fingerprint, published by `mark.lua` (every mark) and `act.lua` (a disable): instances leasing (`shares.rs`) drop their lease on that key | none: nothing stored |
 //! | `keyrelay:{p}:alive`  | string | written by the health probe, one per pool (configured or served), so with Cluster it checks each pool's own slot (`keyrelay:{probe}:alive` only while no pool is known) | 10 s |
 //!
 //! # Operator actions
@@ -50,7 +51,9 @@
 //! 12-hex-digit keyed fingerprint, is ever sent to Redis.
 //!
 //! # Round trips
-//! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer). A success needs
+//! `acquire` is one `EVALSHA` of `acquire.lua` (skip, pick, count, answer); with
+//! `lease_time` set, one such call takes a few requests at once and most attempts make none
+//! (`shares.rs`). A success needs
 //! nothing more; a 429 or 401/403 adds one `EVALSHA` of `mark.lua`; an operator's action is
 //! one `EVALSHA` of `act.lua`; the status page is one `EVALSHA` of `status.lua`. Each script is built once, with `common.lua` (the constants
 //! above, Redis time in ms, bucket names, which buckets have left the window, reading a mark)
@@ -92,6 +95,8 @@
 //! - `outages.rs`: on Cluster, the pools degraded while the rest stay shared, and their probe.
 //! - `ops.rs`: the store operations (`impl Store`), each with its local fallback.
 //! - `actions.rs`: the operator actions kept to write (again) when Redis is back.
+//! - `shares.rs`: leased shares of a key's minute, spent locally (`lease_time`), and
+//!   `events.rs`: the subscription that drops them when a key is marked or disabled.
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
 //! - `error.rs`: [`StoreError`], with no URL or password in any message.
 //! - Tests: `command_tests.rs` (the argument layouts) and `lua_tests.rs` (the scripts in a
@@ -103,11 +108,13 @@ mod actions;
 mod command;
 mod conn;
 mod error;
+mod events;
 mod health;
 mod marks;
 mod ops;
 mod outages;
 mod settings;
+mod shares;
 
 #[cfg(test)]
 mod lua_tests;
@@ -118,6 +125,7 @@ use command::{PreparedCache, Scripts};
 use conn::{Conn, Pools};
 use health::Throttle;
 use outages::PoolOutages;
+use shares::Shares;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -157,6 +165,8 @@ pub struct RedisStore {
     settling_until: Mutex<Option<Instant>>,
     /// At most one warning per second per kind of error.
     throttle: Throttle,
+    /// Leased shares of keys' minutes, spent here without a Redis call (`shares.rs`).
+    shares: Shares,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -177,6 +187,11 @@ impl RedisStore {
         settings: RedisSettings,
     ) -> Result<Arc<RedisStore>, StoreError> {
         let pools = Pools::new(target, &settings)?;
+        let events = if settings.lease_time.is_zero() {
+            None
+        } else {
+            events::client(target)?
+        };
         let store = Arc::new(RedisStore {
             pools,
             conn: RwLock::new(None),
@@ -194,7 +209,11 @@ impl RedisStore {
             reported_down: AtomicBool::new(false),
             settling_until: Mutex::new(None),
             throttle: Throttle::default(),
+            shares: Shares::default(),
         });
+        if let Some(client) = events {
+            tokio::spawn(events::listen(Arc::downgrade(&store), client));
+        }
         if let Err(e) = store.probe_once().await {
             store.reported_down.store(true, Ordering::Release);
             store.warn(

@@ -5,6 +5,7 @@ use super::actions::Action;
 use super::command::{act_cmd, MarkAction};
 use super::conn::Conn;
 use super::marks::mode_of;
+use super::shares::{Leased, PoolShares};
 use super::{RedisStore, StoreError};
 use crate::store::{
     Acquire, KeyAction, KeyMode, KeyStatus, Mark, PoolSpec, Report, Store, StoreFuture, StoreState,
@@ -13,6 +14,7 @@ use deadpool_redis::redis;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::time::Instant;
 
 impl RedisStore {
     /// Every key's state in this process's memory: what this instance serves from while
@@ -22,6 +24,65 @@ impl RedisStore {
     }
 
     async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
+        if self.leasing(&spec.name) {
+            let shares = self.shares.pool(&spec.name);
+            if let Some(index) = shares.spend(spec, tried) {
+                return Acquire::Key(index);
+            }
+            // A first attempt takes a lease; a retry makes the plain call.
+            if tried.is_empty() {
+                return self.acquire_leased(spec, &shares).await;
+            }
+        }
+        self.acquire_once(spec, tried).await
+    }
+
+    /// Whether leases may be taken and spent for `pool` now: the invalidations live (never
+    /// on Cluster, never without `lease_time`), and the pool shared.
+    fn leasing(&self, pool: &str) -> bool {
+        self.shares.listening() && self.pool_state(pool) == StoreState::Shared
+    }
+
+    /// A first attempt with no lease here: one call per pool at a time takes a lease sized for
+    /// this instance's traffic; the attempts that waited for it spend it.
+    async fn acquire_leased(&self, spec: &PoolSpec, shares: &PoolShares) -> Acquire {
+        shares.waiting.fetch_add(1, Ordering::AcqRel);
+        let gate = shares.gate.lock().await;
+        shares.waiting.fetch_sub(1, Ordering::AcqRel);
+        if !self.leasing(&spec.name) {
+            drop(gate);
+            return self.acquire_once(spec, &[]).await;
+        }
+        if let Some(index) = shares.spend(spec, &[]) {
+            return Acquire::Key(index);
+        }
+        let lease_time = self.settings.lease_time;
+        let ask = shares.ask(spec, self.settings.lease_max);
+        let prepared = self.prepared.get(spec, &self.scripts);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let cmd = prepared.lease(call, &[], ask.want, lease_time, &ask.back);
+        let epoch = self.shares.epoch();
+        let sent = Instant::now();
+        let answer = self
+            .run::<redis::Value>(&spec.name, &cmd, &self.scripts.acquire)
+            .await;
+        let Some(answer) = answer else {
+            return self.local.acquire_now(spec, &[]);
+        };
+        match lease_answer(&answer, sent) {
+            Some(Ok(lease)) => {
+                // A mark that arrived while the call was out may concern this key: keep
+                // nothing of a lease that raced with one.
+                let fresh = self.shares.epoch() == epoch && self.shares.listening();
+                shares.keep(spec, lease, fresh);
+                Acquire::Key(lease.index)
+            }
+            Some(Err(other)) => other,
+            None => Acquire::Exhausted,
+        }
+    }
+
+    async fn acquire_once(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
         let prepared = self.prepared.get(spec, &self.scripts);
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let cmd = prepared.acquire(call, tried);
@@ -34,6 +95,13 @@ impl RedisStore {
             Some(i) if i < 0 => Acquire::Wait(Duration::from_millis(i.unsigned_abs())),
             Some(_) => Acquire::Exhausted,
             None => self.local.acquire_now(spec, tried),
+        }
+    }
+
+    /// This instance's lease on key `index`, if any, is spent no more (given back later).
+    fn drop_lease(&self, spec: &PoolSpec, index: usize) {
+        if let Some(key) = spec.keys.get(index) {
+            self.shares.drop_key(&spec.name, &key.fingerprint);
         }
     }
 
@@ -56,6 +124,9 @@ impl RedisStore {
     async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
         // Local state learns every mark too, so a fallback starts from what we knew.
         self.local.report_now(spec, index, report);
+        if report.mark.is_some() {
+            self.drop_lease(spec, index);
+        }
         let (action, period, reason) = match report.mark {
             Some(Mark::Cool { period, reason }) => (MarkAction::Cooling, period, reason),
             Some(Mark::Quarantine { period, reason }) => (MarkAction::Quarantined, period, reason),
@@ -68,6 +139,9 @@ impl RedisStore {
     /// waits in the journal (see `actions.rs`) and the answer says so.
     async fn act_shared(&self, spec: &PoolSpec, index: usize, action: KeyAction) -> StoreState {
         self.local.act_now(spec, index, action);
+        if action == KeyAction::Disable {
+            self.drop_lease(spec, index);
+        }
         let prepared = self.prepared.get(spec, &self.scripts);
         let Some(fp) = prepared.fingerprint(index) else {
             return self.pool_state(&spec.name);
@@ -178,6 +252,36 @@ impl RedisStore {
                 last_status: local.get(index).and_then(|s| s.last_status),
             })
             .collect()
+    }
+}
+
+/// A script answer as an acquire: a lease's `{index + 1, taken, span_ms, second}` as a
+/// [`Leased`], a single number (none taken, or a lease of one) as an [`Acquire`]; None for an
+/// answer of another shape.
+fn lease_answer(answer: &redis::Value, sent: Instant) -> Option<Result<Leased, Acquire>> {
+    let number = |v: &redis::Value| match v {
+        redis::Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    match answer {
+        redis::Value::Int(i) if *i > 0 => Some(Err(Acquire::Key(
+            usize::try_from(i - 1).unwrap_or(usize::MAX),
+        ))),
+        redis::Value::Int(i) if *i < 0 => {
+            Some(Err(Acquire::Wait(Duration::from_millis(i.unsigned_abs()))))
+        }
+        redis::Value::Int(_) => Some(Err(Acquire::Exhausted)),
+        redis::Value::Array(parts) if parts.len() == 4 => {
+            let [index, taken, span, second] = [0, 1, 2, 3].map(|i| number(&parts[i]));
+            Some(Ok(Leased {
+                index: usize::try_from(index? - 1).ok()?,
+                taken: u32::try_from(taken?).ok()?,
+                span: Duration::from_millis(u64::try_from(span?).ok()?),
+                second: u64::try_from(second?).ok()?,
+                sent,
+            }))
+        }
+        _ => None,
     }
 }
 

@@ -26,6 +26,12 @@ pub struct RedisSettings {
     /// Redis, so that in an outage it honours those taken on other instances. Not a config
     /// field.
     pub sync_interval: Duration,
+    /// How long an instance may spend a leased share of a key's minute locally (see
+    /// `shares.rs`); zero takes no leases: one script call per attempt.
+    pub lease_time: Duration,
+    /// The most requests one lease takes (besides 1% of the key's rpm, and what is left of the
+    /// Redis second it is counted in).
+    pub lease_max: u32,
 }
 
 impl Default for RedisSettings {
@@ -40,6 +46,8 @@ impl Default for RedisSettings {
             pools: Vec::new(),
             recovery_settle: Duration::from_secs(1),
             sync_interval: Duration::from_secs(2),
+            lease_time: Duration::ZERO,
+            lease_max: 64,
         }
     }
 }

@@ -53,6 +53,8 @@ pub(super) struct RawStore {
     pub command_timeout: Option<String>,
     pub probe_interval: Option<String>,
     pub probe_max_interval: Option<String>,
+    pub lease_time: Option<String>,
+    pub lease_max: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

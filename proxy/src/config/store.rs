@@ -36,7 +36,15 @@ fn settings(raw: &RawStore, p: &mut Problems) -> RedisSettings {
         &raw.probe_max_interval,
         s.probe_max_interval,
     );
+    s.lease_time = field("lease_time", &raw.lease_time, s.lease_time);
     s.instances = p.positive("store.instances", raw.instances, s.instances);
+    s.lease_max = p.positive("store.lease_max", raw.lease_max, s.lease_max);
+    if s.lease_time > std::time::Duration::from_secs(1) {
+        p.add(
+            "store.lease_time",
+            "must be at most 1s: a lease ends with the second its requests are counted in",
+        );
+    }
     for (path, v) in [
         ("store.command_timeout", s.command_timeout),
         ("store.connect_timeout", s.connect_timeout),
