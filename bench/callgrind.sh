@@ -67,8 +67,11 @@ for f in "$OUT"/callgrind.out.*; do
   trigger="$(sed -n 's/^desc: Trigger: dump //p' "$f")"
   total="$(sed -n 's/^summary: //p;s/^totals: //p' "$f" | head -1)"
   [[ -n "$trigger" ]] || continue
-  callgrind_annotate --inclusive=no "$f" 2>/dev/null | head -40 >"$OUT/$trigger.self.txt"
-  callgrind_annotate --inclusive=yes "$f" 2>/dev/null | head -60 >"$OUT/$trigger.incl.txt"
+  # Whole annotations to files, then cut (head in a pipe would fail the script on SIGPIPE).
+  callgrind_annotate --inclusive=no "$f" >"$OUT/$trigger.self.full" 2>/dev/null
+  callgrind_annotate --inclusive=yes "$f" >"$OUT/$trigger.incl.full" 2>/dev/null
+  sed -n 1,40p "$OUT/$trigger.self.full" >"$OUT/$trigger.self.txt"
+  sed -n 1,60p "$OUT/$trigger.incl.full" >"$OUT/$trigger.incl.txt"
   printf '%-7s %12s instructions in all, %8d per request (%s requests)\n' \
     "$trigger" "$total" "$((total / REQUESTS))" "$REQUESTS"
 done
