@@ -18,8 +18,8 @@ pub use websocket::{WsDirection, WsEnd, WsMetrics};
 
 use keyrelay_pool::Store;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub(crate) struct Families {
     key_requests_minute: IntGaugeVec,
     key_rpm_limit: IntGaugeVec,
     store_seconds: HistogramVec,
+    /// `store_seconds` for acquires, resolved on first use (one per request).
+    store_acquire: OnceLock<Histogram>,
     reloads: IntCounterVec,
     connections: Connections,
     websocket: websocket::WsFamilies,
@@ -153,6 +155,7 @@ impl Families {
             request_duration,
             proxy_overhead,
             store_seconds,
+            store_acquire: OnceLock::new(),
             in_flight: b.single_gauge("keyrelay_in_flight_requests", "Requests being served."),
             open_streams: b.single_gauge(
                 "keyrelay_open_streams",
@@ -283,7 +286,13 @@ impl Metrics {
     /// The handles of one provider (or `"none"` for requests that matched no route), resolved
     /// once; build them when a config is built, not per request.
     pub fn provider(&self, name: &str) -> ProviderMetrics {
-        ProviderMetrics::new(self.families.clone(), name)
+        ProviderMetrics::new(self.families.clone(), name, &[])
+    }
+
+    /// [`Metrics::provider`] for a provider whose keys (names in pool order) get their
+    /// attempt series resolved once, for [`ProviderMetrics::key_attempt`].
+    pub fn provider_with_keys(&self, name: &str, keys: &[&str]) -> ProviderMetrics {
+        ProviderMetrics::new(self.families.clone(), name, keys)
     }
 
     pub fn client_auth_failure(&self, why: AuthFailure) {
@@ -301,9 +310,11 @@ impl Metrics {
     }
 
     pub fn store_round_trip(&self, op: StoreOp, took: Duration) {
-        self.families
-            .store_seconds
-            .with_label_values(&[op.label()])
+        let f = &self.families;
+        let slot = match op {
+            StoreOp::Acquire => &f.store_acquire,
+        };
+        slot.get_or_init(|| f.store_seconds.with_label_values(&[op.label()]))
             .observe(took.as_secs_f64());
     }
 

@@ -15,6 +15,24 @@ pub struct ProviderMetrics {
     handles: Arc<Handles>,
 }
 
+/// How many outcomes there are: the length of the per-outcome slots below.
+const OUTCOMES: usize = 9;
+
+/// An outcome's slot in the per-outcome handles (a new outcome fails to compile here).
+fn outcome_slot(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Success => 0,
+        Outcome::RateLimited { .. } => 1,
+        Outcome::Unauthorized => 2,
+        Outcome::Forbidden => 3,
+        Outcome::Overloaded => 4,
+        Outcome::ServerError => 5,
+        Outcome::NotSent => 6,
+        Outcome::Lost => 7,
+        Outcome::ClientError => 8,
+    }
+}
+
 /// The resolved series, filled in as they are first used.
 #[derive(Default)]
 struct Handles {
@@ -23,6 +41,16 @@ struct Handles {
     upstream_ttfb: OnceLock<Histogram>,
     request_duration: OnceLock<Histogram>,
     proxy_overhead: OnceLock<Histogram>,
+    /// `keyrelay_retries_total` per outcome that caused the retry.
+    retries: [OnceLock<IntCounter>; OUTCOMES],
+    /// The pool's keys in order, each with its `keyrelay_upstream_attempts_total` per outcome.
+    keys: Box<[KeyHandles]>,
+}
+
+/// One key's attempt counters.
+struct KeyHandles {
+    name: Box<str>,
+    attempts: [OnceLock<IntCounter>; OUTCOMES],
 }
 
 impl std::fmt::Debug for ProviderMetrics {
@@ -32,9 +60,21 @@ impl std::fmt::Debug for ProviderMetrics {
 }
 
 impl ProviderMetrics {
-    pub(crate) fn new(families: Arc<Families>, name: &str) -> ProviderMetrics {
+    /// `keys`: the provider's key names in pool order, whose attempt series are then kept
+    /// here (see [`ProviderMetrics::key_attempt`]).
+    pub(crate) fn new(families: Arc<Families>, name: &str, keys: &[&str]) -> ProviderMetrics {
+        let keys = keys
+            .iter()
+            .map(|k| KeyHandles {
+                name: (*k).into(),
+                attempts: Default::default(),
+            })
+            .collect();
         ProviderMetrics {
-            handles: Arc::default(),
+            handles: Arc::new(Handles {
+                keys,
+                ..Handles::default()
+            }),
             name: name.into(),
             families,
         }
@@ -85,11 +125,29 @@ impl ProviderMetrics {
             .inc();
     }
 
+    /// One attempt with the key at `index` of the pool (named `key`), and what it came to:
+    /// the series is resolved once per key and outcome, not looked up per attempt.
+    pub fn key_attempt(&self, index: usize, key: &str, outcome: &Outcome) {
+        let Some(handles) = self.handles.keys.get(index).filter(|k| *k.name == *key) else {
+            return self.attempt(key, outcome);
+        };
+        handles.attempts[outcome_slot(outcome)]
+            .get_or_init(|| {
+                self.families
+                    .attempts
+                    .with_label_values(&[&*self.name, key, outcome.label()])
+            })
+            .inc();
+    }
+
     /// The request went to another key after an attempt that came to `after`.
     pub fn retry(&self, after: &Outcome) {
-        self.families
-            .retries
-            .with_label_values(&[&*self.name, after.label()])
+        self.handles.retries[outcome_slot(after)]
+            .get_or_init(|| {
+                self.families
+                    .retries
+                    .with_label_values(&[&*self.name, after.label()])
+            })
             .inc();
     }
 

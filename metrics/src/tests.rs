@@ -84,3 +84,27 @@ fn a_series_appears_only_once_used() {
         "{text}"
     );
 }
+
+#[test]
+fn attempts_by_key_index_count_on_the_same_series_as_by_name() {
+    let m = Metrics::new();
+    let p = m.provider_with_keys("openai", &["k1", "k2"]);
+    p.key_attempt(1, "k2", &Outcome::Success);
+    p.key_attempt(1, "k2", &Outcome::Success);
+    p.attempt("k2", &Outcome::Success);
+    // An index that names another key (or none) is counted by the name it was given.
+    p.key_attempt(0, "k3", &Outcome::NotSent);
+    p.key_attempt(7, "k1", &Outcome::NotSent);
+    p.retry(&Outcome::NotSent);
+    p.retry(&Outcome::NotSent);
+    let text = m.encode();
+    for line in [
+        r#"keyrelay_upstream_attempts_total{key="k2",outcome="success",provider="openai"} 3"#,
+        r#"keyrelay_upstream_attempts_total{key="k3",outcome="transport_error",provider="openai"} 1"#,
+        r#"keyrelay_upstream_attempts_total{key="k1",outcome="transport_error",provider="openai"} 1"#,
+        r#"keyrelay_retries_total{provider="openai",reason="transport_error"} 2"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(!text.contains(r#"key="k1",outcome="success""#), "{text}");
+}

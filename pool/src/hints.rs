@@ -1,6 +1,6 @@
 //! Reading a provider's "when may I try again" hints: Retry-After, retry-after-ms, reset headers.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::time::{Duration, SystemTime};
 
 /// `Retry-After` as delta-seconds (`"30"`, `"1.5"`) or as an HTTP date, relative to `now`.
@@ -87,23 +87,23 @@ pub fn rate_limit_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
 /// What the provider says is left of a key's quota: (requests, tokens), as OpenAI's
 /// `x-ratelimit-remaining-*` or Anthropic's `anthropic-ratelimit-*-remaining` report it.
 pub fn remaining_quota(headers: &HeaderMap) -> (Option<i64>, Option<i64>) {
-    let read = |names: [&str; 2]| {
+    // Names made once, not parsed from text on every answer (this runs on every attempt).
+    const REQUESTS: [HeaderName; 2] = [
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+    ];
+    const TOKENS: [HeaderName; 2] = [
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+    ];
+    let read = |names: &[HeaderName; 2]| {
         names
             .iter()
-            .find_map(|n| header(headers, n))
+            .find_map(|n| headers.get(n).and_then(|v| v.to_str().ok()))
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|n| *n >= 0)
     };
-    (
-        read([
-            "x-ratelimit-remaining-requests",
-            "anthropic-ratelimit-requests-remaining",
-        ]),
-        read([
-            "x-ratelimit-remaining-tokens",
-            "anthropic-ratelimit-tokens-remaining",
-        ]),
-    )
+    (read(&REQUESTS), read(&TOKENS))
 }
 
 #[cfg(test)]

@@ -100,8 +100,8 @@ fn error_event(shape: ErrorShape, error: &ProxyError, tail: &[u8]) -> Bytes {
     Bytes::from(format!("{close}{event}data: {}\n\n", error.body(shape)))
 }
 
-struct Streamed {
-    inner: Incoming,
+struct Streamed<B: Body> {
+    inner: B,
     idle: Duration,
     /// Fires at the idle deadline as last armed; re-armed lazily from `last` when it fires, so
     /// a frame costs no timer work.
@@ -120,13 +120,14 @@ struct Streamed {
     failing: Option<StreamError>,
 }
 
-impl Streamed {
+impl<B: Body> Streamed<B> {
+    /// Keep the last four bytes passed on (right-aligned in `tail`), shifting in at most four
+    /// bytes of `data` at once rather than byte by byte.
     fn remember_tail(&mut self, data: &[u8]) {
-        for b in data.iter().skip(data.len().saturating_sub(4)) {
-            self.tail.rotate_left(1);
-            self.tail[3] = *b;
-            self.tail_len = (self.tail_len + 1).min(4);
-        }
+        let n = data.len().min(4);
+        self.tail.copy_within(n.., 0);
+        self.tail[4 - n..].copy_from_slice(&data[data.len() - n..]);
+        self.tail_len = (self.tail_len + n).min(4);
     }
 
     /// Waiting on the upstream: pending until `idle` has passed since the last frame. The timer
@@ -163,7 +164,7 @@ impl Streamed {
     }
 }
 
-impl Drop for Streamed {
+impl<B: Body> Drop for Streamed<B> {
     fn drop(&mut self) {
         let end = self.end.unwrap_or(if self.inner.is_end_stream() {
             StreamEnd::Complete
@@ -193,17 +194,18 @@ impl Drop for Held {
     }
 }
 
-enum Kind {
+enum Kind<B: Body> {
     Full(Option<Bytes>),
     Held(Held),
-    Stream(Box<Streamed>),
+    Stream(Box<Streamed<B>>),
     /// A body wrapped by another step (resource ids sealed on the way out, `affinity`).
     Boxed(Pin<Box<dyn Body<Data = Bytes, Error = StreamError> + Send + Sync>>),
 }
 
 /// The response body keyrelay sends: its own small JSON, or an upstream body passed through.
-pub struct ProxyBody {
-    kind: Kind,
+/// The upstream body is hyper's; the parameter lets a benchmark pass its own frames through.
+pub struct ProxyBody<B: Body = Incoming> {
+    kind: Kind<B>,
 }
 
 impl ProxyBody {
@@ -223,15 +225,17 @@ impl ProxyBody {
             }),
         }
     }
+}
 
+impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
     /// An upstream body passed on as it comes; `sse` (the route's error shape, for an
     /// event stream) asks for an error event before a cut.
     pub fn streamed(
-        inner: Incoming,
+        inner: B,
         idle: Duration,
         sse: Option<ErrorShape>,
         hook: Option<Box<dyn EndHook>>,
-    ) -> ProxyBody {
+    ) -> ProxyBody<B> {
         ProxyBody {
             kind: Kind::Stream(Box::new(Streamed {
                 inner,
@@ -261,7 +265,7 @@ impl ProxyBody {
     }
 }
 
-impl Body for ProxyBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
     type Data = Bytes;
     type Error = StreamError;
 
@@ -289,7 +293,10 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     s.bytes += data.len() as u64;
-                    s.remember_tail(data);
+                    // Only an SSE answer ever needs the tail (for its error event).
+                    if s.sse.is_some() {
+                        s.remember_tail(data);
+                    }
                 }
                 s.last = Instant::now();
                 Poll::Ready(Some(Ok(frame)))

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -296,19 +296,36 @@ fn refuse(stream: TcpStream, gate: &Gate, log: &mut Throttled) {
     }
 }
 
-/// Requests in flight on one connection, and whether any has started.
+/// Requests in flight on one connection, whether any has started, and when the last one
+/// ended. The watchdog reads it when its timer fires; a request starting or ending wakes
+/// nobody (so the connection task is not polled again for it).
+#[derive(Debug, Default)]
+struct Busy(Mutex<BusyState>);
+
 #[derive(Clone, Copy, Debug, Default)]
-struct Busy {
+struct BusyState {
     started: bool,
     in_flight: u32,
+    /// When `in_flight` last dropped to zero.
+    idle_since: Option<Instant>,
+}
+
+impl Busy {
+    fn update(&self, f: impl FnOnce(&mut BusyState)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn get(&self) -> BusyState {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Counts one request as in flight until its response body is dropped.
-struct InFlight(Arc<watch::Sender<Busy>>);
+struct InFlight(Arc<Busy>);
 
 impl InFlight {
-    fn start(busy: &Arc<watch::Sender<Busy>>) -> InFlight {
-        busy.send_modify(|b| {
+    fn start(busy: &Arc<Busy>) -> InFlight {
+        busy.update(|b| {
             b.started = true;
             b.in_flight += 1;
         });
@@ -318,8 +335,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .send_modify(|b| b.in_flight = b.in_flight.saturating_sub(1));
+        self.0.update(|b| {
+            b.in_flight = b.in_flight.saturating_sub(1);
+            if b.in_flight == 0 {
+                b.idle_since = Some(Instant::now());
+            }
+        });
     }
 }
 
@@ -362,33 +383,26 @@ enum Expiry {
 }
 
 /// Wait until the connection opened at `opened` has been silent too long, or idle for
-/// `idle_limit`; never while a request is in flight.
-async fn expired(
-    busy: &mut watch::Receiver<Busy>,
-    opened: Instant,
-    limits: &Limits,
-    idle_limit: Duration,
-) -> Expiry {
+/// `idle_limit`; never while a request is in flight. One timer, re-armed only when it fires
+/// (to when the connection can next expire), so requests cost the watchdog nothing.
+async fn expired(busy: &Busy, opened: Instant, limits: &Limits, idle_limit: Duration) -> Expiry {
+    let mut at = opened + limits.header_read_timeout.min(idle_limit);
     loop {
-        let now = *busy.borrow_and_update();
-        let deadline = if !now.started {
-            Some((opened + limits.header_read_timeout, Expiry::Silent))
-        } else if now.in_flight == 0 {
-            Some((Instant::now() + idle_limit, Expiry::Idle))
+        tokio::time::sleep_until(at).await;
+        let state = busy.get();
+        let now = Instant::now();
+        let (due, why) = if !state.started {
+            (opened + limits.header_read_timeout, Some(Expiry::Silent))
+        } else if state.in_flight > 0 {
+            // Look again once a request ending now could have idled out.
+            (now + idle_limit, None)
         } else {
-            None
+            let since = state.idle_since.unwrap_or(opened);
+            (since + idle_limit, Some(Expiry::Idle))
         };
-        let changed = busy.changed();
-        match deadline {
-            None => {
-                if changed.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            Some((at, why)) => tokio::select! {
-                () = tokio::time::sleep_until(at) => return why,
-                _ = changed => {}
-            },
+        match why {
+            Some(why) if now >= due => return why,
+            _ => at = due,
         }
     }
 }
@@ -414,8 +428,8 @@ pub async fn drive<I, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let busy = Arc::new(watch::Sender::new(Busy::default()));
-    let mut watch = busy.subscribe();
+    let busy = Arc::new(Busy::default());
+    let watch = busy.clone();
     let service = service_fn(move |req| {
         let in_flight = InFlight::start(&busy);
         let response = handle(req);
@@ -440,7 +454,7 @@ pub async fn drive<I, H, F>(
                 conn.as_mut().graceful_shutdown();
                 (closing, idle_limit) = (true, limits.header_read_timeout);
             }
-            why = expired(&mut watch, opened, &limits, idle_limit) => {
+            why = expired(&watch, opened, &limits, idle_limit) => {
                 if why == Expiry::Silent || closing {
                     tracing::debug!(?why, "connection closed by its timeout");
                     return;

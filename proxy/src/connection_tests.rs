@@ -49,11 +49,10 @@ async fn the_watchdog_drops_silent_connections_and_idles_out_quiet_ones() {
         keepalive_timeout: Duration::from_secs(60),
         max_connections: 1,
     };
-    let busy = Arc::new(watch::Sender::new(Busy::default()));
-    let mut rx = busy.subscribe();
+    let busy = Arc::new(Busy::default());
     let opened = Instant::now();
     assert_eq!(
-        expired(&mut rx, opened, &limits, limits.keepalive_timeout).await,
+        expired(&busy, opened, &limits, limits.keepalive_timeout).await,
         Expiry::Silent
     );
     assert_eq!(opened.elapsed(), limits.header_read_timeout);
@@ -62,14 +61,14 @@ async fn the_watchdog_drops_silent_connections_and_idles_out_quiet_ones() {
     let request = InFlight::start(&busy);
     let waited = tokio::time::timeout(
         Duration::from_secs(3600),
-        expired(&mut rx, opened, &limits, limits.keepalive_timeout),
+        expired(&busy, opened, &limits, limits.keepalive_timeout),
     )
     .await;
     assert!(waited.is_err());
     drop(request);
     let idle_from = Instant::now();
     assert_eq!(
-        expired(&mut rx, opened, &limits, limits.keepalive_timeout).await,
+        expired(&busy, opened, &limits, limits.keepalive_timeout).await,
         Expiry::Idle
     );
     assert_eq!(idle_from.elapsed(), limits.keepalive_timeout);

@@ -56,18 +56,30 @@ fn strip_bearer(v: &[u8]) -> &[u8] {
     }
 }
 
-/// Remove hop-by-hop headers, including any the `Connection` header names.
+/// Remove hop-by-hop headers, including any the `Connection` header names. Most answers carry
+/// none but `Transfer-Encoding`: only names present are removed, and nothing is allocated
+/// unless a `Connection` header lists some.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    for name in connection_listed(headers) {
+        headers.remove(&name);
+    }
+    while let Some(name) = headers.keys().find(|k| HOP_BY_HOP.contains(k)).cloned() {
+        headers.remove(&name);
+    }
+}
+
+/// The header names a `Connection` header lists (none, without allocating, when it is absent).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    if !headers.contains_key(header::CONNECTION) {
+        return Vec::new();
+    }
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(&HOP_BY_HOP) {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 /// Client headers that reach the provider by default: what the official SDKs send. Anything
@@ -131,18 +143,32 @@ impl HeaderPolicy {
                 .any(|p| name.as_str().starts_with(p.as_str()))
     }
 
-    /// The headers to send upstream from a client's: only allowed ones, and none a
-    /// `Connection` header names; `X-Forwarded-For` only when configured, from the peer.
-    pub fn forward(&self, mut from: HeaderMap, peer: Option<std::net::IpAddr>) -> HeaderMap {
-        strip_hop_by_hop(&mut from);
+    /// The headers to send upstream from a client's: only allowed ones, and none that is
+    /// hop-by-hop or that a `Connection` header names; `X-Forwarded-For` only when configured,
+    /// from the peer. Each kept name moves into the result (no copy of a custom name).
+    pub fn forward(&self, from: HeaderMap, peer: Option<std::net::IpAddr>) -> HeaderMap {
+        let listed = connection_listed(&from);
+        let passes =
+            |n: &HeaderName| self.allows(n) && !HOP_BY_HOP.contains(n) && !listed.contains(n);
         let mut out = HeaderMap::with_capacity(from.len() + 1);
-        let mut current: Option<HeaderName> = None;
+        // The entry the current name's values go to, while that name passes.
+        let mut entry: Option<header::OccupiedEntry<'_, header::HeaderValue>> = None;
         for (name, value) in from {
-            if let Some(name) = name {
-                current = Some(name);
-            }
-            if let Some(name) = current.as_ref().filter(|n| self.allows(n)) {
-                out.append(name.clone(), value);
+            match (name, entry.as_mut()) {
+                (Some(name), _) => {
+                    entry = None;
+                    if passes(&name) {
+                        entry = Some(match out.entry(name) {
+                            header::Entry::Occupied(mut o) => {
+                                o.append(value);
+                                o
+                            }
+                            header::Entry::Vacant(v) => v.insert_entry(value),
+                        });
+                    }
+                }
+                (None, Some(e)) => e.append(value),
+                (None, None) => {}
             }
         }
         if let (true, Some(ip)) = (self.forwarded_for, peer) {
@@ -191,6 +217,21 @@ impl HeaderPolicy {
         );
         out
     }
+}
+
+/// One attempt's headers: the request's forwarded headers with the lease's credential (the
+/// key, a sensitive value) and the key's account headers put in.
+pub fn with_credential(
+    forwarded: &HeaderMap,
+    credential: (&HeaderName, &header::HeaderValue),
+    account: &[(HeaderName, header::HeaderValue)],
+) -> HeaderMap {
+    let mut headers = forwarded.clone();
+    headers.insert(credential.0.clone(), credential.1.clone());
+    for (name, value) in account {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// The query without any `key=` parameter (Gemini-style client credential).

@@ -4,15 +4,19 @@
 use crate::body::{EndHook, ProxyBody, StreamEnd};
 use crate::error::{ErrorShape, ProxyError};
 use crate::routes::Provider;
-use http::Response;
+use http::{HeaderValue, Response};
 use keyrelay_metrics::{Metrics, ProviderMetrics};
-use keyrelay_pool::{Outcome, Verdict};
+use keyrelay_pool::{Key, Outcome, Verdict};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The response header that carries the request id.
+pub const REQUEST_ID_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-keyrelay-request-id");
 
 /// Request ids: a random per-process prefix and a counter, so ids are unique across instances.
 pub struct RequestIds {
@@ -51,9 +55,29 @@ impl fmt::Display for RequestId {
     }
 }
 
+impl RequestId {
+    /// The id as its `x-keyrelay-request-id` header value: the [`fmt::Display`] text, written
+    /// without the formatting machinery (this runs on every response).
+    pub fn header_value(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 8 + 1 + 16];
+        for (i, b) in buf[..8].iter_mut().enumerate() {
+            *b = HEX[((self.0 >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        buf[8] = b'-';
+        let digits = (16 - self.1.leading_zeros() as usize / 4).max(1);
+        for (i, b) in buf[9..9 + digits].iter_mut().enumerate() {
+            *b = HEX[((self.1 >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf[..9 + digits])
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
 /// One attempt as the request's facts keep it.
 struct Attempt {
-    key: String,
+    /// The key's index in the provider's pool.
+    key: usize,
     /// How long the response head took, when one came.
     head_after: Option<Duration>,
     verdict: Verdict,
@@ -106,13 +130,27 @@ impl RequestLog {
 
     /// One attempt: the key it used, how long it waited upstream, whether a head came, and
     /// the pool's verdict.
-    pub fn attempt(&mut self, key: &str, waited: Duration, answered: bool, verdict: Verdict) {
+    pub fn attempt(&mut self, key: &Key, waited: Duration, answered: bool, verdict: Verdict) {
         self.upstream_wait += waited;
+        // The key is the provider pool's own (a lease hands out a reference into it).
+        let index = self
+            .provider
+            .as_ref()
+            .and_then(|p| p.pool.spec().keys.iter().position(|k| std::ptr::eq(k, key)))
+            .unwrap_or(usize::MAX);
         self.attempts.push(Attempt {
-            key: key.to_owned(),
+            key: index,
             head_after: answered.then_some(waited),
             verdict,
         });
+    }
+
+    /// The name of the key at `index` of the provider's pool.
+    fn key_name(&self, index: usize) -> &str {
+        self.provider
+            .as_ref()
+            .and_then(|p| p.pool.spec().keys.get(index))
+            .map_or("unknown", |k| k.name.as_str())
     }
 
     fn handles(&self) -> &ProviderMetrics {
@@ -129,7 +167,7 @@ impl RequestLog {
             if let Some(after) = previous {
                 m.retry(after);
             }
-            m.attempt(&a.key, &a.verdict.outcome);
+            m.key_attempt(a.key, self.key_name(a.key), &a.verdict.outcome);
             if let Some(waited) = a.head_after {
                 m.upstream_head(waited);
             }
@@ -176,7 +214,7 @@ impl RequestLog {
         let routed = self.provider.is_some();
         self.handles().answered(self.status, routed.then_some(took));
         let provider = self.provider.as_ref().map_or("", |p| p.name.as_str());
-        let key = self.attempts.last().map_or("", |a| a.key.as_str());
+        let key = self.attempts.last().map_or("", |a| self.key_name(a.key));
         tracing::info!(
             target: "keyrelay::access",
             id = %self.id,
@@ -204,5 +242,27 @@ impl Drop for RequestLog {
     fn drop(&mut self) {
         // A request abandoned before any answer (the client left mid-attempt).
         self.finish("client_gone", 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_id_header_is_its_display_text() {
+        for (prefix, n) in [
+            (0, 0),
+            (0xdead_beef, 1),
+            (7, 0xabc),
+            (u32::MAX, u64::MAX),
+            (1, 16),
+        ] {
+            let id = RequestId(prefix, n);
+            assert_eq!(
+                id.header_value().to_str().ok(),
+                Some(id.to_string().as_str())
+            );
+        }
     }
 }

@@ -19,6 +19,10 @@ pub struct Provider {
     pub base_url: String,
     /// `base_url` parsed, to check every joined URL against.
     base: Uri,
+    /// How much of `base_url` is `scheme://authority` as `base` holds them, when it is all of
+    /// that text as written: a joined URL then reuses `base`'s scheme and authority and parses
+    /// only its path (see [`join`]).
+    origin_len: Option<usize>,
     pub shape: ErrorShape,
     /// The keys, each with its ready-made credential, and the store behind them.
     pub pool: Pool,
@@ -64,12 +68,13 @@ impl Provider {
             auth,
             &shared.observed,
         )?;
-        Ok(Provider {
+        let provider = Provider {
             name: pc.name.clone(),
             route: pc.route.clone(),
             base_url: pc.base_url.clone(),
             // Validated at load; were it not a URL, every join would fail closed.
             base: pc.base_url.parse().unwrap_or_default(),
+            origin_len: None,
             shape,
             pool,
             max_attempts: pc.max_attempts,
@@ -77,20 +82,91 @@ impl Provider {
             deadline: pc.deadline,
             retry_after_send: pc.retry_after_send,
             websocket: pc.websocket,
-            metrics: shared.metrics.provider(&pc.name),
+            metrics: {
+                let keys: Vec<&str> = pc.keys.iter().map(|k| k.name.as_str()).collect();
+                shared.metrics.provider_with_keys(&pc.name, &keys)
+            },
             affinity: affinity.1.map(|c| {
                 let scope = (pc.name.as_str(), pc.base_url.as_str());
                 Arc::new(Affinity::new(c.clone(), affinity.0, scope, &pc.keys))
             }),
             tenant: None,
             fallback: None,
+        };
+        let origin_len = origin_len(&provider.base, &provider.base_url);
+        Ok(Provider {
+            origin_len,
+            ..provider
         })
     }
 
     /// `{base_url}{rest}?{query}`, once `rest` passed [`check_path`] and the result is
     /// checked to have the base URL's scheme, host, port and path prefix.
     pub fn upstream_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, JoinError> {
-        join(&self.base, &self.base_url, rest, query)
+        match self.origin_len {
+            Some(n) => join_under(&self.base, &self.base_url[n..], rest, query),
+            None => join(&self.base, &self.base_url, rest, query),
+        }
+    }
+}
+
+/// The length of `base_url`'s `scheme://authority`, if it is exactly `base`'s scheme and
+/// authority as written (a base URL in another case or form takes the general [`join`]).
+fn origin_len(base: &Uri, base_url: &str) -> Option<usize> {
+    let origin = format!("{}://{}", base.scheme()?, base.authority()?);
+    let rest = base_url.strip_prefix(origin.as_str())?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(origin.len())
+}
+
+/// [`join`] for a base URL whose origin is `base`'s: the same text is joined, but only its
+/// path and query (`base_path` is the base URL's text after the origin) are parsed, and the
+/// scheme and authority are `base`'s own, shared. The same second lock then checks the path.
+fn join_under(
+    base: &Uri,
+    base_path: &str,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, JoinError> {
+    check_path(rest).map_err(JoinError::Path)?;
+    check_query(query)?;
+    let mut s = String::with_capacity(base_path.len() + rest.len() + 2 + query.map_or(0, str::len));
+    s.push_str(base_path);
+    if base_path.is_empty() && rest.is_empty() {
+        // What parsing `https://host` or `https://host?q` gives as its path.
+        s.push('/');
+    }
+    s.push_str(rest);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(s))
+            .map_err(|_| JoinError::Path("not a valid URL path"))?,
+    );
+    let joined = Uri::from_parts(parts).map_err(|_| JoinError::Path("not a valid URL path"))?;
+    if !under_path(base, &joined) {
+        return Err(JoinError::Origin);
+    }
+    Ok(joined)
+}
+
+/// Refuse a query with a byte past printable ASCII (hyper lets such bytes through in a
+/// request target; they are sent nowhere).
+fn check_query(query: Option<&str>) -> Result<(), JoinError> {
+    if query
+        .unwrap_or_default()
+        .bytes()
+        .all(|b| b.is_ascii_graphic())
+    {
+        Ok(())
+    } else {
+        Err(JoinError::Path(
+            "a byte outside printable ASCII in the query",
+        ))
     }
 }
 
@@ -107,16 +183,7 @@ pub enum JoinError {
 /// Join `rest` (the path after the route prefix) and `query` to `base_url` (parsed: `base`).
 pub fn join(base: &Uri, base_url: &str, rest: &str, query: Option<&str>) -> Result<Uri, JoinError> {
     check_path(rest).map_err(JoinError::Path)?;
-    // hyper lets raw bytes past ASCII through in a request target; they are sent nowhere.
-    if !query
-        .unwrap_or_default()
-        .bytes()
-        .all(|b| b.is_ascii_graphic())
-    {
-        return Err(JoinError::Path(
-            "a byte outside printable ASCII in the query",
-        ));
-    }
+    check_query(query)?;
     let mut s = String::with_capacity(base_url.len() + rest.len() + 1 + query.map_or(0, str::len));
     s.push_str(base_url);
     s.push_str(rest);
@@ -149,10 +216,15 @@ pub fn same_origin(base: &Uri, joined: &Uri) -> bool {
             .host()
             .is_some_and(|h| joined.host().is_some_and(|j| j.eq_ignore_ascii_case(h)))
         && port(base) == port(joined)
-        && joined
-            .path()
-            .strip_prefix(base.path().trim_end_matches('/'))
-            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        && under_path(base, joined)
+}
+
+/// Whether `joined`'s path lies under `base`'s.
+fn under_path(base: &Uri, joined: &Uri) -> bool {
+    joined
+        .path()
+        .strip_prefix(base.path().trim_end_matches('/'))
+        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
 }
 
 /// Refuse a path that could reach anything but what it names under the base URL: any segment
@@ -169,19 +241,36 @@ pub fn check_path(rest: &str) -> Result<(), &'static str> {
     if rest.contains('\\') {
         return Err("backslash in the path");
     }
-    let segments: Vec<&str> = rest.split('/').skip(1).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && i + 1 != segments.len() {
+    let mut segments = rest.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err("empty path segment");
         }
-        let decoded = percent_decode(segment);
-        if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
-            return Err("encoded slash, backslash or NUL in a path segment");
-        }
-        let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
-        if name == b"." || name == b".." {
-            return Err("dot segment in the path");
-        }
+        check_segment(segment)?;
+    }
+    Ok(())
+}
+
+/// One path segment: nothing encoded that is a separator or NUL, and no dot segment.
+fn check_segment(segment: &str) -> Result<(), &'static str> {
+    let dots = |name: &[u8]| name == b"." || name == b"..";
+    if !segment.contains('%') {
+        // Nothing to decode (the common case, checked without allocating): a segment holds
+        // no '/', and a backslash or a NUL was refused with the whole path.
+        let name = segment.split(';').next().unwrap_or_default();
+        return if dots(name.as_bytes()) {
+            Err("dot segment in the path")
+        } else {
+            Ok(())
+        };
+    }
+    let decoded = percent_decode(segment);
+    if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
+        return Err("encoded slash, backslash or NUL in a path segment");
+    }
+    let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
+    if dots(name) {
+        return Err("dot segment in the path");
     }
     Ok(())
 }
@@ -333,5 +422,44 @@ mod tests {
             &Uri::default(),
             &"https://gw.example.com/".parse().unwrap()
         ));
+    }
+
+    #[test]
+    fn the_shared_origin_join_gives_what_the_whole_url_join_gives() {
+        let rests = [
+            "",
+            "/",
+            "/chat/completions",
+            "/a%20b",
+            "/x;y",
+            "/..",
+            "//e",
+            "*",
+        ];
+        let queries = [None, Some("a=1"), Some("alt=sse&x=%20")];
+        for base_url in [
+            "https://api.example.com/v1",
+            "https://api.example.com/v1/",
+            "http://127.0.0.1:8080",
+            "http://h:8/",
+            "https://gw.example.com/acct/1",
+        ] {
+            let base: Uri = base_url.parse().unwrap();
+            let n = origin_len(&base, base_url).unwrap();
+            for rest in rests {
+                for query in queries {
+                    let whole = join(&base, base_url, rest, query);
+                    let shared = join_under(&base, &base_url[n..], rest, query);
+                    assert_eq!(
+                        whole.as_ref().map(Uri::to_string),
+                        shared.as_ref().map(Uri::to_string),
+                        "{base_url} {rest} {query:?}"
+                    );
+                }
+            }
+        }
+        // A base URL not written as its parsed origin takes the general join.
+        let odd = "HTTPS://api.example.com/v1";
+        assert_eq!(origin_len(&odd.parse().unwrap(), odd), None);
     }
 }

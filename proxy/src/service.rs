@@ -194,9 +194,8 @@ impl App {
         let log = RequestLog::new(id, self.shared.metrics.clone(), self.unrouted.clone());
         async move {
             let mut resp = self.serve(req, log).await;
-            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-                resp.headers_mut().insert("x-keyrelay-request-id", v);
-            }
+            resp.headers_mut()
+                .insert(crate::log::REQUEST_ID_HEADER, id.header_value());
             resp
         }
         .instrument(span)
@@ -398,7 +397,7 @@ impl App {
                 return log.error(e, provider.shape);
             }
             let verdict = lease.report(answer_of(&sent)).await;
-            log.attempt(&key.name, waited, sent.is_ok(), verdict);
+            log.attempt(key, waited, sent.is_ok(), verdict);
             // A body streamed without a spill file cannot be sent again.
             let again =
                 verdict.outcome.retryable(provider.retry_after_send) && req.body.replayable();
@@ -581,15 +580,13 @@ fn attempt(req: &Prepared, lease: &Lease<'_>) -> Option<Request<AttemptBody>> {
     let mut out = Request::new(req.body.attempt()?);
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = req.uri.clone();
-    *out.headers_mut() = req.headers.clone();
-    let (name, value) = lease.credential();
-    let headers = out.headers_mut();
-    headers.insert(name.clone(), value.clone());
-    for (name, value) in lease.account_headers() {
-        headers.insert(name.clone(), value.clone());
-    }
+    *out.headers_mut() =
+        crate::headers::with_credential(&req.headers, lease.credential(), lease.account_headers());
     Some(out)
 }
+
+/// Tells a buffering proxy in front (nginx) to pass an event stream on as it comes.
+const X_ACCEL_BUFFERING: http::HeaderName = http::HeaderName::from_static("x-accel-buffering");
 
 /// Send an upstream answer to the client, head first, body frame by frame (or, for an error
 /// answer read to judge it, as read).
@@ -609,7 +606,7 @@ fn pass_on(
     if sse {
         parts
             .headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+            .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
     let hook = log.streaming(parts.status.as_u16());
     let body = match body {

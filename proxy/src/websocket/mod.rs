@@ -232,7 +232,7 @@ impl Ctx<'_> {
                 Err(e) => Answer::Failed { sent: e.sent() },
             };
             let verdict = lease.report(answer).await;
-            log.attempt(&key.name, waited, sent.is_ok(), verdict);
+            log.attempt(key, waited, sent.is_ok(), verdict);
             let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
                 Ok(a) if a.parts.status == StatusCode::SWITCHING_PROTOCOLS => {

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# A/B two keyrelay binaries (e.g. the system allocator against mimalloc) on wall-clock
+# throughput: one release mock, both keyrelays side by side (embedded store, same config), wrk
+# alternating between them in ABBA order for chat and for 20-chunk streams, so a slow spell of
+# a shared machine falls on both. Prints each round's req/s, the median per binary and
+# workload, and each binary's peak RSS. Loopback only; stops only what it started.
+# Usage: bash bench/ab.sh BINARY_A BINARY_B
+#
+# Knobs (environment): AB_ROUNDS (4, ABBA pairs), AB_SECONDS (8 per run), AB_CONNECTIONS (64),
+# AB_THREADS (2).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROUNDS="${AB_ROUNDS:-4}"
+SECS="${AB_SECONDS:-8}"
+CONNS="${AB_CONNECTIONS:-64}"
+THREADS="${AB_THREADS:-2}"
+READY_DEADLINE=30
+PREFIX=ab
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+(($# == 2)) || die "usage: bash bench/ab.sh BINARY_A BINARY_B"
+need wrk wrk
+need curl curl
+need python3 python3
+NO_BUILD=1 build_release keyrelay-mock
+start_mock
+
+declare -A URL PID
+for side in A B; do
+  bin="$1"
+  [[ $side == B ]] && bin="$2"
+  [[ -x "$bin" ]] || die "$bin is not an executable"
+  mkdir -p "$TMP/$side/release"
+  ln -sf "$(readlink -f "$bin")" "$TMP/$side/release/keyrelay"
+  TARGET_DIR="$TMP/$side" start_keyrelay "kr$side" "" ""
+  URL[$side]="$KR_URL"
+  PID[$side]="$KR_PID"
+done
+
+for w in chat stream; do
+  stream=false
+  [[ $w == stream ]] && stream=true
+  cat >"$TMP/$w.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [[{"model":"mock","stream":$stream,"messages":[{"role":"user","content":"$(printf 'x%.0s' {1..900})"}]}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $BENCH_TOKEN"
+wrk.headers["x-mock-chunks"] = "20"
+LUA
+done
+
+run() { # run SIDE WORKLOAD -> req/s
+  wrk -t "$THREADS" -c "$CONNS" -d "${SECS}s" --timeout 10s -s "$TMP/$2.lua" "${URL[$1]}" \
+    >"$TMP/wrk.out" 2>&1 || die "wrk failed: $(cat "$TMP/wrk.out")"
+  grep -q "Non-2xx" "$TMP/wrk.out" && die "non-2xx answers: $(cat "$TMP/wrk.out")"
+  awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.out"
+}
+
+declare -A ALL PEAK
+for side in A B; do
+  for w in chat stream; do run "$side" "$w" >/dev/null; done # warm-up
+  PEAK[$side]=0
+done
+for ((r = 0; r < ROUNDS; r++)); do
+  order=(A B)
+  ((r % 2 == 1)) && order=(B A)
+  for w in chat stream; do
+    line="round $((r + 1)) $w:"
+    for side in "${order[@]}"; do
+      rps="$(run "$side" "$w")"
+      ALL[$side$w]+="$rps "
+      rss="$(rss_kib "${PID[$side]}")"
+      ((rss > PEAK[$side])) && PEAK[$side]=$rss
+      line+=" $side=$rps"
+    done
+    echo "$line"
+  done
+done
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+for w in chat stream; do
+  a="$(median <<<"${ALL[A$w]}")" b="$(median <<<"${ALL[B$w]}")"
+  printf '%-6s median req/s: A %s, B %s, B/A %.3f\n' "$w" "$a" "$b" "$(python3 -c "print($b/$a)")"
+done
+echo "RSS after the runs (KiB, highest sampled): A ${PEAK[A]}, B ${PEAK[B]}"
