@@ -112,7 +112,7 @@ BENCH_KEYS=(sk-bench-key-1 sk-bench-key-2 sk-bench-key-3)
 # start_keyrelay NAME STORE_URL PROVIDER_EXTRA [KEYRELAY_ARGS...]: a release keyrelay in front
 # of the mock (x-mock-* headers passed, three keys, client token BENCH_TOKEN), on Redis when
 # STORE_URL is set, logging at KR_LOG (warn), with KR_SERVER_EXTRA (TOML lines) added to its
-# [server] section; sets KR_PID, KR_URL and ADMIN_URL.
+# [server] section and KR_STORE_EXTRA to its [store] section; sets KR_PID, KR_URL and ADMIN_URL.
 start_keyrelay() {
   local name="$1" store="$2" extra="$3" port admin
   shift 3
@@ -141,7 +141,9 @@ rpm = 100000000
 keys = "env:BENCH_KEY_*"
 $extra
 TOML
-  if [[ -n "$store" ]]; then printf '\n[store]\nurl = "%s"\n' "$store" >>"$TMP/$name.toml"; fi
+  if [[ -n "$store" ]]; then
+    printf '\n[store]\nurl = "%s"\n%s\n' "$store" "${KR_STORE_EXTRA:-}" >>"$TMP/$name.toml"
+  fi
   # From its own temp dir, so no .env of the caller's is picked up.
   (cd "$TMP" && exec env KEYRELAY_LOG="${KR_LOG:-warn}" BENCH_TOKEN="$BENCH_TOKEN" \
     BENCH_KEY_1="${BENCH_KEYS[0]}" BENCH_KEY_2="${BENCH_KEYS[1]}" BENCH_KEY_3="${BENCH_KEYS[2]}" \

@@ -28,6 +28,9 @@ IDLE_HOLD="${BENCH_IDLE_HOLD:-5}"
 WORKLOADS="${BENCH_WORKLOADS:-chat64 chat1 stream64 stream1 streams idle}"
 CONTENDERS="${BENCH_CONTENDERS:-direct nginx embedded redis}"
 NO_BUILD="${BENCH_NO_BUILD:-0}"
+# The Redis contender's [store] lines: leased shares on (one script call per ~60 requests);
+# BENCH_REDIS_STORE_EXTRA="" measures one script call per request.
+REDIS_STORE_EXTRA="${BENCH_REDIS_STORE_EXTRA-lease_time = \"250ms\"}"
 COMMAND="$(for v in $(compgen -e | grep -E '^BENCH_' | sort); do printf '%s=%q ' "$v" "${!v}"; done)bash bench/run.sh"
 
 # shellcheck source=bench/lib.sh
@@ -84,7 +87,7 @@ start_all() {
   URL_[nginx]="$NGINX_URL" TOKEN_[nginx]="unused" PIDS_[nginx]="$NGINX_PID $workers"
   start_keyrelay kr-embedded "" ""
   URL_[embedded]="$KR_URL" TOKEN_[embedded]="$BENCH_TOKEN" PIDS_[embedded]="$KR_PID"
-  start_keyrelay kr-redis "redis://127.0.0.1:$REDIS_PORT/0" ""
+  KR_STORE_EXTRA="$REDIS_STORE_EXTRA" start_keyrelay kr-redis "redis://127.0.0.1:$REDIS_PORT/0" ""
   URL_[redis]="$KR_URL" TOKEN_[redis]="$BENCH_TOKEN" PIDS_[redis]="$KR_PID"
   local c
   for c in $CONTENDERS; do verify "$c"; done
