@@ -495,3 +495,56 @@ async fn a_shutdown_closes_open_sessions_with_going_away() {
         .expect("the drain waited out its grace for a closed session")
         .unwrap();
 }
+
+/// A tenant's client opens its sessions on its tenant's key only, never on a shared one, and
+/// a shared client never on the tenant's (the HTTP rule, at the handshake).
+#[tokio::test]
+async fn a_tenants_session_opens_on_its_tenants_key_only() {
+    const TENANT_TOKEN: &str = "kr-ws-tenant-token-5f1e9a3c7b";
+    const TENANT_KEY: &str = "sk-ws-tenant-key-DDDDDDDDDDDDDDDD";
+    let mock = MockUpstream::start().await.unwrap();
+    let text = format!(
+        "{}\n[[tenants]]\nname = \"acme\"\n[[tenants.clients]]\nname = \"acme-app\"\ntoken = \"env:WS_TENANT_TOKEN\"\n[[tenants.providers]]\nname = \"openai\"\nkeys = \"env:WS_TENANT_KEY\"\n",
+        config_text(&mock.url(), "strategy = \"round-robin\"", ""),
+    );
+    let env = env()
+        .with("WS_TENANT_TOKEN", TENANT_TOKEN)
+        .with("WS_TENANT_KEY", TENANT_KEY);
+    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    let h = Harness {
+        mock,
+        proxy,
+        client: http_client(),
+    };
+    let path = "/v1/realtime?model=gpt-realtime";
+    for _ in 0..3 {
+        let tenant = format!("Bearer {TENANT_TOKEN}");
+        let (mut ws, resp) = open(&h, path, &[("authorization", &tenant)]).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.close(None).await.unwrap();
+        let (mut ws, resp) = realtime(&h).await;
+        assert_eq!(resp.status(), 101);
+        ws.close(None).await.unwrap();
+    }
+    let keys: Vec<String> = h
+        .mock
+        .ws_sessions()
+        .into_iter()
+        .map(|s| s.key.unwrap_or_default())
+        .collect();
+    assert_eq!(keys.len(), 6);
+    for (i, key) in keys.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                key, TENANT_KEY,
+                "session {i}: a tenant's session on another key"
+            );
+        } else {
+            assert!(
+                KEYS.contains(&key.as_str()),
+                "session {i}: a shared session on {key}"
+            );
+        }
+    }
+}
