@@ -85,7 +85,7 @@ struct Prepared {
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
-enum Failure {
+pub(crate) enum Failure {
     /// An upstream answer that asked for another key (kept to answer from if none is left).
     Answer(Answered, Outcome),
     /// No answer at all.
@@ -555,13 +555,13 @@ fn check_target(parts: &http::request::Parts) -> Result<(), ProxyError> {
 
 /// Whether the last answer, when no key is left, goes to the client as it is: not a refused
 /// key's (providers echo part of the key in it) nor a refusal's (its message may too).
-fn passable(outcome: Outcome) -> bool {
+pub(crate) fn passable(outcome: Outcome) -> bool {
     !matches!(outcome, Outcome::Unauthorized | Outcome::Forbidden)
 }
 
 /// The client's answer when no key gave one to pass on: the one place an attempt's failure
 /// becomes keyrelay's own error.
-fn give_up(last: Option<Failure>) -> ProxyError {
+pub(crate) fn give_up(last: Option<Failure>) -> ProxyError {
     match last {
         Some(Failure::Answer(answered, Outcome::Forbidden)) => ProxyError::UpstreamRefused {
             status: answered.parts.status,

@@ -26,7 +26,7 @@ pub(super) fn clients(
 }
 
 /// One client, checked against those already accepted (`seen`) for reused names and tokens.
-fn client(
+pub(super) fn client(
     c: &RawClient,
     path: &str,
     seen: &[ClientConfig],

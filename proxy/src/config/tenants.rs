@@ -20,13 +20,7 @@ pub(super) struct RawTenant {
     pub providers: Vec<RawTenantPool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct RawTenantClient {
-    pub name: Option<String>,
-    pub token: Option<String>,
-    pub rpm: Option<i64>,
-}
+pub(super) type RawTenantClient = super::raw::RawClient;
 
 /// A tenant's keys for one configured provider.
 #[derive(Debug, Default, Deserialize)]
@@ -298,7 +292,8 @@ fn name(value: Option<&str>, path: &str, p: &mut Problems) -> Option<String> {
     }
 }
 
-/// One tenant client, checked against every client accepted so far (shared ones included).
+/// One tenant client, checked as a shared one against every client accepted so far (shared
+/// ones included), and kept out of the runtime tenants' reserved names.
 fn client(
     c: &RawTenantClient,
     path: &str,
@@ -306,38 +301,14 @@ fn client(
     env: &dyn Env,
     p: &mut Problems,
 ) -> Option<ClientConfig> {
-    let name = match c.name.as_deref().map(str::trim) {
-        Some(n) if !n.is_empty() => n.to_owned(),
-        _ => {
-            p.add(format!("{path}.name"), "missing; every client needs a name");
-            return None;
-        }
-    };
-    if seen.iter().any(|o| o.name == name) {
-        p.add(
-            format!("{path}.name"),
-            format!("duplicate client name \"{name}\""),
-        );
-    }
-    if name.starts_with(RUNTIME_CLIENT) {
+    let client = super::clients::client(c, path, seen, env, p)?;
+    if client.name.starts_with(RUNTIME_CLIENT) {
         p.add(
             format!("{path}.name"),
             format!("\"{RUNTIME_CLIENT}\" is reserved"),
         );
     }
-    let token_path = format!("{path}.token");
-    let Some(reference) = c.token.as_deref() else {
-        p.add(token_path, "missing; use \"env:NAME\" or \"file:PATH\"");
-        return None;
-    };
-    let token: Secret = p.secret(&token_path, reference, env)?;
-    if seen.iter().any(|o| o.token == token) {
-        p.add(token_path, "the same token is given to another client");
-    }
-    let rpm = c
-        .rpm
-        .map(|v| p.positive(&format!("{path}.rpm"), Some(v), 1));
-    Some(ClientConfig { name, token, rpm })
+    Some(client)
 }
 
 /// A tenant's pools, each for a configured provider, at most one per provider.

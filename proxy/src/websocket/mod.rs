@@ -10,18 +10,18 @@ mod session;
 use crate::auth::ClientAuth;
 use crate::body::{AttemptBody, ProxyBody};
 use crate::config::{Config, UpstreamConfig};
-use crate::error::{ErrorKind, ErrorShape, ProxyError};
+use crate::error::{ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::RequestLog;
 use crate::routes::{JoinError, Provider, Routes};
-use crate::service::Peer;
-use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
+use crate::service::{give_up, passable, Failure, Peer};
+use crate::upstream::{self, Answered, AnsweredBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use keyrelay_metrics::{AuthFailure, Metrics};
-use keyrelay_pool::{needs_body, Acquired, Answer, Lease, Outcome, Tried};
+use keyrelay_pool::{needs_body, Acquired, Answer, Lease, Tried};
 use protocols::{Protocols, Sent};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -116,12 +116,6 @@ struct Handshake {
     protocols: Protocols,
     /// The connection's hold, kept by the session (absent on connections that give none).
     hold: Option<Hold>,
-}
-
-/// Why the key loop stopped without a 101 or an answer to pass on as it is.
-enum Failure {
-    Answer(Answered, Outcome),
-    Error(UpstreamError),
 }
 
 impl Ctx<'_> {
@@ -361,25 +355,6 @@ fn pass_on(answered: Answered, log: RequestLog, upstream: &UpstreamConfig) -> Re
         AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
     };
     Response::from_parts(parts, body)
-}
-
-/// Whether the last answer may go to the client when no key is left: not a refused key's
-/// (providers echo part of the key in it).
-fn passable(outcome: Outcome) -> bool {
-    !matches!(outcome, Outcome::Unauthorized | Outcome::Forbidden)
-}
-
-/// keyrelay's own answer when no key gave one to pass on.
-fn give_up(last: Option<Failure>) -> ProxyError {
-    match last {
-        Some(Failure::Answer(a, Outcome::Forbidden)) => ProxyError::UpstreamRefused {
-            status: a.parts.status,
-            kind: ErrorKind::from_body(a.read_body().unwrap_or_default()),
-        },
-        Some(Failure::Answer(..)) => ProxyError::UpstreamRejectedKeys,
-        Some(Failure::Error(e)) => e.into(),
-        None => ProxyError::NoUsableKey,
-    }
 }
 
 #[cfg(test)]
