@@ -577,3 +577,125 @@ async fn a_gemini_resumable_upload_link_points_back_at_keyrelay_and_its_key() {
         assert_eq!(got.status, 200, "{}", got.text());
     }
 }
+
+/// One step of a Gemini resumable upload, with the client token when `token` is set.
+fn upload_step(
+    url: &str,
+    token: Option<&str>,
+    command: &str,
+    body: &'static str,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", command);
+    if let Some(t) = token {
+        b = b.header("x-goog-api-key", t);
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// Start a Gemini resumable upload with the client token: the link keyrelay answered.
+async fn start_upload(proxy: &keyrelay::Running) -> String {
+    let url = format!("http://{}/gemini/upload/v1beta/files", proxy.addr());
+    let start = "{\"file\":{\"displayName\":\"n\"}}";
+    let started = send(
+        &http_client(),
+        upload_step(&url, Some(TOKEN), "start", start),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    started.headers["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_gemini_upload_step_is_authenticated_by_its_sealed_link_alone() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = gemini_proxy(&mock).await;
+    let client = http_client();
+    let mut starters = Vec::new();
+    for _ in 0..3 {
+        let link = start_upload(&proxy).await;
+        let starter = mock.seen().last().unwrap().key.clone();
+        let done = send(
+            &client,
+            upload_step(&link, None, "upload, finalize", "bytes"),
+        )
+        .await;
+        assert_eq!(
+            done.status,
+            200,
+            "no token, the sealed link: {}",
+            done.text()
+        );
+        assert!(done.json()["file"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("files/kr1_"));
+        let last = mock.seen().last().unwrap().clone();
+        assert_eq!(last.key, starter, "the token-less step went to another key");
+        assert!(last.uri.contains("upload_id=up"), "{}", last.uri);
+        starters.push(starter);
+    }
+    starters.dedup();
+    assert_eq!(
+        starters.len(),
+        3,
+        "round-robin started each upload on another key"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_or_misplaced_upload_link_is_refused_and_never_sent() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = gemini_proxy(&mock).await;
+    let client = http_client();
+    let link = start_upload(&proxy).await;
+    let (head, sealed) = link.split_once("upload_id=kr1_").unwrap();
+    let sealed = sealed.split('&').next().unwrap();
+    let flipped = {
+        let mut b = sealed.as_bytes().to_vec();
+        b[10] = if b[10] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    };
+    // A sealed Gemini file name (the same codec, another bound prefix) is no upload id.
+    let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+    let name = done.json()["file"]["name"].as_str().unwrap().to_owned();
+    let file_payload = name.strip_prefix("files/").unwrap();
+    let link = start_upload(&proxy).await;
+    let before = mock.seen().len();
+    for (url, token, want) in [
+        (format!("{head}upload_id=kr1_{flipped}"), None, 400),
+        (format!("{head}upload_id=kr1_{}", "A".repeat(60)), None, 400),
+        (format!("{head}upload_id={file_payload}"), None, 400),
+        (format!("{head}upload_id=up1"), None, 401),
+        (head.trim_end_matches('?').to_owned(), None, 401),
+        // The link elsewhere than the upload path, or with a wrong token: the usual 401.
+        (
+            link.replace("/upload/v1beta/files", "/v1beta/files"),
+            None,
+            401,
+        ),
+        (link.clone(), Some("wrong-token"), 401),
+    ] {
+        let r = send(&client, upload_step(&url, token, "upload, finalize", "b")).await;
+        assert_eq!(r.status, want, "{url}: {}", r.text());
+        assert!(
+            r.json()["error"]["status"].is_string(),
+            "Gemini-shaped: {}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        mock.seen().len(),
+        before,
+        "a forged upload step reached the provider"
+    );
+    let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}

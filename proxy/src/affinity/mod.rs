@@ -10,9 +10,11 @@
 mod codec;
 mod ids;
 mod response;
+mod upload;
 
 pub use codec::{key_ref, Codec, KeyRef, Tampered, MARK};
 pub use ids::{classify, Route};
+pub use upload::upload_pool;
 
 use crate::body::ProxyBody;
 use crate::config::{AffinityConfig, UnknownIds};
@@ -159,9 +161,7 @@ impl Affinity {
         let query: Vec<String> = query
             .split('&')
             .map(|kv| match kv.split_once('=') {
-                Some(("upload_id", id)) => {
-                    format!("upload_id={}", self.codec.seal(&self.scope, "", key, id))
-                }
+                Some(("upload_id", id)) => format!("upload_id={}", self.seal_upload_id(key, id)),
                 _ => kv.to_owned(),
             })
             .collect();
@@ -328,7 +328,12 @@ fn open_query<'a>(
     let mut parts = Vec::new();
     for kv in query.split('&') {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match a.open_str(v, k == "upload_id")? {
+        let opened = if k == "upload_id" {
+            a.open_upload_id(v)?
+        } else {
+            a.open_str(v, false)?
+        };
+        match opened {
             Some((opened, key)) => {
                 found.note(key)?;
                 parts.push(format!("{k}={opened}"));
