@@ -243,8 +243,13 @@ impl App {
             RequestBody::Memory(b) => &mut b.bytes,
             RequestBody::Spooled(_) => &mut none,
         };
-        let plan = match target.finish(provider.affinity.as_deref(), json, &mut headers) {
-            Ok(plan) => plan,
+        let affinity = provider.affinity.as_deref();
+        let plan = match target.finish(affinity, json, &mut headers) {
+            // Map mode: the ids it names looked up (one store call, resource routes only).
+            Ok(mut plan) => match affinity::recall(affinity, &mut plan).await {
+                Ok(()) => plan,
+                Err(e) => return log.error(e, shape),
+            },
             Err(e) => return log.error(e, shape),
         };
         let prepared = Prepared {

@@ -477,7 +477,7 @@ fn affinity_settings_are_checked_by_path() {
     };
     let env = env().with("KR_SHORT", "short").with("KR_AFFINITY", SECRET);
     let err = Config::from_toml_str(
-        &text("secret = \"env:KR_SHORT\"\nunknown_ids = \"maybe\"\nmax_rewrite_bytes = 0\nmode = \"map\""),
+        &text("secret = \"env:KR_SHORT\"\nunknown_ids = \"maybe\"\nmax_rewrite_bytes = 0\nmode = \"sometimes\"\nmap_ttl = \"0s\""),
         &env,
     )
     .unwrap_err()
@@ -487,9 +487,13 @@ fn affinity_settings_are_checked_by_path() {
         "affinity.unknown_ids",
         "affinity.max_rewrite_bytes",
         "affinity.mode",
+        "affinity.map_ttl",
     ] {
         assert!(err.contains(path), "{path} not named: {err}");
     }
+    let map = Config::from_toml_str(&text("mode = \"map\"\nmap_ttl = \"1h\""), &env).unwrap();
+    assert_eq!(map.affinity.mode, keyrelay::config::AffinityMode::Map);
+    assert_eq!(map.affinity.map_ttl, std::time::Duration::from_secs(3600));
     assert!(!err.contains("short\""), "the secret was shown: {err}");
     let ok = Config::from_toml_str(&text("secret = \"env:KR_AFFINITY\""), &env).unwrap();
     assert!(ok.affinity.secret.is_some());

@@ -110,6 +110,7 @@ mod conn;
 mod error;
 mod events;
 mod health;
+mod ids;
 mod marks;
 mod ops;
 mod outages;
