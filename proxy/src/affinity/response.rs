@@ -38,6 +38,9 @@ pub struct Sealing {
     mapped: Option<String>,
     /// Map mode: ids found and not yet remembered.
     found: Vec<String>,
+    /// Map mode: ids remembered from this answer (a stream names its id in every event: one
+    /// store write, not one per event).
+    remembered: Vec<String>,
     /// Map mode: the store write in flight; what is ready waits for it, so a client never
     /// names an id before the store knows it.
     /// Spawned: the write completes even when the client leaves.
@@ -54,6 +57,7 @@ impl Sealing {
         Sealing {
             mapped,
             found: Vec::new(),
+            remembered: Vec::new(),
             pending: None,
             inner,
             affinity,
@@ -71,10 +75,16 @@ impl Sealing {
         let (Some(fp), Some(map)) = (&self.mapped, &self.affinity.map) else {
             return;
         };
-        if self.found.is_empty() {
+        let mut ids = std::mem::take(&mut self.found);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|id| !self.remembered.contains(id));
+        if ids.is_empty() {
             return;
         }
-        let ids = std::mem::take(&mut self.found);
+        if self.remembered.len() < 1000 {
+            self.remembered.extend(ids.iter().cloned());
+        }
         let (store, ttl, fp) = (map.store.clone(), map.ttl, fp.clone());
         let pool = self.affinity.scope.clone();
         self.pending = Some(tokio::spawn(async move {
