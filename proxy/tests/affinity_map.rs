@@ -133,6 +133,31 @@ async fn two_instances_sharing_redis_route_alike_and_keep_no_secret_there() {
     let dump = redis.dump();
     assert!(dump.contains("keyrelay:{openai}:id:file-"), "{dump}");
     assert_no_secret(&dump, "the Redis dump");
+    // A stream names its response's id in every event: one store write for the answer.
+    let body = json!({"model": "m", "input": "hi", "background": true});
+    let id = post(&a, "/v1/responses", &body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = last_key(&mock);
+    let sets = redis.calls("set");
+    let stream = get(
+        &b,
+        &format!("/v1/responses/{id}?stream=true&starting_after=0"),
+    )
+    .await;
+    assert_eq!(stream.status, 200, "{}", stream.text());
+    assert_eq!(last_key(&mock), key, "the stream came from another key");
+    assert!(
+        stream.text().matches(id.as_str()).count() >= 2,
+        "{}",
+        stream.text()
+    );
+    assert!(
+        redis.calls("set") - sets <= 1,
+        "{} writes",
+        redis.calls("set") - sets
+    );
     // Stateless routes never look ids up.
     let (mget, set) = (redis.calls("mget"), redis.calls("set"));
     for _ in 0..5 {
