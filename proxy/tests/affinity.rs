@@ -703,3 +703,43 @@ async fn a_forged_or_misplaced_upload_link_is_refused_and_never_sent() {
     let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
     assert_eq!(done.status, 200, "{}", done.text());
 }
+
+#[tokio::test]
+async fn a_tenant_upload_link_stays_in_the_tenant_pool() {
+    let mock = MockUpstream::start().await.unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\npass_headers = [\"x-goog-upload-*\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"tests\"\ntoken = \"env:KR_TOKEN\"\n\
+         [[providers]]\nname = \"gemini\"\nauth = \"x-goog-api-key\"\nbase_url = \"{}\"\n\
+         route = \"/gemini\"\nkeys = [\"env:KR_KEY_1\", \"env:KR_KEY_2\"]\n\
+         [affinity]\nsecret = \"env:KR_AFFINITY\"\n\
+         [[tenants]]\nname = \"acme\"\n[[tenants.clients]]\nname = \"acme-app\"\ntoken = \"env:KR_ACME\"\n\
+         [[tenants.providers]]\nname = \"gemini\"\nkeys = \"env:KR_KEY_3\"\n",
+        mock.url()
+    );
+    let env = env()
+        .with("KR_AFFINITY", SECRET)
+        .with("KR_ACME", "acme-client-token-0123456789");
+    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    let client = http_client();
+    let url = format!("http://{}/gemini/upload/v1beta/files", proxy.addr());
+    let start = "{\"file\":{\"displayName\":\"n\"}}";
+    for (token, pool_keys) in [
+        ("acme-client-token-0123456789", &KEYS[2..]),
+        (TOKEN, &KEYS[..2]),
+    ] {
+        for _ in 0..2 {
+            let r = send(&client, upload_step(&url, Some(token), "start", start)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let link = r.headers["x-goog-upload-url"].to_str().unwrap().to_owned();
+            let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+            assert_eq!(done.status, 200, "{}", done.text());
+            let key = mock.seen().last().unwrap().key.clone().unwrap();
+            assert!(
+                pool_keys.contains(&key.as_str()),
+                "the step left its pool: {key}"
+            );
+        }
+    }
+}
