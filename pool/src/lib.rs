@@ -7,6 +7,7 @@
 
 mod budget;
 mod hints;
+mod idmap;
 mod key;
 mod memory;
 mod observed;

@@ -1,5 +1,6 @@
 //! The embedded store: pool state in this process's memory, one lock per pool.
 
+use crate::idmap::IdMap;
 use crate::select::{choose, scan_start, uniform, Candidate, Strategy};
 use crate::state::{Clock, KeyState, Now};
 use crate::store::{
@@ -106,6 +107,8 @@ pub struct MemoryStore {
     clock: Clock,
     /// Acquire calls made, so ties under least share start at `call % n` as in Redis.
     calls: AtomicU64,
+    /// Resource ids and their keys (`[affinity] mode = "map"`).
+    ids: Mutex<IdMap>,
 }
 
 impl Default for MemoryStore {
@@ -126,6 +129,7 @@ impl MemoryStore {
             share: share.max(1),
             clock: Clock::new(),
             calls: AtomicU64::new(0),
+            ids: Mutex::default(),
         }
     }
 
@@ -188,6 +192,20 @@ impl MemoryStore {
         });
     }
 
+    pub fn remember_now(&self, pool: &str, ids: &[String], fingerprint: &str, ttl: Duration) {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remember(pool, ids, fingerprint, ttl);
+    }
+
+    pub fn recall_now(&self, pool: &str, ids: &[String]) -> Vec<Option<String>> {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recall(pool, ids)
+    }
+
     pub fn status_now(&self, spec: &PoolSpec) -> Vec<KeyStatus> {
         let now = self.clock.now();
         self.with_pool(spec, |p| {
@@ -240,6 +258,25 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, StoreState> {
         self.act_now(pool, index, action);
         Box::pin(std::future::ready(StoreState::Embedded))
+    }
+
+    fn remember<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+        fingerprint: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        self.remember_now(pool, ids, fingerprint, ttl);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn recall<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<Option<String>>> {
+        Box::pin(std::future::ready(self.recall_now(pool, ids)))
     }
 }
 

@@ -173,6 +173,25 @@ pub trait Store: Send + Sync {
         action: KeyAction,
     ) -> StoreFuture<'a, StoreState>;
 
+    /// Remember that each of `ids` (provider resource ids, `[affinity] mode = "map"`) was
+    /// created by the key with `fingerprint` in `pool`, for `ttl`: on a shared store one
+    /// round trip (and a copy here, for an outage).
+    fn remember<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+        fingerprint: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()>;
+
+    /// The fingerprint each of `ids` was remembered with in `pool` (`None`: unknown or
+    /// expired): on a shared store one round trip.
+    fn recall<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<Option<String>>>;
+
     /// Failed or timed-out store commands since start.
     fn errors(&self) -> u64 {
         0

@@ -88,7 +88,13 @@ impl Provider {
             },
             affinity: affinity.1.map(|c| {
                 let scope = (pc.name.as_str(), pc.base_url.as_str());
-                Arc::new(Affinity::new(c.clone(), affinity.0, scope, &pc.keys))
+                Arc::new(
+                    Affinity::new(c.clone(), affinity.0, scope, &pc.keys).with_store(
+                        affinity.0,
+                        &shared.store,
+                        &pc.keys,
+                    ),
+                )
             }),
             tenant: None,
             fallback: None,

@@ -51,6 +51,9 @@ impl Shared {
     }
 }
 
+/// The client named in the log for a Gemini upload step authenticated by its sealed link.
+const UPLOAD_LINK_CLIENT: &str = "(upload link)";
+
 /// Everything a request needs, built once per config.
 pub struct App {
     shared: Shared,
@@ -213,18 +216,8 @@ impl App {
         if crate::websocket::is_upgrade(&parts) {
             return self.upgrade(parts, log).await;
         }
-        // Step 1: who is asking.
-        let presented = presented_credentials(&parts.headers, parts.uri.query());
-        let mut runtime = None;
-        let Some(client) = self.client(&presented, &mut runtime) else {
-            return log.error(self.unauthorized(&presented), shape);
-        };
-        log.client(client);
-        // Step 2: where it goes.
-        let Some((provider, rest)) = found else {
-            return log.error(ProxyError::UnknownRoute, shape);
-        };
-        let provider = match self.pool_for(client, provider).await {
+        // Steps 1 and 2: who is asking, and where it goes.
+        let (provider, rest) = match self.authorize(found, &parts, &mut log).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
@@ -250,8 +243,13 @@ impl App {
             RequestBody::Memory(b) => &mut b.bytes,
             RequestBody::Spooled(_) => &mut none,
         };
-        let plan = match target.finish(provider.affinity.as_deref(), json, &mut headers) {
-            Ok(plan) => plan,
+        let affinity = provider.affinity.as_deref();
+        let plan = match target.finish(affinity, json, &mut headers) {
+            // Map mode: the ids it names looked up (one store call, resource routes only).
+            Ok(mut plan) => match affinity::recall(affinity, &mut plan).await {
+                Ok(()) => plan,
+                Err(e) => return log.error(e, shape),
+            },
             Err(e) => return log.error(e, shape),
         };
         let prepared = Prepared {
@@ -278,6 +276,34 @@ impl App {
             limits: &self.limits,
         };
         ctx.serve(parts, log).await
+    }
+
+    /// Who is asking (step 1) and the pool that serves them (step 2); a request with no
+    /// credential at all may still be the next step of a Gemini resumable upload, which its
+    /// sealed upload id authenticates ([`affinity::upload_pool`]).
+    async fn authorize<'r>(
+        &self,
+        found: Option<(&Arc<Provider>, &'r str)>,
+        parts: &http::request::Parts,
+        log: &mut RequestLog,
+    ) -> Result<(Arc<Provider>, &'r str), ProxyError> {
+        let presented = presented_credentials(&parts.headers, parts.uri.query());
+        let mut runtime = None;
+        let Some(client) = self.client(&presented, &mut runtime) else {
+            let link = match found {
+                Some((shared, rest)) if presented.is_empty() => {
+                    let pools = self.tenants.pools_on(shared);
+                    affinity::upload_pool(&pools, rest, parts.uri.query())?.map(|p| (p, rest))
+                }
+                _ => None,
+            };
+            let (pool, rest) = link.ok_or_else(|| self.unauthorized(&presented))?;
+            log.client(UPLOAD_LINK_CLIENT);
+            return Ok((pool, rest));
+        };
+        log.client(client);
+        let (shared, rest) = found.ok_or(ProxyError::UnknownRoute)?;
+        Ok((self.pool_for(client, shared).await?, rest))
     }
 
     /// Count a failed authentication; the error to answer.

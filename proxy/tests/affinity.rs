@@ -477,7 +477,7 @@ fn affinity_settings_are_checked_by_path() {
     };
     let env = env().with("KR_SHORT", "short").with("KR_AFFINITY", SECRET);
     let err = Config::from_toml_str(
-        &text("secret = \"env:KR_SHORT\"\nunknown_ids = \"maybe\"\nmax_rewrite_bytes = 0\nmode = \"map\""),
+        &text("secret = \"env:KR_SHORT\"\nunknown_ids = \"maybe\"\nmax_rewrite_bytes = 0\nmode = \"sometimes\"\nmap_ttl = \"0s\""),
         &env,
     )
     .unwrap_err()
@@ -487,9 +487,13 @@ fn affinity_settings_are_checked_by_path() {
         "affinity.unknown_ids",
         "affinity.max_rewrite_bytes",
         "affinity.mode",
+        "affinity.map_ttl",
     ] {
         assert!(err.contains(path), "{path} not named: {err}");
     }
+    let map = Config::from_toml_str(&text("mode = \"map\"\nmap_ttl = \"1h\""), &env).unwrap();
+    assert_eq!(map.affinity.mode, keyrelay::config::AffinityMode::Map);
+    assert_eq!(map.affinity.map_ttl, std::time::Duration::from_secs(3600));
     assert!(!err.contains("short\""), "the secret was shown: {err}");
     let ok = Config::from_toml_str(&text("secret = \"env:KR_AFFINITY\""), &env).unwrap();
     assert!(ok.affinity.secret.is_some());
@@ -575,5 +579,167 @@ async fn a_gemini_resumable_upload_link_points_back_at_keyrelay_and_its_key() {
         )
         .await;
         assert_eq!(got.status, 200, "{}", got.text());
+    }
+}
+
+/// One step of a Gemini resumable upload, with the client token when `token` is set.
+fn upload_step(
+    url: &str,
+    token: Option<&str>,
+    command: &str,
+    body: &'static str,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", command);
+    if let Some(t) = token {
+        b = b.header("x-goog-api-key", t);
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// Start a Gemini resumable upload with the client token: the link keyrelay answered.
+async fn start_upload(proxy: &keyrelay::Running) -> String {
+    let url = format!("http://{}/gemini/upload/v1beta/files", proxy.addr());
+    let start = "{\"file\":{\"displayName\":\"n\"}}";
+    let started = send(
+        &http_client(),
+        upload_step(&url, Some(TOKEN), "start", start),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    started.headers["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_gemini_upload_step_is_authenticated_by_its_sealed_link_alone() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = gemini_proxy(&mock).await;
+    let client = http_client();
+    let mut starters = Vec::new();
+    for _ in 0..3 {
+        let link = start_upload(&proxy).await;
+        let starter = mock.seen().last().unwrap().key.clone();
+        let done = send(
+            &client,
+            upload_step(&link, None, "upload, finalize", "bytes"),
+        )
+        .await;
+        assert_eq!(
+            done.status,
+            200,
+            "no token, the sealed link: {}",
+            done.text()
+        );
+        assert!(done.json()["file"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("files/kr1_"));
+        let last = mock.seen().last().unwrap().clone();
+        assert_eq!(last.key, starter, "the token-less step went to another key");
+        assert!(last.uri.contains("upload_id=up"), "{}", last.uri);
+        starters.push(starter);
+    }
+    starters.dedup();
+    assert_eq!(
+        starters.len(),
+        3,
+        "round-robin started each upload on another key"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_or_misplaced_upload_link_is_refused_and_never_sent() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = gemini_proxy(&mock).await;
+    let client = http_client();
+    let link = start_upload(&proxy).await;
+    let (head, sealed) = link.split_once("upload_id=kr1_").unwrap();
+    let sealed = sealed.split('&').next().unwrap();
+    let flipped = {
+        let mut b = sealed.as_bytes().to_vec();
+        b[10] = if b[10] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap()
+    };
+    // A sealed Gemini file name (the same codec, another bound prefix) is no upload id.
+    let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+    let name = done.json()["file"]["name"].as_str().unwrap().to_owned();
+    let file_payload = name.strip_prefix("files/").unwrap();
+    let link = start_upload(&proxy).await;
+    let before = mock.seen().len();
+    for (url, token, want) in [
+        (format!("{head}upload_id=kr1_{flipped}"), None, 400),
+        (format!("{head}upload_id=kr1_{}", "A".repeat(60)), None, 400),
+        (format!("{head}upload_id={file_payload}"), None, 400),
+        (format!("{head}upload_id=up1"), None, 401),
+        (head.trim_end_matches('?').to_owned(), None, 401),
+        // The link elsewhere than the upload path, or with a wrong token: the usual 401.
+        (
+            link.replace("/upload/v1beta/files", "/v1beta/files"),
+            None,
+            401,
+        ),
+        (link.clone(), Some("wrong-token"), 401),
+    ] {
+        let r = send(&client, upload_step(&url, token, "upload, finalize", "b")).await;
+        assert_eq!(r.status, want, "{url}: {}", r.text());
+        assert!(
+            r.json()["error"]["status"].is_string(),
+            "Gemini-shaped: {}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        mock.seen().len(),
+        before,
+        "a forged upload step reached the provider"
+    );
+    let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+}
+
+#[tokio::test]
+async fn a_tenant_upload_link_stays_in_the_tenant_pool() {
+    let mock = MockUpstream::start().await.unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\npass_headers = [\"x-goog-upload-*\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nname = \"tests\"\ntoken = \"env:KR_TOKEN\"\n\
+         [[providers]]\nname = \"gemini\"\nauth = \"x-goog-api-key\"\nbase_url = \"{}\"\n\
+         route = \"/gemini\"\nkeys = [\"env:KR_KEY_1\", \"env:KR_KEY_2\"]\n\
+         [affinity]\nsecret = \"env:KR_AFFINITY\"\n\
+         [[tenants]]\nname = \"acme\"\n[[tenants.clients]]\nname = \"acme-app\"\ntoken = \"env:KR_ACME\"\n\
+         [[tenants.providers]]\nname = \"gemini\"\nkeys = \"env:KR_KEY_3\"\n",
+        mock.url()
+    );
+    let env = env()
+        .with("KR_AFFINITY", SECRET)
+        .with("KR_ACME", "acme-client-token-0123456789");
+    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    let client = http_client();
+    let url = format!("http://{}/gemini/upload/v1beta/files", proxy.addr());
+    let start = "{\"file\":{\"displayName\":\"n\"}}";
+    for (token, pool_keys) in [
+        ("acme-client-token-0123456789", &KEYS[2..]),
+        (TOKEN, &KEYS[..2]),
+    ] {
+        for _ in 0..2 {
+            let r = send(&client, upload_step(&url, Some(token), "start", start)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let link = r.headers["x-goog-upload-url"].to_str().unwrap().to_owned();
+            let done = send(&client, upload_step(&link, None, "upload, finalize", "b")).await;
+            assert_eq!(done.status, 200, "{}", done.text());
+            let key = mock.seen().last().unwrap().key.clone().unwrap();
+            assert!(
+                pool_keys.contains(&key.as_str()),
+                "the step left its pool: {key}"
+            );
+        }
     }
 }

@@ -426,7 +426,9 @@ fn every_default_the_example_documents_is_the_one_applied() {
     named.sort();
     let expected = [
         "admin.listen",
+        "affinity.map_ttl",
         "affinity.max_rewrite_bytes",
+        "affinity.mode",
         "affinity.unknown_ids",
         "providers.allow_link_local_base_url",
         "providers.auth",

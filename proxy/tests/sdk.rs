@@ -1,7 +1,8 @@
 //! The official Python SDKs (openai, anthropic, google-genai) through keyrelay, in front of a
 //! mock where each key is its own project: files (30 MB), batches and the output download,
 //! stored, chained and background responses streamed with `starting_after`, a vector store
-//! with a file, Anthropic message batches, Gemini files. Twice, each from another starting
+//! with a file, Anthropic message batches, Gemini files (the SDK's resumable `files.upload`, whose second
+//! step carries no key, then get, list and delete). Twice, each from another starting
 //! key, every call succeeding. The SDKs come from `install-test-deps.sh` (a venv under the
 //! target directory); without them this test fails, naming the fix.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
@@ -37,6 +38,7 @@ fn config(mock: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 67108864\n\
          [upstream]\nfirst_byte_timeout = \"60s\"\nidle_timeout = \"60s\"\n\
+         pass_headers = [\"x-goog-upload-*\"]\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[clients]]\nname = \"sdk\"\ntoken = \"env:KR_TOKEN\"\n\
          [affinity]\nsecret = \"env:KR_AFFINITY\"\n{}{}{}",
@@ -44,6 +46,19 @@ fn config(mock: &str) -> String {
         provider("anthropic", "x-api-key", mock),
         provider("gemini", "x-goog-api-key", mock),
     )
+}
+
+/// The SDK's token-less Gemini upload step reached the key that started the upload.
+fn assert_upload_step_on_its_key(seen: &[keyrelay_mock::Seen]) {
+    let step = seen
+        .iter()
+        .position(|s| s.uri.starts_with("/upload/v1beta/files?upload_id=up"))
+        .expect("the SDK's upload step reached the mock");
+    let start = seen[..step]
+        .iter()
+        .rposition(|s| s.uri == "/upload/v1beta/files")
+        .expect("the upload's start reached the mock");
+    assert_eq!(seen[step].key, seen[start].key);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,6 +97,7 @@ async fn the_official_sdks_find_every_resource_again_whatever_key_rotation_start
             .find(|s| s.method == "POST" && s.uri == "/v1/files" && s.body.len() > 30_000_000)
             .expect("the 30 MB upload reached the mock whole");
         upload_keys.push(upload.key.clone());
+        assert_upload_step_on_its_key(&seen[before..]);
         assert!(
             seen[before..].iter().all(|s| !s.uri.contains("kr1_")
                 && !String::from_utf8_lossy(&s.body[..s.body.len().min(4096)]).contains("kr1_")),

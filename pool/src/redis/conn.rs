@@ -42,6 +42,16 @@ impl Conn {
         }
     }
 
+    pub(super) async fn query_pipe<T: FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     pub(super) async fn load(&mut self, script: &Script) -> RedisResult<String> {
         match self {
             Conn::Single(c) => script.load_async(c).await,

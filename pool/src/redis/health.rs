@@ -220,7 +220,7 @@ impl RedisStore {
     }
 
     /// The live connection for `pool`, unless the store or (on Cluster) the pool is degraded.
-    fn live(&self, pool: &str) -> Option<Conn> {
+    pub(super) fn live(&self, pool: &str) -> Option<Conn> {
         if self.outages.is_down(pool) {
             return None;
         }
@@ -282,7 +282,7 @@ impl RedisStore {
 
     /// Count a failed command of `pool`; on Cluster it marks the pool down (`outages.rs`),
     /// else the first failure while shared degrades the store.
-    fn fail(&self, pool: &str, why: &StoreError) {
+    pub(super) fn fail(&self, pool: &str, why: &StoreError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if self.pools.is_cluster() {
             if !self.is_degraded() {

@@ -13,6 +13,7 @@
 //! | `keyrelay:{p}:due`    | sorted set | per key with live buckets (of any key set) or a mark in force, its fingerprint, scored by the second it is next due: its oldest bucket leaves the window, or its mark ends | 1 day, renewed by each sweep and each key's first bucket |
 //! | `keyrelay:{p}:ops`    | hash | per key an operator acted on, `<fp>` = `<at_ms>\|disabled` or `<at_ms>\|enabled`: the latest disable or enable, stamped with the acting instance's wall clock (Unix ms). The truth for disables: status reads it, acquire restores the state hash's mirror from it | none: a disable never expires |
 //! | `keyrelay:{p}:ev`     | pub/sub channel | a key's fingerprint, published by `mark.lua` (every mark) and `act.lua` (a disable): instances leasing (`shares.rs`) drop their lease on that key | none: nothing stored |
+//! | `keyrelay:{p}:id:<id>` | string | `[affinity] mode = "map"`: the fingerprint of the key that answered with resource id `<id>` (`ids.rs`) | `map_ttl` |
 //! | `keyrelay:{p}:alive`  | string | written by the health probe, one per pool (configured or served), so with Cluster it checks each pool's own slot (`keyrelay:{probe}:alive` only while no pool is known) | 10 s |
 //!
 //! # Operator actions
@@ -97,6 +98,7 @@
 //! - `actions.rs`: the operator actions kept to write (again) when Redis is back.
 //! - `shares.rs`: leased shares of a key's minute, spent locally (`lease_time`), and
 //!   `events.rs`: the subscription that drops them when a key is marked or disabled.
+//! - `ids.rs`: resource ids mapped to their key (`[affinity] mode = "map"`).
 //! - `marks.rs`: reading a stored mark into a [`KeyMode`](crate::KeyMode).
 //! - `error.rs`: [`StoreError`], with no URL or password in any message.
 //! - Tests: `command_tests.rs` (the argument layouts) and `lua_tests.rs` (the scripts in a
@@ -110,6 +112,7 @@ mod conn;
 mod error;
 mod events;
 mod health;
+mod ids;
 mod marks;
 mod ops;
 mod outages;

@@ -312,6 +312,24 @@ impl Store for RedisStore {
         Box::pin(self.act_shared(pool, index, action))
     }
 
+    fn remember<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+        fingerprint: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.remember_shared(pool, ids, fingerprint, ttl))
+    }
+
+    fn recall<'a>(
+        &'a self,
+        pool: &'a str,
+        ids: &'a [String],
+    ) -> StoreFuture<'a, Vec<Option<String>>> {
+        Box::pin(self.recall_shared(pool, ids))
+    }
+
     fn errors(&self) -> u64 {
         RedisStore::errors(self)
     }

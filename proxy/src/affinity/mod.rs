@@ -9,13 +9,17 @@
 
 mod codec;
 mod ids;
+mod map;
 mod response;
+mod upload;
 
 pub use codec::{key_ref, Codec, KeyRef, Tampered, MARK};
 pub use ids::{classify, Route};
+pub use map::recall;
+pub use upload::upload_pool;
 
 use crate::body::ProxyBody;
-use crate::config::{AffinityConfig, UnknownIds};
+use crate::config::{AffinityConfig, AffinityMode, UnknownIds};
 use crate::error::ProxyError;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -41,15 +45,37 @@ pub struct Affinity {
     max_rewrite: usize,
     /// Answers passed on unrewritten because they were larger than `max_rewrite_bytes`.
     unrewritten: AtomicU64,
+    /// `mode = "map"`: ids untouched, remembered in the store.
+    map: Option<map::IdStore>,
 }
 
 impl Affinity {
     /// The codec for a config, if it turns affinity on.
     pub fn codec(config: &AffinityConfig) -> Option<Arc<Codec>> {
-        config
-            .secret
-            .as_ref()
-            .map(|s| Arc::new(Codec::new(s.expose())))
+        match (&config.secret, config.mode) {
+            (Some(s), _) => Some(Arc::new(Codec::new(s.expose()))),
+            // Map mode seals only Gemini upload links: a per-process secret does for one
+            // instance (the config documents setting one for several).
+            (None, AffinityMode::Map) => Some(Arc::new(Codec::new(&random_secret()))),
+            (None, AffinityMode::Seal) => None,
+        }
+    }
+
+    /// In map mode, ids are remembered in `store`.
+    pub fn with_store(
+        mut self,
+        config: &AffinityConfig,
+        store: &Arc<dyn keyrelay_pool::Store>,
+        keys: &[Key],
+    ) -> Self {
+        if config.mode == AffinityMode::Map {
+            self.map = Some(map::IdStore {
+                store: store.clone(),
+                ttl: config.map_ttl,
+                fingerprints: keys.iter().map(|k| k.fingerprint.clone()).collect(),
+            });
+        }
+        self
     }
 
     pub fn new(
@@ -66,6 +92,7 @@ impl Affinity {
             unknown: config.unknown_ids,
             max_rewrite: config.max_rewrite_bytes,
             unrewritten: AtomicU64::new(0),
+            map: None,
         }
     }
 
@@ -159,9 +186,7 @@ impl Affinity {
         let query: Vec<String> = query
             .split('&')
             .map(|kv| match kv.split_once('=') {
-                Some(("upload_id", id)) => {
-                    format!("upload_id={}", self.codec.seal(&self.scope, "", key, id))
-                }
+                Some(("upload_id", id)) => format!("upload_id={}", self.seal_upload_id(key, id)),
                 _ => kv.to_owned(),
             })
             .collect();
@@ -192,6 +217,8 @@ pub struct Plan {
     pub pinned: Option<usize>,
     route: Option<Route>,
     origin: Origin,
+    /// Map mode: the provider ids the request names, for [`recall`].
+    mapped: Vec<String>,
 }
 
 /// What a resource answer's links are rewritten against: the provider route as the client
@@ -224,6 +251,7 @@ pub struct Target<'a> {
     route: Option<Route>,
     found: Found,
     origin: Origin,
+    mapped: Vec<String>,
 }
 
 /// Open the keyrelay ids in a request's path (`rest`, after the route prefix) and query.
@@ -239,6 +267,7 @@ pub fn open<'a>(
         route: None,
         found: Found::default(),
         origin: Origin(None),
+        mapped: Vec::new(),
     };
     let Some(a) = affinity else {
         return Ok(plain);
@@ -247,9 +276,20 @@ pub fn open<'a>(
         return Ok(plain);
     };
     let mut found = Found::default();
-    let rest = open_path(a, rest, &mut found)?;
+    let mut mapped = Vec::new();
+    let rest = if a.map.is_some() {
+        map::path_ids(rest, &mut mapped);
+        Cow::Borrowed(rest)
+    } else {
+        open_path(a, rest, &mut found)?
+    };
     let query = match query {
-        Some(q) => Some(open_query(a, q, &mut found)?),
+        Some(q) => {
+            if a.map.is_some() {
+                map::query_ids(q, &mut mapped);
+            }
+            Some(open_query(a, q, &mut found)?)
+        }
         None => None,
     };
     Ok(Target {
@@ -258,6 +298,7 @@ pub fn open<'a>(
         route: Some(route),
         found,
         origin: Origin(origin()),
+        mapped,
     })
 }
 
@@ -328,12 +369,17 @@ fn open_query<'a>(
     let mut parts = Vec::new();
     for kv in query.split('&') {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match a.open_str(v, k == "upload_id")? {
+        let opened = if k == "upload_id" {
+            a.open_upload_id(v)?
+        } else {
+            a.open_str(v, false)?
+        };
+        match opened {
             Some((opened, key)) => {
                 found.note(key)?;
                 parts.push(format!("{k}={opened}"));
             }
-            None if a.unknown == UnknownIds::Refuse && ids::is_foreign(v) => {
+            None if a.unknown == UnknownIds::Refuse && a.map.is_none() && ids::is_foreign(v) => {
                 return Err(ProxyError::ResourceIdUnknown)
             }
             None => parts.push(kv.to_owned()),
@@ -362,8 +408,13 @@ impl Target<'_> {
             return Ok(Plan::default());
         };
         let mut found = self.found;
+        let mut mapped = self.mapped;
         if is_json(headers) && !body.is_empty() {
-            open_body(a, body, &mut found)?;
+            if a.map.is_some() {
+                map::body_ids(body, &mut mapped);
+            } else {
+                open_body(a, body, &mut found)?;
+            }
         }
         if route == Route::Rewrite {
             // Answers are read to seal their ids: ask for them uncompressed.
@@ -382,6 +433,7 @@ impl Target<'_> {
             pinned,
             route: Some(route),
             origin: self.origin,
+            mapped,
         })
     }
 }
@@ -460,7 +512,8 @@ pub fn wrap(
     if !resp.status().is_success() {
         return resp;
     }
-    let key = key_ref(&key.fingerprint);
+    let fingerprint = key.fingerprint.as_str();
+    let key = key_ref(fingerprint);
     if let Some(link) = a.seal_upload_url(resp.headers(), &plan.origin, &key) {
         resp.headers_mut().insert(UPLOAD_URL, link);
     }
@@ -480,10 +533,22 @@ pub fn wrap(
     let Some(kind) = kind else {
         return resp;
     };
-    resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    // Map mode passes the bytes as they are.
+    let mapped = a.map.is_some().then(|| fingerprint.to_owned());
+    if mapped.is_none() {
+        resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    }
     let (parts, body) = resp.into_parts();
-    let sealing = response::Sealing::new(body, a.clone(), key, kind);
+    let sealing = response::Sealing::new(body, a.clone(), (key, mapped), kind);
     Response::from_parts(parts, ProxyBody::boxed(sealing))
+}
+
+/// A secret for this process alone (map mode without `secret`).
+fn random_secret() -> String {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,11 +34,31 @@ pub struct Sealing {
     passing: bool,
     ready: VecDeque<Result<Frame<Bytes>, StreamError>>,
     done: bool,
+    /// Map mode: the answering key's fingerprint; ids are remembered, not sealed.
+    mapped: Option<String>,
+    /// Map mode: ids found and not yet remembered.
+    found: Vec<String>,
+    /// Map mode: ids remembered from this answer (a stream names its id in every event: one
+    /// store write, not one per event).
+    remembered: Vec<String>,
+    /// Map mode: the store write in flight; what is ready waits for it, so a client never
+    /// names an id before the store knows it.
+    /// Spawned: the write completes even when the client leaves.
+    pending: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sealing {
-    pub fn new(inner: ProxyBody, affinity: Arc<Affinity>, key: KeyRef, kind: Kind) -> Sealing {
+    pub fn new(
+        inner: ProxyBody,
+        affinity: Arc<Affinity>,
+        (key, mapped): (KeyRef, Option<String>),
+        kind: Kind,
+    ) -> Sealing {
         Sealing {
+            mapped,
+            found: Vec::new(),
+            remembered: Vec::new(),
+            pending: None,
             inner,
             affinity,
             key,
@@ -47,6 +68,28 @@ impl Sealing {
             ready: VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Map mode: start remembering the ids found so far.
+    fn remember(&mut self) {
+        let (Some(fp), Some(map)) = (&self.mapped, &self.affinity.map) else {
+            return;
+        };
+        let mut ids = std::mem::take(&mut self.found);
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|id| !self.remembered.contains(id));
+        if ids.is_empty() {
+            return;
+        }
+        if self.remembered.len() < 1000 {
+            self.remembered.extend(ids.iter().cloned());
+        }
+        let (store, ttl, fp) = (map.store.clone(), map.ttl, fp.clone());
+        let pool = self.affinity.scope.clone();
+        self.pending = Some(tokio::spawn(async move {
+            store.remember(&pool, &ids, &fp, ttl).await;
+        }));
     }
 
     fn emit(&mut self, bytes: Vec<u8>) {
@@ -93,8 +136,12 @@ impl Sealing {
         self.emit(out);
     }
 
-    fn seal_json(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+    fn seal_json(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
         let mut v: Value = serde_json::from_slice(bytes).ok()?;
+        if self.mapped.is_some() {
+            super::map::answer_ids(&v, &mut self.found);
+            return None;
+        }
         if !self.affinity.seal_value(&mut v, &self.key) {
             return None;
         }
@@ -102,7 +149,7 @@ impl Sealing {
     }
 
     /// Whole events: each `data:` line holding JSON gets its ids sealed; all else as it came.
-    fn seal_events(&self, events: &[u8]) -> Vec<u8> {
+    fn seal_events(&mut self, events: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(events.len() + 128);
         for line in events.split_inclusive(|b| *b == b'\n') {
             let body = line.strip_suffix(b"\n").unwrap_or(line);
@@ -144,6 +191,11 @@ impl Body for Sealing {
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = self.get_mut();
         loop {
+            if let Some(pending) = &mut this.pending {
+                // A failed task (a panic) is no reason to hold the answer back.
+                let _ = std::task::ready!(Pin::new(pending).poll(cx));
+                this.pending = None;
+            }
             if let Some(frame) = this.ready.pop_front() {
                 return Poll::Ready(Some(frame));
             }
@@ -153,7 +205,10 @@ impl Body for Sealing {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => this.take(data),
+                    Ok(data) => {
+                        this.take(data);
+                        this.remember();
+                    }
                     Err(other) => this.ready.push_back(Ok(other)),
                 },
                 Poll::Ready(Some(Err(e))) => {
@@ -163,6 +218,7 @@ impl Body for Sealing {
                 }
                 Poll::Ready(None) => {
                     this.flush(true);
+                    this.remember();
                     this.done = true;
                 }
             }

@@ -9,6 +9,8 @@ fn affinity(unknown: UnknownIds) -> Affinity {
         secret: Some(Secret::new("0123456789abcdef0123")),
         unknown_ids: unknown,
         max_rewrite_bytes: 1024,
+        mode: crate::config::AffinityMode::Seal,
+        map_ttl: std::time::Duration::from_secs(60),
     };
     let keys = ["a", "b"].map(|n| Key::new(n, Secret::new(format!("sk-{n}")), 10, 1));
     Affinity::new(
@@ -149,7 +151,7 @@ async fn sse_events_are_sealed_as_they_complete_never_holding_the_stream() {
     let a = Arc::new(affinity(UnknownIds::Pass));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let inner = ProxyBody::boxed(Fed(rx));
-    let mut body = response::Sealing::new(inner, a.clone(), a.refs[0], response::Kind::Sse);
+    let mut body = response::Sealing::new(inner, a.clone(), (a.refs[0], None), response::Kind::Sse);
     tx.send(Bytes::from_static(
         b"event: response.created\ndata: {\"response\":{\"id\":\"resp_1\"",
     ))
@@ -193,7 +195,7 @@ async fn a_json_answer_past_the_bound_passes_unsealed_and_is_counted() {
     let body = response::Sealing::new(
         ProxyBody::boxed(Fed(rx)),
         a.clone(),
-        a.refs[0],
+        (a.refs[0], None),
         response::Kind::Json,
     );
     let out = body.collect().await.unwrap().to_bytes();

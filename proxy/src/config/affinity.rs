@@ -4,7 +4,7 @@
 use super::problems::Problems;
 use super::raw::RawAffinity;
 use super::secrets::Env;
-use super::{defaults, AffinityConfig, UnknownIds};
+use super::{defaults, AffinityConfig, AffinityMode, UnknownIds};
 
 pub(super) fn affinity(a: &RawAffinity, env: &dyn Env, p: &mut Problems) -> AffinityConfig {
     let secret = a
@@ -37,9 +37,27 @@ pub(super) fn affinity(a: &RawAffinity, env: &dyn Env, p: &mut Problems) -> Affi
             defaults::MAX_REWRITE_BYTES
         }
     };
+    let mode = match a.mode.as_deref() {
+        None => defaults::AFFINITY_MODE,
+        Some("seal") => AffinityMode::Seal,
+        Some("map") => AffinityMode::Map,
+        Some(other) => {
+            p.add(
+                "affinity.mode",
+                format!("\"{other}\" is not one of \"seal\", \"map\""),
+            );
+            defaults::AFFINITY_MODE
+        }
+    };
+    let map_ttl = p.duration("affinity.map_ttl", a.map_ttl.as_deref(), defaults::MAP_TTL);
+    if map_ttl.is_zero() {
+        p.add("affinity.map_ttl", "must be longer than zero");
+    }
     AffinityConfig {
         secret,
         unknown_ids,
         max_rewrite_bytes,
+        mode,
+        map_ttl,
     }
 }

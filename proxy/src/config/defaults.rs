@@ -2,7 +2,7 @@
 //! (`Default: value`), and `proxy/tests/config.rs` checks each documented value against what
 //! loading applies; the demo gets them by loading its config through the same validator.
 
-use super::{AuthStyle, UnknownIds};
+use super::{AffinityMode, AuthStyle, UnknownIds};
 use keyrelay_pool::{PoolSettings, RedisSettings, Strategy};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub(super) const ADMIN_LISTEN: SocketAddr = loopback(9091);
 // [affinity]
 pub(super) const UNKNOWN_IDS: UnknownIds = UnknownIds::Pass;
 pub(super) const MAX_REWRITE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const AFFINITY_MODE: AffinityMode = AffinityMode::Seal;
+pub(super) const MAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 // [upstream]
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

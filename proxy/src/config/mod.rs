@@ -195,6 +195,19 @@ pub struct AffinityConfig {
     pub unknown_ids: UnknownIds,
     /// The largest JSON answer whose ids are rewritten; a larger one passes as it is.
     pub max_rewrite_bytes: usize,
+    /// Seal ids, or keep an id-to-key map in the store.
+    pub mode: AffinityMode,
+    /// How long a mapped id is remembered (`mode = "map"`).
+    pub map_ttl: std::time::Duration,
+}
+
+/// How resource ids find their key again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AffinityMode {
+    /// Ids sealed in answers (`secret` required); nothing stored.
+    Seal,
+    /// Ids pass untouched; provider id to key fingerprint kept in the store for `map_ttl`.
+    Map,
 }
 
 /// Where pool state is shared.

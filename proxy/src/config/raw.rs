@@ -31,6 +31,8 @@ pub(super) struct RawAffinity {
     pub secret: Option<String>,
     pub unknown_ids: Option<String>,
     pub max_rewrite_bytes: Option<i64>,
+    pub mode: Option<String>,
+    pub map_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -140,6 +140,28 @@ impl Tenants {
             .is_some_and(|t| self.tenants.iter().all(|c| c.name != t))
     }
 
+    /// Every pool on `shared`'s route: the shared one, each configured tenant's, each
+    /// registered at run time (a sealed Gemini upload link names one of them).
+    pub fn pools_on(&self, shared: &Arc<Provider>) -> Vec<Arc<Provider>> {
+        let runtime = self
+            .registry
+            .as_ref()
+            .map(|r| r.pools())
+            .unwrap_or_default();
+        let configured = self
+            .tenants
+            .iter()
+            .filter_map(|t| t.pool_for(shared).cloned());
+        std::iter::once(shared.clone())
+            .chain(configured)
+            .chain(
+                runtime
+                    .into_iter()
+                    .filter(|p| p.fallback_name() == shared.name),
+            )
+            .collect()
+    }
+
     pub fn registry(&self) -> Option<&Arc<registry::Registry>> {
         self.registry.as_ref()
     }

@@ -5,14 +5,15 @@ Gemini at /gemini, in front of a mock where each key is its own project. Prints 
 flow; any failure raises (non-zero exit).
 """
 
+import io
 import json
 import sys
 import time
-import urllib.request
 
 import anthropic
 import openai
 from google import genai
+import google.genai.errors  # noqa: F401 (genai.errors)
 from google.genai import types
 
 URL, TOKEN = sys.argv[1], sys.argv[2]
@@ -97,20 +98,30 @@ def anthropic_batches():
 
 
 def gemini_files():
-    # The upload by plain HTTP (multipart): the SDK's resumable upload sends its second step
-    # to the returned upload URL without the API key, which keyrelay requires (see README).
+    # The SDK's resumable upload: its first step (with the API key) answers a link back to
+    # keyrelay with the upload id sealed; its second step goes there with no key at all, and
+    # the sealed id alone authenticates it and routes it to the key that started the upload.
     client = genai.Client(api_key=TOKEN, http_options=types.HttpOptions(base_url=f"{URL}/gemini",
                                                                        api_version="v1beta"))
-    req = urllib.request.Request(f"{URL}/gemini/upload/v1beta/files?uploadType=multipart",
-                                 data=b'{"file":{"displayName":"notes"}}', method="POST",
-                                 headers={"x-goog-api-key": TOKEN, "content-type": "application/json"})
-    with urllib.request.urlopen(req) as up:
-        name = json.load(up)["file"]["name"]
+    up = client.files.upload(file=io.BytesIO(b"some notes\n" * 1000),
+                             config=types.UploadFileConfig(mime_type="text/plain",
+                                                           display_name="notes"))
+    name = up.name
     assert name.startswith("files/kr1_"), name
+    assert up.display_name == "notes", up
     for _ in range(4):
         got = client.files.get(name=name)
         assert got.name == name, got.name
+    # A listing is answered by one key (rotation's pick); over three calls, every key once.
+    listed = [f.name for _ in range(3) for f in client.files.list()]
+    assert name in listed, listed
+    assert all(n.startswith("files/kr1_") for n in listed), listed
     client.files.delete(name=name)
+    try:
+        client.files.get(name=name)
+        raise AssertionError("the file is still there after delete")
+    except genai.errors.ClientError as e:
+        assert e.code == 404, e
     print("gemini files ok")
 
 
