@@ -103,8 +103,9 @@ const ALLOWED: [&str; 15] = [
     "x-request-id",
 ];
 
-/// Allowed by prefix: the Stainless-generated SDKs' telemetry (`x-stainless-lang`, ...).
-const ALLOWED_PREFIXES: [&str; 1] = ["x-stainless-"];
+/// Allowed by prefix: the Stainless-generated SDKs' telemetry (`x-stainless-lang`, ...) and
+/// Gemini's resumable-upload protocol (`x-goog-upload-protocol`, `-command`, `-offset`, ...).
+const ALLOWED_PREFIXES: [&str; 2] = ["x-stainless-", "x-goog-upload-"];
 
 /// Which client headers are forwarded: the default allow-list, plus the names the config adds
 /// (`upstream.pass_headers`: exact names, or `prefix*`). Built once per config.

@@ -38,7 +38,6 @@ fn config(mock: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 67108864\n\
          [upstream]\nfirst_byte_timeout = \"60s\"\nidle_timeout = \"60s\"\n\
-         pass_headers = [\"x-goog-upload-*\"]\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[clients]]\nname = \"sdk\"\ntoken = \"env:KR_TOKEN\"\n\
          [affinity]\nsecret = \"env:KR_AFFINITY\"\n{}{}{}",
