@@ -46,7 +46,7 @@ pub(crate) fn handle(
     let (version, segs) = segs.split_first()?;
     let known = matches!(
         segs.first().copied(),
-        Some("files" | "batches" | "responses" | "vector_stores" | "messages" | "v1beta")
+        Some("files" | "batches" | "responses" | "vector_stores" | "messages" | "v1beta" | "audio")
     );
     if !known || (segs.first() == Some(&"messages") && segs.get(1) != Some(&"batches")) {
         return None;
@@ -79,6 +79,7 @@ pub(crate) fn handle(
             .unwrap_or("127.0.0.1"),
     };
     match (*version, segs) {
+        ("v1", ["audio", "transcriptions" | "translations"]) => transcription(&req, parts),
         ("v1", ["files", rest @ ..]) => files(&req, project, rest),
         ("v1", ["batches", rest @ ..]) => batches(&req, project, rest),
         ("v1", ["responses", rest @ ..]) => responses(&req, project, rest),
@@ -195,6 +196,27 @@ fn multipart(req: &Req<'_>) -> (String, String, Bytes) {
         }
     }
     (purpose, filename, content)
+}
+
+/// A transcription (or translation) of the multipart's file part: its text says what arrived
+/// (the file's name, its bytes and their SHA-256) and how the body came (`chunked` or not).
+fn transcription(req: &Req<'_>, parts: &http::request::Parts) -> Option<Reply> {
+    use sha2::Digest;
+    let (_, filename, content) = multipart(req);
+    let chunked = parts
+        .headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let digest = hex_of(&sha2::Sha256::digest(&content));
+    let text = format!(
+        "file={filename} bytes={} sha256={digest} chunked={chunked}",
+        content.len()
+    );
+    ok(&json!({ "text": text }))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,5 +1,6 @@
 //! The official Python SDKs (openai, anthropic, google-genai) through keyrelay, in front of a
-//! mock where each key is its own project: files (30 MB), batches and the output download,
+//! mock where each key is its own project: files (30 MB), batches and the output download, a
+//! 25 MB audio transcription sent chunked (spooled by keyrelay, the mock checks its SHA-256),
 //! stored, chained and background responses streamed with `starting_after`, a vector store
 //! with a file, Anthropic message batches, Gemini files (the SDK's resumable `files.upload`, whose second
 //! step carries no key, then get, list and delete). Twice, each from another starting
@@ -90,6 +91,7 @@ async fn the_official_sdks_find_every_resource_again_whatever_key_rotation_start
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.contains("gemini files ok"), "{stdout}");
+        assert!(stdout.contains("openai transcription ok"), "{stdout}");
         let seen = mock.seen();
         let upload = seen[before..]
             .iter()

@@ -43,6 +43,32 @@ def openai_files_and_batches(client):
     print("openai files+batches ok", len(data))
 
 
+class Unsized(io.RawIOBase):
+    """A file the SDK cannot size (no fileno, no seek), so httpx sends the multipart chunked."""
+
+    def __init__(self, data):
+        self._data, self._at = data, 0
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        end = len(self._data) if n is None or n < 0 else self._at + n
+        out = self._data[self._at:end]
+        self._at += len(out)
+        return out
+
+
+def openai_transcription(client):
+    import hashlib
+    audio = bytes((i * 7 + i // 251) % 256 for i in range(25 * 1000 * 1000))
+    got = client.audio.transcriptions.create(model="whisper-1",
+                                             file=("speech.mp3", Unsized(audio), "audio/mpeg"))
+    want = f"file=speech.mp3 bytes={len(audio)} sha256={hashlib.sha256(audio).hexdigest()}"
+    assert got.text == want + " chunked=true", got.text
+    print("openai transcription ok", len(audio))
+
+
 def openai_responses(client):
     first = client.responses.create(model="m", input="hi", store=True)
     assert first.id.startswith("resp_kr1_"), first.id
@@ -128,6 +154,7 @@ def gemini_files():
 def main():
     client = openai.OpenAI(base_url=f"{URL}/v1", api_key=TOKEN, max_retries=0, timeout=120)
     openai_files_and_batches(client)
+    openai_transcription(client)
     openai_responses(client)
     openai_vector_store(client)
     anthropic_batches()
