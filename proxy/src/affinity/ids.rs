@@ -184,6 +184,16 @@ mod tests {
             "/v1/messages",
             "/v1/messages/count_tokens",
             "/v1beta/models/gemini:generateContent",
+            "/v1beta/models/gemini:streamGenerateContent",
+            "/v1beta/models/text-embedding-004:embedContent",
+            "/completions",
+            "/moderations",
+            "/images/generations",
+            "/images/edits",
+            "/images/variations",
+            "/audio/speech",
+            "/audio/transcriptions",
+            "/audio/translations",
             "",
         ] {
             assert_eq!(classify(stateless), None, "{stateless}");
@@ -199,6 +209,24 @@ mod tests {
         assert_eq!(classify("/v1beta/files/abc"), Some(Route::Rewrite));
         assert_eq!(classify("/upload/v1beta/files"), Some(Route::Rewrite));
         assert_eq!(classify("/v1beta/cachedContents"), Some(Route::Rewrite));
+        // Every family the README's endpoint table calls "affinity".
+        for resource in [
+            "/uploads/upload_1/parts",
+            "/batches/batch_1/cancel",
+            "/responses/resp_1/input_items",
+            "/vector_stores/vs_1/files",
+            "/vector_stores/vs_1/file_batches",
+            "/assistants/asst_1",
+            "/threads/thread_1/messages",
+            "/threads/thread_1/runs/run_1/steps",
+            "/fine_tuning/jobs/ftjob_1/events",
+            "/containers/cntr_1/files",
+            "/conversations/conv_1/items",
+            "/evals/eval_1/runs",
+            "/v1/files",
+        ] {
+            assert!(classify(resource).is_some(), "{resource}");
+        }
     }
 
     #[test]
