@@ -164,7 +164,8 @@ impl ProxyError {
             | ProxyError::ResourceIdUnknown
             | ProxyError::ResourceIdsConflict => StatusCode::BAD_REQUEST,
             ProxyError::ResourceKeyRemoved => StatusCode::GONE,
-            ProxyError::ResourceKeyDisabled => StatusCode::FORBIDDEN,
+            // The key may serve again once an operator enables it: a rate limit, not a refusal.
+            ProxyError::ResourceKeyDisabled => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamMismatch => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::StreamCut => StatusCode::BAD_GATEWAY,
             ProxyError::StreamIdle => StatusCode::GATEWAY_TIMEOUT,
@@ -230,7 +231,7 @@ impl ProxyError {
             | ProxyError::ResourceIdUnknown
             | ProxyError::ResourceIdsConflict
             | ProxyError::ResourceKeyRemoved => "invalid_request_error",
-            ProxyError::ResourceKeyDisabled => "permission_error",
+            ProxyError::ResourceKeyDisabled => "rate_limit_error",
             ProxyError::BodyBudgetFull => "overloaded_error",
             ProxyError::AllKeysCooling { .. } | ProxyError::ClientLimited { .. } => {
                 "rate_limit_error"
@@ -261,7 +262,7 @@ impl ProxyError {
             | ProxyError::ResourceIdUnknown
             | ProxyError::ResourceIdsConflict => "INVALID_ARGUMENT",
             ProxyError::ResourceKeyRemoved => "NOT_FOUND",
-            ProxyError::ResourceKeyDisabled => "PERMISSION_DENIED",
+            ProxyError::ResourceKeyDisabled => "RESOURCE_EXHAUSTED",
             ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",
             ProxyError::BodyBudgetFull => "UNAVAILABLE",
             ProxyError::AllKeysCooling { .. } | ProxyError::ClientLimited { .. } => {

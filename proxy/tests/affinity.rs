@@ -419,7 +419,7 @@ async fn a_removed_or_disabled_key_is_named_clearly() {
         only_one.get(&format!("/v1/files/{on_first}")).await.status,
         200
     );
-    // A disabled key: refused with 403, never another key.
+    // A disabled key: 429 (it may serve again once enabled), never another key.
     let admin = Request::builder()
         .method("POST")
         .uri(format!(
@@ -432,7 +432,7 @@ async fn a_removed_or_disabled_key_is_named_clearly() {
     assert_eq!(send(&h.client, admin).await.status, 200);
     let sent = mock.total_calls();
     let off = h.get(&format!("/v1/files/{on_second}")).await;
-    assert_eq!(off.status, 403, "{}", off.text());
+    assert_eq!(off.status, 429, "{}", off.text());
     assert_eq!(off.json()["error"]["code"], "resource_key_disabled");
     assert_eq!(mock.total_calls(), sent);
 }

@@ -90,6 +90,9 @@ impl Limits {
     /// Count one request of `client`, or refuse it (429 naming the limit, with the wait until
     /// one more would fit). Costs nothing for a client with no limit.
     pub async fn check(&self, client: &str) -> Result<(), ProxyError> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
         let Some(rule) = self.rules.get(client) else {
             return Ok(());
         };
@@ -100,7 +103,9 @@ impl Limits {
             .as_millis() as u64;
         let (window, elapsed) = (now / WINDOW_MS, now % WINDOW_MS);
         let refused = match &self.redis {
-            Some(remote) => match remote.count(&checks, window, elapsed).await {
+            // Boxed: the Redis call's future is large, and only limited clients need it; every
+            // request's future would otherwise carry its size (and copy it).
+            Some(remote) => match Box::pin(remote.count(&checks, window, elapsed)).await {
                 Some(answer) => answer,
                 None => self.count_here(&checks, window, elapsed, remote.instances),
             },
