@@ -432,7 +432,9 @@ pub async fn drive<I, H, F>(
     let watch = busy.clone();
     let service = service_fn(move |req| {
         let in_flight = InFlight::start(&busy);
-        let response = handle(req);
+        // Boxed: hyper keeps a slot the size of this future in every connection, idle ones
+        // included; boxed, the request's state (several KB) lives only while it is served.
+        let response = Box::pin(handle(req));
         async move {
             let response = response.await;
             Ok::<_, Infallible>(response.map(|inner| Tracked { inner, in_flight }))
