@@ -10,6 +10,7 @@ mod hints;
 mod idmap;
 mod key;
 mod memory;
+mod named;
 mod observed;
 mod outcome;
 mod pool;

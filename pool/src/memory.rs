@@ -134,20 +134,7 @@ impl MemoryStore {
     }
 
     fn pool(&self, name: &str) -> Arc<Mutex<PoolState>> {
-        if let Some(p) = self
-            .pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return p.clone();
-        }
-        self.pools
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+        crate::named::entry(&self.pools, name)
     }
 
     fn with_pool<T>(&self, spec: &PoolSpec, f: impl FnOnce(&mut PoolState) -> T) -> T {

@@ -131,20 +131,7 @@ impl Shares {
     }
 
     pub(super) fn pool(&self, name: &str) -> Arc<PoolShares> {
-        if let Some(p) = self
-            .pools
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return p.clone();
-        }
-        self.pools
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+        crate::named::entry(&self.pools, name)
     }
 
     /// A message from another instance (or this one): key `fingerprint` of `pool` was marked.
