@@ -55,8 +55,10 @@ impl Affinity {
         match (&config.secret, config.mode) {
             (Some(s), _) => Some(Arc::new(Codec::new(s.expose()))),
             // Map mode seals only Gemini upload links: a per-process secret does for one
-            // instance (the config documents setting one for several).
-            (None, AffinityMode::Map) => Some(Arc::new(Codec::new(&random_secret()))),
+            // instance (the config documents setting one for several). One for the whole
+            // process, so the shared pools, the tenants' pools and every reload open each
+            // other's links.
+            (None, AffinityMode::Map) => Some(Arc::new(Codec::new(process_secret()))),
             (None, AffinityMode::Seal) => None,
         }
     }
@@ -544,6 +546,12 @@ pub fn wrap(
 }
 
 /// A secret for this process alone (map mode without `secret`).
+/// A random secret drawn once per process.
+fn process_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(random_secret)
+}
+
 fn random_secret() -> String {
     use aes_gcm::aead::rand_core::RngCore;
     let mut bytes = [0u8; 32];

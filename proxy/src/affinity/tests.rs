@@ -202,3 +202,25 @@ async fn a_json_answer_past_the_bound_passes_unsealed_and_is_counted() {
     assert_eq!(out, big.as_bytes());
     assert_eq!(a.unrewritten(), 1);
 }
+
+/// Map mode without a secret seals Gemini upload links under one per-process secret: codecs
+/// made for the shared pools, a tenant's pools or after a reload open each other's links.
+#[test]
+fn map_mode_without_a_secret_seals_alike_in_one_process() {
+    let config = AffinityConfig {
+        secret: None,
+        unknown_ids: UnknownIds::Pass,
+        max_rewrite_bytes: 1024,
+        mode: crate::config::AffinityMode::Map,
+        map_ttl: std::time::Duration::from_secs(60),
+    };
+    let (first, later) = (
+        Affinity::codec(&config).unwrap(),
+        Affinity::codec(&config).unwrap(),
+    );
+    let key = codec::key_ref("fp-a");
+    let sealed = first.seal("gemini", "upload_id", &key, "up-1");
+    let payload = sealed.rsplit("kr1_").next().unwrap();
+    let (opened_key, rest) = later.open("gemini", "upload_id", payload).unwrap();
+    assert_eq!((opened_key, rest.as_str()), (key, "up-1"));
+}
