@@ -3,7 +3,8 @@
 # throughput: one release mock, both keyrelays side by side (embedded store, same config), wrk
 # alternating between them in ABBA order for chat and for 20-chunk streams, so a slow spell of
 # a shared machine falls on both. Prints each round's req/s, the median per binary and
-# workload, and each binary's peak RSS. Loopback only; stops only what it started.
+# workload, keyrelay's CPU per request (from /proc, robust to a busy machine), and each
+# binary's peak RSS. Loopback only; stops only what it started.
 # Usage: bash bench/ab.sh BINARY_A BINARY_B
 #
 # Knobs (environment): AB_ROUNDS (4, ABBA pairs), AB_SECONDS (8 per run), AB_CONNECTIONS (64),
@@ -50,14 +51,20 @@ wrk.headers["x-mock-chunks"] = "20"
 LUA
 done
 
-run() { # run SIDE WORKLOAD -> req/s
+run() { # run SIDE WORKLOAD -> "req/s cpu_us_per_request"
+  local before after
+  before="$(cpu_ticks "${PID[$1]}")"
   wrk -t "$THREADS" -c "$CONNS" -d "${SECS}s" --timeout 10s -s "$TMP/$2.lua" "${URL[$1]}" \
     >"$TMP/wrk.out" 2>&1 || die "wrk failed: $(cat "$TMP/wrk.out")"
   grep -q "Non-2xx" "$TMP/wrk.out" && die "non-2xx answers: $(cat "$TMP/wrk.out")"
-  awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.out"
+  after="$(cpu_ticks "${PID[$1]}")"
+  awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    / requests in / { n = $1 }
+    /^Requests\/sec:/ { r = $2 }
+    END { printf "%s %.1f\n", r, t / hz * 1e6 / n }' "$TMP/wrk.out"
 }
 
-declare -A ALL PEAK
+declare -A ALL CPU PEAK
 for side in A B; do
   for w in chat stream; do run "$side" "$w" >/dev/null; done # warm-up
   PEAK[$side]=0
@@ -68,11 +75,12 @@ for ((r = 0; r < ROUNDS; r++)); do
   for w in chat stream; do
     line="round $((r + 1)) $w:"
     for side in "${order[@]}"; do
-      rps="$(run "$side" "$w")"
+      read -r rps cpu < <(run "$side" "$w")
       ALL[$side$w]+="$rps "
+      CPU[$side$w]+="$cpu "
       rss="$(rss_kib "${PID[$side]}")"
       ((rss > PEAK[$side])) && PEAK[$side]=$rss
-      line+=" $side=$rps"
+      line+=" $side=$rps (${cpu} us CPU/req)"
     done
     echo "$line"
   done
@@ -82,5 +90,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR 
 for w in chat stream; do
   a="$(median <<<"${ALL[A$w]}")" b="$(median <<<"${ALL[B$w]}")"
   printf '%-6s median req/s: A %s, B %s, B/A %.3f\n' "$w" "$a" "$b" "$(python3 -c "print($b/$a)")"
+  a="$(median <<<"${CPU[A$w]}")" b="$(median <<<"${CPU[B$w]}")"
+  printf '%-6s median CPU us/request: A %s, B %s, B/A %.3f\n' "$w" "$a" "$b" "$(python3 -c "print($b/$a)")"
 done
 echo "RSS after the runs (KiB, highest sampled): A ${PEAK[A]}, B ${PEAK[B]}"

@@ -16,6 +16,7 @@ pub mod service;
 pub mod tenants;
 pub mod upstream;
 pub mod websocket;
+pub mod workers;
 
 use config::Config;
 use keyrelay_metrics::ReloadResult;
@@ -125,7 +126,8 @@ async fn start_with(
     let addr = config.server.listen;
     let listener = bind(addr).map_err(|source| StartError::Listen { addr, source })?;
     let limits = connection::Limits::proxy(&config.server);
-    let running = server::serve(listener, live.clone(), limits, config.server.shutdown_grace)
+    let (grace, workers) = (config.server.shutdown_grace, config.server.workers);
+    let running = server::serve(listener, live.clone(), limits, grace, workers)
         .map_err(|source| StartError::Listen { addr, source })?;
     let (bound, task) = start_admin(&config, live, path).await?;
     Ok(running.with_admin(bound, task))

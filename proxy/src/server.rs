@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::connection::{self, accept_until, Gate, Limits};
 use crate::service::{App, Peer};
+use crate::workers::Workers;
 use crate::ReloadError;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -34,14 +35,16 @@ struct Bound {
     admin_listen: SocketAddr,
     tls: bool,
     limits: (Duration, Duration, u32, Duration),
+    workers: usize,
 }
 
 /// The `[server]` fields read only at start, in the order of `Bound::limits`.
-const READ_AT_START: [&str; 4] = [
+const READ_AT_START: [&str; 5] = [
     "server.header_read_timeout",
     "server.keepalive_timeout",
     "server.max_connections",
     "server.shutdown_grace",
+    "server.workers",
 ];
 
 impl Bound {
@@ -57,13 +60,21 @@ impl Bound {
                 s.max_connections,
                 s.shutdown_grace,
             ),
+            workers: s.workers,
         }
     }
 
     /// The fields of `new` that differ from the start but apply only after a restart.
     fn unapplied(&self, new: &Config) -> Vec<&'static str> {
-        let (a, b) = (self.limits, Bound::of(new).limits);
-        let changed = [a.0 != b.0, a.1 != b.1, a.2 != b.2, a.3 != b.3];
+        let new = Bound::of(new);
+        let (a, b) = (self.limits, new.limits);
+        let changed = [
+            a.0 != b.0,
+            a.1 != b.1,
+            a.2 != b.2,
+            a.3 != b.3,
+            self.workers != new.workers,
+        ];
         READ_AT_START
             .iter()
             .zip(changed)
@@ -234,16 +245,22 @@ impl Running {
     }
 }
 
-/// Serve `app` on `listener` within `limits` until told to stop.
+/// Serve `app` on `listener` within `limits` until told to stop: on `workers` threads of
+/// their own (see `workers.rs`), or on the calling runtime when `workers` is 0.
 pub fn serve(
     listener: TcpListener,
     live: Arc<Live>,
     limits: Limits,
     shutdown_grace: Duration,
+    workers: usize,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(None);
     let gate = Gate::new(limits.max_connections, live.app().metrics().clone());
+    let workers = match workers {
+        0 => None,
+        n => Some(Workers::start(n)?),
+    };
     let served = live.clone();
     let task = tokio::spawn(async move {
         let builder = Arc::new(limits.builder());
@@ -254,7 +271,21 @@ pub fn serve(
             asked_to_stop(stopped),
             |stream, permit| {
                 let (live, builder, draining) = (served.clone(), builder.clone(), draining.clone());
-                tokio::spawn(async move {
+                let Some(workers) = &workers else {
+                    tokio::spawn(async move {
+                        serve_connection(stream, &live, &builder, limits, draining, permit).await;
+                    });
+                    return;
+                };
+                // Registered again with the worker's own I/O driver, so its readiness wakes
+                // that thread and no other.
+                let Ok(stream) = stream.into_std() else {
+                    return;
+                };
+                workers.spawn(async move {
+                    let Ok(stream) = TcpStream::from_std(stream) else {
+                        return;
+                    };
                     serve_connection(stream, &live, &builder, limits, draining, permit).await;
                 });
             },
@@ -268,6 +299,8 @@ pub fn serve(
                 "connections still open after the grace period; closing"
             );
         }
+        // Ends the worker threads, cutting whatever they still serve.
+        drop(workers);
     });
     Ok(Running {
         addr,
@@ -370,10 +403,14 @@ mod tests {
     fn limits_changed_by_a_reload_are_named_as_waiting_for_a_restart() {
         let bound = Bound::of(&config(""));
         assert!(bound.unapplied(&config("")).is_empty());
-        let changed = config("keepalive_timeout = \"5s\"\nmax_connections = 7");
+        let changed = config("keepalive_timeout = \"5s\"\nmax_connections = 7\nworkers = 9");
         assert_eq!(
             bound.unapplied(&changed),
-            ["server.keepalive_timeout", "server.max_connections"]
+            [
+                "server.keepalive_timeout",
+                "server.max_connections",
+                "server.workers"
+            ]
         );
         assert!(bound.refusals(&changed).is_empty());
     }

@@ -23,9 +23,11 @@ pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, Attem
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client
 /// certificate (a TLS setting is per connector, and pooled connections must not cross).
+/// Each exists once per worker thread (`server.workers`), so that a request's upstream
+/// connection is driven by the thread serving the request.
 pub struct Clients {
-    shared: UpstreamClient,
-    own: HashMap<String, UpstreamClient>,
+    shared: Vec<UpstreamClient>,
+    own: HashMap<String, Vec<UpstreamClient>>,
 }
 
 /// What the clients of a [`Clients`] speak.
@@ -50,22 +52,34 @@ impl Clients {
     pub fn speaking(config: &Config, protocols: Protocols) -> Clients {
         let roots = tls::base_roots();
         let u = &config.upstream;
-        let shared = build(u, roots, &u.ca, None, protocols);
+        // An upgraded connection leaves the pool: upgrades share one client.
+        let copies = match protocols {
+            Protocols::Any => config.server.workers.max(1),
+            Protocols::Upgrades => 1,
+        };
+        let each = |p: Option<&ProviderConfig>| {
+            (0..copies)
+                .map(|_| build(u, roots, &u.ca, p, protocols))
+                .collect::<Vec<_>>()
+        };
+        let shared = each(None);
         let own = config
             .providers
             .iter()
             .filter(|p| p.tls.is_custom())
-            .map(|p| (p.name.clone(), build(u, roots, &u.ca, Some(p), protocols)))
+            .map(|p| (p.name.clone(), each(Some(p))))
             .collect();
         Clients { shared, own }
     }
 
-    /// The client for `provider`'s requests.
+    /// The client for `provider`'s requests made on this thread.
     pub fn get(&self, provider: &str) -> &UpstreamClient {
-        if self.own.is_empty() {
-            return &self.shared;
-        }
-        self.own.get(provider).unwrap_or(&self.shared)
+        let copies = if self.own.is_empty() {
+            &self.shared
+        } else {
+            self.own.get(provider).unwrap_or(&self.shared)
+        };
+        &copies[crate::workers::current() % copies.len()]
     }
 }
 

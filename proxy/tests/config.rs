@@ -559,3 +559,16 @@ fn load_keeps_the_cause_and_prints_as_before() {
         "invalid configuration (2 problems):\n  - providers[0].rpm: must be a whole number from 1 to 4294967295, got 0\n  - providers[0].keys[1].secret: env var OPENAI_API_KEY_2 is not set\n"
     );
 }
+
+#[test]
+fn workers_default_to_one_per_core_and_must_be_a_whole_number() {
+    let base = provider("keys = \"env:KR_KEY_*\"");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(load(&base).unwrap().server.workers, cores);
+    let zero = load(&format!("[server]\nworkers = 0\n{base}")).unwrap();
+    assert_eq!(zero.server.workers, 0);
+    assert_problem(
+        &format!("[server]\nworkers = -1\n{base}"),
+        "server.workers: must be a whole number from 0 to 1024, got -1",
+    );
+}

@@ -51,14 +51,19 @@ async fn exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String) {
         let Some(end) = text.find("\r\n\r\n") else {
             continue;
         };
-        let length: usize = text[..end]
+        let head = text[..end].to_ascii_lowercase();
+        let length: usize = head
             .lines()
             .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
+                l.strip_prefix("content-length:")
                     .map(|v| v.trim().parse().unwrap())
             })
             .unwrap_or(0);
+        // A chunked answer may arrive over several reads: it ends with its last chunk.
+        let chunked = head.contains("transfer-encoding: chunked");
+        if chunked && !text.ends_with("0\r\n\r\n") {
+            continue;
+        }
         if got.len() >= end + 4 + length {
             let status = text[9..12].parse().unwrap();
             return (status, text[end + 4..].to_owned());
@@ -589,4 +594,17 @@ async fn out_of_descriptors_the_listener_logs_backs_off_and_serves_again() {
     drop(held);
     serves_within(&url, Duration::from_secs(10)).await;
     assert_no_secret(&(proc.stdout() + &proc.stderr()), "keyrelay's log");
+}
+
+#[tokio::test]
+async fn with_no_worker_threads_connections_are_served_on_the_main_runtime() {
+    for workers in ["workers = 0", "workers = 3"] {
+        let h = limited(workers).await;
+        let mut s = TcpStream::connect(h.proxy.addr()).await.unwrap();
+        for _ in 0..3 {
+            let (status, body) = exchange(&mut s, &chat_request()).await;
+            assert_eq!(status, 200, "{workers}: {body}");
+        }
+        assert_eq!(h.mock.seen().len(), 3, "{workers}");
+    }
 }

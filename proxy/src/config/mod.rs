@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Client connections open at once on the proxy listener; more are closed at accept.
     pub max_connections: u32,
+    /// Threads serving client connections, each its own single-threaded runtime (read at
+    /// start); 0 serves them on the main runtime's shared threads.
+    pub workers: usize,
     pub allow_unauthenticated: bool,
     /// How long in-flight requests and streams may run on after SIGTERM.
     pub shutdown_grace: Duration,

@@ -72,6 +72,7 @@ pub(super) struct RawServer {
     pub header_read_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub max_connections: Option<i64>,
+    pub workers: Option<i64>,
     pub allow_unauthenticated: Option<bool>,
     pub shutdown_grace: Option<String>,
     pub tls_cert: Option<String>,

@@ -6,6 +6,9 @@ use super::raw::{RawServer, RawUpstream};
 use super::secrets::Env;
 use super::{defaults, ServerConfig, UpstreamConfig};
 
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: u32 = 1024;
+
 pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerConfig {
     let listen = p.address("server.listen", s.listen.as_deref(), defaults::LISTEN);
     let max_body_bytes = size(
@@ -35,6 +38,10 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
         s.max_connections,
         defaults::MAX_CONNECTIONS,
     );
+    let workers = match s.workers {
+        None => crate::workers::default_count(),
+        Some(_) => p.whole("server.workers", s.workers, 0, MAX_WORKERS) as usize,
+    };
     // Zero is allowed: stop at once, cutting what is in flight.
     let shutdown_grace = p.duration(
         "server.shutdown_grace",
@@ -53,6 +60,7 @@ pub(super) fn server(s: &RawServer, env: &dyn Env, p: &mut Problems) -> ServerCo
         header_read_timeout,
         keepalive_timeout,
         max_connections,
+        workers,
         allow_unauthenticated: s
             .allow_unauthenticated
             .unwrap_or(defaults::ALLOW_UNAUTHENTICATED),
