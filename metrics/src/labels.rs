@@ -88,3 +88,32 @@ impl StoreOp {
         }
     }
 }
+
+/// Whose pool a series counts: its `tenant` label. Bounded by the config: the configured
+/// tenants, `shared`, and one label for every tenant created at run time (unless the operator
+/// opted in to their names), so a client of the admin API cannot grow the label set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tenant<'a> {
+    /// The shared pools, used by clients of no tenant.
+    Shared,
+    /// A configured tenant, or a runtime one when `[metrics] runtime_tenant_labels` is on.
+    Named(&'a str),
+    /// Every tenant created at run time, together; their keys, named at run time, are
+    /// counted under this one key label as well.
+    Runtime,
+}
+
+impl Tenant<'_> {
+    /// The shared pools' label; no tenant may take this name.
+    pub const SHARED: &'static str = "shared";
+    /// The runtime tenants' shared label; no tenant may take this name.
+    pub const RUNTIME: &'static str = "runtime";
+
+    pub fn label(&self) -> &str {
+        match self {
+            Tenant::Shared => Tenant::SHARED,
+            Tenant::Named(name) => name,
+            Tenant::Runtime => Tenant::RUNTIME,
+        }
+    }
+}

@@ -4,15 +4,17 @@
 //! Callers never name a label: they call a method (`provider.attempt(key, outcome)`), whose
 //! arguments are closed enums ([`labels`], the pool's `Outcome` and `Mark`) or names from the
 //! validated config. So cardinality is bounded by the pool size, no free text (let alone a
-//! secret) can become a label, and a wrong label count cannot exist. Per-provider handles are
-//! resolved once, when a config is built, in [`ProviderMetrics`].
+//! secret) can become a label, and a wrong label count cannot exist. Every per-pool family is
+//! labelled `tenant` (see [`Tenant`]: a configured tenant's name, `shared`, or `runtime`) and
+//! `provider` (the configured provider's name); a pool's handles are resolved once, when a
+//! config is built, in [`ProviderMetrics`].
 
 mod labels;
 mod provider;
 mod store;
 mod websocket;
 
-pub use labels::{AuthFailure, ReloadResult, StatusClass, StoreOp};
+pub use labels::{AuthFailure, ReloadResult, StatusClass, StoreOp, Tenant};
 pub use provider::ProviderMetrics;
 pub use websocket::{WsDirection, WsEnd, WsMetrics};
 
@@ -43,15 +45,15 @@ pub(crate) struct Families {
     in_flight: IntGauge,
     open_streams: IntGauge,
     client_auth_failures: IntCounterVec,
-    key_state: IntGaugeVec,
-    key_requests_minute: IntGaugeVec,
-    key_rpm_limit: IntGaugeVec,
+    pub(crate) key_state: IntGaugeVec,
+    pub(crate) key_requests_minute: IntGaugeVec,
+    pub(crate) key_rpm_limit: IntGaugeVec,
     store_seconds: HistogramVec,
     /// `store_seconds` for acquires, resolved on first use (one per request).
     store_acquire: OnceLock<Histogram>,
     reloads: IntCounterVec,
     connections: Connections,
-    websocket: websocket::WsFamilies,
+    pub(crate) websocket: websocket::WsFamilies,
     unreplayable_bodies: IntCounter,
     store_watched: OnceLock<()>,
 }
@@ -192,23 +194,23 @@ impl Families {
         (
             b.counter(
                 "keyrelay_requests_total",
-                "Client requests answered, by provider and status class.",
-                &["provider", "status"],
+                "Client requests answered, by tenant, provider and status class.",
+                &["tenant", "provider", "status"],
             ),
             b.counter(
                 "keyrelay_upstream_attempts_total",
-                "Upstream attempts, by provider, key name and outcome.",
-                &["provider", "key", "outcome"],
+                "Upstream attempts, by tenant, provider, key name and outcome.",
+                &["tenant", "provider", "key", "outcome"],
             ),
             b.counter(
                 "keyrelay_retries_total",
-                "Requests sent again on another key, by provider and reason.",
-                &["provider", "reason"],
+                "Requests sent again on another key, by tenant, provider and reason.",
+                &["tenant", "provider", "reason"],
             ),
             b.counter(
                 "keyrelay_cooldowns_total",
-                "Cooldowns and quarantines started, by provider and reason.",
-                &["provider", "reason"],
+                "Cooldowns and quarantines started, by tenant, provider and reason.",
+                &["tenant", "provider", "reason"],
             ),
             b.counter(
                 "keyrelay_client_auth_failures_total",
@@ -228,17 +230,17 @@ impl Families {
             b.gauge(
                 "keyrelay_key_state",
                 "1 for each key's current state (ready, cooling, quarantined, disabled).",
-                &["provider", "key", "state"],
+                &["tenant", "provider", "key", "state"],
             ),
             b.gauge(
                 "keyrelay_key_requests_this_minute",
                 "Requests counted against each key in the sliding minute.",
-                &["provider", "key"],
+                &["tenant", "provider", "key"],
             ),
             b.gauge(
                 "keyrelay_key_rpm_limit",
                 "Each key's requests-per-minute limit.",
-                &["provider", "key"],
+                &["tenant", "provider", "key"],
             ),
         )
     }
@@ -248,19 +250,19 @@ impl Families {
             b.histogram(
                 "keyrelay_upstream_ttfb_seconds",
                 "Time from sending upstream to the response head, per attempt.",
-                &["provider"],
+                &["tenant", "provider"],
                 &LATENCY_BUCKETS,
             ),
             b.histogram(
                 "keyrelay_request_duration_seconds",
                 "Whole request, from arrival to the last body byte.",
-                &["provider"],
+                &["tenant", "provider"],
                 &LATENCY_BUCKETS,
             ),
             b.histogram(
                 "keyrelay_proxy_added_seconds",
                 "Time to the response head not spent waiting on the upstream.",
-                &["provider"],
+                &["tenant", "provider"],
                 &FAST_BUCKETS,
             ),
             b.histogram(
@@ -274,7 +276,7 @@ impl Families {
 }
 
 /// The states a key's `keyrelay_key_state` series are written for.
-const KEY_STATES: [&str; 4] = ["ready", "cooling", "quarantined", "disabled"];
+pub(crate) const KEY_STATES: [&str; 4] = ["ready", "cooling", "quarantined", "disabled"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -283,16 +285,16 @@ impl Metrics {
         }
     }
 
-    /// The handles of one provider (or `"none"` for requests that matched no route), resolved
-    /// once; build them when a config is built, not per request.
-    pub fn provider(&self, name: &str) -> ProviderMetrics {
-        ProviderMetrics::new(self.families.clone(), name, &[])
+    /// The handles of `tenant`'s pool for the provider named `provider`, whose keys (names
+    /// in pool order) get their attempt series resolved once, for
+    /// [`ProviderMetrics::key_attempt`]. Build them when a config is built, not per request.
+    pub fn pool(&self, tenant: Tenant<'_>, provider: &str, keys: &[&str]) -> ProviderMetrics {
+        ProviderMetrics::new(self.families.clone(), tenant, provider, keys)
     }
 
-    /// [`Metrics::provider`] for a provider whose keys (names in pool order) get their
-    /// attempt series resolved once, for [`ProviderMetrics::key_attempt`].
-    pub fn provider_with_keys(&self, name: &str, keys: &[&str]) -> ProviderMetrics {
-        ProviderMetrics::new(self.families.clone(), name, keys)
+    /// The handles of requests that matched no route: tenant and provider `"none"`.
+    pub fn unrouted(&self) -> ProviderMetrics {
+        ProviderMetrics::new(self.families.clone(), Tenant::Named("none"), "none", &[])
     }
 
     pub fn client_auth_failure(&self, why: AuthFailure) {
@@ -392,23 +394,6 @@ impl Metrics {
         self.families.key_state.reset();
         self.families.key_requests_minute.reset();
         self.families.key_rpm_limit.reset();
-    }
-
-    /// One key's state (a label of the closed set ready, cooling, quarantined, disabled), use
-    /// this minute and limit.
-    pub fn key(&self, provider: &str, key: &str, state: &str, used: u64, rpm: u32) {
-        let f = &self.families;
-        for s in KEY_STATES {
-            f.key_state
-                .with_label_values(&[provider, key, s])
-                .set(i64::from(s == state));
-        }
-        f.key_requests_minute
-            .with_label_values(&[provider, key])
-            .set(i64::try_from(used).unwrap_or(i64::MAX));
-        f.key_rpm_limit
-            .with_label_values(&[provider, key])
-            .set(i64::from(rpm));
     }
 
     /// The Prometheus text exposition of every metric.

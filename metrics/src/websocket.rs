@@ -1,5 +1,6 @@
-//! WebSocket sessions: opened and closed per provider (closed by how they ended), open now, and
-//! bytes each way. Label values come from the closed enums here and provider names only.
+//! WebSocket sessions: opened and closed per pool (closed by how they ended), open now, and
+//! bytes each way. Label values come from the closed enums here and the pool's tenant and
+//! provider labels only.
 
 use crate::{Builder, Metrics};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
@@ -78,18 +79,18 @@ impl WsFamilies {
         WsFamilies {
             opened: b.counter(
                 "keyrelay_websocket_sessions_opened_total",
-                "WebSocket sessions opened (101 from the provider), by provider.",
-                &["provider"],
+                "WebSocket sessions opened (101 from the provider), by tenant and provider.",
+                &["tenant", "provider"],
             ),
             closed: b.counter(
                 "keyrelay_websocket_sessions_closed_total",
-                "WebSocket sessions ended, by provider and how they ended.",
-                &["provider", "end"],
+                "WebSocket sessions ended, by tenant, provider and how they ended.",
+                &["tenant", "provider", "end"],
             ),
             bytes: b.counter(
                 "keyrelay_websocket_bytes_total",
-                "Bytes passed through WebSocket sessions, by provider and direction.",
-                &["provider", "direction"],
+                "Bytes passed through WebSocket sessions, by tenant, provider and direction.",
+                &["tenant", "provider", "direction"],
             ),
             open: b.single_gauge(
                 "keyrelay_websocket_open_sessions",
@@ -99,7 +100,7 @@ impl WsFamilies {
     }
 }
 
-/// One provider's WebSocket handles, resolved once per config.
+/// One pool's WebSocket handles, resolved once (see [`crate::ProviderMetrics::websocket`]).
 #[derive(Clone, Debug)]
 pub struct WsMetrics {
     opened: IntCounter,
@@ -110,6 +111,18 @@ pub struct WsMetrics {
 }
 
 impl WsMetrics {
+    /// The series of the pool labelled `[tenant, provider]`.
+    pub(crate) fn new(f: &WsFamilies, [tenant, provider]: [&str; 2]) -> WsMetrics {
+        let bytes = |d: WsDirection| f.bytes.with_label_values(&[tenant, provider, d.label()]);
+        WsMetrics {
+            opened: f.opened.with_label_values(&[tenant, provider]),
+            closed: WsEnd::ALL.map(|e| f.closed.with_label_values(&[tenant, provider, e.label()])),
+            up: bytes(WsDirection::Upstream),
+            down: bytes(WsDirection::Downstream),
+            open: f.open.clone(),
+        }
+    }
+
     /// A session opened: counted, and in the gauge until [`WsMetrics::closed`].
     pub fn opened(&self) {
         self.opened.inc();
@@ -127,19 +140,6 @@ impl WsMetrics {
 }
 
 impl Metrics {
-    /// The WebSocket handles of one provider.
-    pub fn websocket(&self, provider: &str) -> WsMetrics {
-        let f = &self.families.websocket;
-        let bytes = |d: WsDirection| f.bytes.with_label_values(&[provider, d.label()]);
-        WsMetrics {
-            opened: f.opened.with_label_values(&[provider]),
-            closed: WsEnd::ALL.map(|e| f.closed.with_label_values(&[provider, e.label()])),
-            up: bytes(WsDirection::Upstream),
-            down: bytes(WsDirection::Downstream),
-            open: f.open.clone(),
-        }
-    }
-
     /// WebSocket sessions open now.
     pub fn open_websockets(&self) -> i64 {
         self.families.websocket.open.get()

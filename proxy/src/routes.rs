@@ -7,7 +7,7 @@ use crate::config::{AffinityConfig, AuthStyle, Config, ProviderConfig};
 use crate::error::ErrorShape;
 use crate::service::Shared;
 use http::{HeaderName, Uri};
-use keyrelay_metrics::ProviderMetrics;
+use keyrelay_metrics::{ProviderMetrics, Tenant};
 use keyrelay_pool::{KeyAuth, Pool, PoolError, PoolSpec};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +41,15 @@ pub struct Provider {
     pub fallback: Option<Arc<Provider>>,
 }
 
+/// A pool's metrics labels: its tenant's, and the name of the configured provider it serves.
+pub(crate) type Labels<'a> = (Tenant<'a>, &'a str);
+
 impl Provider {
     pub(crate) fn new(
         pc: &ProviderConfig,
         shared: &Shared,
         affinity: (&AffinityConfig, Option<&Arc<Codec>>),
+        (tenant, provider): Labels<'_>,
     ) -> Result<Provider, PoolError> {
         let (header, shape) = match pc.auth {
             AuthStyle::Bearer => (http::header::AUTHORIZATION, ErrorShape::OpenAi),
@@ -84,7 +88,7 @@ impl Provider {
             websocket: pc.websocket,
             metrics: {
                 let keys: Vec<&str> = pc.keys.iter().map(|k| k.name.as_str()).collect();
-                shared.metrics.provider_with_keys(&pc.name, &keys)
+                shared.metrics.pool(tenant, provider, &keys)
             },
             affinity: affinity.1.map(|c| {
                 let scope = (pc.name.as_str(), pc.base_url.as_str());
@@ -317,7 +321,10 @@ impl Routes {
         let mut providers = config
             .providers
             .iter()
-            .map(|pc| Provider::new(pc, shared, (&config.affinity, codec.as_ref())).map(Arc::new))
+            .map(|pc| {
+                let affinity = (&config.affinity, codec.as_ref());
+                Provider::new(pc, shared, affinity, (Tenant::Shared, &pc.name)).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         providers.sort_by_key(|p| std::cmp::Reverse(p.route.len()));
         Ok(Routes { providers })

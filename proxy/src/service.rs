@@ -137,7 +137,7 @@ impl App {
                 shared.spill_space.clone(),
             )),
             ids: RequestIds::new(),
-            unrouted: shared.metrics.provider("none"),
+            unrouted: shared.metrics.unrouted(),
             headers: HeaderPolicy::new(
                 &config.upstream.pass_headers,
                 config.upstream.forwarded_for,

@@ -60,12 +60,12 @@ async fn health_readiness_and_metrics() {
         .starts_with("text/plain"));
     let text = m.text();
     for expected in [
-        r#"keyrelay_requests_total{provider="openai",status="2xx"} 3"#,
-        r#"keyrelay_upstream_attempts_total{key="KR_KEY_1",outcome="rate_limited",provider="openai"} 1"#,
-        r#"keyrelay_retries_total{provider="openai",reason="rate_limited"} 1"#,
-        r#"keyrelay_cooldowns_total{provider="openai",reason="rate_limited"} 1"#,
-        r#"keyrelay_key_state{key="KR_KEY_1",provider="openai",state="cooling"} 1"#,
-        r#"keyrelay_key_rpm_limit{key="KR_KEY_2",provider="openai"} 10000"#,
+        r#"keyrelay_requests_total{provider="openai",status="2xx",tenant="shared"} 3"#,
+        r#"keyrelay_upstream_attempts_total{key="KR_KEY_1",outcome="rate_limited",provider="openai",tenant="shared"} 1"#,
+        r#"keyrelay_retries_total{provider="openai",reason="rate_limited",tenant="shared"} 1"#,
+        r#"keyrelay_cooldowns_total{provider="openai",reason="rate_limited",tenant="shared"} 1"#,
+        r#"keyrelay_key_state{key="KR_KEY_1",provider="openai",state="cooling",tenant="shared"} 1"#,
+        r#"keyrelay_key_rpm_limit{key="KR_KEY_2",provider="openai",tenant="shared"} 10000"#,
         r#"keyrelay_client_auth_failures_total{reason="invalid"} 1"#,
         "keyrelay_store_degraded 0",
         "keyrelay_upstream_ttfb_seconds_bucket",
@@ -163,6 +163,8 @@ async fn status_shows_a_cooldown_and_reset_clears_it() {
     assert!(doc["timestamp"].as_str().unwrap().ends_with('Z'));
     let pool = &doc["pools"][0];
     assert_eq!(pool["provider"], "openai");
+    assert_eq!(pool["tenant"], "shared");
+    assert_eq!(pool["pool"], "openai");
     assert_eq!(pool["capacity"], 30_000);
     assert_eq!(pool["total_requests_this_minute"], 2);
     let k0 = &pool["keys"][0];

@@ -430,6 +430,7 @@ fn every_default_the_example_documents_is_the_one_applied() {
         "affinity.max_rewrite_bytes",
         "affinity.mode",
         "affinity.unknown_ids",
+        "metrics.runtime_tenant_labels",
         "providers.allow_link_local_base_url",
         "providers.auth",
         "providers.cooldown",

@@ -147,8 +147,10 @@ async fn two_instances_on_one_redis_scraped_by_prometheus() {
         .await;
     wait_ok(&format!("http://{prom}/-/ready"), Duration::from_secs(30)).await;
 
-    let query =
-        format!("http://{prom}/api/v1/query?query=keyrelay_requests_total%7Bstatus%3D%222xx%22%7D");
+    // {status="2xx",tenant="shared",provider="openai"}: the shared pool's series, by label.
+    let query = format!(
+        "http://{prom}/api/v1/query?query=keyrelay_requests_total%7Bstatus%3D%222xx%22%2Ctenant%3D%22shared%22%2Cprovider%3D%22openai%22%7D"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let values = loop {
         if let Some(r) = get(&query).await {

@@ -384,13 +384,16 @@ async fn status_shows_each_tenants_pools_and_no_secret() {
     assert_eq!(reply.status, 200);
     let doc = reply.json();
     let pools = doc["pools"].as_array().unwrap();
-    let t1 = pools.iter().find(|p| p["provider"] == "t1.openai").unwrap();
-    assert_eq!(t1["tenant"], "t1");
+    let t1 = pools.iter().find(|p| p["pool"] == "t1.openai").unwrap();
+    assert_eq!(
+        (&t1["tenant"], &t1["provider"]),
+        (&"t1".into(), &"openai".into())
+    );
     assert_eq!(t1["keys"].as_array().unwrap().len(), 2);
     assert_eq!(t1["total_requests_this_minute"], 1);
     assert!(pools
         .iter()
-        .any(|p| p["provider"] == "openai" && p["tenant"].is_null()));
+        .any(|p| p["provider"] == "openai" && p["tenant"] == "shared"));
     let mut secrets: Vec<&str> = specs
         .iter()
         .flat_map(|s| s.keys.iter().chain(&s.tokens))
@@ -406,7 +409,9 @@ async fn status_shows_each_tenants_pools_and_no_secret() {
     )
     .await;
     assert!(
-        metrics.text().contains("provider=\"t1.openai\""),
+        metrics
+            .text()
+            .contains("provider=\"openai\",status=\"2xx\",tenant=\"t1\"} 1"),
         "{}",
         metrics.text()
     );
@@ -452,6 +457,9 @@ keys = "env:KR_KEY_1"
 name = "runtime"
 
 [[tenants]]
+name = "shared"
+
+[[tenants]]
 name = "t1"
 [[tenants.clients]]
 name = "t1-c0"
@@ -474,10 +482,11 @@ keys = "env:NOTHING_*"
         "tenants[0].clients[0].name: duplicate client name \"tests\"",
         "tenants[0].providers[0].keys: key \"KR_KEY_1\" has the same secret as a key of providers \"openai\"",
         "tenants[1].name: \"runtime\" is reserved",
-        "tenants[2].clients[0].token: env var NOT_SET_ANYWHERE is not set",
-        "tenants[2].clients[1].token: the same token is given to another client",
-        "tenants[2].providers[0].name: \"anthropic\" is not a configured provider",
-        "tenants[2].providers[1].keys: no env var matches NOTHING_*",
+        "tenants[2].name: \"shared\" is reserved",
+        "tenants[3].clients[0].token: env var NOT_SET_ANYWHERE is not set",
+        "tenants[3].clients[1].token: the same token is given to another client",
+        "tenants[3].providers[0].name: \"anthropic\" is not a configured provider",
+        "tenants[3].providers[1].keys: no env var matches NOTHING_*",
     ] {
         assert!(e.contains(expected), "expected `{expected}` in:\n{e}");
     }
@@ -1199,7 +1208,8 @@ async fn a_tenant_created_at_run_time_serves_on_both_instances_until_deleted() {
     .await
     .text();
     assert!(
-        metrics.contains("provider=\"runtime.openai\"") && !metrics.contains("acme"),
+        metrics.contains("provider=\"openai\",status=\"2xx\",tenant=\"runtime\"}")
+            && !metrics.contains("acme"),
         "{metrics}"
     );
     assert_no_fragment(

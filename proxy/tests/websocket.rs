@@ -189,7 +189,7 @@ async fn a_client_close_reaches_the_provider_and_sessions_are_counted() {
     assert!(counted, "the session was never counted closed");
     let metrics = h.admin("GET", "/metrics", None).await.text();
     for line in [
-        "keyrelay_websocket_sessions_opened_total{provider=\"openai\"} 1",
+        "keyrelay_websocket_sessions_opened_total{provider=\"openai\",tenant=\"shared\"} 1",
         "keyrelay_websocket_open_sessions 0",
     ] {
         assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
@@ -391,7 +391,7 @@ async fn an_idle_session_is_closed_on_both_sides() {
     assert!(counted);
     let metrics = h.admin("GET", "/metrics", None).await.text();
     let line =
-        "keyrelay_websocket_sessions_closed_total{end=\"idle_timeout\",provider=\"openai\"} 1";
+        "keyrelay_websocket_sessions_closed_total{end=\"idle_timeout\",provider=\"openai\",tenant=\"shared\"} 1";
     assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
 }
 
@@ -432,7 +432,7 @@ async fn a_client_that_drops_its_connection_closes_the_providers_side() {
     assert!(counted);
     let metrics = h.admin("GET", "/metrics", None).await.text();
     let line =
-        "keyrelay_websocket_sessions_closed_total{end=\"client_closed\",provider=\"openai\"} 1";
+        "keyrelay_websocket_sessions_closed_total{end=\"client_closed\",provider=\"openai\",tenant=\"shared\"} 1";
     assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
 }
 

@@ -20,10 +20,12 @@ function render(doc) {
   root.replaceChildren();
   for (const pool of doc.pools) {
     const h = document.createElement("h2");
-    h.textContent = pool.provider + " (" + pool.route + ", " + pool.strategy + ") · " +
+    h.textContent = pool.tenant + " / " + pool.provider + " (" + pool.route + ", " + pool.strategy + ") · " +
       pool.total_requests_this_minute + " / " + pool.capacity + " requests this minute";
     root.appendChild(h);
     const table = document.createElement("table");
+    table.dataset.pool = pool.pool;
+    table.dataset.tenant = pool.tenant;
     table.dataset.provider = pool.provider;
     const head = table.createTHead().insertRow();
     for (const t of ["#", "key", "fingerprint", "state", "reason", "until", "this minute", "used", "total", "last status", "remaining req/tok", "actions"]) {
@@ -58,7 +60,7 @@ function render(doc) {
         const b = document.createElement("button");
         b.textContent = action;
         b.dataset.action = action;
-        b.addEventListener("click", () => act(pool.provider, k.name, action));
+        b.addEventListener("click", () => act(pool.pool, k.name, action));
         actions.appendChild(b);
       }
     }
@@ -66,8 +68,8 @@ function render(doc) {
   }
 }
 
-async function act(provider, key, action) {
-  const url = "/admin/keys/" + encodeURIComponent(provider) + "/" + encodeURIComponent(key) + "/" + action;
+async function act(pool, key, action) {
+  const url = "/admin/keys/" + encodeURIComponent(pool) + "/" + encodeURIComponent(key) + "/" + action;
   const resp = await fetch(url, { method: "POST", headers: headers() });
   document.getElementById("msg").textContent = resp.ok ? "" : action + " failed: HTTP " + resp.status;
   await refresh();

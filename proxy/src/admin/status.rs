@@ -73,8 +73,9 @@ pub async fn status_json(app: &App) -> serde_json::Value {
             })
             .collect();
         pools.push(serde_json::json!({
-            "provider": p.name,
-            "tenant": p.tenant,
+            "pool": p.name,
+            "tenant": p.tenant.as_deref().unwrap_or(crate::config::SHARED_LABEL),
+            "provider": p.fallback_name(),
             "route": p.route,
             "strategy": p.pool.spec().strategy.as_str(),
             "total_requests_this_minute": total_minute,
@@ -117,23 +118,20 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
 }
 
 /// Write the per-key gauges afresh from the current pools (a key a reload removed leaves
-/// them); called on each scrape. The store's own figures are read by their collector.
+/// them); called on each scrape. The store's own figures are read by their collector. The
+/// runtime tenants' pools write none unless `[metrics] runtime_tenant_labels` is on: their
+/// keys' names are chosen at run time (see [`keyrelay_metrics::Tenant::Runtime`]).
 pub async fn refresh_metrics(app: &App) {
     let mut rows = Vec::new();
-    // A runtime tenant's keys have free names: they stay out of the per-key series.
-    for p in app
-        .pools()
-        .into_iter()
-        .filter(|p| !app.tenants().is_runtime_pool(p))
-    {
+    for p in app.pools() {
         let keys = p.pool.status().await;
         rows.push((p, keys));
     }
-    let m = app.metrics();
-    m.clear_keys();
+    app.metrics().clear_keys();
     for (p, keys) in rows {
         for k in keys {
-            m.key(&p.name, &k.name, k.mode.label(), k.used_this_minute, k.rpm);
+            let (state, used) = (k.mode.label(), k.used_this_minute);
+            p.metrics.key_gauges(&k.name, state, used, k.rpm);
         }
     }
 }

@@ -47,6 +47,9 @@ pub(super) const WS_ENABLED: bool = true;
 pub(super) const WS_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub(super) const WS_MAX_DURATION: Duration = Duration::from_secs(2 * 60 * 60);
 
+// [metrics]
+pub(super) const RUNTIME_TENANT_LABELS: bool = false;
+
 // [[tenants]]
 pub(super) const TENANT_FALLBACK: &str = "none";
 

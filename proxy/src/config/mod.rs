@@ -14,6 +14,7 @@ mod defaults;
 mod duration;
 mod error;
 mod keys;
+mod metrics;
 mod problems;
 mod providers;
 mod raw;
@@ -35,7 +36,9 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use problems::{Problem, Problems};
 pub use secrets::{Env, MapEnv, ProcessEnv, ALLOW_READABLE_SECRETS};
-pub use tenants::{pool_name, RegistryConfig, TenantConfig, TenantPool, RUNTIME_LABEL};
+pub use tenants::{
+    pool_name, RegistryConfig, TenantConfig, TenantPool, RUNTIME_LABEL, SHARED_LABEL,
+};
 pub use upstream_tls::{ClientIdentity, Egress, EgressSource, ProviderTls};
 
 /// How a provider expects its key.
@@ -163,6 +166,7 @@ pub struct Config {
     pub store: Option<StoreConfig>,
     pub admin: AdminConfig,
     pub websocket: WebSocketConfig,
+    pub metrics: MetricsConfig,
     /// Resource affinity by sealed ids (off without a secret).
     pub affinity: AffinityConfig,
     /// Tenants, each with its own clients and keys (`[[tenants]]`).
@@ -179,6 +183,14 @@ pub struct WebSocketConfig {
     pub idle_timeout: Duration,
     /// The longest a session may last.
     pub max_duration: Duration,
+}
+
+/// `[metrics]`: how far the `tenant` label goes.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Whether each tenant created at run time is labelled by its name; off, they all share
+    /// `tenant="runtime"`, so the admin API cannot grow the label set.
+    pub runtime_tenant_labels: bool,
 }
 
 /// What happens to a resource id keyrelay did not seal (one the client got elsewhere).

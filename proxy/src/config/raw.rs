@@ -12,6 +12,7 @@ pub(super) struct RawConfig {
     pub store: Option<RawStore>,
     pub admin: RawAdmin,
     pub websocket: RawWebSocket,
+    pub metrics: RawMetrics,
     pub affinity: RawAffinity,
     pub tenants: Vec<super::tenants::RawTenant>,
     pub registry: Option<super::tenants::RawRegistry>,
@@ -23,6 +24,12 @@ pub(super) struct RawWebSocket {
     pub enabled: Option<bool>,
     pub idle_timeout: Option<String>,
     pub max_duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawMetrics {
+    pub runtime_tenant_labels: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -130,8 +130,12 @@ pub struct TenantPool {
     pub keys: Vec<Key>,
 }
 
-/// The label every runtime-registered tenant shares in metrics, so a label set stays bounded.
-pub const RUNTIME_LABEL: &str = "runtime";
+/// The label every runtime-registered tenant shares in metrics, so a label set stays bounded;
+/// no tenant may have this name.
+pub const RUNTIME_LABEL: &str = keyrelay_metrics::Tenant::RUNTIME;
+
+/// The shared pools' `tenant` label in metrics and status; no tenant may have this name.
+pub const SHARED_LABEL: &str = keyrelay_metrics::Tenant::SHARED;
 
 /// The prefix of a runtime tenant's client name, which no configured client may use.
 const RUNTIME_CLIENT: &str = "runtime:";
@@ -158,7 +162,8 @@ impl Config {
     }
 }
 
-/// The store's (and metrics') name of `tenant`'s pool for `provider`.
+/// The store's name of `tenant`'s pool for `provider` (also how key actions name it; metrics and
+/// status show tenant and provider apart).
 pub fn pool_name(tenant: &str, provider: &str) -> String {
     format!("{tenant}.{provider}")
 }
@@ -267,11 +272,12 @@ fn tenant(
     })
 }
 
-/// A tenant's name: like a provider's, and never the runtime tenants' shared label.
+/// A tenant's name: like a provider's, and never the shared pools' or the runtime tenants'
+/// label.
 fn name(value: Option<&str>, path: &str, p: &mut Problems) -> Option<String> {
     match value.map(str::trim) {
-        Some(RUNTIME_LABEL) => {
-            p.add(path, format!("\"{RUNTIME_LABEL}\" is reserved"));
+        Some(reserved @ (RUNTIME_LABEL | SHARED_LABEL)) => {
+            p.add(path, format!("\"{reserved}\" is reserved"));
             None
         }
         Some(n)

@@ -4,7 +4,7 @@ use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
 use super::{
-    admin, affinity, clients, keys, providers, server, store, tenants, websocket, Config,
+    admin, affinity, clients, keys, metrics, providers, server, store, tenants, websocket, Config,
     ConfigError,
 };
 
@@ -44,6 +44,7 @@ pub(super) fn validate(
         .registry
         .as_ref()
         .and_then(|r| tenants::registry(r, &fingerprinter, env, &mut p));
+    let metrics = metrics::metrics(&raw.metrics, raw.registry.is_some(), &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
@@ -55,6 +56,7 @@ pub(super) fn validate(
         store,
         admin,
         websocket,
+        metrics,
         affinity,
         tenants,
         registry,

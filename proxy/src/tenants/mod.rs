@@ -19,6 +19,7 @@ use crate::config::{pool_name, Config, ProviderConfig};
 use crate::error::ProxyError;
 use crate::routes::{Provider, Routes};
 use crate::service::{App, Shared};
+use keyrelay_metrics::Tenant as Label;
 use keyrelay_pool::PoolError;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,12 +73,14 @@ impl Tenants {
                 ) else {
                     continue;
                 };
+                let labels = (Label::Named(&tc.name), pc.name.as_str());
                 let pc = ProviderConfig {
                     name: pool_name(&tc.name, &pc.name),
                     keys: tp.keys.clone(),
                     ..pc.clone()
                 };
-                let mut pool = Provider::new(&pc, shared, (&config.affinity, codec.as_ref()))?;
+                let affinity = (&config.affinity, codec.as_ref());
+                let mut pool = Provider::new(&pc, shared, affinity, labels)?;
                 pool.tenant = Some(tc.name.clone());
                 pool.fallback = tc.fallback_shared.then(|| base.clone());
                 pools.push(Arc::new(pool));
@@ -131,13 +134,6 @@ impl Tenants {
     pub fn runtime_client(&self, presented: &[&[u8]]) -> Option<String> {
         let tenant = self.registry.as_ref()?.runtime_client(presented)?;
         Some(format!("{RUNTIME_CLIENT}{tenant}"))
-    }
-
-    /// Whether `p` is the pool of a tenant created at run time (not in the config).
-    pub fn is_runtime_pool(&self, p: &Provider) -> bool {
-        p.tenant
-            .as_deref()
-            .is_some_and(|t| self.tenants.iter().all(|c| c.name != t))
     }
 
     /// Every pool on `shared`'s route: the shared one, each configured tenant's, each

@@ -8,6 +8,7 @@ use super::seal::Masters;
 use crate::config::{pool_name, Config, ProviderConfig, RegistryConfig};
 use crate::routes::Provider;
 use crate::service::Shared;
+use keyrelay_metrics::Tenant;
 use keyrelay_pool::{Fingerprinter, Key, Secret};
 use sha2::Digest;
 use std::collections::HashMap;
@@ -202,18 +203,17 @@ impl Registry {
             keys,
             ..pc.clone()
         };
+        // Runtime tenants share one metrics label unless the operator opted in to their
+        // names, so by default the label set stays bounded by the config file.
+        let label = match tc {
+            None if !self.config.metrics.runtime_tenant_labels => Tenant::Runtime,
+            _ => Tenant::Named(tenant),
+        };
         let codec = crate::affinity::Affinity::codec(&self.config.affinity);
         let affinity = (&self.config.affinity, codec.as_ref());
-        let mut p = Provider::new(&pc, &self.shared, affinity).ok()?;
+        let mut p = Provider::new(&pc, &self.shared, affinity, (label, provider)).ok()?;
         p.tenant = Some(tenant.to_owned());
-        match tc {
-            Some(tc) => p.fallback = tc.fallback_shared.then(|| base.clone()),
-            // Runtime tenants share one metrics label, so the label set stays bounded.
-            None => {
-                let label = pool_name(crate::config::RUNTIME_LABEL, provider);
-                p.metrics = self.shared.metrics.provider(&label);
-            }
-        }
+        p.fallback = tc.and_then(|tc| tc.fallback_shared.then(|| base.clone()));
         Some(p)
     }
 }

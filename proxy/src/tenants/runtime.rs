@@ -1,7 +1,8 @@
 //! `POST /admin/tenants` and `DELETE /admin/tenants/{tenant}`: tenants created at run time, by
 //! the admin token only. A new tenant's client token and admin token are made here, shown once
 //! in the answer, and kept only as SHA-256 digests; its clients are served from the keys
-//! registered for it and nothing else, under the one metrics label `runtime.<provider>`.
+//! registered for it and nothing else, counted in metrics under `tenant="runtime"` (or its own
+//! name with `[metrics] runtime_tenant_labels`).
 
 use super::admin::answer as reply;
 use super::audit::{audit, Who};
@@ -25,6 +26,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n != crate::config::RUNTIME_LABEL
+        && n != crate::config::SHARED_LABEL
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }

@@ -270,7 +270,7 @@ impl Ctx<'_> {
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, answer);
         }
         let hook = log.streaming(StatusCode::SWITCHING_PROTOCOLS.as_u16());
-        let metrics = self.metrics.websocket(&provider.name);
+        let metrics = provider.metrics.websocket().clone();
         let ends = session::Ends {
             client,
             upstream,
