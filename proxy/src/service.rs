@@ -188,6 +188,10 @@ impl App {
         &self.tenants
     }
 
+    pub fn limits(&self) -> &crate::tenants::limits::Limits {
+        &self.limits
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }

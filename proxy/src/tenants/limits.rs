@@ -16,6 +16,7 @@ use crate::config::{Config, StoreConfig};
 use crate::error::ProxyError;
 use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +60,8 @@ pub struct Limits {
     rules: HashMap<String, Rule>,
     pub(super) local: Mutex<HashMap<String, Counter>>,
     pub(super) redis: Option<Remote>,
+    /// Tokens this process added to token counters since start.
+    pub(super) counted: AtomicU64,
 }
 
 /// A counter's two windows, as kept in this process.
@@ -109,7 +112,14 @@ impl Limits {
             rules,
             local: Mutex::default(),
             redis,
+            counted: AtomicU64::new(0),
         }
+    }
+
+    /// Tokens this process has added to token counters (clients', tenants' and keys') since it
+    /// started; each answer's once it ended.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
     }
 
     /// Count one request of `client`, or refuse it (429 naming the limit, with the wait until
@@ -200,7 +210,7 @@ fn checks(client: &str, rule: &Rule) -> Vec<Check> {
             });
         }
         if let Some(limit) = caps.tpm {
-            let name = format!("keyrelay:{{limit.{tag}}}:{scope}-tokens:{name}");
+            let name = format!("keyrelay:{{limit.{tag}}}:{scope}-tpm:{name}");
             let tokens = true;
             out.push(Check {
                 name,

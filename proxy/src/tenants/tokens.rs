@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::routes::Provider;
 use crate::usage::{Format, Meter};
 use keyrelay_pool::Mark;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 /// The token counters of a request's client and tenant, for those that have a `tpm`.
@@ -106,19 +107,20 @@ impl Limits {
             },
             None => (self.add_here(&names, window, tokens), 1),
         };
-        let (Some(key), Some(&(cur, prev))) = (key, counts.last()) else {
-            return;
-        };
-        let limit = (key.limit / instances.max(1)).max(1);
-        if over(limit, cur, prev, elapsed, true) {
-            let period = wait(limit, cur, prev, elapsed);
-            tracing::debug!(pool = %key.provider.name, index = key.index, ?period, "a key reached its tpm; cooling");
-            let mark = Mark::Cool {
-                period,
-                reason: "tpm",
-            };
-            key.provider.pool.mark(key.index, mark).await;
+        if let (Some(key), Some(&(cur, prev))) = (key, counts.last()) {
+            let limit = (key.limit / instances.max(1)).max(1);
+            if over(limit, cur, prev, elapsed, true) {
+                let period = wait(limit, cur, prev, elapsed);
+                tracing::debug!(pool = %key.provider.name, index = key.index, ?period, "a key reached its tpm; cooling");
+                let mark = Mark::Cool {
+                    period,
+                    reason: "tpm",
+                };
+                key.provider.pool.mark(key.index, mark).await;
+            }
         }
+        // Last, so that once it shows, the key is marked too.
+        self.counted.fetch_add(tokens, Ordering::Relaxed);
     }
 
     /// Add in this process (no store, or the store failed): each counter's counts after.
@@ -189,8 +191,8 @@ mod tests {
     #[test]
     fn a_cluster_call_touches_one_hash_tag() {
         let names = [
-            "keyrelay:{limit.t0}:client-tokens:a",
-            "keyrelay:{limit.t0}:tenant-tokens:t0",
+            "keyrelay:{limit.t0}:client-tpm:a",
+            "keyrelay:{limit.t0}:tenant-tpm:t0",
             "keyrelay:{tpm.t0.openai}:key:fp",
         ];
         assert_eq!(groups(&names, false), [vec![0, 1, 2]]);
