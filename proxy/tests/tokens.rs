@@ -199,6 +199,38 @@ async fn a_key_that_used_its_tokens_is_skipped_for_the_next_key() {
     assert_eq!(mock.calls(KEYS[1]), before + 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_tpm_on_one_instance_is_skipped_by_the_other_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let mock = mock().await;
+    let keys = "keys = [{ secret = \"env:KR_KEY_1\", tpm = 10 }, \"env:KR_KEY_2\"]";
+    let store = format!(
+        "\n[store]\nurl = \"{}\"\ninstances = 2\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
+        redis.url()
+    );
+    let text = config_text(&mock.url(), "strategy = \"round-robin\"", "")
+        .replace("keys = \"env:KR_KEY_*\"", keys)
+        + &store;
+    let (one, two) = (start(&text).await, start(&text).await);
+    let mut sent = 0;
+    while mock.calls(KEYS[0]) == 0 {
+        assert!(sent < 2, "the limited key was never chosen");
+        assert_eq!(ask(&one, TOKEN, CHAT).await.status, 200);
+        sent += 1;
+    }
+    counted(&[&one, &two], CHAT_TOKENS * sent).await;
+    let before = mock.calls(KEYS[1]);
+    for _ in 0..4 {
+        assert_eq!(ask(&two, TOKEN, CHAT).await.status, 200);
+    }
+    assert_eq!(mock.calls(KEYS[0]), 1, "the other instance chose the key");
+    assert_eq!(mock.calls(KEYS[1]), before + 4);
+    // Its token counter is in Redis under the pool's hash tag, named by fingerprint only.
+    let dump = redis.dump();
+    assert!(dump.contains("keyrelay:{tpm.openai}:key:"), "{dump}");
+    assert_no_secret(&dump, "the Redis dump");
+}
+
 #[tokio::test]
 async fn registration_takes_a_keys_tpm_and_lists_it() {
     let mock = mock().await;
@@ -272,8 +304,24 @@ fn every_tpm_problem_is_named_by_its_path() {
         "keys = \"env:KR_KEY_*\"",
         "keys = [{ secret = \"env:KR_KEY_1\", tpm = 50 }, \"env:KR_KEY_2\"]",
     );
-    let c = Config::from_toml_str(&text, &tokens_env()).unwrap_or_else(|e| panic!("{e}"));
+    let tenant = "\n[[tenants]]\nname = \"t0\"\ntpm = 900\n\
+        [[tenants.clients]]\nname = \"t0-a\"\ntoken = \"env:TT_A\"\ntpm = 90\n\
+        [[tenants.providers]]\nname = \"openai\"\ntpm = 9\nkeys = \"env:TK_0\"\n";
+    let c =
+        Config::from_toml_str(&(text + tenant), &tokens_env()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.clients[0].tpm, Some(100));
     let tpm: Vec<Option<u32>> = c.providers[0].keys.iter().map(|k| k.tpm).collect();
     assert_eq!(tpm, [Some(50), Some(500)]);
+    assert_eq!(c.tenants[0].pools[0].keys[0].tpm, Some(9));
+    // `keyrelay check` shows each token limit that is set.
+    let lines = keyrelay::tenants::check::lines(&c).join("\n");
+    assert!(
+        lines.contains("tenant t0 (fallback none, rpm none, tpm 900)"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("clients: t0-a (rpm none, tpm 90)"),
+        "{lines}"
+    );
+    assert!(lines.contains("weight 1  tpm 9"), "{lines}");
 }
