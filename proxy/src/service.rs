@@ -242,6 +242,7 @@ impl App {
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let mut headers = self.headers.forward(parts.headers, peer);
+        crate::tenants::tokens::uncompressed(tally.as_deref(), &provider, &mut headers);
         // Ids are opened in bodies held in memory; a spilled one (past replay_memory_bytes:
         // uploads, not JSON) passes as it is.
         let mut none = bytes::Bytes::new();
@@ -439,7 +440,7 @@ impl App {
                 verdict.outcome.retryable(provider.retry_after_send) && req.body.replayable();
             match sent {
                 Ok(answered) if !again => {
-                    let meter = if answered.parts.status.is_success() {
+                    let meter = if crate::tenants::tokens::readable(&answered.parts) {
                         self.limits.meter(tally.take(), provider, index)
                     } else {
                         None

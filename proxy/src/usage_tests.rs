@@ -33,6 +33,10 @@ fn json_answers_of_each_provider() {
     assert_eq!(counted(Format::Json, anthropic), 12);
     let gemini = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":6,"totalTokenCount":11,"promptTokensDetails":[{"modality":"TEXT","tokenCount":4}]},"modelVersion":"gemini-2.0"}"#;
     assert_eq!(counted(Format::Json, gemini), 11);
+    // Gemini's streamGenerateContent without alt=sse: one JSON array of chunks; the last counts.
+    let array = r#"[{"candidates":[],"usageMetadata":{"promptTokenCount":4,"totalTokenCount":4}},
+{"candidates":[],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":8,"totalTokenCount":12}}]"#;
+    assert_eq!(counted(Format::Json, array), 12);
     // No usage, a null one, or a body that is not JSON: nothing.
     assert_eq!(counted(Format::Json, r#"{"data":[{"id":"gpt-4o"}]}"#), 0);
     assert_eq!(counted(Format::Json, r#"{"usage":null}"#), 0);

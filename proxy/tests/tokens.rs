@@ -103,6 +103,38 @@ async fn a_client_is_served_until_its_tokens_reach_its_tpm_then_refused_without_
 }
 
 #[tokio::test]
+async fn a_metered_request_asks_for_an_uncompressed_answer_and_others_are_untouched() {
+    let mock = mock().await;
+    let text = client_tpm(&config_text(&mock.url(), "", ""), 1000)
+        + "\n[[clients]]\nname = \"free\"\ntoken = \"env:TT_A\"\n";
+    let proxy = start(&text).await;
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
+    for token in [TOKEN, TENANT_TOKENS[0]] {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("accept-encoding", "gzip"),
+        ];
+        assert_eq!(
+            send(&http_client(), post(&url, &headers, CHAT))
+                .await
+                .status,
+            200
+        );
+    }
+    let encodings: Vec<Option<String>> = mock
+        .seen()
+        .iter()
+        .map(|s| {
+            let h = s.headers.iter().find(|(k, _)| k == "accept-encoding");
+            h.map(|(_, v)| v.clone())
+        })
+        .collect();
+    // The limited client's answer is read for its usage; the other one's is not touched.
+    assert_eq!(encodings, [None, Some("gzip".to_owned())]);
+}
+
+#[tokio::test]
 async fn streamed_usage_counts_and_a_stream_without_it_counts_nothing() {
     let mock = mock().await;
     let proxy = start(&client_tpm(&config_text(&mock.url(), "", ""), 20)).await;

@@ -9,6 +9,7 @@ use super::limits::{add_to, now, over, wait, Limits, Remote, WINDOW_MS};
 use crate::config::Config;
 use crate::routes::Provider;
 use crate::usage::{Format, Meter};
+use http::HeaderMap;
 use keyrelay_pool::Mark;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -55,6 +56,25 @@ pub(super) fn keys_limited(config: &Config) -> bool {
             .flat_map(|p| &p.keys)
             .chain(tenants)
             .any(|k| k.tpm.is_some())
+}
+
+/// Ask for an uncompressed answer where its tokens may be counted (the request's client or
+/// tenant has a `tpm`, or a key of its pool, or of the pool it may fall back to): the usage
+/// report is read as the answer passes, and a compressed one could not be.
+pub fn uncompressed(tally: Option<&Tally>, provider: &Provider, headers: &mut HeaderMap) {
+    let keys = provider.tpm_keys || provider.fallback.as_ref().is_some_and(|f| f.tpm_keys);
+    if tally.is_some() || keys {
+        headers.remove(http::header::ACCEPT_ENCODING);
+    }
+}
+
+/// Whether an answer can be read for its usage: a success, not compressed.
+pub fn readable(parts: &http::response::Parts) -> bool {
+    let encoded = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
+    parts.status.is_success() && !encoded
 }
 
 impl Limits {
