@@ -257,8 +257,8 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
         }
     }
 
-    /// The same body, its frames also read by `meter` as they pass.
-    /// An event stream is read event by event, anything else as one JSON body.
+    /// The same body, its frames also read by `meter` as they pass: an event stream event by
+    /// event, anything else as one JSON body.
     pub fn metered(mut self, mut meter: Option<Box<crate::usage::Meter>>) -> ProxyBody<B> {
         if let Kind::Stream(s) = &mut self.kind {
             if let (Some(m), Some(_)) = (&mut meter, s.sse) {
