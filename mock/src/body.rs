@@ -44,6 +44,8 @@ struct Sse {
     state: Arc<State>,
     /// Chunks carry their send time (`x-mock-stamp`, see `stamp.rs`).
     stamp: bool,
+    /// A usage chunk is still to come before `[DONE]` (`stream_options.include_usage`).
+    usage: bool,
 }
 
 impl Drop for Sse {
@@ -87,8 +89,17 @@ impl MockBody {
                 finished: false,
                 state,
                 stamp: false,
+                usage: false,
             })),
         }
+    }
+
+    /// End with OpenAI's usage chunk (prompt 5, one completion token per chunk) when `on`.
+    pub(crate) fn with_usage(mut self, on: bool) -> MockBody {
+        if let Kind::Sse(s) = &mut self.kind {
+            s.usage = on;
+        }
+        self
     }
 
     /// Stamp each chunk with its send time when `on` (see `stamp.rs`).
@@ -170,6 +181,14 @@ impl Body for MockBody {
                 return Poll::Pending;
             }
             sse.timer = None;
+        }
+        if sse.sent == sse.total && sse.usage {
+            sse.usage = false;
+            let (prompt, completion) = (5, sse.total);
+            let total = prompt + completion;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{total}}}}}\n\n"
+            ))))));
         }
         if sse.sent == sse.total {
             sse.finished = true;

@@ -469,8 +469,13 @@ fn normal(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let shape = shape.or(cut_after.map(|after| fault::StreamFault::Cut { after, rst: false }));
+        let usage = json
+            .pointer("/stream_options/include_usage")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let body = MockBody::sse(chunks, delay, shape, state.clone(), ctl)
-            .with_stamp(stamp::wanted(&parts.headers));
+            .with_stamp(stamp::wanted(&parts.headers))
+            .with_usage(usage);
         let mut resp = Response::new(body);
         resp.headers_mut().insert(
             "content-type",

@@ -218,6 +218,9 @@ pub struct Key {
     pub rpm: u32,
     /// Share of traffic under the weighted strategy.
     pub weight: u32,
+    /// Tokens allowed in any sliding minute, as counted from the provider's answers; `None`:
+    /// no limit. Counted by the proxy, which marks the key cooling when it is reached.
+    pub tpm: Option<u32>,
     /// The OpenAI organization and project this key bills, sent with it (never taken from
     /// the client).
     pub account: Account,
@@ -251,8 +254,15 @@ impl Key {
             fingerprint,
             rpm,
             weight,
+            tpm: None,
             account: Account::default(),
         }
+    }
+
+    /// The same key, limited to `tpm` tokens a minute (`None`: no limit).
+    pub fn with_tpm(mut self, tpm: Option<u32>) -> Self {
+        self.tpm = tpm;
+        self
     }
 
     /// The same key, billing `account`.

@@ -183,6 +183,11 @@ impl<'p> Lease<'p> {
         &self.pool.spec.keys[self.index]
     }
 
+    /// The key's place in the pool.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// The header that carries the key, and its value (marked sensitive).
     pub fn credential(&self) -> (&'p HeaderName, &'p HeaderValue) {
         (
@@ -387,6 +392,16 @@ impl Pool {
     /// An operator's action on key `index`; answers where it is kept (see [`Store::act`]).
     pub async fn act(&self, index: usize, action: KeyAction) -> StoreState {
         self.store.act(&self.spec, index, action).await
+    }
+
+    /// Mark key `index` outside any attempt (its tokens this minute reached its `tpm`): kept
+    /// as a 429's mark is, so every instance on the same store skips the key too.
+    pub async fn mark(&self, index: usize, mark: Mark) {
+        let report = Report {
+            status: None,
+            mark: Some(mark),
+        };
+        self.store.report(&self.spec, index, report).await;
     }
 
     pub async fn status(&self) -> Vec<KeyStatus> {

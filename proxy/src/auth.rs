@@ -59,11 +59,13 @@ mod tests {
                 name: "a".into(),
                 token: Secret::new("tok-a"),
                 rpm: None,
+                tpm: None,
             },
             ClientConfig {
                 name: "b".into(),
                 token: Secret::new("tok-b"),
                 rpm: None,
+                tpm: None,
             },
         ];
         let auth = ClientAuth::new(&clients, false);

@@ -118,6 +118,9 @@ struct Streamed<B: Body> {
     tail_len: usize,
     /// The error to fail with once the error event had its time to reach the socket.
     failing: Option<StreamError>,
+    /// Reads the tokens the answer used, where a `tpm` limit applies (`None`: no work at all);
+    /// dropped with the body, which hands the count on.
+    meter: Option<Box<crate::usage::Meter>>,
 }
 
 impl<B: Body> Streamed<B> {
@@ -249,8 +252,21 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
                 tail: [0; 4],
                 tail_len: 0,
                 failing: None,
+                meter: None,
             })),
         }
+    }
+
+    /// The same body, its frames also read by `meter` as they pass: an event stream event by
+    /// event, anything else as one JSON body.
+    pub fn metered(mut self, mut meter: Option<Box<crate::usage::Meter>>) -> ProxyBody<B> {
+        if let Kind::Stream(s) = &mut self.kind {
+            if let (Some(m), Some(_)) = (&mut meter, s.sse) {
+                m.set_format(crate::usage::Format::Sse);
+            }
+            s.meter = meter;
+        }
+        self
     }
 }
 
@@ -296,6 +312,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
                     // Only an SSE answer ever needs the tail (for its error event).
                     if s.sse.is_some() {
                         s.remember_tail(data);
+                    }
+                    if let Some(meter) = &mut s.meter {
+                        meter.feed(data);
                     }
                 }
                 s.last = Instant::now();

@@ -52,10 +52,12 @@ pub enum ProxyError {
     ResourceIdUnknown,
     #[error("the resource ids in this request belong to different keys")]
     ResourceIdsConflict,
-    /// The client's own request limit, or its tenant's (`scope`: "client" or "tenant").
-    #[error("the {scope}'s request limit (rpm) is reached; retry after {} s", retry_after_secs(.retry_after))]
+    /// The client's own limit, or its tenant's (`scope`: "client" or "tenant"), of requests
+    /// (`limit`: "rpm") or of tokens ("tpm").
+    #[error("the {scope}'s {} is reached; retry after {} s", limit_text(limit), retry_after_secs(.retry_after))]
     ClientLimited {
         scope: &'static str,
+        limit: &'static str,
         retry_after: Duration,
     },
 
@@ -139,6 +141,14 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Lost(_) => ProxyError::UpstreamLost,
             _ => ProxyError::UpstreamUnreachable,
         }
+    }
+}
+
+/// What a client limit counts, as its error names it.
+fn limit_text(limit: &str) -> &'static str {
+    match limit {
+        "tpm" => "token limit (tpm)",
+        _ => "request limit (rpm)",
     }
 }
 

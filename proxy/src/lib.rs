@@ -15,6 +15,7 @@ pub mod server;
 pub mod service;
 pub mod tenants;
 pub mod upstream;
+pub mod usage;
 pub mod websocket;
 pub mod workers;
 

@@ -39,6 +39,8 @@ pub struct Provider {
     pub tenant: Option<String>,
     /// The shared pool a tenant's request falls back to when none of its keys is ready.
     pub fallback: Option<Arc<Provider>>,
+    /// Whether any key of this pool has a `tpm` (its answers' tokens are then counted).
+    pub tpm_keys: bool,
 }
 
 /// A pool's metrics labels: its tenant's, and the name of the configured provider it serves.
@@ -102,6 +104,7 @@ impl Provider {
             }),
             tenant: None,
             fallback: None,
+            tpm_keys: pc.keys.iter().any(|k| k.tpm.is_some()),
         };
         let origin_len = origin_len(&provider.base, &provider.base_url);
         Ok(Provider {

@@ -12,6 +12,7 @@ use crate::error::{ErrorKind, ErrorShape, ProxyError};
 use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop, HeaderPolicy};
 use crate::log::{RequestIds, RequestLog};
 use crate::routes::{JoinError, Provider, Routes};
+use crate::tenants::tokens::Tally;
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -60,7 +61,8 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Routes,
     tenants: crate::tenants::Tenants,
-    limits: crate::tenants::limits::Limits,
+    /// Shared with the answers' meters, which add tokens once a body ends.
+    limits: Arc<crate::tenants::limits::Limits>,
     auth: ClientAuth,
     client: upstream::Clients,
     upstream: UpstreamConfig,
@@ -118,7 +120,7 @@ impl App {
         let app = App {
             tenants: crate::tenants::Tenants::new(config, &shared, &routes)?,
             routes,
-            limits: crate::tenants::limits::Limits::new(config),
+            limits: Arc::new(crate::tenants::limits::Limits::new(config)),
             tls: config
                 .server
                 .tls
@@ -186,6 +188,10 @@ impl App {
         &self.tenants
     }
 
+    pub fn limits(&self) -> &crate::tenants::limits::Limits {
+        &self.limits
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
@@ -217,7 +223,7 @@ impl App {
             return self.upgrade(parts, log).await;
         }
         // Steps 1 and 2: who is asking, and where it goes.
-        let (provider, rest) = match self.authorize(found, &parts, &mut log).await {
+        let (provider, rest, tally) = match self.authorize(found, &parts, &mut log).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
@@ -236,6 +242,7 @@ impl App {
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let mut headers = self.headers.forward(parts.headers, peer);
+        crate::tenants::tokens::uncompressed(tally.as_deref(), &provider, &mut headers);
         // Ids are opened in bodies held in memory; a spilled one (past replay_memory_bytes:
         // uploads, not JSON) passes as it is.
         let mut none = bytes::Bytes::new();
@@ -260,7 +267,7 @@ impl App {
             plan,
         };
         // Step 4: keys in turn.
-        self.forward(&provider, prepared, log).await
+        self.forward(&provider, prepared, tally, log).await
     }
 
     /// A WebSocket upgrade: its own pipeline, in `websocket`.
@@ -278,15 +285,16 @@ impl App {
         ctx.serve(parts, log).await
     }
 
-    /// Who is asking (step 1) and the pool that serves them (step 2); a request with no
-    /// credential at all may still be the next step of a Gemini resumable upload, which its
-    /// sealed upload id authenticates ([`affinity::upload_pool`]).
+    /// Who is asking (step 1) and the pool that serves them (step 2), with the token counters
+    /// the answer adds to (a client or tenant with a `tpm`); a request with no credential at
+    /// all may still be the next step of a Gemini resumable upload, which its sealed upload id
+    /// authenticates ([`affinity::upload_pool`]).
     async fn authorize<'r>(
         &self,
         found: Option<(&Arc<Provider>, &'r str)>,
         parts: &http::request::Parts,
         log: &mut RequestLog,
-    ) -> Result<(Arc<Provider>, &'r str), ProxyError> {
+    ) -> Result<(Arc<Provider>, &'r str, Option<Box<Tally>>), ProxyError> {
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let mut runtime = None;
         let Some(client) = self.client(&presented, &mut runtime) else {
@@ -299,11 +307,12 @@ impl App {
             };
             let (pool, rest) = link.ok_or_else(|| self.unauthorized(&presented))?;
             log.client(UPLOAD_LINK_CLIENT);
-            return Ok((pool, rest));
+            return Ok((pool, rest, None));
         };
         log.client(client);
         let (shared, rest) = found.ok_or(ProxyError::UnknownRoute)?;
-        Ok((self.pool_for(client, shared).await?, rest))
+        let (pool, tally) = self.pool_for(client, shared).await?;
+        Ok((pool, rest, tally))
     }
 
     /// Count a failed authentication; the error to answer.
@@ -338,10 +347,10 @@ impl App {
         &self,
         client: &str,
         shared: &Arc<Provider>,
-    ) -> Result<Arc<Provider>, ProxyError> {
+    ) -> Result<(Arc<Provider>, Option<Box<Tally>>), ProxyError> {
         let provider = self.tenants.route(client, shared)?;
-        self.limits.check(client).await?;
-        Ok(provider)
+        let tally = self.limits.check(client).await?;
+        Ok((provider, tally))
     }
 
     /// Buffer the body within the limits, or start spooling it when it is too large for
@@ -383,11 +392,13 @@ impl App {
         }
     }
 
-    /// Try keys until one gives an answer to pass on, or none is left.
+    /// Try keys until one gives an answer to pass on, or none is left; its tokens are counted
+    /// when a `tpm` applies (the client's or tenant's, in `tally`, or the key's).
     async fn forward(
         &self,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         req: Prepared,
+        mut tally: Option<Box<Tally>>,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
         let mut tried = req.tried(provider.max_attempts as usize);
@@ -404,14 +415,14 @@ impl App {
             if let (Some(shared), None, false) =
                 (&provider.fallback, &last, matches!(next, Next::Try(_)))
             {
-                return Box::pin(self.forward(shared, req, log)).await;
+                return Box::pin(self.forward(shared, req, tally, log)).await;
             }
             let lease = match next {
                 Next::Try(lease) => lease,
                 Next::Refuse(e) => return log.error(e, provider.shape),
                 Next::GiveUp => break,
             };
-            let key = lease.key();
+            let (key, index) = (lease.key(), lease.index());
             let Some(out) = attempt(&req, &lease) else {
                 break;
             };
@@ -429,7 +440,12 @@ impl App {
                 verdict.outcome.retryable(provider.retry_after_send) && req.body.replayable();
             match sent {
                 Ok(answered) if !again => {
-                    let resp = pass_on(answered, log, &self.upstream, provider.shape);
+                    let meter = if crate::tenants::tokens::readable(&answered.parts) {
+                        self.limits.meter(tally.take(), provider, index)
+                    } else {
+                        None
+                    };
+                    let resp = pass_on(answered, log, &self.upstream, provider.shape, meter);
                     return affinity::wrap(provider.affinity.as_ref(), &req.plan, key, resp);
                 }
                 Ok(answered) => {
@@ -442,7 +458,7 @@ impl App {
         }
         match last {
             Some(Failure::Answer(answered, outcome)) if passable(outcome) => {
-                pass_on(answered, log, &self.upstream, provider.shape)
+                pass_on(answered, log, &self.upstream, provider.shape, None)
             }
             last => log.error(give_up(last), provider.shape),
         }
@@ -621,6 +637,7 @@ fn pass_on(
     log: RequestLog,
     upstream: &UpstreamConfig,
     shape: ErrorShape,
+    meter: Option<Box<crate::usage::Meter>>,
 ) -> Response<ProxyBody> {
     let Answered { mut parts, body } = answered;
     strip_hop_by_hop(&mut parts.headers);
@@ -641,7 +658,8 @@ fn pass_on(
             upstream.idle_timeout,
             sse.then_some(shape),
             Some(hook),
-        ),
+        )
+        .metered(meter),
         AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
     };
     Response::from_parts(parts, body)

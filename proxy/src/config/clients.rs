@@ -56,7 +56,15 @@ pub(super) fn client(
     let rpm = c
         .rpm
         .map(|v| p.positive(&format!("{path}.rpm"), Some(v), 1));
-    Some(ClientConfig { name, token, rpm })
+    let tpm = c
+        .tpm
+        .map(|v| p.positive(&format!("{path}.tpm"), Some(v), 1));
+    Some(ClientConfig {
+        name,
+        token,
+        rpm,
+        tpm,
+    })
 }
 
 /// With no clients, the proxy is open: only when asked for, and only on loopback.

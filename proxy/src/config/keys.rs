@@ -31,12 +31,22 @@ pub(super) fn fingerprinter(
 /// What every key of one provider is built with.
 pub(super) struct Keys<'a> {
     pub rpm: u32,
+    /// Tokens per sliding minute for each key; `None`: no limit.
+    pub tpm: Option<u32>,
     pub weight: u32,
     pub fingerprinter: &'a Fingerprinter,
     pub env: &'a dyn Env,
 }
 
-const KEY_FIELDS: [&str; 6] = ["name", "secret", "rpm", "weight", "organization", "project"];
+const KEY_FIELDS: [&str; 7] = [
+    "name",
+    "secret",
+    "rpm",
+    "tpm",
+    "weight",
+    "organization",
+    "project",
+];
 
 impl Keys<'_> {
     pub(super) fn list(
@@ -67,7 +77,7 @@ impl Keys<'_> {
                     }
                     _ => p.add(
                         &item_path,
-                        "must be a table { name, secret, rpm, weight, organization, project } or a secret reference",
+                        "must be a table { name, secret, rpm, tpm, weight, organization, project } or a secret reference",
                     ),
                 }
                 }
@@ -85,7 +95,7 @@ impl Keys<'_> {
     }
 
     fn key(&self, name: String, secret: keyrelay_pool::Secret, rpm: u32, weight: u32) -> Key {
-        Key::fingerprinted(name, secret, rpm, weight, self.fingerprinter)
+        Key::fingerprinted(name, secret, rpm, weight, self.fingerprinter).with_tpm(self.tpm)
     }
 
     fn by_reference(&self, reference: &str, path: &str, p: &mut Problems, out: &mut Vec<Key>) {
@@ -113,6 +123,10 @@ impl Keys<'_> {
         };
         let rpm = number(t, "rpm", path, self.rpm, p);
         let weight = number(t, "weight", path, self.weight, p);
+        let tpm = match t.get("tpm") {
+            None => self.tpm,
+            Some(_) => Some(number(t, "tpm", path, 1, p)),
+        };
         let secret_path = format!("{path}.secret");
         let reference = match t.get("secret") {
             Some(toml::Value::String(s)) => s,
@@ -132,7 +146,7 @@ impl Keys<'_> {
             Ok(mut r) if r.len() == 1 => {
                 let r = r.remove(0);
                 let key = self.key(name.unwrap_or(r.name), r.secret, rpm, weight);
-                Some(key.with_account(account(t, path, p)))
+                Some(key.with_tpm(tpm).with_account(account(t, path, p)))
             }
             Ok(_) => {
                 p.add(

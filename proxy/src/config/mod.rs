@@ -128,6 +128,8 @@ pub struct ClientConfig {
     pub token: Secret,
     /// Requests this client may make in any sliding minute; `None`: no limit of its own.
     pub rpm: Option<u32>,
+    /// Tokens this client's answers may use in any sliding minute; `None`: no limit of its own.
+    pub tpm: Option<u32>,
 }
 
 #[derive(Clone, Debug)]

@@ -57,6 +57,7 @@ fn provider(
     let at = |field: &str| format!("{path}.{field}");
     let rpm = p.positive(&at("rpm"), rp.rpm, defaults::RPM);
     let weight = p.positive(&at("weight"), rp.weight, defaults::WEIGHT);
+    let tpm = rp.tpm.map(|v| p.positive(&at("tpm"), Some(v), 1));
     let settings = pool_settings(rp, path, p);
     let max_attempts = p.positive(&at("max_attempts"), rp.max_attempts, defaults::MAX_ATTEMPTS);
     let max_wait = p.duration(&at("max_wait"), rp.max_wait.as_deref(), defaults::MAX_WAIT);
@@ -64,6 +65,7 @@ fn provider(
     let retry_after_send = rp.retry_after_send.unwrap_or(defaults::RETRY_AFTER_SEND);
     let keys = super::keys::Keys {
         rpm,
+        tpm,
         weight,
         fingerprinter,
         env,

@@ -108,6 +108,7 @@ pub(super) struct RawClient {
     pub name: Option<String>,
     pub token: Option<String>,
     pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +120,7 @@ pub(super) struct RawProvider {
     pub route: Option<String>,
     pub strategy: Option<String>,
     pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
     pub weight: Option<i64>,
     pub cooldown: Option<String>,
     pub quarantine: Option<String>,

@@ -15,6 +15,7 @@ pub(super) struct RawTenant {
     pub name: Option<String>,
     pub fallback: Option<String>,
     pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
     pub admin_token: Option<String>,
     pub clients: Vec<RawTenantClient>,
     pub providers: Vec<RawTenantPool>,
@@ -28,6 +29,7 @@ pub(super) type RawTenantClient = super::raw::RawClient;
 pub(super) struct RawTenantPool {
     pub name: Option<String>,
     pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
     pub weight: Option<i64>,
     pub keys: Option<toml::Value>,
 }
@@ -40,6 +42,8 @@ pub struct TenantConfig {
     pub fallback_shared: bool,
     /// Requests per sliding minute over all the tenant's clients; `None`: no limit.
     pub rpm: Option<u32>,
+    /// Tokens per sliding minute over all the tenant's clients; `None`: no limit.
+    pub tpm: Option<u32>,
     pub clients: Vec<ClientConfig>,
     pub pools: Vec<TenantPool>,
     /// The tenant's own admin token: it sees and changes this tenant's registered keys only.
@@ -244,6 +248,9 @@ fn tenant(
     let rpm = rt
         .rpm
         .map(|v| p.positive(&format!("{path}.rpm"), Some(v), 1));
+    let tpm = rt
+        .tpm
+        .map(|v| p.positive(&format!("{path}.tpm"), Some(v), 1));
     let mut own = Vec::new();
     for (j, c) in rt.clients.iter().enumerate() {
         if let Some(c) = client(c, &format!("{path}.clients[{j}]"), clients, cx.env, p) {
@@ -267,6 +274,7 @@ fn tenant(
         name,
         fallback_shared,
         rpm,
+        tpm,
         clients: own,
         pools,
     })
@@ -348,8 +356,10 @@ fn pools(raw: &[RawTenantPool], path: &str, cx: &Context<'_>, p: &mut Problems) 
         }
         let rpm = p.positive(&format!("{at}.rpm"), rp.rpm, defaults::RPM);
         let weight = p.positive(&format!("{at}.weight"), rp.weight, defaults::WEIGHT);
+        let tpm = rp.tpm.map(|v| p.positive(&format!("{at}.tpm"), Some(v), 1));
         let keys = super::keys::Keys {
             rpm,
+            tpm,
             weight,
             fingerprinter: cx.fingerprinter,
             env: cx.env,

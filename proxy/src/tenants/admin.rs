@@ -24,6 +24,7 @@ struct NewKey {
     provider: String,
     secret: String,
     rpm: Option<u32>,
+    tpm: Option<u32>,
 }
 
 /// A refusal's status and JSON body, answered by the caller.
@@ -138,7 +139,7 @@ async fn read(req: Request<Incoming>) -> Result<NewKey, Response<ProxyBody>> {
         .to_bytes();
     // serde's message could quote the secret: say only what is wanted.
     serde_json::from_slice(&body)
-        .map_err(|_| bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?}"))
+        .map_err(|_| bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?, \"tpm\"?}"))
 }
 
 async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
@@ -168,7 +169,7 @@ async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
         };
         keys.push(serde_json::json!({
             "name": r.name, "provider": r.provider, "fingerprint": r.fingerprint,
-            "rpm": r.rpm, "state": state,
+            "rpm": r.rpm, "tpm": r.tpm, "state": state,
         }));
     }
     answer(
@@ -202,7 +203,9 @@ fn checked(
         return Err(bad("no such provider"));
     };
     let rpm = new.rpm.unwrap_or(10_000).max(1);
-    Ok((pc, registry.key(&new.name, Secret::new(new.secret), rpm)))
+    let tpm = new.tpm.map(|t| t.max(1));
+    let key = registry.key(&new.name, Secret::new(new.secret), rpm);
+    Ok((pc, key.with_tpm(tpm)))
 }
 
 async fn register(
@@ -280,6 +283,7 @@ fn sealed(
         name: key.name.clone(),
         provider: pc.name.clone(),
         rpm: key.rpm,
+        tpm: key.tpm,
         fingerprint: key.fingerprint.clone(),
         sealed: registry
             .masters

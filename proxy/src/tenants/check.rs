@@ -30,16 +30,19 @@ pub fn lines(config: &Config) -> Vec<String> {
     });
     for t in &config.tenants {
         let limit = |rpm: Option<u32>| rpm.map_or_else(|| "none".to_owned(), |r| r.to_string());
+        // A token limit is shown only where one is set.
+        let tpm = |tpm: Option<u32>| tpm.map(|t| format!(", tpm {t}")).unwrap_or_default();
         out.push(format!(
-            "tenant {} (fallback {}, rpm {})",
+            "tenant {} (fallback {}, rpm {}{})",
             t.name,
             if t.fallback_shared { "shared" } else { "none" },
-            limit(t.rpm)
+            limit(t.rpm),
+            tpm(t.tpm)
         ));
         let clients: Vec<String> = t
             .clients
             .iter()
-            .map(|c| format!("{} (rpm {})", c.name, limit(c.rpm)))
+            .map(|c| format!("{} (rpm {}{})", c.name, limit(c.rpm), tpm(c.tpm)))
             .collect();
         out.push(format!("  clients: {}", clients.join(", ")));
         for p in &t.pools {
@@ -50,8 +53,12 @@ pub fn lines(config: &Config) -> Vec<String> {
             ));
             for k in &p.keys {
                 out.push(format!(
-                    "    key {:<22} fp {}  rpm {:<6} weight {}",
-                    k.name, k.fingerprint, k.rpm, k.weight
+                    "    key {:<22} fp {}  rpm {:<6} weight {}{}",
+                    k.name,
+                    k.fingerprint,
+                    k.rpm,
+                    k.weight,
+                    k.tpm.map(|t| format!("  tpm {t}")).unwrap_or_default()
                 ));
             }
         }

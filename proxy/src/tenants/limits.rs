@@ -1,107 +1,139 @@
-//! Per-client and per-tenant request limits (`rpm`): a sliding minute, counted over every
-//! instance in Redis when a store is configured (one script call, one round trip, only for a
-//! client that has a limit), else in this process.
+//! Per-client and per-tenant limits: requests (`rpm`) and tokens (`tpm`) in a sliding minute,
+//! counted over every instance in Redis when a store is configured (one script call, one round
+//! trip, only for a client that has a limit), else in this process.
 //!
 //! The minute slides as two fixed windows weighted by how far the current one has run (the
 //! previous window's count counts for the part of it still inside the last 60 s), so instances
 //! that agree on the wall clock agree on the windows with no coordination. A request is counted
-//! against both its client's and its tenant's limit only when it is under both. Should Redis
-//! fail or be slower than `store.command_timeout`, the limit is counted here, each instance
-//! allowing `1/store.instances` of it, as the pools do.
+//! against both its client's and its tenant's request limit only when it is under every limit;
+//! the same call reads the token counters, which the answer's tokens are added to once it ends
+//! (`tokens.rs`). Should Redis fail or be slower than `store.command_timeout`, the limits are
+//! counted here, each instance allowing `1/store.instances` of them, as the pools do.
 
 use super::conn::Conn;
+use super::tokens::Tally;
 use crate::config::{Config, StoreConfig};
 use crate::error::ProxyError;
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const WINDOW_MS: u64 = 60_000;
+pub(super) const WINDOW_MS: u64 = 60_000;
+
+/// One client's or tenant's limits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Caps {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+}
+
+impl Caps {
+    fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some()
+    }
+}
 
 /// What limits one client's requests.
 #[derive(Clone, Debug)]
 struct Rule {
-    client: Option<u32>,
-    /// The tenant's name and limit.
-    tenant: Option<(String, u32)>,
+    client: Caps,
+    /// The tenant's name and limits.
+    tenant: Option<(String, Caps)>,
     /// The Cluster hash tag of its counters: the tenant's name, or the client's for a client
     /// of no tenant.
     tag: String,
 }
 
-/// One limit to check: its counter's name, its limit, and what it is.
+/// One limit to check: its counter's name, its limit, what it is, and whether it counts
+/// tokens (read only) rather than requests (counted by the check).
 struct Check {
     name: String,
     limit: u32,
     scope: &'static str,
+    tokens: bool,
 }
 
 /// Every configured client and tenant limit, and where they are counted.
 pub struct Limits {
     rules: HashMap<String, Rule>,
-    local: Mutex<HashMap<String, Counter>>,
-    redis: Option<Remote>,
+    pub(super) local: Mutex<HashMap<String, Counter>>,
+    pub(super) redis: Option<Remote>,
+    /// Tokens this process added to token counters since start.
+    pub(super) counted: AtomicU64,
 }
 
 /// A counter's two windows, as kept in this process.
 #[derive(Clone, Copy, Default)]
-struct Counter {
+pub(super) struct Counter {
     window: u64,
-    current: u64,
-    previous: u64,
+    pub(super) current: u64,
+    pub(super) previous: u64,
 }
 
 impl Limits {
     pub fn new(config: &Config) -> Limits {
         let mut rules = HashMap::new();
-        for c in config.clients.iter().filter(|c| c.rpm.is_some()) {
-            let rule = Rule {
-                client: c.rpm,
-                tenant: None,
-                tag: c.name.clone(),
-            };
-            rules.insert(c.name.clone(), rule);
+        let caps = |rpm, tpm| Caps { rpm, tpm };
+        for c in &config.clients {
+            let client = caps(c.rpm, c.tpm);
+            if client.any() {
+                let tag = c.name.clone();
+                let rule = Rule {
+                    client,
+                    tenant: None,
+                    tag,
+                };
+                rules.insert(c.name.clone(), rule);
+            }
         }
         for t in &config.tenants {
+            let tenant = caps(t.rpm, t.tpm);
             for c in &t.clients {
-                if c.rpm.is_some() || t.rpm.is_some() {
-                    let tenant = t.rpm.map(|r| (t.name.clone(), r));
+                let client = caps(c.rpm, c.tpm);
+                if client.any() || tenant.any() {
                     let rule = Rule {
-                        client: c.rpm,
-                        tenant,
+                        client,
+                        tenant: tenant.any().then(|| (t.name.clone(), tenant)),
                         tag: t.name.clone(),
                     };
                     rules.insert(c.name.clone(), rule);
                 }
             }
         }
-        let redis = match (&config.store, rules.is_empty()) {
-            (Some(s), false) => Some(Remote::new(s)),
+        let redis = match &config.store {
+            Some(s) if !rules.is_empty() || super::tokens::keys_limited(config) => {
+                Some(Remote::new(s))
+            }
             _ => None,
         };
         Limits {
             rules,
             local: Mutex::default(),
             redis,
+            counted: AtomicU64::new(0),
         }
     }
 
+    /// Tokens this process has added to token counters (clients', tenants' and keys') since it
+    /// started; each answer's once it ended.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
     /// Count one request of `client`, or refuse it (429 naming the limit, with the wait until
-    /// one more would fit). Costs nothing for a client with no limit.
-    pub async fn check(&self, client: &str) -> Result<(), ProxyError> {
+    /// one more would fit). Costs nothing for a client with no limit. Answers where the
+    /// answer's tokens are to be counted, for a client or tenant with a `tpm`.
+    pub async fn check(&self, client: &str) -> Result<Option<Box<Tally>>, ProxyError> {
         if self.rules.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let Some(rule) = self.rules.get(client) else {
-            return Ok(());
+            return Ok(None);
         };
         let checks = checks(client, rule);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let (window, elapsed) = (now / WINDOW_MS, now % WINDOW_MS);
+        let (window, elapsed) = now();
         let refused = match &self.redis {
             // Boxed: the Redis call's future is large, and only limited clients need it; every
             // request's future would otherwise carry its size (and copy it).
@@ -112,9 +144,10 @@ impl Limits {
             None => self.count_here(&checks, window, elapsed, 1),
         };
         match refused {
-            None => Ok(()),
+            None => Ok(Tally::of(&checks)),
             Some((i, current, previous)) => Err(ProxyError::ClientLimited {
                 scope: checks[i].scope,
+                limit: if checks[i].tokens { "tpm" } else { "rpm" },
                 retry_after: wait(checks[i].limit, current, previous, elapsed),
             }),
         }
@@ -134,10 +167,13 @@ impl Limits {
             let counter = counters.entry(c.name.clone()).or_default();
             roll(counter, window);
             let limit = (c.limit / instances.max(1)).max(1);
-            if over(limit, counter.current, counter.previous, elapsed) {
-                return Some((i, counter.current, counter.previous));
+            let (cur, prev) = (counter.current, counter.previous);
+            if over(limit, cur, prev, elapsed, c.tokens) {
+                return Some((i, cur, prev));
             }
-            seen.push(c.name.clone());
+            if !c.tokens {
+                seen.push(c.name.clone());
+            }
         }
         for name in seen {
             if let Some(c) = counters.get_mut(&name) {
@@ -148,26 +184,59 @@ impl Limits {
     }
 }
 
-/// The counters of `client`'s limits. Both share a Cluster hash tag (the tenant's, or the
+/// Which window it is now, and how many ms into it.
+pub(super) fn now() -> (u64, u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    (now / WINDOW_MS, now % WINDOW_MS)
+}
+
+/// The counters of `client`'s limits. All share a Cluster hash tag (the tenant's, or the
 /// client's for a client of no tenant), so one script reads and writes them.
 fn checks(client: &str, rule: &Rule) -> Vec<Check> {
     let tag = &rule.tag;
-    let mut out = Vec::with_capacity(2);
-    if let Some(limit) = rule.client {
-        out.push(Check {
-            name: format!("keyrelay:{{limit.{tag}}}:client:{client}"),
-            limit,
-            scope: "client",
-        });
-    }
-    if let Some((tenant, limit)) = &rule.tenant {
-        out.push(Check {
-            name: format!("keyrelay:{{limit.{tag}}}:tenant:{tenant}"),
-            limit: *limit,
-            scope: "tenant",
-        });
+    let mut out = Vec::with_capacity(4);
+    let mut add = |caps: &Caps, scope: &'static str, name: &str| {
+        if let Some(limit) = caps.rpm {
+            let name = format!("keyrelay:{{limit.{tag}}}:{scope}:{name}");
+            let tokens = false;
+            out.push(Check {
+                name,
+                limit,
+                scope,
+                tokens,
+            });
+        }
+        if let Some(limit) = caps.tpm {
+            let name = format!("keyrelay:{{limit.{tag}}}:{scope}-tpm:{name}");
+            let tokens = true;
+            out.push(Check {
+                name,
+                limit,
+                scope,
+                tokens,
+            });
+        }
+    };
+    add(&rule.client, "client", client);
+    if let Some((tenant, caps)) = &rule.tenant {
+        add(caps, "tenant", tenant);
     }
     out
+}
+
+impl Tally {
+    /// The token counters among `checks`, if any.
+    fn of(checks: &[Check]) -> Option<Box<Tally>> {
+        let counters: Vec<String> = checks
+            .iter()
+            .filter(|c| c.tokens)
+            .map(|c| c.name.clone())
+            .collect();
+        (!counters.is_empty()).then(|| Box::new(Tally { counters }))
+    }
 }
 
 /// Move a counter to `window`: the current count becomes the previous one, or both clear.
@@ -186,14 +255,19 @@ fn weighted(current: u64, previous: u64, elapsed: u64) -> f64 {
     previous as f64 * (w - elapsed as f64) / w + current as f64
 }
 
-/// Whether one more request would pass `limit`.
-fn over(limit: u32, current: u64, previous: u64, elapsed: u64) -> bool {
-    weighted(current, previous, elapsed) + 1.0 > f64::from(limit)
+/// Whether one more request would pass `limit`, or (`tokens`) the tokens already reached it.
+pub(super) fn over(limit: u32, current: u64, previous: u64, elapsed: u64, tokens: bool) -> bool {
+    let used = weighted(current, previous, elapsed);
+    if tokens {
+        used >= f64::from(limit)
+    } else {
+        used + 1.0 > f64::from(limit)
+    }
 }
 
 /// How long until one more request fits: while the previous window's share slides out of this
 /// one, or, when the current window alone is full, into the next.
-fn wait(limit: u32, current: u64, previous: u64, elapsed: u64) -> Duration {
+pub(super) fn wait(limit: u32, current: u64, previous: u64, elapsed: u64) -> Duration {
     let (w, l, e) = (WINDOW_MS as f64, f64::from(limit), elapsed as f64);
     let (cur, prev) = (current as f64, previous as f64);
     let at = if cur + 1.0 <= l && prev > 0.0 {
@@ -209,9 +283,11 @@ fn wait(limit: u32, current: u64, previous: u64, elapsed: u64) -> Duration {
     Duration::from_millis((at - e).ceil().max(1.0) as u64)
 }
 
-/// Reads each limit's two windows and, when every one has room, counts the request in each;
-/// else answers which limit (1-based) is full and its counts. KEYS: current and previous
-/// window of each limit; ARGV: ms into the window, window ms, each limit.
+/// Reads each limit's two windows and, when every one has room, counts the request in each
+/// request limit (token limits are only read: tokens are added once an answer ends); else
+/// answers which limit (1-based) is full and its counts. KEYS: current and previous window of
+/// each limit; ARGV: ms into the window, window ms, each limit, then each limit's kind ('t':
+/// tokens, 'r': requests).
 const SCRIPT: &str = r"
 local e = tonumber(ARGV[1])
 local w = tonumber(ARGV[2])
@@ -219,23 +295,29 @@ local n = #KEYS / 2
 for i = 1, n do
   local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  if prev * (w - e) / w + cur + 1 > tonumber(ARGV[2 + i]) then
+  local used = prev * (w - e) / w + cur
+  local limit = tonumber(ARGV[2 + i])
+  local tokens = ARGV[2 + n + i] == 't'
+  if (tokens and used >= limit) or (not tokens and used + 1 > limit) then
     return {i, cur, prev}
   end
 end
 for i = 1, n do
-  redis.call('INCR', KEYS[2 * i - 1])
-  redis.call('PEXPIRE', KEYS[2 * i - 1], 2 * w + 1000)
+  if ARGV[2 + n + i] ~= 't' then
+    redis.call('INCR', KEYS[2 * i - 1])
+    redis.call('PEXPIRE', KEYS[2 * i - 1], 2 * w + 1000)
+  end
 end
 return {0, 0, 0}
 ";
 
-/// The store's Redis for the limit script.
-struct Remote {
+/// The store's Redis for the limit scripts.
+pub(super) struct Remote {
     link: std::sync::Arc<super::conn::Link>,
     timeout: Duration,
-    instances: u32,
+    pub(super) instances: u32,
     script: Script,
+    pub(super) add: Script,
 }
 
 impl Remote {
@@ -251,39 +333,32 @@ impl Remote {
             timeout: s.settings.command_timeout,
             instances: s.settings.instances,
             script: Script::new(SCRIPT),
+            add: Script::new(super::tokens::ADD),
         }
     }
 
-    /// The script's answer (`Some(None)`: counted), or `None` when Redis did not answer in
-    /// time.
-    async fn count(
+    /// A connection, and whether it is to a Redis Cluster.
+    pub(super) async fn conn(&self) -> Option<(Conn, bool)> {
+        let conn = self.link.get().await?;
+        let cluster = matches!(conn, Conn::Cluster(_));
+        Some((conn, cluster))
+    }
+
+    /// Run one script call within `store.command_timeout`; `None` (logged) when Redis failed
+    /// or was too slow, so the caller counts here.
+    pub(super) async fn run<T: FromRedisValue>(
         &self,
-        checks: &[Check],
-        window: u64,
-        elapsed: u64,
-    ) -> Option<Option<(usize, u64, u64)>> {
-        let mut conn = self.link.get().await?;
-        let mut call = self.script.prepare_invoke();
-        for c in checks {
-            call.key(format!("{}:{window}", c.name)).key(format!(
-                "{}:{}",
-                c.name,
-                window.saturating_sub(1)
-            ));
-        }
-        call.arg(elapsed).arg(WINDOW_MS);
-        for c in checks {
-            call.arg(c.limit);
-        }
+        conn: &mut Conn,
+        call: &ScriptInvocation<'_>,
+    ) -> Option<T> {
         let run = async {
-            match &mut conn {
-                Conn::Single(c) => call.invoke_async::<(usize, u64, u64)>(c).await,
-                Conn::Cluster(c) => call.invoke_async::<(usize, u64, u64)>(c).await,
+            match conn {
+                Conn::Single(c) => call.invoke_async::<T>(c).await,
+                Conn::Cluster(c) => call.invoke_async::<T>(c).await,
             }
         };
         match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok((0, _, _))) => Some(None),
-            Ok(Ok((i, cur, prev))) => Some(Some((i - 1, cur, prev))),
+            Ok(Ok(answer)) => Some(answer),
             Ok(Err(e)) => {
                 tracing::warn!(error = ?e.kind(), "client limits: Redis failed; counting here");
                 self.link.reset().await;
@@ -297,6 +372,43 @@ impl Remote {
             }
         }
     }
+
+    /// The script's answer (`Some(None)`: counted), or `None` when Redis did not answer in
+    /// time.
+    async fn count(
+        &self,
+        checks: &[Check],
+        window: u64,
+        elapsed: u64,
+    ) -> Option<Option<(usize, u64, u64)>> {
+        let (mut conn, _) = self.conn().await?;
+        let mut call = self.script.prepare_invoke();
+        for c in checks {
+            call.key(format!("{}:{window}", c.name)).key(format!(
+                "{}:{}",
+                c.name,
+                window.saturating_sub(1)
+            ));
+        }
+        call.arg(elapsed).arg(WINDOW_MS);
+        for c in checks {
+            call.arg(c.limit);
+        }
+        for c in checks {
+            call.arg(if c.tokens { "t" } else { "r" });
+        }
+        match self.run::<(usize, u64, u64)>(&mut conn, &call).await? {
+            (0, _, _) => Some(None),
+            (i, cur, prev) => Some(Some((i - 1, cur, prev))),
+        }
+    }
+}
+
+/// Move `counter` to `window` and add `n` to it; its counts after.
+pub(super) fn add_to(counter: &mut Counter, window: u64, n: u64) -> (u64, u64) {
+    roll(counter, window);
+    counter.current = counter.current.saturating_add(n);
+    (counter.current, counter.previous)
 }
 
 #[cfg(test)]
@@ -306,13 +418,18 @@ mod tests {
     #[test]
     fn the_minute_slides_and_the_wait_is_when_one_more_fits() {
         // 10 a minute; 14 in the last window, none yet in this one, a quarter into it.
-        assert!(over(10, 0, 14, 15_000));
+        assert!(over(10, 0, 14, 15_000, false));
         // 10.5 of the 14 still count; one more fits once 9 or fewer do, 21.43 s in.
         assert_eq!(wait(10, 0, 14, 15_000), Duration::from_millis(6_429));
-        assert!(!over(10, 0, 14, 21_429));
-        assert!(!over(10, 0, 14, 60_000 - 6_000));
+        assert!(!over(10, 0, 14, 21_429, false));
+        assert!(!over(10, 0, 14, 60_000 - 6_000, false));
         // A full current window waits for the next one and its share to slide.
-        assert!(over(10, 10, 0, 1_000));
+        assert!(over(10, 10, 0, 1_000, false));
+        // Tokens: refused once they reached the limit, not before.
+        assert!(!over(100, 99, 0, 1_000, true));
+        assert!(over(100, 100, 0, 1_000, true));
+        assert!(over(100, 50, 100, 30_000, true));
+        assert!(!over(100, 49, 100, 30_000, true));
         assert_eq!(
             wait(10, 10, 0, 1_000),
             Duration::from_millis(59_000 + 6_000)

@@ -13,6 +13,7 @@ pub mod records;
 pub mod registry;
 pub mod runtime;
 pub mod seal;
+pub mod tokens;
 pub mod validate;
 
 use crate::config::{pool_name, Config, ProviderConfig};

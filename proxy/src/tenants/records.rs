@@ -39,6 +39,9 @@ pub struct Record {
     pub name: String,
     pub provider: String,
     pub rpm: u32,
+    /// Tokens per sliding minute; absent in records written before `tpm` existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
     pub fingerprint: String,
     pub sealed: Sealed,
 }

@@ -127,7 +127,7 @@ impl Registry {
                 Ok(secret) => groups
                     .entry((r.tenant.clone(), r.provider.clone()))
                     .or_default()
-                    .push(self.key(&r.name, secret, r.rpm)),
+                    .push(self.key(&r.name, secret, r.rpm).with_tpm(r.tpm)),
                 Err(e) => {
                     tracing::warn!(tenant = %r.tenant, key = %r.name, error = %e, "a registered key does not open; not served")
                 }

@@ -1,0 +1,221 @@
+//! The token side of the limits (`tpm`): once an answer has ended, its tokens (read by
+//! [`crate::usage`]) are added to its client's and tenant's token counters and to its key's, in
+//! one script call spawned off the client's path; a key whose tokens reached its `tpm` is then
+//! marked cooling in its pool, as a 429 marks it (so, on a shared store, every instance skips it)
+//! until enough of its tokens have slid out of the minute. Nothing of this runs, and nothing is
+//! allocated, for a request no `tpm` applies to.
+
+use super::limits::{add_to, now, over, wait, Limits, Remote, WINDOW_MS};
+use crate::config::Config;
+use crate::routes::Provider;
+use crate::usage::{Format, Meter};
+use http::HeaderMap;
+use keyrelay_pool::Mark;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+/// The token counters of a request's client and tenant, for those that have a `tpm`.
+#[derive(Debug)]
+pub struct Tally {
+    pub(super) counters: Vec<String>,
+}
+
+/// The key an answer came from, when it has a `tpm`: its pool, place there, limit and counter.
+struct KeyUse {
+    provider: Arc<Provider>,
+    index: usize,
+    limit: u32,
+    counter: String,
+}
+
+/// Adds `ARGV[1]` tokens to each counter's current window and answers every counter's current
+/// and previous window after it. KEYS: current and previous window of each counter; ARGV:
+/// tokens, window ms.
+pub(super) const ADD: &str = r"
+local t = tonumber(ARGV[1])
+local w = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[2 * i - 1] = redis.call('INCRBY', KEYS[2 * i - 1], t)
+  redis.call('PEXPIRE', KEYS[2 * i - 1], 2 * w + 1000)
+  out[2 * i] = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+end
+return out
+";
+
+/// Whether a key may have a `tpm`: one in the file has, or keys are registered at run time.
+pub(super) fn keys_limited(config: &Config) -> bool {
+    let tenants = config
+        .tenants
+        .iter()
+        .flat_map(|t| t.pools.iter().flat_map(|p| &p.keys));
+    config.registry.is_some()
+        || config
+            .providers
+            .iter()
+            .flat_map(|p| &p.keys)
+            .chain(tenants)
+            .any(|k| k.tpm.is_some())
+}
+
+/// Ask for an uncompressed answer where its tokens may be counted (the request's client or
+/// tenant has a `tpm`, or a key of its pool, or of the pool it may fall back to): the usage
+/// report is read as the answer passes, and a compressed one could not be.
+pub fn uncompressed(tally: Option<&Tally>, provider: &Provider, headers: &mut HeaderMap) {
+    let keys = provider.tpm_keys || provider.fallback.as_ref().is_some_and(|f| f.tpm_keys);
+    if tally.is_some() || keys {
+        headers.remove(http::header::ACCEPT_ENCODING);
+    }
+}
+
+/// Whether an answer can be read for its usage: a success, not compressed.
+pub fn readable(parts: &http::response::Parts) -> bool {
+    let encoded = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
+    parts.status.is_success() && !encoded
+}
+
+impl Limits {
+    /// The meter of an answer from `provider`'s key `index` to a request with `tally`; `None`
+    /// (no scanning, no allocation) when neither has a `tpm`. It reads JSON until the body says
+    /// it is an event stream.
+    pub fn meter(
+        self: &Arc<Self>,
+        tally: Option<Box<Tally>>,
+        provider: &Arc<Provider>,
+        index: usize,
+    ) -> Option<Box<Meter>> {
+        let key = provider.pool.spec().keys.get(index);
+        let limit = key.and_then(|k| k.tpm);
+        if tally.is_none() && limit.is_none() {
+            return None;
+        }
+        let key = key.zip(limit).map(|(k, limit)| KeyUse {
+            provider: provider.clone(),
+            index,
+            limit,
+            counter: format!("keyrelay:{{tpm.{}}}:key:{}", provider.name, k.fingerprint),
+        });
+        let limits = self.clone();
+        let then = move |tokens: u64| {
+            if tokens == 0 {
+                return;
+            }
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { limits.add(tally, key, tokens).await });
+            }
+        };
+        Some(Box::new(Meter::new(Format::Json, Box::new(then))))
+    }
+
+    /// Add an answer's tokens to its counters; mark its key when that reached the key's `tpm`.
+    async fn add(&self, tally: Option<Box<Tally>>, key: Option<KeyUse>, tokens: u64) {
+        let mut names: Vec<&str> = tally
+            .iter()
+            .flat_map(|t| t.counters.iter().map(String::as_str))
+            .collect();
+        if let Some(k) = &key {
+            names.push(&k.counter);
+        }
+        let (window, elapsed) = now();
+        let (counts, instances) = match &self.redis {
+            Some(remote) => match remote.add_tokens(&names, window, tokens).await {
+                Some(counts) => (counts, 1),
+                None => (self.add_here(&names, window, tokens), remote.instances),
+            },
+            None => (self.add_here(&names, window, tokens), 1),
+        };
+        if let (Some(key), Some(&(cur, prev))) = (key, counts.last()) {
+            let limit = (key.limit / instances.max(1)).max(1);
+            if over(limit, cur, prev, elapsed, true) {
+                let period = wait(limit, cur, prev, elapsed);
+                tracing::debug!(pool = %key.provider.name, index = key.index, ?period, "a key reached its tpm; cooling");
+                let mark = Mark::Cool {
+                    period,
+                    reason: "tpm",
+                };
+                key.provider.pool.mark(key.index, mark).await;
+            }
+        }
+        // Last, so that once it shows, the key is marked too.
+        self.counted.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// Add in this process (no store, or the store failed): each counter's counts after.
+    fn add_here(&self, names: &[&str], window: u64, tokens: u64) -> Vec<(u64, u64)> {
+        let mut counters = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        names
+            .iter()
+            .map(|n| add_to(counters.entry((*n).to_owned()).or_default(), window, tokens))
+            .collect()
+    }
+}
+
+impl Remote {
+    /// Add `tokens` to each counter in Redis: one call (on a Cluster, one per hash tag among
+    /// them); each counter's counts after, or `None` when Redis failed.
+    async fn add_tokens(
+        &self,
+        names: &[&str],
+        window: u64,
+        tokens: u64,
+    ) -> Option<Vec<(u64, u64)>> {
+        let (mut conn, cluster) = self.conn().await?;
+        let mut out = vec![(0, 0); names.len()];
+        for group in groups(names, cluster) {
+            let mut call = self.add.prepare_invoke();
+            for &i in &group {
+                let previous = window.saturating_sub(1);
+                call.key(format!("{}:{window}", names[i]))
+                    .key(format!("{}:{previous}", names[i]));
+            }
+            call.arg(tokens).arg(WINDOW_MS);
+            let counts: Vec<u64> = self.run(&mut conn, &call).await?;
+            for (j, &i) in group.iter().enumerate() {
+                let at = |k: usize| counts.get(k).copied().unwrap_or(0);
+                out[i] = (at(2 * j), at(2 * j + 1));
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Which counters one script call may touch together: all of them on one Redis; on a Cluster,
+/// those of one hash tag (a tenant's clients' counters and its pools' keys' have different ones).
+fn groups(names: &[&str], cluster: bool) -> Vec<Vec<usize>> {
+    if !cluster {
+        return vec![(0..names.len()).collect()];
+    }
+    let tag = |n: &str| {
+        n.split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(t, _)| t.to_owned())
+    };
+    let mut out: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let t = tag(n);
+        match out.iter_mut().find(|(o, _)| *o == t) {
+            Some((_, g)) => g.push(i),
+            None => out.push((t, vec![i])),
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_call_touches_one_hash_tag() {
+        let names = [
+            "keyrelay:{limit.t0}:client-tpm:a",
+            "keyrelay:{limit.t0}:tenant-tpm:t0",
+            "keyrelay:{tpm.t0.openai}:key:fp",
+        ];
+        assert_eq!(groups(&names, false), [vec![0, 1, 2]]);
+        assert_eq!(groups(&names, true), [vec![0, 1], vec![2]]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The tokens an answer used, read from the provider's own `usage` report as the answer's
+//! frames pass (each frame is handed on as it came, before or after it is looked at: nothing is
+//! held back or changed). Only built when a `tpm` limit applies to the request.
+//!
+//! Where each provider reports it:
+//! - JSON: OpenAI `usage.total_tokens` (else prompt + completion; the Responses API's
+//!   input + output), Anthropic `usage.input_tokens + output_tokens`, Gemini
+//!   `usageMetadata.totalTokenCount`.
+//! - SSE: OpenAI's last chunk's `usage` (with `stream_options.include_usage`), the Responses
+//!   API's `response.completed` (`response.usage`), Anthropic's `message_start` (input) and
+//!   `message_delta` (output, cumulative), Gemini's last `usageMetadata`.
+//!
+//! A JSON body is one record, an SSE line another; of each, at most [`MAX_RECORD`] bytes are
+//! kept, and past that only the last [`TAIL`] (providers put `usage` at the end), so a huge
+//! answer costs bounded memory and, at worst, counts nothing.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+/// The most of one record kept whole.
+const MAX_RECORD: usize = 64 * 1024;
+/// What is kept of a record past [`MAX_RECORD`]: its end.
+const TAIL: usize = 16 * 1024;
+
+/// How the answer is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Sse,
+}
+
+/// One usage report, whichever provider's names it uses. An absent count stays as it was.
+#[derive(Debug, Default, Deserialize)]
+struct Reported {
+    #[serde(alias = "prompt_tokens", alias = "promptTokenCount")]
+    input_tokens: Option<u64>,
+    #[serde(alias = "completion_tokens", alias = "candidatesTokenCount")]
+    output_tokens: Option<u64>,
+    #[serde(alias = "totalTokenCount")]
+    total_tokens: Option<u64>,
+}
+
+/// The counts reported so far, each as last reported.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    input: Option<u64>,
+    output: Option<u64>,
+    total: Option<u64>,
+}
+
+impl Counts {
+    fn merge(&mut self, r: &Reported) {
+        self.input = r.input_tokens.or(self.input);
+        self.output = r.output_tokens.or(self.output);
+        self.total = r.total_tokens.or(self.total);
+    }
+
+    fn tokens(&self) -> u64 {
+        self.total.unwrap_or_else(|| {
+            self.input
+                .unwrap_or(0)
+                .saturating_add(self.output.unwrap_or(0))
+        })
+    }
+}
+
+/// Reads an answer's usage as its bytes pass.
+#[derive(Debug)]
+pub struct Usage {
+    format: Format,
+    /// The JSON body so far, or the SSE line in progress (bounded; see [`Usage::keep`]).
+    record: Vec<u8>,
+    counts: Counts,
+}
+
+impl Usage {
+    pub fn new(format: Format) -> Usage {
+        Usage {
+            format,
+            record: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The next bytes of the answer.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.format == Format::Json {
+            self.keep(data);
+            return;
+        }
+        let mut rest = data;
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let line = &rest[..nl];
+            if self.record.is_empty() {
+                self.read(line);
+            } else {
+                self.keep(line);
+                let record = std::mem::take(&mut self.record);
+                self.read(&record);
+                self.record = record;
+                self.record.clear();
+            }
+            rest = &rest[nl + 1..];
+        }
+        self.keep(rest);
+    }
+
+    /// The answer ended (however it ended): the tokens it reported. An SSE line cut short is
+    /// not read (its JSON would not parse).
+    pub fn finish(&mut self) -> u64 {
+        if self.format == Format::Json {
+            let record = std::mem::take(&mut self.record);
+            self.read(&record);
+        }
+        self.record = Vec::new();
+        self.counts.tokens()
+    }
+
+    /// Add to the record in progress, keeping at most [`MAX_RECORD`] bytes: past it, its last
+    /// [`TAIL`] bytes.
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.record.len() + bytes.len() <= MAX_RECORD {
+            self.record.extend_from_slice(bytes);
+        } else if bytes.len() >= TAIL {
+            self.record.clear();
+            self.record.extend_from_slice(&bytes[bytes.len() - TAIL..]);
+        } else {
+            let excess = self.record.len() + bytes.len() - TAIL;
+            self.record.drain(..excess);
+            self.record.extend_from_slice(bytes);
+        }
+    }
+
+    fn read(&mut self, record: &[u8]) {
+        if let Some(r) = last_report(record) {
+            self.counts.merge(&r);
+        }
+    }
+}
+
+/// The usage object of the last `"usage"` or `"usageMetadata"` key in `record`. Inside a JSON
+/// string a quote is escaped, so these bytes only ever match a key.
+fn last_report(record: &[u8]) -> Option<Reported> {
+    let mut found: Vec<usize> = [&b"\"usage\""[..], &b"\"usageMetadata\""[..]]
+        .iter()
+        .filter_map(|key| memmem::rfind(record, key).map(|at| at + key.len()))
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found
+        .into_iter()
+        .find_map(|end| value_after(&record[end..]))
+}
+
+/// The object after a key's closing quote (`: {...}`), ignoring whatever follows it.
+fn value_after(rest: &[u8]) -> Option<Reported> {
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    if !rest.starts_with(b"{") {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Reported>();
+    values.next()?.ok()
+}
+
+/// What to do with the tokens once the answer has ended.
+pub type Then = Box<dyn FnOnce(u64) + Send + Sync>;
+
+/// A scanner and what to do with its count: given the count once, when dropped (the body it
+/// reads ended, however it ended).
+pub struct Meter {
+    usage: Usage,
+    then: Option<Then>,
+}
+
+impl Meter {
+    pub fn new(format: Format, then: Then) -> Meter {
+        Meter {
+            usage: Usage::new(format),
+            then: Some(then),
+        }
+    }
+
+    /// Read the answer as `format` (before any byte of it is fed).
+    pub fn set_format(&mut self, format: Format) {
+        self.usage = Usage::new(format);
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.usage.feed(data);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let tokens = self.usage.finish();
+        if let Some(then) = self.then.take() {
+            then(tokens);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "usage_tests.rs"]
+mod tests;
