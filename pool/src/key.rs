@@ -221,6 +221,9 @@ pub struct Key {
     /// The OpenAI organization and project this key bills, sent with it (never taken from
     /// the client).
     pub account: Account,
+    /// The named subset of its pool's keys this key is in (e.g. "batch"), if any: a request
+    /// naming a group is served by that group's keys only.
+    pub group: Option<String>,
 }
 
 /// Which OpenAI organization and project a key bills, when its config names them.
@@ -252,12 +255,19 @@ impl Key {
             rpm,
             weight,
             account: Account::default(),
+            group: None,
         }
     }
 
     /// The same key, billing `account`.
     pub fn with_account(mut self, account: Account) -> Self {
         self.account = account;
+        self
+    }
+
+    /// The same key, in `group` (or in none).
+    pub fn with_group(mut self, group: Option<String>) -> Self {
+        self.group = group;
         self
     }
 }

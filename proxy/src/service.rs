@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
 use keyrelay_pool::{
-    needs_body, Acquired, Answer, Lease, Observed, Outcome, PoolError, Store, Tried,
+    needs_body, Acquired, Answer, Group, Lease, Observed, Outcome, Pool, PoolError, Store, Tried,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -70,6 +70,8 @@ pub struct App {
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
     ws: crate::websocket::Gateway,
+    /// Where audit lines are appended (`[admin] audit_file`), if anywhere.
+    audit_file: Option<std::path::PathBuf>,
 }
 
 /// The client's address, put in each request's extensions by the listener.
@@ -85,6 +87,8 @@ struct Prepared {
     body: RequestBody,
     /// The key a resource id pins the request to, and how its answer is treated.
     plan: Plan,
+    /// The key group the request named (header or client default), if any.
+    group: Option<Group>,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -143,6 +147,7 @@ impl App {
                 config.upstream.forwarded_for,
             ),
             ws: crate::websocket::Gateway::new(config),
+            audit_file: config.admin.audit_file.clone(),
             shared,
         };
         app.shared
@@ -190,6 +195,11 @@ impl App {
         &self.shared.metrics
     }
 
+    /// Where this config's audit lines are appended, if anywhere.
+    pub fn audit_file(&self) -> Option<&std::path::Path> {
+        self.audit_file.as_deref()
+    }
+
     /// Serve one client request. Never fails: every error becomes a provider-shaped answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let id = self.ids.next();
@@ -217,7 +227,7 @@ impl App {
             return self.upgrade(parts, log).await;
         }
         // Steps 1 and 2: who is asking, and where it goes.
-        let (provider, rest) = match self.authorize(found, &parts, &mut log).await {
+        let (provider, rest, group) = match self.authorize(found, &parts, &mut log).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
@@ -258,6 +268,7 @@ impl App {
             headers,
             body,
             plan,
+            group,
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, log).await
@@ -278,18 +289,18 @@ impl App {
         ctx.serve(parts, log).await
     }
 
-    /// Who is asking (step 1) and the pool that serves them (step 2); a request with no
-    /// credential at all may still be the next step of a Gemini resumable upload, which its
-    /// sealed upload id authenticates ([`affinity::upload_pool`]).
+    /// Who is asking (step 1), the pool that serves them and the key group they name (step 2);
+    /// a request with no credential at all may still be the next step of a Gemini resumable
+    /// upload, which its sealed upload id authenticates ([`affinity::upload_pool`]).
     async fn authorize<'r>(
         &self,
         found: Option<(&Arc<Provider>, &'r str)>,
         parts: &http::request::Parts,
         log: &mut RequestLog,
-    ) -> Result<(Arc<Provider>, &'r str), ProxyError> {
+    ) -> Result<(Arc<Provider>, &'r str, Option<Group>), ProxyError> {
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let mut runtime = None;
-        let Some(client) = self.client(&presented, &mut runtime) else {
+        let Some((client, default_group)) = self.client(&presented, &mut runtime) else {
             let link = match found {
                 Some((shared, rest)) if presented.is_empty() => {
                     let pools = self.tenants.pools_on(shared);
@@ -299,11 +310,13 @@ impl App {
             };
             let (pool, rest) = link.ok_or_else(|| self.unauthorized(&presented))?;
             log.client(UPLOAD_LINK_CLIENT);
-            return Ok((pool, rest));
+            return Ok((pool, rest, None));
         };
         log.client(client);
         let (shared, rest) = found.ok_or(ProxyError::UnknownRoute)?;
-        Ok((self.pool_for(client, shared).await?, rest))
+        let named = crate::group::requested(&parts.headers, default_group)?;
+        let (pool, group) = self.pool_for(client, shared, named).await?;
+        Ok((pool, rest, group))
     }
 
     /// Count a failed authentication; the error to answer.
@@ -318,30 +331,34 @@ impl App {
         ProxyError::Unauthorized
     }
 
-    /// The configured client a presented credential belongs to, or the client of a tenant
-    /// created at run time (named `runtime:<tenant>`, kept in `runtime`).
+    /// The configured client a presented credential belongs to, with its default key group,
+    /// or the client of a tenant created at run time (named `runtime:<tenant>`, kept in
+    /// `runtime`; no default group).
     fn client<'a>(
         &'a self,
         presented: &[&[u8]],
         runtime: &'a mut Option<String>,
-    ) -> Option<&'a str> {
-        if let Some(c) = self.auth.authenticate(presented) {
+    ) -> Option<(&'a str, Option<&'a str>)> {
+        if let Some(c) = self.auth.identify(presented) {
             return Some(c);
         }
         *runtime = self.tenants.runtime_client(presented);
-        runtime.as_deref()
+        runtime.as_deref().map(|c| (c, None))
     }
 
-    /// The pool serving `client` on `shared`'s route: its tenant's only, for a tenant's client;
-    /// checked against the client's own limit and its tenant's before anything is read or sent.
+    /// The pool serving `client` on `shared`'s route (its tenant's only, for a tenant's
+    /// client) and its group `named`, which must exist there; checked against the client's own
+    /// limit and its tenant's before anything is read or sent.
     async fn pool_for(
         &self,
         client: &str,
         shared: &Arc<Provider>,
-    ) -> Result<Arc<Provider>, ProxyError> {
+        named: Option<&str>,
+    ) -> Result<(Arc<Provider>, Option<Group>), ProxyError> {
         let provider = self.tenants.route(client, shared)?;
+        let group = crate::group::resolve(named, &provider)?;
         self.limits.check(client).await?;
-        Ok(provider)
+        Ok((provider, group))
     }
 
     /// Buffer the body within the limits, or start spooling it when it is too large for
@@ -390,7 +407,7 @@ impl App {
         req: Prepared,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let mut tried = req.tried(provider.max_attempts as usize);
+        let mut tried = req.tried(provider.max_attempts as usize, &provider.pool);
         let mut last: Option<Failure> = None;
         let now = Instant::now();
         let deadline = now + provider.deadline;
@@ -400,10 +417,14 @@ impl App {
         };
         loop {
             let next = self.next_key(provider, &mut tried, &last, &bounds).await;
-            // A tenant that allows it goes to the shared pool when none of its keys was ready.
-            if let (Some(shared), None, false) =
-                (&provider.fallback, &last, matches!(next, Next::Try(_)))
-            {
+            // A tenant that allows it goes to the shared pool when none of its keys was ready;
+            // a request naming a key group stays within it.
+            if let (Some(shared), None, false, None) = (
+                &provider.fallback,
+                &last,
+                matches!(next, Next::Try(_)),
+                req.group,
+            ) {
                 return Box::pin(self.forward(shared, req, log)).await;
             }
             let lease = match next {
@@ -545,11 +566,16 @@ fn answer_of(sent: &Result<Answered, UpstreamError>) -> Answer<'_> {
 }
 
 impl Prepared {
-    /// The keys this request may try: only the one its resource ids are sealed to, if any.
-    fn tried(&self, attempts: usize) -> Tried<'_> {
-        match self.plan.pinned {
+    /// The keys this request may try: only the one its resource ids are sealed to, if any;
+    /// only `pool`'s keys of its group, if it names one.
+    fn tried<'a>(&'a self, attempts: usize, pool: &'a Pool) -> Tried<'a> {
+        let tried = match self.plan.pinned {
             Some(key) => Tried::pinned(self.uri.path(), attempts, key),
             None => Tried::new(self.uri.path(), attempts),
+        };
+        match self.group {
+            Some(group) => tried.within(pool, group),
+            None => tried,
         }
     }
 }

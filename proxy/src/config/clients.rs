@@ -56,7 +56,14 @@ pub(super) fn client(
     let rpm = c
         .rpm
         .map(|v| p.positive(&format!("{path}.rpm"), Some(v), 1));
-    Some(ClientConfig { name, token, rpm })
+    let group = c.group.clone().map(toml::Value::String);
+    let group = super::keys::group(group.as_ref(), &format!("{path}.group"), p);
+    Some(ClientConfig {
+        name,
+        token,
+        rpm,
+        group,
+    })
 }
 
 /// With no clients, the proxy is open: only when asked for, and only on loopback.

@@ -36,7 +36,15 @@ pub(super) struct Keys<'a> {
     pub env: &'a dyn Env,
 }
 
-const KEY_FIELDS: [&str; 6] = ["name", "secret", "rpm", "weight", "organization", "project"];
+const KEY_FIELDS: [&str; 7] = [
+    "name",
+    "secret",
+    "rpm",
+    "weight",
+    "organization",
+    "project",
+    "group",
+];
 
 impl Keys<'_> {
     pub(super) fn list(
@@ -67,7 +75,7 @@ impl Keys<'_> {
                     }
                     _ => p.add(
                         &item_path,
-                        "must be a table { name, secret, rpm, weight, organization, project } or a secret reference",
+                        "must be a table { name, secret, rpm, weight, organization, project, group } or a secret reference",
                     ),
                 }
                 }
@@ -132,7 +140,8 @@ impl Keys<'_> {
             Ok(mut r) if r.len() == 1 => {
                 let r = r.remove(0);
                 let key = self.key(name.unwrap_or(r.name), r.secret, rpm, weight);
-                Some(key.with_account(account(t, path, p)))
+                let group = group(t.get("group"), &format!("{path}.group"), p);
+                Some(key.with_account(account(t, path, p)).with_group(group))
             }
             Ok(_) => {
                 p.add(
@@ -185,6 +194,18 @@ fn account(t: &toml::Table, path: &str, p: &mut Problems) -> Account {
     Account {
         organization: field("organization"),
         project: field("project"),
+    }
+}
+
+/// A key's or a client's `group`: 1-64 letters, digits, '-' or '_'.
+pub(super) fn group(value: Option<&toml::Value>, path: &str, p: &mut Problems) -> Option<String> {
+    match value {
+        None => None,
+        Some(toml::Value::String(g)) if keyrelay_pool::valid_group(g) => Some(g.clone()),
+        Some(_) => {
+            p.add(path, "must be 1-64 letters, digits, '-' or '_'");
+            None
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub(super) fn validate(
         .store
         .as_ref()
         .and_then(|s| store::store(s, env, &mut p));
-    let admin = admin::admin(&raw.admin, env, &mut p);
+    let mut admin = admin::admin(&raw.admin, env, &mut p);
+    let registry_audit = raw.registry.as_ref().and_then(|r| r.audit_file.as_deref());
+    admin::audit_file(&mut admin, registry_audit, &mut p);
     let websocket = websocket::websocket(&raw.websocket, &mut p);
     let affinity = affinity::affinity(&raw.affinity, env, &mut p);
     let cx = tenants::Context {

@@ -24,6 +24,8 @@ struct NewKey {
     provider: String,
     secret: String,
     rpm: Option<u32>,
+    /// The key group it serves in (letters, digits, '-', '_'; at most 64).
+    group: Option<String>,
 }
 
 /// A refusal's status and JSON body, answered by the caller.
@@ -138,7 +140,7 @@ async fn read(req: Request<Incoming>) -> Result<NewKey, Response<ProxyBody>> {
         .to_bytes();
     // serde's message could quote the secret: say only what is wanted.
     serde_json::from_slice(&body)
-        .map_err(|_| bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?}"))
+        .map_err(|_| bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?, \"group\"?}"))
 }
 
 async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
@@ -168,7 +170,7 @@ async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
         };
         keys.push(serde_json::json!({
             "name": r.name, "provider": r.provider, "fingerprint": r.fingerprint,
-            "rpm": r.rpm, "state": state,
+            "rpm": r.rpm, "group": r.group, "state": state,
         }));
     }
     answer(
@@ -201,8 +203,16 @@ fn checked(
     else {
         return Err(bad("no such provider"));
     };
+    if new
+        .group
+        .as_deref()
+        .is_some_and(|g| !keyrelay_pool::valid_group(g))
+    {
+        return Err(bad("group must be 1-64 of letters, digits, '-', '_'"));
+    }
     let rpm = new.rpm.unwrap_or(10_000).max(1);
-    Ok((pc, registry.key(&new.name, Secret::new(new.secret), rpm)))
+    let key = registry.key(&new.name, Secret::new(new.secret), rpm);
+    Ok((pc, key.with_group(new.group)))
 }
 
 async fn register(
@@ -263,7 +273,7 @@ async fn register(
         StatusCode::OK,
         serde_json::json!({
             "stored": true, "tenant": tenant, "name": key.name, "provider": pc.name,
-            "fingerprint": key.fingerprint, "validation": validity,
+            "fingerprint": key.fingerprint, "group": key.group, "validation": validity,
         }),
     )
 }
@@ -280,10 +290,14 @@ fn sealed(
         name: key.name.clone(),
         provider: pc.name.clone(),
         rpm: key.rpm,
+        group: key.group.clone(),
         fingerprint: key.fingerprint.clone(),
-        sealed: registry
-            .masters
-            .seal(tenant, &key.name, key.secret.expose().as_bytes()),
+        sealed: registry.masters.seal(
+            tenant,
+            &key.name,
+            key.group.as_deref(),
+            key.secret.expose().as_bytes(),
+        ),
     }
 }
 
