@@ -97,42 +97,7 @@ async fn each_admin_action_appends_one_audit_line_and_no_secret() {
     .json();
     let fingerprint = status["pools"][0]["keys"][0]["fingerprint"].clone();
     assert_eq!(fingerprint.as_str().unwrap().len(), 12);
-    for (action, result) in [
-        ("disable", "disabled"),
-        ("enable", "ready"),
-        ("reset", "ready"),
-    ] {
-        let (code, line) = one_line(&proxy, &dir, &format!("/admin/keys/openai/k0/{action}")).await;
-        assert_eq!(code, 200);
-        assert_eq!(line["action"], action, "{line}");
-        assert_eq!(line["provider"], "openai", "{line}");
-        assert_eq!(line["key"], "k0", "{line}");
-        assert_eq!(line["fingerprint"], fingerprint, "{line}");
-        assert_eq!(line["result"], result, "{line}");
-    }
-    // Named by fingerprint: the line still carries the key's name.
-    let by_fp = format!(
-        "/admin/keys/openai/{}/disable",
-        fingerprint.as_str().unwrap()
-    );
-    let (_, line) = one_line(&proxy, &dir, &by_fp).await;
-    assert_eq!(
-        (&line["key"], &line["result"]),
-        (&"k0".into(), &"disabled".into())
-    );
-    // Refused actions are audited too; a name that matched no key (here a pasted secret) is
-    // not written.
-    let pasted = format!("/admin/keys/openai/{}/disable", KEYS[1]);
-    let (code, line) = one_line(&proxy, &dir, &pasted).await;
-    assert_eq!(code, 404);
-    assert_eq!(
-        (&line["key"], &line["result"]),
-        (&"".into(), &"no_such_key".into())
-    );
-    let (code, line) = one_line(&proxy, &dir, "/admin/keys/nowhere/k0/reset").await;
-    assert_eq!(code, 404);
-    assert_eq!(line["result"], "no_such_provider", "{line}");
-    assert_eq!(line["provider"], "", "{line}");
+    key_actions_are_audited(&proxy, &dir, &fingerprint).await;
     // Reloads: one line each, applied or refused.
     let (code, line) = one_line(&proxy, &dir, "/admin/reload").await;
     assert_eq!(code, 200);
@@ -148,6 +113,50 @@ async fn each_admin_action_appends_one_audit_line_and_no_secret() {
     let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
     assert_no_secret(&text, "the audit file");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Disable, enable, reset (by name and by fingerprint), and refusals: one line each.
+async fn key_actions_are_audited(
+    proxy: &keyrelay::Running,
+    dir: &std::path::Path,
+    fingerprint: &Value,
+) {
+    for (action, result) in [
+        ("disable", "disabled"),
+        ("enable", "ready"),
+        ("reset", "ready"),
+    ] {
+        let (code, line) = one_line(proxy, dir, &format!("/admin/keys/openai/k0/{action}")).await;
+        assert_eq!(code, 200);
+        assert_eq!(line["action"], action, "{line}");
+        assert_eq!(line["provider"], "openai", "{line}");
+        assert_eq!(line["key"], "k0", "{line}");
+        assert_eq!(&line["fingerprint"], fingerprint, "{line}");
+        assert_eq!(line["result"], result, "{line}");
+    }
+    // Named by fingerprint: the line still carries the key's name.
+    let by_fp = format!(
+        "/admin/keys/openai/{}/disable",
+        fingerprint.as_str().unwrap()
+    );
+    let (_, line) = one_line(proxy, dir, &by_fp).await;
+    assert_eq!(
+        (&line["key"], &line["result"]),
+        (&"k0".into(), &"disabled".into())
+    );
+    // Refused actions are audited too; a name that matched no key (here a pasted secret) is
+    // not written.
+    let pasted = format!("/admin/keys/openai/{}/disable", KEYS[1]);
+    let (code, line) = one_line(proxy, dir, &pasted).await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        (&line["key"], &line["result"]),
+        (&"".into(), &"no_such_key".into())
+    );
+    let (code, line) = one_line(proxy, dir, "/admin/keys/nowhere/k0/reset").await;
+    assert_eq!(code, 404);
+    assert_eq!(line["result"], "no_such_provider", "{line}");
+    assert_eq!(line["provider"], "", "{line}");
 }
 
 #[test]
