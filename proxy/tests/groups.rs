@@ -145,6 +145,43 @@ async fn a_group_whose_keys_all_cool_gets_429_while_the_tenants_other_keys_serve
     assert_eq!(calls(&mock, &KEYS), [0, 0, 0]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_holds_on_two_instances_sharing_redis() {
+    let redis = support::redis::RedisServer::start().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let store = format!("\n[store]\nurl = \"{}\"\n", redis.url());
+    let text = text(&mock, &store);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let config = Config::from_toml_str(&text, &group_env()).unwrap();
+        instances.push(keyrelay::start(config).await.unwrap());
+    }
+    for i in 0..20 {
+        let r = ask(&instances[i % 2], ANY, Some("batch")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(mock.calls(B1) + mock.calls(B2), 20);
+    assert!(mock.calls(B1) > 0 && mock.calls(B2) > 0);
+    for k in [B1, B2] {
+        mock.set(k, Script::rate_limited(&[("retry-after", "60")]));
+    }
+    assert_eq!(ask(&instances[0], ANY, Some("batch")).await.status, 429);
+    let before = mock.total_calls();
+    for i in 0..10 {
+        let r = ask(&instances[i % 2], BATCH, None).await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(ask(&instances[i % 2], ANY, None).await.status, 200);
+    }
+    assert_eq!(
+        mock.total_calls(),
+        before + 10,
+        "only the ungrouped requests went out"
+    );
+    assert_eq!(calls(&mock, &[I1, U1]).iter().sum::<usize>(), 10);
+    assert_eq!(calls(&mock, &KEYS), [0, 0, 0]);
+}
+
 #[tokio::test]
 async fn an_unknown_group_is_refused_with_400_and_no_upstream_call() {
     let (mock, proxy) = start("").await;
@@ -288,6 +325,31 @@ fn group_problems_are_named_by_their_paths() {
         e.contains("tenants[0].clients[1].group: must be 1-64 letters"),
         "{e}"
     );
+    // A client's default group no key it can use is in: a typo, unless keys may be
+    // registered later.
+    let nightly = TENANT.replace(
+        "group = \"batch\"\n[[tenants.providers]]",
+        "group = \"nightly\"\n[[tenants.providers]]",
+    );
+    let shared = base.replace(
+        "token = \"env:KR_TOKEN\"",
+        "token = \"env:KR_TOKEN\"\ngroup = \"batch\"",
+    );
+    let e = Config::from_toml_str(&format!("{shared}{nightly}"), &group_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "tenants[0].clients[1].group: no key this client can use is in group \"nightly\""
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("clients[0].group: no key this client can use is in group \"batch\""),
+        "{e}"
+    );
+    let registry = "\n[registry]\nmaster_key = \"env:KR_MASTER\"\n";
+    assert!(Config::from_toml_str(&format!("{base}{nightly}{registry}"), &group_env()).is_ok());
     let text = base.replace(
         "pass_headers = [\"x-mock-*\"]",
         "pass_headers = [\"x-mock-*\", \"x-keyrelay-*\"]",

@@ -13,6 +13,7 @@ mod clients;
 mod defaults;
 mod duration;
 mod error;
+mod groups;
 mod keys;
 mod problems;
 mod providers;

@@ -4,7 +4,7 @@ use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
 use super::{
-    admin, affinity, clients, keys, providers, server, store, tenants, websocket, Config,
+    admin, affinity, clients, groups, keys, providers, server, store, tenants, websocket, Config,
     ConfigError,
 };
 
@@ -46,6 +46,8 @@ pub(super) fn validate(
         .registry
         .as_ref()
         .and_then(|r| tenants::registry(r, &fingerprinter, env, &mut p));
+    let registered = raw.registry.is_some();
+    groups::client_groups(&clients, &providers, &tenants, registered, &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }
