@@ -221,8 +221,11 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The reload by signal is one audit line.
-    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    // The reload by signal is one audit line (written just after the swap).
+    let audit_file = dir.join("audit.jsonl");
+    let written = || std::fs::read_to_string(&audit_file).is_ok_and(|t| t.ends_with('\n'));
+    assert!(eventually(Duration::from_secs(10), written).await);
+    let audit = std::fs::read_to_string(&audit_file).unwrap();
     let lines: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -98,7 +98,12 @@ fn append(path: Option<&Path>, line: &serde_json::Value) {
     options.append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(path).and_then(|mut f| writeln!(f, "{line}"));
+    // One write of the whole line: with O_APPEND, concurrent writers never interleave.
+    let mut text = line.to_string();
+    text.push('\n');
+    let written = options
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot append to the audit file");
     }
