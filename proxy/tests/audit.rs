@@ -186,3 +186,73 @@ fn the_audit_file_is_one_whether_set_under_admin_or_registry() {
         "{e}"
     );
 }
+
+/// A key registered at run time (never in any config or environment).
+const REGISTERED: &str = "sk-audit-registered-7Kp2Wq9Zx4";
+
+#[tokio::test]
+async fn registry_actions_write_one_line_each_to_the_admin_audit_file() {
+    let dir = std::env::temp_dir().join(format!("keyrelay-audit-reg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let base = config_text(&mock.url(), "", "").replace(
+        "token = \"env:KR_ADMIN\"",
+        &format!(
+            "token = \"env:KR_ADMIN\"\naudit_file = \"{}\"",
+            dir.join("audit.jsonl").display()
+        ),
+    );
+    let text = format!(
+        "{base}\n[[tenants]]\nname = \"t0\"\n[[tenants.clients]]\nname = \"t0-c\"\ntoken = \"env:T0_TOKEN\"\n[[tenants.providers]]\nname = \"openai\"\nkeys = \"env:KR_KEY_3\"\n[registry]\nmaster_key = \"env:KR_MASTER\"\nfile = \"{}\"\n",
+        dir.join("keys.json").display()
+    );
+    let env = env().with("T0_TOKEN", "kr-audit-tenant-client-5Hn8Jd2");
+    let config = Config::from_toml_str(
+        &text.replace("keys = \"env:KR_KEY_*\"", "keys = \"env:KR_KEY_1\""),
+        &env,
+    )
+    .unwrap();
+    let proxy = keyrelay::start(config).await.unwrap();
+    let key = serde_json::json!({"name": "extra", "provider": "openai", "secret": REGISTERED});
+    let added = call(&proxy, "POST", "/admin/tenants/t0/keys", Some(key)).await;
+    assert_eq!(added.status, 200, "{}", added.text());
+    let fingerprint = added.json()["fingerprint"].clone();
+    let removed = call(&proxy, "DELETE", "/admin/tenants/t0/keys/extra", None).await;
+    assert_eq!(removed.status, 200);
+    let pasted = format!("/admin/tenants/t0/keys/{REGISTERED}");
+    assert_eq!(call(&proxy, "DELETE", &pasted, None).await.status, 404);
+    let all = lines(&dir);
+    assert_eq!(all.len(), 3, "{all:?}");
+    for (line, (action, key, fp, result)) in all.iter().zip([
+        ("register", "extra", &fingerprint, "stored"),
+        ("remove", "extra", &fingerprint, "removed"),
+        ("remove", "", &"".into(), "not_found"),
+    ]) {
+        assert_eq!(line["who"], "admin", "{line}");
+        assert_eq!(line["tenant"], "t0", "{line}");
+        assert_eq!(line["action"], action, "{line}");
+        assert_eq!(line["key"], key, "{line}");
+        assert_eq!(&line["fingerprint"], fp, "{line}");
+        assert_eq!(line["result"], result, "{line}");
+    }
+    let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert_no_secret(&text, "the audit file");
+    for f in REGISTERED.as_bytes().windows(12) {
+        assert!(!text.contains(std::str::from_utf8(f).unwrap()), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `method path` on the admin listener with the admin token, and a JSON body when given.
+async fn call(proxy: &keyrelay::Running, method: &str, path: &str, body: Option<Value>) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", proxy.admin_addr().unwrap()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    send(&http_client(), req).await
+}

@@ -309,13 +309,26 @@ fn unavailable() -> Response<ProxyBody> {
 }
 
 async fn remove(registry: &Registry, who: &Who, tenant: &str, name: &str) -> Response<ProxyBody> {
+    // The key's fingerprint, for the audit line.
+    let fingerprint = registry.records.all().await.ok().and_then(|all| {
+        all.into_iter()
+            .find(|r| r.tenant == tenant && r.name == name)
+            .map(|r| r.fingerprint)
+    });
     let removed = registry.records.remove(tenant, name).await;
     let result = match removed {
         Ok(true) => "removed",
         Ok(false) => "not_found",
         Err(_) => "store_failed",
     };
-    audit(registry, who, "remove", tenant, name, "", result);
+    // A name that matched no key is not written: it may be a secret pasted by mistake.
+    let key = if matches!(removed, Ok(true)) {
+        name
+    } else {
+        ""
+    };
+    let fingerprint = fingerprint.unwrap_or_default();
+    audit(registry, who, "remove", tenant, key, &fingerprint, result);
     registry.refresh(true).await;
     match removed {
         Ok(true) => answer(
