@@ -55,6 +55,7 @@ impl Groups {
         self.0.get(group.0).map_or(&[], |(_, o)| o.as_slice())
     }
 
+    #[cfg(test)]
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(n, _)| n.as_str())
     }

@@ -127,7 +127,8 @@ impl<'a> Tried<'a> {
     }
 
     /// The same loop, served only by `pool`'s keys of `group`: the others are skipped from
-    /// the start (a pinned key outside the group is not used either).
+    /// the start. A pinned loop keeps its one key, in the group or not: the resource it names
+    /// lives there and nowhere else, so no key of the group could serve it.
     pub fn within(mut self, pool: &'a Pool, group: Group) -> Self {
         self.outside = pool.groups.outside(group);
         self
@@ -298,9 +299,7 @@ impl Pool {
             return Acquired::OverBudget;
         }
         let acquired = match tried.pinned {
-            Some(only) if tried.keys.contains(&only) || tried.outside.contains(&only) => {
-                Acquire::Exhausted
-            }
+            Some(only) if tried.keys.contains(&only) => Acquire::Exhausted,
             Some(only) => {
                 let others: Vec<usize> = (0..self.spec.keys.len()).filter(|i| *i != only).collect();
                 self.store.acquire(&self.spec, &others).await
@@ -394,11 +393,6 @@ impl Pool {
     /// The group named `name`, if any key of this pool is in it.
     pub fn group(&self, name: &str) -> Option<Group> {
         self.groups.find(name)
-    }
-
-    /// The names of this pool's key groups, sorted.
-    pub fn group_names(&self) -> impl Iterator<Item = &str> {
-        self.groups.names()
     }
 
     /// The position of the key named by name, fingerprint or index, for operators.

@@ -1,7 +1,8 @@
 //! The key group a request names: the `x-keyrelay-group` header, else its client's configured
 //! default (`group = "..."`). Named, only the pool's keys of that group serve it (see
 //! `keyrelay_pool::Group`); a group no key of the pool is in is refused with 400 before
-//! anything is read or sent. The header is keyrelay's own and never reaches a provider
+//! anything is read or sent. A request pinned to one key by a resource id keeps that key (no
+//! other could serve it). The header is keyrelay's own and never reaches a provider
 //! (`headers::HeaderPolicy` drops every `x-keyrelay-*` header).
 
 use crate::error::ProxyError;
