@@ -224,6 +224,9 @@ pub struct Key {
     /// The OpenAI organization and project this key bills, sent with it (never taken from
     /// the client).
     pub account: Account,
+    /// The named subset of its pool's keys this key is in (e.g. "batch"), if any: a request
+    /// naming a group is served by that group's keys only.
+    pub group: Option<String>,
 }
 
 /// Which OpenAI organization and project a key bills, when its config names them.
@@ -256,6 +259,7 @@ impl Key {
             weight,
             tpm: None,
             account: Account::default(),
+            group: None,
         }
     }
 
@@ -268,6 +272,12 @@ impl Key {
     /// The same key, billing `account`.
     pub fn with_account(mut self, account: Account) -> Self {
         self.account = account;
+        self
+    }
+
+    /// The same key, in `group` (or in none).
+    pub fn with_group(mut self, group: Option<String>) -> Self {
+        self.group = group;
         self
     }
 }

@@ -6,6 +6,7 @@
 //! [`Store`] keeps the per-key state (in memory, or shared).
 
 mod budget;
+mod group;
 mod hints;
 mod idmap;
 mod key;
@@ -21,6 +22,7 @@ mod state;
 mod store;
 
 pub use budget::{BudgetSettings, RetryBudget};
+pub use group::{valid_group, Group, MAX_GROUP_LEN};
 pub use hints::{parse_go_duration, parse_retry_after, rate_limit_hint, remaining_quota};
 pub use key::{fingerprint, Account, Fingerprinter, Key, Secret};
 pub use memory::MemoryStore;

@@ -2,6 +2,7 @@
 //! [`Lease`] through which one attempt uses one key and reports how it went.
 
 use crate::budget::{BudgetSettings, RetryBudget};
+use crate::group::{Group, Groups};
 use crate::hints::remaining_quota;
 use crate::key::{Account, Key};
 use crate::observed::{Observed, Quota};
@@ -72,6 +73,7 @@ pub struct Pool {
     held: Vec<Held>,
     refusals: Refusals,
     budget: RetryBudget,
+    groups: Groups,
 }
 
 impl std::fmt::Debug for Pool {
@@ -97,6 +99,8 @@ pub struct Tried<'a> {
     refused_chance: bool,
     /// The one key this request may use (a resource it names lives there).
     pinned: Option<usize>,
+    /// Keys never to use: those outside the group the request named (none without one).
+    outside: &'a [usize],
 }
 
 impl<'a> Tried<'a> {
@@ -109,6 +113,7 @@ impl<'a> Tried<'a> {
             granted: 0,
             refused_chance: false,
             pinned: None,
+            outside: &[],
         }
     }
 
@@ -119,6 +124,14 @@ impl<'a> Tried<'a> {
             pinned: Some(index),
             ..Tried::new(route, max_attempts)
         }
+    }
+
+    /// The same loop, served only by `pool`'s keys of `group`: the others are skipped from
+    /// the start. A pinned loop keeps its one key, in the group or not: the resource it names
+    /// lives there and nowhere else, so no key of the group could serve it.
+    pub fn within(mut self, pool: &'a Pool, group: Group) -> Self {
+        self.outside = pool.groups.outside(group);
+        self
     }
 
     pub fn is_pinned(&self) -> bool {
@@ -265,6 +278,7 @@ impl Pool {
             })
             .collect::<Result<Vec<_>, PoolError>>()?;
         Ok(Pool {
+            groups: Groups::new(&spec.keys),
             budget: RetryBudget::new(settings.budget),
             refusals: Refusals::default(),
             spec,
@@ -334,21 +348,26 @@ impl Pool {
         granted
     }
 
-    /// The keys to skip beyond those tried: those refused on the route, unless that would skip
-    /// every key, in which case one refused key gets one chance to answer for itself.
+    /// The keys to skip beyond those tried: those outside the request's group, and those
+    /// refused on the route, unless that would skip every key, in which case one refused key
+    /// gets one chance to answer for itself. `None` (skip only those tried, no allocation)
+    /// when there is neither a group nor a refusal.
     fn skipped(&self, tried: &mut Tried<'_>) -> Option<Vec<usize>> {
-        if !self.refusals.any() {
+        let refusals = self.refusals.any();
+        if !refusals && tried.outside.is_empty() {
             return None;
         }
         let mut skip = tried.keys.clone();
+        skip.extend_from_slice(tried.outside);
+        let base = skip.len();
         self.refusals.refused(tried.route, &mut skip);
-        if skip.len() == tried.keys.len() {
-            return None;
+        if skip.len() == base {
+            return Some(skip);
         }
         let every = (0..self.spec.keys.len()).all(|i| skip.contains(&i));
         if every && !tried.refused_chance {
             tried.refused_chance = true;
-            return None;
+            skip.truncate(base);
         }
         Some(skip)
     }
@@ -374,6 +393,11 @@ impl Pool {
             // A single 5xx or transport failure says more about the provider than the key.
             _ => None,
         }
+    }
+
+    /// The group named `name`, if any key of this pool is in it.
+    pub fn group(&self, name: &str) -> Option<Group> {
+        self.groups.find(name)
     }
 
     /// The position of the key named by name, fingerprint or index, for operators.

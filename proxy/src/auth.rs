@@ -7,8 +7,15 @@ use subtle::ConstantTimeEq;
 /// Client tokens, held only as SHA-256 digests so comparisons are fixed-length and
 /// constant-time, and the tokens themselves are not kept in memory past start-up.
 pub struct ClientAuth {
-    clients: Vec<(String, [u8; 32])>,
+    clients: Vec<Client>,
     open: bool,
+}
+
+/// One client: its name, its token's digest and its default key group.
+struct Client {
+    name: String,
+    digest: [u8; 32],
+    group: Option<String>,
 }
 
 impl ClientAuth {
@@ -17,11 +24,10 @@ impl ClientAuth {
         ClientAuth {
             clients: clients
                 .iter()
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        Sha256::digest(c.token.expose().as_bytes()).into(),
-                    )
+                .map(|c| Client {
+                    name: c.name.clone(),
+                    digest: Sha256::digest(c.token.expose().as_bytes()).into(),
+                    group: c.group.clone(),
                 })
                 .collect(),
             open: clients.is_empty() && allow_unauthenticated,
@@ -31,19 +37,29 @@ impl ClientAuth {
     /// The name of the client any presented credential belongs to. Every presented value is
     /// compared with every token, with no early exit, so timing reveals nothing.
     pub fn authenticate(&self, presented: &[&[u8]]) -> Option<&str> {
+        self.identify(presented).map(|(name, _)| name)
+    }
+
+    /// As [`ClientAuth::authenticate`], with the client's default key group.
+    pub fn identify(&self, presented: &[&[u8]]) -> Option<(&str, Option<&str>)> {
         if self.open {
-            return Some("anonymous");
+            return Some(("anonymous", None));
         }
         let mut found: Option<usize> = None;
         for value in presented {
             let digest: [u8; 32] = Sha256::digest(value).into();
-            for (i, (_, token)) in self.clients.iter().enumerate() {
-                if bool::from(digest.ct_eq(token)) {
+            for (i, c) in self.clients.iter().enumerate() {
+                if bool::from(digest.ct_eq(&c.digest)) {
                     found = found.or(Some(i));
                 }
             }
         }
-        found.map(|i| self.clients[i].0.as_str())
+        found.map(|i| {
+            (
+                self.clients[i].name.as_str(),
+                self.clients[i].group.as_deref(),
+            )
+        })
     }
 }
 
@@ -60,17 +76,21 @@ mod tests {
                 token: Secret::new("tok-a"),
                 rpm: None,
                 tpm: None,
+                group: None,
             },
             ClientConfig {
                 name: "b".into(),
                 token: Secret::new("tok-b"),
                 rpm: None,
                 tpm: None,
+                group: Some("batch".into()),
             },
         ];
         let auth = ClientAuth::new(&clients, false);
         assert_eq!(auth.authenticate(&[b"nope", b"tok-b"]), Some("b"));
         assert_eq!(auth.authenticate(&[b"tok-a"]), Some("a"));
+        assert_eq!(auth.identify(&[b"tok-b"]), Some(("b", Some("batch"))));
+        assert_eq!(auth.identify(&[b"tok-a"]), Some(("a", None)));
         assert_eq!(auth.authenticate(&[b"tok-"]), None);
         assert_eq!(auth.authenticate(&[]), None);
         let open = ClientAuth::new(&[], true);

@@ -52,6 +52,9 @@ pub enum ProxyError {
     ResourceIdUnknown,
     #[error("the resource ids in this request belong to different keys")]
     ResourceIdsConflict,
+    /// A key group (`x-keyrelay-group`, or the client's default) no key of the pool is in.
+    #[error("no key here is in the key group this request names (x-keyrelay-group or the client's default)")]
+    UnknownKeyGroup,
     /// The client's own limit, or its tenant's (`scope`: "client" or "tenant"), of requests
     /// (`limit`: "rpm") or of tokens ("tpm").
     #[error("the {scope}'s {} is reached; retry after {} s", limit_text(limit), retry_after_secs(.retry_after))]
@@ -172,7 +175,8 @@ impl ProxyError {
             ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             ProxyError::ResourceIdInvalid
             | ProxyError::ResourceIdUnknown
-            | ProxyError::ResourceIdsConflict => StatusCode::BAD_REQUEST,
+            | ProxyError::ResourceIdsConflict
+            | ProxyError::UnknownKeyGroup => StatusCode::BAD_REQUEST,
             ProxyError::ResourceKeyRemoved => StatusCode::GONE,
             // The key may serve again once an operator enables it: a rate limit, not a refusal.
             ProxyError::ResourceKeyDisabled => StatusCode::TOO_MANY_REQUESTS,
@@ -208,6 +212,7 @@ impl ProxyError {
             ProxyError::ResourceIdInvalid => "invalid_resource_id",
             ProxyError::ResourceIdUnknown => "unknown_resource_id",
             ProxyError::ResourceIdsConflict => "resource_ids_conflict",
+            ProxyError::UnknownKeyGroup => "unknown_key_group",
             ProxyError::ResourceKeyRemoved => "resource_key_removed",
             ProxyError::ResourceKeyDisabled => "resource_key_disabled",
             ProxyError::UpstreamMismatch => "internal_error",
@@ -240,6 +245,7 @@ impl ProxyError {
             | ProxyError::ResourceIdInvalid
             | ProxyError::ResourceIdUnknown
             | ProxyError::ResourceIdsConflict
+            | ProxyError::UnknownKeyGroup
             | ProxyError::ResourceKeyRemoved => "invalid_request_error",
             ProxyError::ResourceKeyDisabled => "rate_limit_error",
             ProxyError::BodyBudgetFull => "overloaded_error",
@@ -270,7 +276,8 @@ impl ProxyError {
             ProxyError::WebSocketDisabled => "FAILED_PRECONDITION",
             ProxyError::ResourceIdInvalid
             | ProxyError::ResourceIdUnknown
-            | ProxyError::ResourceIdsConflict => "INVALID_ARGUMENT",
+            | ProxyError::ResourceIdsConflict
+            | ProxyError::UnknownKeyGroup => "INVALID_ARGUMENT",
             ProxyError::ResourceKeyRemoved => "NOT_FOUND",
             ProxyError::ResourceKeyDisabled => "RESOURCE_EXHAUSTED",
             ProxyError::BodyTimeout | ProxyError::StreamIdle => "DEADLINE_EXCEEDED",

@@ -11,6 +11,12 @@ pub const CREDENTIAL_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("api-key"),
 ];
 
+/// keyrelay's own request headers (`x-keyrelay-group`): for keyrelay, never for a provider,
+/// whatever `pass_headers` allows.
+fn own(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-keyrelay-")
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus proxy auth.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -149,8 +155,9 @@ impl HeaderPolicy {
     /// from the peer. Each kept name moves into the result (no copy of a custom name).
     pub fn forward(&self, from: HeaderMap, peer: Option<std::net::IpAddr>) -> HeaderMap {
         let listed = connection_listed(&from);
-        let passes =
-            |n: &HeaderName| self.allows(n) && !HOP_BY_HOP.contains(n) && !listed.contains(n);
+        let passes = |n: &HeaderName| {
+            self.allows(n) && !HOP_BY_HOP.contains(n) && !listed.contains(n) && !own(n)
+        };
         let mut out = HeaderMap::with_capacity(from.len() + 1);
         // The entry the current name's values go to, while that name passes.
         let mut entry: Option<header::OccupiedEntry<'_, header::HeaderValue>> = None;
@@ -291,6 +298,7 @@ mod tests {
         h.append("accept", HeaderValue::from_static("application/json"));
         h.append("accept", HeaderValue::from_static("text/event-stream"));
         h.insert("x-mock-chunks", HeaderValue::from_static("3"));
+        h.insert("x-keyrelay-group", HeaderValue::from_static("batch"));
         let policy = HeaderPolicy::new(&[], false);
         let out = policy.forward(h.clone(), None);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
@@ -298,9 +306,13 @@ mod tests {
         assert_eq!(names, ["accept", "anthropic-version", "x-stainless-os"]);
         assert_eq!(out.get_all("accept").iter().count(), 2);
         let ip = std::net::IpAddr::from([192, 0, 2, 7]);
-        let policy = HeaderPolicy::new(&["x-mock-*".to_owned()], true);
+        let policy = HeaderPolicy::new(&["x-*".to_owned()], true);
         let out = policy.forward(h, Some(ip));
         assert_eq!(out["x-mock-chunks"], "3");
+        assert!(
+            !out.contains_key("x-keyrelay-group"),
+            "keyrelay's own, always"
+        );
         assert_eq!(out["x-forwarded-for"], "192.0.2.7");
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod error;
+pub mod group;
 pub mod headers;
 pub mod log;
 pub mod routes;
@@ -88,8 +89,13 @@ pub async fn start_from_file(path: PathBuf) -> Result<Running, StartError> {
 }
 
 /// Re-read `path` and swap the new config in; the old one keeps serving if it is invalid.
-pub fn reload_from(live: &Live, path: &std::path::Path) -> Result<(), ReloadError> {
-    match Config::load(path) {
+/// Audited as `who`'s (to the audit file of the config serving afterwards).
+pub fn reload_from(
+    live: &Live,
+    path: &std::path::Path,
+    who: &tenants::audit::Who,
+) -> Result<(), ReloadError> {
+    let result = match Config::load(path) {
         Ok(config) => live.reload(&config),
         Err(source) => {
             live.app().metrics().reload(ReloadResult::Failure);
@@ -98,7 +104,15 @@ pub fn reload_from(live: &Live, path: &std::path::Path) -> Result<(), ReloadErro
                 source,
             })
         }
-    }
+    };
+    let word = match &result {
+        Ok(()) => "reloaded",
+        Err(ReloadError::Config { .. }) => "invalid_config",
+        Err(ReloadError::Build(_)) => "build_failed",
+        Err(ReloadError::Refused(_)) => "refused",
+    };
+    tenants::audit::reload(live.app().audit_file(), who, word);
+    result
 }
 
 /// The pool store `config` asks for.
@@ -165,7 +179,7 @@ async fn start_admin(
         let live = live.clone();
         let reload: admin::Reloader = Arc::new(move || {
             let (live, path) = (live.clone(), path.clone());
-            Box::pin(async move { reload_from(&live, &path) })
+            Box::pin(async move { reload_from(&live, &path, &tenants::audit::Who::Admin) })
         });
         reload
     });

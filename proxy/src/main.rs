@@ -154,7 +154,8 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
         if let Ok(mut hup) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    if let Err(e) = keyrelay::reload_from(&live, &path) {
+                    let who = keyrelay::tenants::audit::Who::Signal;
+                    if let Err(e) = keyrelay::reload_from(&live, &path, &who) {
                         tracing::error!(error = %e, "reload refused; the previous configuration keeps serving");
                     }
                 }

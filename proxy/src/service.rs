@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
 use keyrelay_pool::{
-    needs_body, Acquired, Answer, Lease, Observed, Outcome, PoolError, Store, Tried,
+    needs_body, Acquired, Answer, Group, Lease, Observed, Outcome, Pool, PoolError, Store, Tried,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -72,6 +72,8 @@ pub struct App {
     unrouted: ProviderMetrics,
     headers: HeaderPolicy,
     ws: crate::websocket::Gateway,
+    /// Where audit lines are appended (`[admin] audit_file`), if anywhere.
+    audit_file: Option<std::path::PathBuf>,
 }
 
 /// The client's address, put in each request's extensions by the listener.
@@ -87,6 +89,8 @@ struct Prepared {
     body: RequestBody,
     /// The key a resource id pins the request to, and how its answer is treated.
     plan: Plan,
+    /// The key group the request named (header or client default), if any.
+    group: Option<Group>,
 }
 
 /// Why the key loop stopped without a response to pass on as it is.
@@ -145,6 +149,7 @@ impl App {
                 config.upstream.forwarded_for,
             ),
             ws: crate::websocket::Gateway::new(config),
+            audit_file: config.admin.audit_file.clone(),
             shared,
         };
         app.shared
@@ -196,6 +201,11 @@ impl App {
         &self.shared.metrics
     }
 
+    /// Where this config's audit lines are appended, if anywhere.
+    pub fn audit_file(&self) -> Option<&std::path::Path> {
+        self.audit_file.as_deref()
+    }
+
     /// Serve one client request. Never fails: every error becomes a provider-shaped answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let id = self.ids.next();
@@ -223,7 +233,7 @@ impl App {
             return self.upgrade(parts, log).await;
         }
         // Steps 1 and 2: who is asking, and where it goes.
-        let (provider, rest, tally) = match self.authorize(found, &parts, &mut log).await {
+        let (provider, rest, tally, group) = match self.authorize(found, &parts, &mut log).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
@@ -265,6 +275,7 @@ impl App {
             headers,
             body,
             plan,
+            group,
         };
         // Step 4: keys in turn.
         self.forward(&provider, prepared, tally, log).await
@@ -285,19 +296,19 @@ impl App {
         ctx.serve(parts, log).await
     }
 
-    /// Who is asking (step 1) and the pool that serves them (step 2), with the token counters
-    /// the answer adds to (a client or tenant with a `tpm`); a request with no credential at
-    /// all may still be the next step of a Gemini resumable upload, which its sealed upload id
-    /// authenticates ([`affinity::upload_pool`]).
+    /// Who is asking (step 1), the pool that serves them and the key group they name (step 2),
+    /// with the token counters the answer adds to (a client or tenant with a `tpm`); a request
+    /// with no credential at all may still be the next step of a Gemini resumable upload, which
+    /// its sealed upload id authenticates ([`affinity::upload_pool`]).
     async fn authorize<'r>(
         &self,
         found: Option<(&Arc<Provider>, &'r str)>,
         parts: &http::request::Parts,
         log: &mut RequestLog,
-    ) -> Result<(Arc<Provider>, &'r str, Option<Box<Tally>>), ProxyError> {
+    ) -> Result<(Arc<Provider>, &'r str, Option<Box<Tally>>, Option<Group>), ProxyError> {
         let presented = presented_credentials(&parts.headers, parts.uri.query());
         let mut runtime = None;
-        let Some(client) = self.client(&presented, &mut runtime) else {
+        let Some((client, default_group)) = self.client(&presented, &mut runtime) else {
             let link = match found {
                 Some((shared, rest)) if presented.is_empty() => {
                     let pools = self.tenants.pools_on(shared);
@@ -307,12 +318,13 @@ impl App {
             };
             let (pool, rest) = link.ok_or_else(|| self.unauthorized(&presented))?;
             log.client(UPLOAD_LINK_CLIENT);
-            return Ok((pool, rest, None));
+            return Ok((pool, rest, None, None));
         };
         log.client(client);
         let (shared, rest) = found.ok_or(ProxyError::UnknownRoute)?;
-        let (pool, tally) = self.pool_for(client, shared).await?;
-        Ok((pool, rest, tally))
+        let named = crate::group::requested(&parts.headers, default_group)?;
+        let (pool, tally, group) = self.pool_for(client, shared, named).await?;
+        Ok((pool, rest, tally, group))
     }
 
     /// Count a failed authentication; the error to answer.
@@ -327,30 +339,34 @@ impl App {
         ProxyError::Unauthorized
     }
 
-    /// The configured client a presented credential belongs to, or the client of a tenant
-    /// created at run time (named `runtime:<tenant>`, kept in `runtime`).
+    /// The configured client a presented credential belongs to, with its default key group,
+    /// or the client of a tenant created at run time (named `runtime:<tenant>`, kept in
+    /// `runtime`; no default group).
     fn client<'a>(
         &'a self,
         presented: &[&[u8]],
         runtime: &'a mut Option<String>,
-    ) -> Option<&'a str> {
-        if let Some(c) = self.auth.authenticate(presented) {
+    ) -> Option<(&'a str, Option<&'a str>)> {
+        if let Some(c) = self.auth.identify(presented) {
             return Some(c);
         }
         *runtime = self.tenants.runtime_client(presented);
-        runtime.as_deref()
+        runtime.as_deref().map(|c| (c, None))
     }
 
-    /// The pool serving `client` on `shared`'s route: its tenant's only, for a tenant's client;
-    /// checked against the client's own limit and its tenant's before anything is read or sent.
+    /// The pool serving `client` on `shared`'s route (its tenant's only, for a tenant's
+    /// client) and its group `named`, which must exist there; checked against the client's own
+    /// limit and its tenant's before anything is read or sent.
     async fn pool_for(
         &self,
         client: &str,
         shared: &Arc<Provider>,
-    ) -> Result<(Arc<Provider>, Option<Box<Tally>>), ProxyError> {
+        named: Option<&str>,
+    ) -> Result<(Arc<Provider>, Option<Box<Tally>>, Option<Group>), ProxyError> {
         let provider = self.tenants.route(client, shared)?;
+        let group = crate::group::resolve(named, &provider)?;
         let tally = self.limits.check(client).await?;
-        Ok((provider, tally))
+        Ok((provider, tally, group))
     }
 
     /// Buffer the body within the limits, or start spooling it when it is too large for
@@ -401,7 +417,7 @@ impl App {
         mut tally: Option<Box<Tally>>,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
-        let mut tried = req.tried(provider.max_attempts as usize);
+        let mut tried = req.tried(provider.max_attempts as usize, &provider.pool);
         let mut last: Option<Failure> = None;
         let now = Instant::now();
         let deadline = now + provider.deadline;
@@ -411,10 +427,7 @@ impl App {
         };
         loop {
             let next = self.next_key(provider, &mut tried, &last, &bounds).await;
-            // A tenant that allows it goes to the shared pool when none of its keys was ready.
-            if let (Some(shared), None, false) =
-                (&provider.fallback, &last, matches!(next, Next::Try(_)))
-            {
+            if let Some(shared) = fallback(provider, last.as_ref(), &next, &req) {
                 return Box::pin(self.forward(shared, req, tally, log)).await;
             }
             let lease = match next {
@@ -527,6 +540,19 @@ impl App {
 
 /// The upstream URL for a request's path (`rest`, after the route prefix) and query, with
 /// keyrelay resource ids opened (resource routes only; see `affinity`).
+/// The shared pool a tenant's request goes to when none of its tenant's keys was ready: when
+/// the tenant allows it, and the request names no key group (it stays within that).
+fn fallback<'p>(
+    provider: &'p Provider,
+    last: Option<&Failure>,
+    next: &Next<'_>,
+    req: &Prepared,
+) -> Option<&'p Arc<Provider>> {
+    let none_ready = last.is_none() && !matches!(next, Next::Try(_));
+    let shared = provider.fallback.as_ref()?;
+    (none_ready && req.group.is_none()).then_some(shared)
+}
+
 fn open_target<'a>(
     provider: &Provider,
     rest: &'a str,
@@ -561,11 +587,16 @@ fn answer_of(sent: &Result<Answered, UpstreamError>) -> Answer<'_> {
 }
 
 impl Prepared {
-    /// The keys this request may try: only the one its resource ids are sealed to, if any.
-    fn tried(&self, attempts: usize) -> Tried<'_> {
-        match self.plan.pinned {
+    /// The keys this request may try: only the one its resource ids are sealed to, if any;
+    /// only `pool`'s keys of its group, if it names one.
+    fn tried<'a>(&'a self, attempts: usize, pool: &'a Pool) -> Tried<'a> {
+        let tried = match self.plan.pinned {
             Some(key) => Tried::pinned(self.uri.path(), attempts, key),
             None => Tried::new(self.uri.path(), attempts),
+        };
+        match self.group {
+            Some(group) => tried.within(pool, group),
+            None => tried,
         }
     }
 }

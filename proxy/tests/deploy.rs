@@ -190,7 +190,8 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = |keys: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\n[[clients]]\nname = \"signals-app\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"{keys}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"env:KR_ADMIN\"\naudit_file = \"{}\"\n[[clients]]\nname = \"signals-app\"\ntoken = \"env:KR_TOKEN\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}/v1\"\nkeys = \"{keys}\"\n",
+            dir.join("audit.jsonl").display(),
             mock.url()
         )
     };
@@ -222,6 +223,19 @@ async fn binary_reloads_on_sighup_drains_on_sigterm_and_logs_json() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The reload by signal is one audit line (written just after the swap).
+    let audit_file = dir.join("audit.jsonl");
+    let written = || std::fs::read_to_string(&audit_file).is_ok_and(|t| t.ends_with('\n'));
+    assert!(eventually(Duration::from_secs(10), written).await);
+    let audit = std::fs::read_to_string(&audit_file).unwrap();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{audit}");
+    assert_eq!(lines[0]["who"], "signal:SIGHUP");
+    assert_eq!(lines[0]["action"], "reload");
+    assert_eq!(lines[0]["result"], "reloaded");
 
     // A slow stream is in flight when SIGTERM arrives: it finishes, then the process exits 0.
     let stream = post(

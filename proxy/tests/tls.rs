@@ -219,7 +219,8 @@ async fn reload_swaps_the_certificate() {
         "b trusted before the swap"
     );
     write(&dir, "live", &b);
-    keyrelay::reload_from(proxy.live(), &path).unwrap();
+    let who = keyrelay::tenants::audit::Who::Admin;
+    keyrelay::reload_from(proxy.live(), &path, &who).unwrap();
     assert_eq!(
         client_trusting(&b, false)
             .request(chat_req(port))

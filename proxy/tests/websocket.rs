@@ -548,3 +548,51 @@ async fn a_tenants_session_opens_on_its_tenants_key_only() {
         }
     }
 }
+
+/// A handshake naming a key group opens on that group's keys only, in turn; an unknown group
+/// is refused with 400 before the provider.
+#[tokio::test]
+async fn a_session_naming_a_key_group_opens_on_its_keys_only() {
+    let mock = MockUpstream::start().await.unwrap();
+    let tables = r#"keys = [
+  { name = "s1", secret = "env:KR_KEY_1" },
+  { name = "s2", secret = "env:KR_KEY_2", group = "live" },
+  { name = "s3", secret = "env:KR_KEY_3", group = "live" },
+]"#;
+    let text = config_text(&mock.url(), "strategy = \"round-robin\"", "")
+        .replace("keys = \"env:KR_KEY_*\"", tables);
+    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    let h = Harness {
+        mock,
+        proxy,
+        client: http_client(),
+    };
+    let path = "/v1/realtime?model=gpt-realtime";
+    let auth = bearer();
+    for _ in 0..4 {
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-keyrelay-group", "live"),
+        ];
+        let (mut ws, resp) = open(&h, path, &headers).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.close(None).await.unwrap();
+    }
+    let keys: Vec<String> = h
+        .mock
+        .ws_sessions()
+        .into_iter()
+        .map(|s| s.key.unwrap_or_default())
+        .collect();
+    assert_eq!(keys, [KEYS[1], KEYS[2], KEYS[1], KEYS[2]]);
+    let calls = h.mock.total_calls();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-keyrelay-group", "batch"),
+    ];
+    let resp = refused(open(&h, path, &headers).await);
+    assert_eq!(resp.status(), 400);
+    assert_eq!(h.mock.total_calls(), calls, "the provider was asked");
+    assert_eq!(h.mock.ws_sessions().len(), 4);
+}

@@ -196,17 +196,7 @@ impl Admin {
                         )
                     }
                 };
-                let app = self.live.app();
-                let resp = status::act(&app, provider, key, action).await;
-                let label = format!("{action:?}").to_ascii_lowercase();
-                crate::tenants::audit::operator(
-                    &app,
-                    &label,
-                    provider,
-                    key,
-                    resp.status().as_u16(),
-                );
-                resp
+                status::act(&self.live.app(), provider, key, action).await
             }
             (&Method::POST, ["admin", "reload"]) => match &self.reload {
                 None => json(

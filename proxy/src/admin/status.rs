@@ -55,10 +55,12 @@ pub async fn status_json(app: &App) -> serde_json::Value {
             .map(|k| {
                 let (reason, until) = mode_parts(&k.mode, now);
                 let remaining = p.pool.quota(k.index);
+                let group = p.pool.spec().keys.get(k.index).and_then(|k| k.group.as_deref());
                 serde_json::json!({
                     "index": k.index,
                     "name": k.name,
                     "fingerprint": k.fingerprint,
+                    "group": group,
                     "state": k.mode.label(),
                     "reason": reason,
                     "until": until,
@@ -90,9 +92,17 @@ pub async fn status_json(app: &App) -> serde_json::Value {
     })
 }
 
-/// Apply an operator action to `provider`'s key named by name, fingerprint or index.
+/// Apply an operator action to `provider`'s key named by name, fingerprint or index; audited
+/// (one line, whatever the result).
 pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Response<ProxyBody> {
+    use crate::tenants::audit::{key_action, Target};
+    let label = match action {
+        KeyAction::Disable => "disable",
+        KeyAction::Enable => "enable",
+        KeyAction::Reset => "reset",
+    };
     let Some(p) = app.pools().into_iter().find(|p| p.name == provider) else {
+        key_action(app.audit_file(), label, None, "no_such_provider");
         return json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such provider"}),
@@ -100,6 +110,13 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
     };
     let keys = &p.pool.spec().keys;
     let Some(index) = p.pool.find(key) else {
+        let target = Target {
+            pool: &p.name,
+            tenant: p.tenant.as_deref(),
+            key: "",
+            fingerprint: "",
+        };
+        key_action(app.audit_file(), label, Some(&target), "no_such_key");
         return json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "no such key"}),
@@ -110,7 +127,13 @@ pub async fn act(app: &App, provider: &str, key: &str, action: KeyAction) -> Res
     let shared = p.pool.act(index, action).await == keyrelay_pool::StoreState::Shared;
     let status = p.pool.status().await;
     let state = status.get(index).map_or("unknown", |s| s.mode.label());
-    tracing::info!(provider, key = %keys[index].name, action = ?action, state, shared, "operator action");
+    let target = Target {
+        pool: &p.name,
+        tenant: p.tenant.as_deref(),
+        key: &keys[index].name,
+        fingerprint: &keys[index].fingerprint,
+    };
+    key_action(app.audit_file(), label, Some(&target), state);
     json(
         StatusCode::OK,
         serde_json::json!({"provider": provider, "key": keys[index].name, "fingerprint": keys[index].fingerprint, "state": state, "shared": shared}),

@@ -16,6 +16,21 @@ pub(super) fn admin(a: &RawAdmin, env: &dyn Env, p: &mut Problems) -> AdminConfi
         listen,
         token,
         allowed_hosts,
+        audit_file: a.audit_file.as_deref().map(Into::into),
+    }
+}
+
+/// The one audit file: `[admin] audit_file`, else `[registry] audit_file` (where it was
+/// first configured, when only registrations were audited); both set, they must agree.
+pub(super) fn audit_file(admin: &mut AdminConfig, registry: Option<&str>, p: &mut Problems) {
+    let Some(registry) = registry else { return };
+    match &admin.audit_file {
+        None => admin.audit_file = Some(registry.into()),
+        Some(own) if own.as_path() != std::path::Path::new(registry) => p.add(
+            "registry.audit_file",
+            "differs from admin.audit_file; keyrelay writes one audit file: set admin.audit_file only",
+        ),
+        Some(_) => {}
     }
 }
 

@@ -59,11 +59,14 @@ pub(super) fn client(
     let tpm = c
         .tpm
         .map(|v| p.positive(&format!("{path}.tpm"), Some(v), 1));
+    let group = c.group.clone().map(toml::Value::String);
+    let group = super::keys::group(group.as_ref(), &format!("{path}.group"), p);
     Some(ClientConfig {
         name,
         token,
         rpm,
         tpm,
+        group,
     })
 }
 

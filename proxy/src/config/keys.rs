@@ -38,7 +38,7 @@ pub(super) struct Keys<'a> {
     pub env: &'a dyn Env,
 }
 
-const KEY_FIELDS: [&str; 7] = [
+const KEY_FIELDS: [&str; 8] = [
     "name",
     "secret",
     "rpm",
@@ -46,6 +46,7 @@ const KEY_FIELDS: [&str; 7] = [
     "weight",
     "organization",
     "project",
+    "group",
 ];
 
 impl Keys<'_> {
@@ -77,7 +78,7 @@ impl Keys<'_> {
                     }
                     _ => p.add(
                         &item_path,
-                        "must be a table { name, secret, rpm, tpm, weight, organization, project } or a secret reference",
+                        "must be a table { name, secret, rpm, tpm, weight, organization, project, group } or a secret reference",
                     ),
                 }
                 }
@@ -146,7 +147,12 @@ impl Keys<'_> {
             Ok(mut r) if r.len() == 1 => {
                 let r = r.remove(0);
                 let key = self.key(name.unwrap_or(r.name), r.secret, rpm, weight);
-                Some(key.with_tpm(tpm).with_account(account(t, path, p)))
+                let group = group(t.get("group"), &format!("{path}.group"), p);
+                Some(
+                    key.with_tpm(tpm)
+                        .with_account(account(t, path, p))
+                        .with_group(group),
+                )
             }
             Ok(_) => {
                 p.add(
@@ -199,6 +205,18 @@ fn account(t: &toml::Table, path: &str, p: &mut Problems) -> Account {
     Account {
         organization: field("organization"),
         project: field("project"),
+    }
+}
+
+/// A key's or a client's `group`: 1-64 letters, digits, '-' or '_'.
+pub(super) fn group(value: Option<&toml::Value>, path: &str, p: &mut Problems) -> Option<String> {
+    match value {
+        None => None,
+        Some(toml::Value::String(g)) if keyrelay_pool::valid_group(g) => Some(g.clone()),
+        Some(_) => {
+            p.add(path, "must be 1-64 letters, digits, '-' or '_'");
+            None
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod clients;
 mod defaults;
 mod duration;
 mod error;
+mod groups;
 mod keys;
 mod metrics;
 mod problems;
@@ -105,6 +106,9 @@ pub struct AdminConfig {
     /// Host names (`name` or `name:port`) the admin listener answers besides its own address
     /// and localhost; any other `Host` gets 421, so a DNS-rebinding page cannot read it.
     pub allowed_hosts: Vec<String>,
+    /// Where every audit line (operator actions, reloads, registrations) is appended, besides
+    /// the log: `[admin] audit_file`, or `[registry] audit_file` where only that is set.
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +134,9 @@ pub struct ClientConfig {
     pub rpm: Option<u32>,
     /// Tokens this client's answers may use in any sliding minute; `None`: no limit of its own.
     pub tpm: Option<u32>,
+    /// The key group serving this client's requests when they name none
+    /// (`x-keyrelay-group`); `None`: every key of the pool.
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -48,6 +48,7 @@ pub(super) struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
+    pub audit_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +110,7 @@ pub(super) struct RawClient {
     pub token: Option<String>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

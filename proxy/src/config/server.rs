@@ -192,6 +192,8 @@ fn pass_headers(names: &[String], p: &mut Problems) -> Vec<String> {
             "host",
             "connection",
             "proxy-authorization",
+            // keyrelay's own: it names a key group, for keyrelay only.
+            "x-keyrelay-group",
         ]
         .iter()
         .any(|f| f.starts_with(bare));

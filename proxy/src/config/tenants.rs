@@ -57,6 +57,7 @@ pub(super) struct RawRegistry {
     pub master_key: Option<String>,
     pub previous_master_key: Option<String>,
     pub file: Option<String>,
+    /// Kept for configs written before `[admin] audit_file`; see `admin::audit_file`.
     pub audit_file: Option<String>,
 }
 
@@ -67,7 +68,6 @@ pub struct RegistryConfig {
     pub master: [u8; 32],
     pub previous: Option<[u8; 32]>,
     pub file: std::path::PathBuf,
-    pub audit_file: Option<std::path::PathBuf>,
     /// The deployment's fingerprinter, so registered keys fingerprint like configured ones.
     pub fingerprinter: Fingerprinter,
 }
@@ -78,7 +78,6 @@ impl std::fmt::Debug for RegistryConfig {
             .field("master", &"*****")
             .field("previous", &self.previous.map(|_| "*****"))
             .field("file", &self.file)
-            .field("audit_file", &self.audit_file)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +121,6 @@ pub(super) fn registry(
             .as_deref()
             .unwrap_or(defaults::REGISTRY_FILE)
             .into(),
-        audit_file: raw.audit_file.as_deref().map(Into::into),
         fingerprinter: fingerprinter.clone(),
     })
 }

@@ -4,8 +4,8 @@ use super::problems::Problems;
 use super::raw::RawConfig;
 use super::secrets::Env;
 use super::{
-    admin, affinity, clients, keys, metrics, providers, server, store, tenants, websocket, Config,
-    ConfigError,
+    admin, affinity, clients, groups, keys, metrics, providers, server, store, tenants, websocket,
+    Config, ConfigError,
 };
 
 /// Check every section, each problem noted with its path, and build the config only if nothing was wrong.
@@ -29,7 +29,9 @@ pub(super) fn validate(
         .store
         .as_ref()
         .and_then(|s| store::store(s, env, &mut p));
-    let admin = admin::admin(&raw.admin, env, &mut p);
+    let mut admin = admin::admin(&raw.admin, env, &mut p);
+    let registry_audit = raw.registry.as_ref().and_then(|r| r.audit_file.as_deref());
+    admin::audit_file(&mut admin, registry_audit, &mut p);
     let websocket = websocket::websocket(&raw.websocket, &mut p);
     let affinity = affinity::affinity(&raw.affinity, env, &mut p);
     let cx = tenants::Context {
@@ -45,6 +47,8 @@ pub(super) fn validate(
         .as_ref()
         .and_then(|r| tenants::registry(r, &fingerprinter, env, &mut p));
     let metrics = metrics::metrics(&raw.metrics, raw.registry.is_some(), &mut p);
+    let registered = raw.registry.is_some();
+    groups::client_groups(&clients, &providers, &tenants, registered, &mut p);
     if !p.is_empty() {
         return Err(ConfigError::Invalid(p));
     }

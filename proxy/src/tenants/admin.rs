@@ -25,6 +25,8 @@ struct NewKey {
     secret: String,
     rpm: Option<u32>,
     tpm: Option<u32>,
+    /// The key group it serves in (letters, digits, '-', '_'; at most 64).
+    group: Option<String>,
 }
 
 /// A refusal's status and JSON body, answered by the caller.
@@ -138,8 +140,9 @@ async fn read(req: Request<Incoming>) -> Result<NewKey, Response<ProxyBody>> {
         .map_err(|_| bad("unreadable or larger than 64 KiB"))?
         .to_bytes();
     // serde's message could quote the secret: say only what is wanted.
-    serde_json::from_slice(&body)
-        .map_err(|_| bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?, \"tpm\"?}"))
+    serde_json::from_slice(&body).map_err(|_| {
+        bad("expected {\"name\", \"provider\", \"secret\", \"rpm\"?, \"tpm\"?, \"group\"?}")
+    })
 }
 
 async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
@@ -169,7 +172,7 @@ async fn list(registry: &Registry, tenant: &str) -> Response<ProxyBody> {
         };
         keys.push(serde_json::json!({
             "name": r.name, "provider": r.provider, "fingerprint": r.fingerprint,
-            "rpm": r.rpm, "tpm": r.tpm, "state": state,
+            "rpm": r.rpm, "tpm": r.tpm, "group": r.group, "state": state,
         }));
     }
     answer(
@@ -202,10 +205,17 @@ fn checked(
     else {
         return Err(bad("no such provider"));
     };
+    if new
+        .group
+        .as_deref()
+        .is_some_and(|g| !keyrelay_pool::valid_group(g))
+    {
+        return Err(bad("group must be 1-64 of letters, digits, '-', '_'"));
+    }
     let rpm = new.rpm.unwrap_or(10_000).max(1);
     let tpm = new.tpm.map(|t| t.max(1));
     let key = registry.key(&new.name, Secret::new(new.secret), rpm);
-    Ok((pc, key.with_tpm(tpm)))
+    Ok((pc, key.with_tpm(tpm).with_group(new.group)))
 }
 
 async fn register(
@@ -266,7 +276,7 @@ async fn register(
         StatusCode::OK,
         serde_json::json!({
             "stored": true, "tenant": tenant, "name": key.name, "provider": pc.name,
-            "fingerprint": key.fingerprint, "validation": validity,
+            "fingerprint": key.fingerprint, "group": key.group, "validation": validity,
         }),
     )
 }
@@ -284,10 +294,14 @@ fn sealed(
         provider: pc.name.clone(),
         rpm: key.rpm,
         tpm: key.tpm,
+        group: key.group.clone(),
         fingerprint: key.fingerprint.clone(),
-        sealed: registry
-            .masters
-            .seal(tenant, &key.name, key.secret.expose().as_bytes()),
+        sealed: registry.masters.seal(
+            tenant,
+            &key.name,
+            key.group.as_deref(),
+            key.secret.expose().as_bytes(),
+        ),
     }
 }
 
@@ -299,13 +313,26 @@ fn unavailable() -> Response<ProxyBody> {
 }
 
 async fn remove(registry: &Registry, who: &Who, tenant: &str, name: &str) -> Response<ProxyBody> {
+    // The key's fingerprint, for the audit line.
+    let fingerprint = registry.records.all().await.ok().and_then(|all| {
+        all.into_iter()
+            .find(|r| r.tenant == tenant && r.name == name)
+            .map(|r| r.fingerprint)
+    });
     let removed = registry.records.remove(tenant, name).await;
     let result = match removed {
         Ok(true) => "removed",
         Ok(false) => "not_found",
         Err(_) => "store_failed",
     };
-    audit(registry, who, "remove", tenant, name, "", result);
+    // A name that matched no key is not written: it may be a secret pasted by mistake.
+    let key = if matches!(removed, Ok(true)) {
+        name
+    } else {
+        ""
+    };
+    let fingerprint = fingerprint.unwrap_or_default();
+    audit(registry, who, "remove", tenant, key, &fingerprint, result);
     registry.refresh(true).await;
     match removed {
         Ok(true) => answer(

@@ -1,15 +1,20 @@
-//! The audit trail of registry actions: one structured line per registration, removal and
-//! validation (who, tenant, key name and fingerprint, result; never a secret), to the log under
-//! the `keyrelay::audit` target and, when `[registry] audit_file` is set, appended to that file.
+//! The audit trail: one structured line per registration, removal and validation of a key, per
+//! runtime tenant created or deleted, per operator key action (disable, enable, reset) and per
+//! config reload (admin API or SIGHUP). Each says who, what, on which tenant or pool, which key
+//! (name and fingerprint, once the name matched a key) and the result; never a secret. Logged
+//! under the `keyrelay::audit` target and, when `[admin] audit_file` (or, in older configs,
+//! `[registry] audit_file`) is set, appended to that file as one JSON object per line.
 
 use super::registry::Registry;
 use std::io::Write;
+use std::path::Path;
 
-/// Who acted: the operator (admin token) or a tenant's admin.
+/// Who acted: the operator (admin token), a tenant's admin, or the operator by SIGHUP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Who {
     Admin,
     Tenant(String),
+    Signal,
 }
 
 impl Who {
@@ -18,6 +23,7 @@ impl Who {
         match self {
             Who::Admin => true,
             Who::Tenant(own) => own == tenant,
+            Who::Signal => false,
         }
     }
 
@@ -25,11 +31,12 @@ impl Who {
         match self {
             Who::Admin => "admin".to_owned(),
             Who::Tenant(t) => format!("tenant-admin:{t}"),
+            Who::Signal => "signal:SIGHUP".to_owned(),
         }
     }
 }
 
-/// Write one audit line.
+/// A registry action: one audit line.
 pub fn audit(
     registry: &Registry,
     who: &Who,
@@ -39,32 +46,51 @@ pub fn audit(
     fingerprint: &str,
     result: &str,
 ) {
-    let who = who.label();
-    tracing::info!(target: "keyrelay::audit", %who, action, tenant, key, fingerprint, result, "audit");
     let line = serde_json::json!({
-        "at": crate::admin::rfc3339(std::time::SystemTime::now()),
-        "who": who, "action": action, "tenant": tenant, "key": key,
+        "who": who.label(), "action": action, "tenant": tenant, "key": key,
         "fingerprint": fingerprint, "result": result,
     });
-    append(registry.audit_file.as_deref(), &line);
+    record(registry.audit_file.as_deref(), line);
 }
 
-/// An operator's key action or reload on the admin listener (authorised by the admin token):
-/// one audit line. `key` is what the operator named, given only once it matched a key (so a
-/// secret pasted by mistake is never written).
-pub fn operator(app: &crate::service::App, action: &str, provider: &str, key: &str, status: u16) {
-    let key = if status == 200 { key } else { "" };
-    tracing::info!(target: "keyrelay::audit", who = "admin", action, provider, key, status, "audit");
+/// The key an operator's action reached: its pool (and that pool's tenant), name and
+/// fingerprint. Only a name that matched a key is ever written, so a secret pasted by mistake
+/// into the path is not.
+pub struct Target<'a> {
+    pub pool: &'a str,
+    pub tenant: Option<&'a str>,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+}
+
+/// An operator's key action on the admin listener: one audit line. `target` is `None` when
+/// the path named no pool or key (`result` says which).
+pub fn key_action(file: Option<&Path>, action: &str, target: Option<&Target<'_>>, result: &str) {
     let line = serde_json::json!({
-        "at": crate::admin::rfc3339(std::time::SystemTime::now()),
-        "who": "admin", "action": action, "provider": provider, "key": key, "status": status,
+        "who": Who::Admin.label(), "action": action,
+        "provider": target.map_or("", |t| t.pool), "tenant": target.and_then(|t| t.tenant),
+        "key": target.map_or("", |t| t.key), "fingerprint": target.map_or("", |t| t.fingerprint),
+        "result": result,
     });
-    let file = app.tenants().registry().and_then(|r| r.audit_file.clone());
-    append(file.as_deref(), &line);
+    record(file, line);
 }
 
-/// Append `line` to the audit file, if one is configured.
-fn append(path: Option<&std::path::Path>, line: &serde_json::Value) {
+/// A config reload, by the admin API or SIGHUP: one audit line. `result` is a fixed word
+/// (`reloaded`, `invalid_config`, ...), never the problems themselves.
+pub fn reload(file: Option<&Path>, who: &Who, result: &str) {
+    let line = serde_json::json!({"who": who.label(), "action": "reload", "result": result});
+    record(file, line);
+}
+
+/// Log `line` with the time it happened, and append it to `file` if one is configured.
+fn record(file: Option<&Path>, mut line: serde_json::Value) {
+    line["at"] = crate::admin::rfc3339(std::time::SystemTime::now()).into();
+    tracing::info!(target: "keyrelay::audit", "{line}");
+    append(file, &line);
+}
+
+/// Append `line` to the audit file, if one is configured (created owner-only).
+fn append(path: Option<&Path>, line: &serde_json::Value) {
     let Some(path) = path else {
         return;
     };
@@ -72,7 +98,12 @@ fn append(path: Option<&std::path::Path>, line: &serde_json::Value) {
     options.append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(path).and_then(|mut f| writeln!(f, "{line}"));
+    // One write of the whole line: with O_APPEND, concurrent writers never interleave.
+    let mut text = line.to_string();
+    text.push('\n');
+    let written = options
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot append to the audit file");
     }

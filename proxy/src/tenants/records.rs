@@ -31,8 +31,8 @@ pub struct Stored {
     pub tenants: Vec<TenantRecord>,
 }
 
-/// One registered key as stored: where it belongs, its limit and fingerprint, and its secret
-/// sealed (never in the clear).
+/// One registered key as stored: where it belongs, its limit, group and fingerprint, and its
+/// secret sealed (never in the clear; the seal binds tenant, name and group).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
     pub tenant: String,
@@ -42,6 +42,9 @@ pub struct Record {
     /// Tokens per sliding minute; absent in records written before `tpm` existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u32>,
+    /// The key group it serves in; absent in records written before groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub fingerprint: String,
     pub sealed: Sealed,
 }

@@ -56,7 +56,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             masters: Masters::new(&rc.master, rc.previous.as_ref()),
             records: records(config, rc),
-            audit_file: rc.audit_file.clone(),
+            audit_file: config.admin.audit_file.clone(),
             fingerprinter: rc.fingerprinter.clone(),
             config: config.clone(),
             shared: shared.clone(),
@@ -123,11 +123,18 @@ impl Registry {
         *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = stored.tenants.clone();
         let mut groups: HashMap<(String, String), Vec<Key>> = HashMap::new();
         for r in &stored.keys {
-            match self.masters.open(&r.tenant, &r.name, &r.sealed) {
+            match self
+                .masters
+                .open(&r.tenant, &r.name, r.group.as_deref(), &r.sealed)
+            {
                 Ok(secret) => groups
                     .entry((r.tenant.clone(), r.provider.clone()))
                     .or_default()
-                    .push(self.key(&r.name, secret, r.rpm).with_tpm(r.tpm)),
+                    .push(
+                        self.key(&r.name, secret, r.rpm)
+                            .with_tpm(r.tpm)
+                            .with_group(r.group.clone()),
+                    ),
                 Err(e) => {
                     tracing::warn!(tenant = %r.tenant, key = %r.name, error = %e, "a registered key does not open; not served")
                 }
@@ -244,9 +251,10 @@ pub async fn rekey(config: &Config) -> Result<usize, String> {
             continue;
         }
         let secret = masters
-            .open(&r.tenant, &r.name, &r.sealed)
+            .open(&r.tenant, &r.name, r.group.as_deref(), &r.sealed)
             .map_err(|e| format!("{}/{}: {e}", r.tenant, r.name))?;
-        r.sealed = masters.seal(&r.tenant, &r.name, secret.expose().as_bytes());
+        let group = r.group.as_deref();
+        r.sealed = masters.seal(&r.tenant, &r.name, group, secret.expose().as_bytes());
         records.put(&r).await?;
         done += 1;
     }

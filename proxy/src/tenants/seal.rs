@@ -1,6 +1,6 @@
 //! Registered keys at rest: each sealed with AES-256-GCM under the master key, with a fresh
-//! random nonce per record and the record's tenant and name as associated data, so a record
-//! copied under another tenant's (or key's) name does not open. A previous master key is kept
+//! random nonce per record and the record's tenant, name and key group as associated data, so a
+//! record copied under another tenant's (or key's) name, or moved to another group, does not open. A previous master key is kept
 //! for reading while `keyrelay rekey` seals every record again under the current one.
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -61,10 +61,10 @@ impl Masters {
         }
     }
 
-    /// Seal `plain` for `tenant`'s key `name` under the current master key.
-    pub fn seal(&self, tenant: &str, name: &str, plain: &[u8]) -> Sealed {
+    /// Seal `plain` for `tenant`'s key `name` (in `group`) under the current master key.
+    pub fn seal(&self, tenant: &str, name: &str, group: Option<&str>, plain: &[u8]) -> Sealed {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = associated(tenant, name);
+        let aad = associated(tenant, name, group);
         let payload = Payload {
             msg: plain,
             aad: &aad,
@@ -82,8 +82,14 @@ impl Masters {
         }
     }
 
-    /// Open `sealed` as `tenant`'s key `name`.
-    pub fn open(&self, tenant: &str, name: &str, sealed: &Sealed) -> Result<Secret, SealError> {
+    /// Open `sealed` as `tenant`'s key `name` in `group`.
+    pub fn open(
+        &self,
+        tenant: &str,
+        name: &str,
+        group: Option<&str>,
+        sealed: &Sealed,
+    ) -> Result<Secret, SealError> {
         let master = [Some(&self.current), self.previous.as_ref()]
             .into_iter()
             .flatten()
@@ -94,7 +100,7 @@ impl Masters {
         if nonce.len() != 12 {
             return Err(SealError::Rejected);
         }
-        let aad = associated(tenant, name);
+        let aad = associated(tenant, name, group);
         let plain = master
             .cipher
             .decrypt(
@@ -116,12 +122,17 @@ impl Masters {
 }
 
 /// The associated data binding a record to its place: a version, the tenant and the name,
-/// NUL-separated (neither may hold a NUL).
-fn associated(tenant: &str, name: &str) -> Vec<u8> {
+/// and the group when there is one, NUL-separated (none may hold a NUL). A record with no
+/// group binds what records did before groups existed, so those still open.
+fn associated(tenant: &str, name: &str, group: Option<&str>) -> Vec<u8> {
     let mut out = b"keyrelay key record v1\0".to_vec();
     out.extend_from_slice(tenant.as_bytes());
     out.push(0);
     out.extend_from_slice(name.as_bytes());
+    if let Some(group) = group {
+        out.extend_from_slice(b"\0group\0");
+        out.extend_from_slice(group.as_bytes());
+    }
     out
 }
 
@@ -140,18 +151,30 @@ mod tests {
     #[test]
     fn a_record_opens_only_where_it_was_sealed() {
         let m = Masters::new(&[7; 32], None);
-        let a = m.seal("acme", "main", SECRET.as_bytes());
-        let b = m.seal("acme", "main", SECRET.as_bytes());
+        let a = m.seal("acme", "main", None, SECRET.as_bytes());
+        let b = m.seal("acme", "main", None, SECRET.as_bytes());
         assert_ne!(a.nonce, b.nonce, "a fresh nonce per record");
-        assert_eq!(m.open("acme", "main", &a).unwrap().expose(), SECRET);
+        assert_eq!(m.open("acme", "main", None, &a).unwrap().expose(), SECRET);
         // Moved to another tenant or name: refused.
-        assert_eq!(m.open("other", "main", &a), Err(SealError::Rejected));
-        assert_eq!(m.open("acme", "spare", &a), Err(SealError::Rejected));
+        assert_eq!(m.open("other", "main", None, &a), Err(SealError::Rejected));
+        assert_eq!(m.open("acme", "spare", None, &a), Err(SealError::Rejected));
         // Altered: refused.
         let mut bad = a.clone();
         bad.data
             .replace_range(0..2, if &bad.data[0..2] == "00" { "01" } else { "00" });
-        assert_eq!(m.open("acme", "main", &bad), Err(SealError::Rejected));
+        assert_eq!(m.open("acme", "main", None, &bad), Err(SealError::Rejected));
+        // Sealed in a group: opens in that group only (and a record of none in none).
+        let g = m.seal("acme", "main", Some("batch"), SECRET.as_bytes());
+        assert!(m.open("acme", "main", Some("batch"), &g).is_ok());
+        assert_eq!(m.open("acme", "main", None, &g), Err(SealError::Rejected));
+        assert_eq!(
+            m.open("acme", "main", Some("live"), &g),
+            Err(SealError::Rejected)
+        );
+        assert_eq!(
+            m.open("acme", "main", Some("batch"), &a),
+            Err(SealError::Rejected)
+        );
         // No fragment of the secret in what is stored.
         let stored = serde_json::to_string(&a).unwrap();
         for f in SECRET.as_bytes().windows(12) {
@@ -162,15 +185,21 @@ mod tests {
     #[test]
     fn the_previous_master_key_reads_until_rekeyed() {
         let old = Masters::new(&[1; 32], None);
-        let sealed = old.seal("t", "k", SECRET.as_bytes());
+        let sealed = old.seal("t", "k", None, SECRET.as_bytes());
         let rotating = Masters::new(&[2; 32], Some(&[1; 32]));
         assert!(rotating.is_stale(&sealed));
-        let opened = rotating.open("t", "k", &sealed).unwrap();
-        let resealed = rotating.seal("t", "k", opened.expose().as_bytes());
+        let opened = rotating.open("t", "k", None, &sealed).unwrap();
+        let resealed = rotating.seal("t", "k", None, opened.expose().as_bytes());
         assert!(!rotating.is_stale(&resealed));
         let after = Masters::new(&[2; 32], None);
-        assert_eq!(after.open("t", "k", &sealed), Err(SealError::UnknownKey));
-        assert_eq!(after.open("t", "k", &resealed).unwrap().expose(), SECRET);
+        assert_eq!(
+            after.open("t", "k", None, &sealed),
+            Err(SealError::UnknownKey)
+        );
+        assert_eq!(
+            after.open("t", "k", None, &resealed).unwrap().expose(),
+            SECRET
+        );
         assert_eq!(parse_master(&"ab".repeat(32)), Some([0xab; 32]));
         assert_eq!(parse_master("abc"), None);
     }

@@ -116,6 +116,8 @@ struct Handshake {
     protocols: Protocols,
     /// The connection's hold, kept by the session (absent on connections that give none).
     hold: Option<Hold>,
+    /// The key group the upgrade named (header or client default), if any.
+    group: Option<keyrelay_pool::Group>,
 }
 
 impl Ctx<'_> {
@@ -131,7 +133,8 @@ impl Ctx<'_> {
         let mut presented = presented_credentials(&parts.headers, parts.uri.query());
         presented.extend(protocols.tokens());
         let runtime = self.tenants.runtime_client(&presented);
-        let Some(client) = self.auth.authenticate(&presented).or(runtime.as_deref()) else {
+        let runtime = runtime.as_deref().map(|c| (c, None));
+        let Some((client, default_group)) = self.auth.identify(&presented).or(runtime) else {
             self.metrics.client_auth_failure(if presented.is_empty() {
                 AuthFailure::Missing
             } else {
@@ -143,13 +146,11 @@ impl Ctx<'_> {
         let Some((shared, rest)) = found else {
             return log.error(ProxyError::UnknownRoute, shape);
         };
-        let provider = match self.tenants.route(client, shared) {
+        let named = (&parts.headers, default_group);
+        let (provider, group) = match self.pool_for(client, shared, named).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
-        if let Err(e) = self.limits.check(client).await {
-            return log.error(e, shape);
-        }
         log.provider(&provider);
         if !(self.gateway.enabled && provider.websocket) {
             return log.error(ProxyError::WebSocketDisabled, shape);
@@ -177,8 +178,24 @@ impl Ctx<'_> {
             headers,
             protocols,
             hold,
+            group,
         };
         self.connect(&provider, handshake, on_upgrade, log).await
+    }
+
+    /// The pool serving `client` on `shared`'s route and the key group the request names
+    /// (header, else the client's default), as over HTTP; then the client's limits.
+    async fn pool_for(
+        &self,
+        client: &str,
+        shared: &Arc<Provider>,
+        (headers, default_group): (&http::HeaderMap, Option<&str>),
+    ) -> Result<(Arc<Provider>, Option<keyrelay_pool::Group>), ProxyError> {
+        let provider = self.tenants.route(client, shared)?;
+        let named = crate::group::requested(headers, default_group)?;
+        let group = crate::group::resolve(named, &provider)?;
+        self.limits.check(client).await?;
+        Ok((provider, group))
     }
 
     /// Send the handshake to one key after another until one gives an answer to pass on.
@@ -191,6 +208,9 @@ impl Ctx<'_> {
     ) -> Response<ProxyBody> {
         let shape = provider.shape;
         let mut tried = Tried::new(hs.uri.path(), provider.max_attempts as usize);
+        if let Some(group) = hs.group {
+            tried = tried.within(&provider.pool, group);
+        }
         let mut last: Option<Failure> = None;
         let started = Instant::now();
         let deadline = started + provider.deadline;
