@@ -4,6 +4,7 @@
 //! A cut SSE stream gets one last event carrying an error in the provider's shape before the
 //! connection is aborted, so SDKs raise a clear error and still never see a clean end.
 
+mod gather;
 mod replay;
 mod request;
 pub mod spill;
@@ -121,6 +122,8 @@ struct Streamed<B: Body> {
     /// Reads the tokens the answer used, where a `tpm` limit applies (`None`: no work at all);
     /// dropped with the body, which hands the count on.
     meter: Option<Box<crate::usage::Meter>>,
+    /// Frames of a burst, held to go out in one write.
+    gather: gather::Gather,
 }
 
 impl<B: Body> Streamed<B> {
@@ -148,6 +151,20 @@ impl<B: Body> Streamed<B> {
                 return self.fail(StreamError::Idle);
             }
             self.timer.as_mut().reset(due);
+        }
+    }
+
+    /// The upstream cut the stream: what is held goes first, then the error event or the error.
+    fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        match self.fail(StreamError::Cut) {
+            Poll::Ready(Some(Ok(event))) => Poll::Ready(self.gather.release(Some(event)).map(Ok)),
+            Poll::Ready(Some(Err(e))) if !self.gather.is_empty() => {
+                // Failed once the held frames are handed on.
+                self.failing = Some(e);
+                self.timer.as_mut().reset(Instant::now());
+                Poll::Ready(self.gather.release(None).map(Ok))
+            }
+            other => other,
         }
     }
 
@@ -253,6 +270,7 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
                 tail_len: 0,
                 failing: None,
                 meter: None,
+                gather: gather::Gather::default(),
             })),
         }
     }
@@ -296,6 +314,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
             Kind::Stream(s) => s,
             Kind::Boxed(b) => return b.as_mut().poll_frame(cx),
         };
+        if let Some(frame) = s.gather.next() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if s.failing.is_some() {
             if s.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -317,15 +338,24 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
                         meter.feed(data);
                     }
                 }
-                s.last = Instant::now();
-                Poll::Ready(Some(Ok(frame)))
+                let now = Instant::now();
+                let previous = std::mem::replace(&mut s.last, now);
+                let more = !s.inner.is_end_stream();
+                match s.gather.offer(frame, more, now, previous, cx) {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => Poll::Pending,
+                }
             }
-            Poll::Ready(Some(Err(_))) => s.fail(StreamError::Cut),
+            Poll::Ready(Some(Err(_))) => s.cut(),
             Poll::Ready(None) => {
                 s.end = Some(StreamEnd::Complete);
-                Poll::Ready(None)
+                Poll::Ready(s.gather.release(None).map(Ok))
             }
-            Poll::Pending => s.poll_idle(cx),
+            Poll::Pending if s.gather.wait(cx) => Poll::Pending,
+            Poll::Pending => match s.gather.release(None) {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => s.poll_idle(cx),
+            },
         }
     }
 
@@ -333,7 +363,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
         match &self.kind {
             Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => b.is_none(),
             // Never "ended" while an error is still to come: hyper would end the message cleanly.
-            Kind::Stream(s) => s.failing.is_none() && (s.end.is_some() || s.inner.is_end_stream()),
+            Kind::Stream(s) => {
+                s.gather.is_empty()
+                    && s.failing.is_none()
+                    && (s.end.is_some() || s.inner.is_end_stream())
+            }
             Kind::Boxed(b) => b.is_end_stream(),
         }
     }

@@ -282,7 +282,7 @@ async fn a_key_registered_in_a_group_serves_in_it_and_is_listed_with_it() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["provider"] == "t0.openai")
+        .find(|p| p["pool"] == "t0.openai")
         .unwrap()
         .clone();
     let groups: Vec<(String, serde_json::Value)> = pool["keys"]
