@@ -222,6 +222,14 @@ async fn a_key_that_used_its_tokens_is_skipped_for_the_next_key() {
         "the key at its tpm: {:?}",
         status[0].mode
     );
+    // Counted among the pool's cooldowns, by its reason.
+    let metrics = proxy.app().metrics().encode();
+    assert!(
+        metrics.contains(
+            r#"keyrelay_cooldowns_total{provider="openai",reason="tpm",tenant="shared"} 1"#
+        ),
+        "{metrics}"
+    );
     // Round-robin would give it every other request; it is skipped while its tokens slide out.
     let before = mock.calls(KEYS[1]);
     for _ in 0..4 {

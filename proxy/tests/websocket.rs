@@ -527,12 +527,7 @@ async fn a_tenants_session_opens_on_its_tenants_key_only() {
         assert_eq!(resp.status(), 101);
         ws.close(None).await.unwrap();
     }
-    let keys: Vec<String> = h
-        .mock
-        .ws_sessions()
-        .into_iter()
-        .map(|s| s.key.unwrap_or_default())
-        .collect();
+    let keys = session_keys(&h);
     assert_eq!(keys.len(), 6);
     for (i, key) in keys.iter().enumerate() {
         if i % 2 == 0 {
@@ -579,12 +574,7 @@ async fn a_session_naming_a_key_group_opens_on_its_keys_only() {
         assert_eq!(resp.status(), 101);
         ws.close(None).await.unwrap();
     }
-    let keys: Vec<String> = h
-        .mock
-        .ws_sessions()
-        .into_iter()
-        .map(|s| s.key.unwrap_or_default())
-        .collect();
+    let keys = session_keys(&h);
     assert_eq!(keys, [KEYS[1], KEYS[2], KEYS[1], KEYS[2]]);
     let calls = h.mock.total_calls();
     let headers = [
@@ -595,4 +585,13 @@ async fn a_session_naming_a_key_group_opens_on_its_keys_only() {
     assert_eq!(resp.status(), 400);
     assert_eq!(h.mock.total_calls(), calls, "the provider was asked");
     assert_eq!(h.mock.ws_sessions().len(), 4);
+}
+
+/// The key each WebSocket session the mock saw was opened with, in order.
+fn session_keys(h: &Harness) -> Vec<String> {
+    h.mock
+        .ws_sessions()
+        .into_iter()
+        .map(|s| s.key.unwrap_or_default())
+        .collect()
 }

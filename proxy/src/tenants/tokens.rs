@@ -136,6 +136,7 @@ impl Limits {
                     period,
                     reason: "tpm",
                 };
+                key.provider.metrics.marked(&mark);
                 key.provider.pool.mark(key.index, mark).await;
             }
         }
