@@ -91,6 +91,14 @@ pub(crate) struct State {
     resources: resources::Projects,
 }
 
+impl State {
+    /// The reply scripted for `key`, if any.
+    pub(crate) fn reply_for(&self, key: Option<&str>) -> Option<Reply> {
+        let replies = self.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        replies.get(key?).cloned()
+    }
+}
+
 /// A running mock upstream on 127.0.0.1. Stops accepting when dropped.
 #[derive(Debug)]
 pub struct MockUpstream {
@@ -298,17 +306,7 @@ async fn handle(
     if let Some(fault) = fault {
         return faulty(fault, &parts, &body, &state, ctl).await;
     }
-    let reply = key
-        .as_deref()
-        .and_then(|k| {
-            state
-                .replies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(k)
-                .cloned()
-        })
-        .unwrap_or(Reply::Normal);
+    let reply = state.reply_for(key.as_deref()).unwrap_or(Reply::Normal);
     Ok(match reply {
         Reply::Fixed {
             status,

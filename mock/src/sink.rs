@@ -10,7 +10,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
-use std::sync::PoisonError;
 use std::time::Duration;
 
 /// How long an early answer keeps reading the rest of the body before the connection closes.
@@ -28,14 +27,7 @@ pub(crate) async fn answer(
     key: Option<String>,
     state: &State,
 ) -> Response<MockBody> {
-    let scripted = key.as_deref().and_then(|k| {
-        state
-            .replies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(k)
-            .cloned()
-    });
+    let scripted = state.reply_for(key.as_deref());
     if let Some(Reply::Fixed {
         status,
         headers,

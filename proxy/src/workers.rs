@@ -62,16 +62,6 @@ impl Workers {
         })
     }
 
-    /// How many workers there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Never true: there is always at least one worker.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Run `task` on the next worker, round-robin.
     pub fn spawn<F>(&self, task: F)
     where

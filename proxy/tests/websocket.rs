@@ -182,12 +182,7 @@ async fn a_client_close_reaches_the_provider_and_sessions_are_counted() {
     let s = &h.mock.ws_sessions()[0];
     assert_eq!(s.close, Some((4001, "client done".to_owned())));
 
-    let counted = eventually(Duration::from_secs(10), || {
-        h.proxy.app().metrics().open_websockets() == 0
-    })
-    .await;
-    assert!(counted, "the session was never counted closed");
-    let metrics = h.admin("GET", "/metrics", None).await.text();
+    let metrics = metrics_once_closed(&h).await;
     for line in [
         "keyrelay_websocket_sessions_opened_total{provider=\"openai\",tenant=\"shared\"} 1",
         "keyrelay_websocket_open_sessions 0",
@@ -384,12 +379,7 @@ async fn an_idle_session_is_closed_on_both_sides() {
         h.mock.ws_sessions()[0].close.as_ref().map(|c| c.0),
         Some(1001)
     );
-    let counted = eventually(Duration::from_secs(10), || {
-        h.proxy.app().metrics().open_websockets() == 0
-    })
-    .await;
-    assert!(counted);
-    let metrics = h.admin("GET", "/metrics", None).await.text();
+    let metrics = metrics_once_closed(&h).await;
     let line =
         "keyrelay_websocket_sessions_closed_total{end=\"idle_timeout\",provider=\"openai\",tenant=\"shared\"} 1";
     assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
@@ -425,12 +415,7 @@ async fn a_client_that_drops_its_connection_closes_the_providers_side() {
         ended,
         "the provider's side stayed open after the client left"
     );
-    let counted = eventually(Duration::from_secs(10), || {
-        h.proxy.app().metrics().open_websockets() == 0
-    })
-    .await;
-    assert!(counted);
-    let metrics = h.admin("GET", "/metrics", None).await.text();
+    let metrics = metrics_once_closed(&h).await;
     let line =
         "keyrelay_websocket_sessions_closed_total{end=\"client_closed\",provider=\"openai\",tenant=\"shared\"} 1";
     assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
@@ -594,4 +579,14 @@ fn session_keys(h: &Harness) -> Vec<String> {
         .into_iter()
         .map(|s| s.key.unwrap_or_default())
         .collect()
+}
+
+/// The metrics text, once no WebSocket session is counted open any more.
+async fn metrics_once_closed(h: &Harness) -> String {
+    let counted = eventually(Duration::from_secs(10), || {
+        h.proxy.app().metrics().open_websockets() == 0
+    })
+    .await;
+    assert!(counted, "the session was never counted closed");
+    h.admin("GET", "/metrics", None).await.text()
 }
