@@ -226,12 +226,15 @@ enum Kind<B: Body> {
 /// The upstream body is hyper's; the parameter lets a benchmark pass its own frames through.
 pub struct ProxyBody<B: Body = Incoming> {
     kind: Kind<B>,
+    /// The first frame (or the end), read by [`ProxyBody::prime`] before the head went out.
+    primed: Option<Option<Result<Frame<Bytes>, StreamError>>>,
 }
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
+            primed: None,
         }
     }
 
@@ -243,6 +246,7 @@ impl ProxyBody {
                 bytes: Some(bytes),
                 hook,
             }),
+            primed: None,
         }
     }
 }
@@ -272,6 +276,7 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
                 meter: None,
                 gather: gather::Gather::default(),
             })),
+            primed: None,
         }
     }
 
@@ -295,7 +300,42 @@ impl ProxyBody {
     ) -> Self {
         ProxyBody {
             kind: Kind::Boxed(Box::pin(inner)),
+            primed: None,
         }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
+    /// Before the head goes out, read the first frame if the upstream already has it (the
+    /// head and the start of the body usually come in one segment): hyper's server then writes
+    /// them together, one socket write where there were two (three for a burst of events).
+    /// Nothing waits on the network: the task yields once for the upstream connection to hand
+    /// over what it has read (and as long as a burst is being gathered, which stops as soon as
+    /// nothing more is ready); if nothing is ready then, the head goes alone, as before.
+    pub async fn prime(&mut self) {
+        if !matches!(self.kind, Kind::Stream(_) | Kind::Boxed(_)) || self.primed.is_some() {
+            return;
+        }
+        let mut yielded = false;
+        std::future::poll_fn(|cx| match Pin::new(&mut *self).poll_frame(cx) {
+            Poll::Ready(first) => {
+                self.primed = Some(first);
+                Poll::Ready(())
+            }
+            Poll::Pending if self.gathering() => Poll::Pending,
+            Poll::Pending if !yielded => {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Ready(()),
+        })
+        .await;
+    }
+
+    /// Whether a burst is being gathered: the task has woken itself to go on.
+    fn gathering(&self) -> bool {
+        matches!(&self.kind, Kind::Stream(s) if !s.gather.is_empty())
     }
 }
 
@@ -307,7 +347,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        let s = match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        if let Some(primed) = this.primed.take() {
+            return Poll::Ready(primed);
+        }
+        let s = match &mut this.kind {
             Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => {
                 return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))))
             }
@@ -360,6 +404,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(primed) = &self.primed {
+            return primed.is_none();
+        }
         match &self.kind {
             Kind::Full(b) | Kind::Held(Held { bytes: b, .. }) => b.is_none(),
             // Never "ended" while an error is still to come: hyper would end the message cleanly.
@@ -373,6 +420,30 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
+        let rest = self.kind_hint();
+        match &self.primed {
+            None => rest,
+            Some(None) => SizeHint::with_exact(0),
+            Some(Some(first)) => {
+                let len = first
+                    .as_ref()
+                    .ok()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + len);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + len);
+                }
+                hint
+            }
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
+    /// The size of what the body has not handed out yet, a primed frame aside.
+    fn kind_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(Some(b)) | Kind::Held(Held { bytes: Some(b), .. }) => {
                 SizeHint::with_exact(b.len() as u64)
@@ -388,6 +459,130 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+    use std::task::Waker;
+
+    /// What an upstream body does on each poll, the way hyper's client body behaves: `Later`
+    /// is nothing ready yet but the connection was woken to hand it over (the task is woken);
+    /// `Never` is nothing ready and nothing coming soon.
+    enum Step {
+        Later,
+        Frame(&'static str),
+        Never,
+    }
+
+    /// An upstream body playing `steps`, then ending.
+    struct Script {
+        steps: VecDeque<Step>,
+        polls: usize,
+    }
+
+    fn script(steps: impl IntoIterator<Item = Step>) -> Script {
+        Script {
+            steps: steps.into_iter().collect(),
+            polls: 0,
+        }
+    }
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.polls += 1;
+            match self.steps.front() {
+                None => Poll::Ready(None),
+                Some(Step::Never) => Poll::Pending,
+                Some(Step::Later) => {
+                    self.steps.pop_front();
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Step::Frame(text)) => {
+                    let frame = Frame::data(Bytes::from_static(text.as_bytes()));
+                    self.steps.pop_front();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.steps.is_empty()
+        }
+    }
+
+    fn streamed(steps: impl IntoIterator<Item = Step>) -> ProxyBody<Script> {
+        ProxyBody::streamed(script(steps), Duration::from_secs(60), None, None)
+    }
+
+    /// Everything the body hands on without ever being pending, with a waker that does
+    /// nothing (as hyper's server does after writing the head: all of it goes in one write).
+    fn ready_now(body: &mut ProxyBody<Script>) -> (Vec<String>, bool) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    out.push(String::from_utf8(f.into_data().unwrap().to_vec()).unwrap());
+                }
+                Poll::Ready(None) => return (out, true),
+                Poll::Ready(Some(Err(e))) => panic!("the body failed: {e}"),
+                Poll::Pending => return (out, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn priming_reads_the_first_frame_the_upstream_already_has() {
+        let mut body = streamed([Step::Later, Step::Frame("{\"id\":1}")]);
+        body.prime().await;
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().lower(), 8);
+        assert_eq!(ready_now(&mut body), (vec!["{\"id\":1}".to_owned()], true));
+    }
+
+    #[tokio::test]
+    async fn priming_gathers_a_burst_so_the_head_and_every_frame_go_out_together() {
+        let mut steps = Vec::new();
+        for text in ["a", "b", "c", "d"] {
+            steps.extend([Step::Later, Step::Frame(text)]);
+        }
+        let mut body = streamed(steps);
+        body.prime().await;
+        let (frames, ended) = ready_now(&mut body);
+        assert_eq!(frames, ["a", "b", "c", "d"]);
+        assert!(ended);
+    }
+
+    #[tokio::test]
+    async fn priming_never_waits_for_a_frame_that_is_not_there() {
+        let mut body = streamed([Step::Never]);
+        tokio::time::timeout(Duration::from_secs(5), body.prime())
+            .await
+            .expect("priming returns at once when nothing is ready");
+        let Kind::Stream(s) = &body.kind else {
+            unreachable!()
+        };
+        assert_eq!(s.inner.polls, 2, "one poll, one yield, one more poll");
+        assert!(!body.is_end_stream());
+        // The frame still comes whenever it does.
+        let Kind::Stream(s) = &mut body.kind else {
+            unreachable!()
+        };
+        s.inner.steps = VecDeque::from([Step::Frame("late")]);
+        assert_eq!(ready_now(&mut body), (vec!["late".to_owned()], true));
+    }
+
+    #[tokio::test]
+    async fn a_full_body_is_not_primed() {
+        let mut body = ProxyBody::full("x");
+        body.prime().await;
+        assert!(body.primed.is_none());
+        assert_eq!(body.size_hint().exact(), Some(1));
+    }
 
     fn event(shape: ErrorShape, tail: &[u8]) -> String {
         String::from_utf8(error_event(shape, &ProxyError::StreamCut, tail).to_vec()).unwrap()

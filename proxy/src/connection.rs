@@ -436,7 +436,8 @@ pub async fn drive<I, H, F>(
         // included; boxed, the request's state (several KB) lives only while it is served.
         let response = Box::pin(handle(req));
         async move {
-            let response = response.await;
+            let mut response = response.await;
+            response.body_mut().prime().await;
             Ok::<_, Infallible>(response.map(|inner| Tracked { inner, in_flight }))
         }
     });

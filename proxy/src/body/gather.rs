@@ -22,13 +22,19 @@ use tokio::time::Instant;
 /// A frame this soon after the one before is part of a burst.
 pub const BURST: Duration = Duration::from_millis(1);
 
-/// At most this many frames are held at once (hyper writes up to 16 buffers per write).
-const MAX_HELD: usize = 16;
+/// At most this many frames, and this many bytes, are held at once. hyper's server copies
+/// what it is handed into one write buffer (`writev(false)`) of up to 16 KiB
+/// (`connection::H1_MAX_HEAD_BYTES`); what is held was read already, so the bounds only cap
+/// how much a burst keeps back from the client.
+const MAX_HELD: usize = 64;
+const MAX_HELD_BYTES: usize = 16 * 1024;
 
 /// Frames held back while a burst lasts.
 #[derive(Default)]
 pub struct Gather {
     held: VecDeque<Frame<Bytes>>,
+    /// The data bytes in `held`.
+    held_bytes: usize,
     /// Handing the held frames on: no more are taken until they are.
     releasing: bool,
     /// Yielded once more after nothing was ready, for the upstream connection to run.
@@ -43,6 +49,9 @@ impl Gather {
         }
         let frame = self.held.pop_front();
         self.releasing = frame.is_some();
+        if self.held.is_empty() {
+            self.held_bytes = 0;
+        }
         frame
     }
 
@@ -63,7 +72,10 @@ impl Gather {
         cx: &mut Context<'_>,
     ) -> Option<Frame<Bytes>> {
         let burst = more && now.saturating_duration_since(previous) < BURST;
-        if burst && frame.is_data() && self.held.len() < MAX_HELD {
+        let len = frame.data_ref().map_or(0, Bytes::len);
+        let room = self.held.len() < MAX_HELD && self.held_bytes + len <= MAX_HELD_BYTES;
+        if burst && frame.is_data() && room {
+            self.held_bytes += len;
             self.held.push_back(frame);
             self.waited = false;
             // Polled again once the tasks woken before it (the upstream connection's) ran.
@@ -171,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn at_most_sixteen_frames_are_held_then_all_go() {
+    fn at_most_max_held_frames_are_held_then_all_go() {
         let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
@@ -184,6 +196,29 @@ mod tests {
         }
         assert_eq!(out.len(), MAX_HELD + 1);
         assert_eq!(out.last().map(String::as_str), Some("y"));
+    }
+
+    #[test]
+    fn at_most_max_held_bytes_are_held_then_all_go() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut g = Gather::default();
+        let t = Instant::now();
+        let big = || Frame::data(Bytes::from(vec![b'x'; MAX_HELD_BYTES / 4]));
+        for _ in 0..4 {
+            assert!(g.offer(big(), true, t, t, &mut cx).is_none());
+        }
+        assert!(
+            g.offer(data("y"), true, t, t, &mut cx).is_some(),
+            "no room for one more byte: everything goes"
+        );
+        let mut n = 1;
+        while g.next().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        assert!(g.is_empty());
+        // The count starts again from nothing.
+        assert!(g.offer(big(), true, t, t, &mut cx).is_none());
     }
 
     #[test]
