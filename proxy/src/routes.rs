@@ -6,7 +6,7 @@ use crate::affinity::{Affinity, Codec};
 use crate::config::{AffinityConfig, AuthStyle, Config, ProviderConfig};
 use crate::error::ErrorShape;
 use crate::service::Shared;
-use http::{HeaderName, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 use keyrelay_metrics::{ProviderMetrics, Tenant};
 use keyrelay_pool::{KeyAuth, Pool, PoolError, PoolSpec};
 use std::sync::Arc;
@@ -41,6 +41,9 @@ pub struct Provider {
     pub fallback: Option<Arc<Provider>>,
     /// Whether any key of this pool has a `tpm` (its answers' tokens are then counted).
     pub tpm_keys: bool,
+    /// The `Host` header of every upstream request, the base URL's authority as written (an
+    /// HTTP/2 `:authority` is the same), made once instead of by hyper's client per request.
+    pub host: Option<HeaderValue>,
 }
 
 /// A pool's metrics labels: its tenant's, and the name of the configured provider it serves.
@@ -105,10 +108,11 @@ impl Provider {
             tenant: None,
             fallback: None,
             tpm_keys: pc.keys.iter().any(|k| k.tpm.is_some()),
+            host: None,
         };
-        let origin_len = origin_len(&provider.base, &provider.base_url);
         Ok(Provider {
-            origin_len,
+            origin_len: origin_len(&provider.base, &provider.base_url),
+            host: host_header(&provider.base),
             ..provider
         })
     }
@@ -121,6 +125,11 @@ impl Provider {
             None => join(&self.base, &self.base_url, rest, query),
         }
     }
+}
+
+/// The `Host` header for requests to `base`: its authority as written.
+fn host_header(base: &Uri) -> Option<HeaderValue> {
+    HeaderValue::from_str(base.authority()?.as_str()).ok()
 }
 
 /// The length of `base_url`'s `scheme://authority`, if it is exactly `base`'s scheme and

@@ -252,6 +252,9 @@ impl App {
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let mut headers = self.headers.forward(parts.headers, peer);
+        if let Some(host) = &provider.host {
+            headers.insert(http::header::HOST, host.clone());
+        }
         crate::tenants::tokens::uncompressed(tally.as_deref(), &provider, &mut headers);
         // Ids are opened in bodies held in memory; a spilled one (past replay_memory_bytes:
         // uploads, not JSON) passes as it is.

@@ -57,6 +57,19 @@ async fn only_allowed_headers_reach_the_provider_and_accounts_come_from_the_key(
     assert_eq!(s.header("openai-beta"), Some("assistants=v2"));
     assert_eq!(s.header("idempotency-key"), Some("abc-123"));
     assert_eq!(s.header("content-type"), Some("application/json"));
+    // The provider's own host, whatever the client addressed: the base URL's authority.
+    let authority = mock
+        .url()
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(s.header("host"), Some(authority.as_str()));
+    let hosts = s.headers.iter().filter(|(k, _)| k == "host").count();
+    assert_eq!(hosts, 1, "one Host header");
 }
 
 #[tokio::test]
