@@ -10,6 +10,7 @@
 
 use crate::body::ProxyBody;
 use crate::config::ServerConfig;
+use crate::woken::WhenWoken;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -446,26 +447,32 @@ pub async fn drive<I, H, F>(
     let mut closing = false;
     let mut idle_limit = limits.keepalive_timeout;
     loop {
-        tokio::select! {
+        // Polled only when its timer or the drain signal woke the task, not on every frame.
+        let watchdog = WhenWoken::new(async {
+            tokio::select! {
+                () = draining(&mut drain), if !closing => None,
+                why = expired(&watch, opened, &limits, idle_limit) => Some(why),
+            }
+        });
+        let expiry = tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = draining(&mut drain), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                (closing, idle_limit) = (true, limits.header_read_timeout);
-            }
-            why = expired(&watch, opened, &limits, idle_limit) => {
-                if why == Expiry::Silent || closing {
-                    tracing::debug!(?why, "connection closed by its timeout");
-                    return;
-                }
-                conn.as_mut().graceful_shutdown();
-                (closing, idle_limit) = (true, limits.header_read_timeout);
+            expiry = watchdog => expiry,
+        };
+        if let Some(why) = expiry {
+            if why == Expiry::Silent || closing {
+                tracing::debug!(?why, "connection closed by its timeout");
+                return;
             }
         }
+        // Draining, or idle too long: finish what is in flight, then close.
+        conn.as_mut().graceful_shutdown();
+        (closing, idle_limit) = (true, limits.header_read_timeout);
     }
 }
 

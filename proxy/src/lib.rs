@@ -18,6 +18,7 @@ pub mod tenants;
 pub mod upstream;
 pub mod usage;
 pub mod websocket;
+mod woken;
 pub mod workers;
 
 use config::Config;
