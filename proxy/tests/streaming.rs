@@ -51,6 +51,20 @@ async fn first_chunk_arrives_before_the_upstream_produced_the_last() {
 }
 
 #[tokio::test]
+async fn the_head_is_not_held_for_a_first_chunk_that_has_not_come() {
+    // The head goes out with the first chunk when the upstream already sent it, but never
+    // waits for one: here no chunk comes until the 5 s idle timeout cuts the stream.
+    let h = Harness::start("").await;
+    let req = stream_req(&h, &[("x-mock-fault", "stall-after=0")]);
+    let resp = tokio::time::timeout(Duration::from_secs(3), h.client.request(req))
+        .await
+        .expect("the head waited for a chunk")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+}
+
+#[tokio::test]
 async fn a_cut_stream_reaches_the_client_as_an_error() {
     let h = Harness::start("").await;
     let req = stream_req(&h, &[("x-mock-chunks", "10"), ("x-mock-cut-after", "2")]);
