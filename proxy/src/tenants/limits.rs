@@ -35,17 +35,6 @@ impl Caps {
     }
 }
 
-/// What limits one client's requests.
-#[derive(Clone, Debug)]
-struct Rule {
-    client: Caps,
-    /// The tenant's name and limits.
-    tenant: Option<(String, Caps)>,
-    /// The Cluster hash tag of its counters: the tenant's name, or the client's for a client
-    /// of no tenant.
-    tag: String,
-}
-
 /// One limit to check: its counter's name, its limit, what it is, and whether it counts
 /// tokens (read only) rather than requests (counted by the check).
 struct Check {
@@ -57,7 +46,8 @@ struct Check {
 
 /// Every configured client and tenant limit, and where they are counted.
 pub struct Limits {
-    rules: HashMap<String, Rule>,
+    /// Each limited client's checks, counter names included, made once per config.
+    rules: HashMap<String, Vec<Check>>,
     pub(super) local: Mutex<HashMap<String, Counter>>,
     pub(super) redis: Option<Remote>,
     /// Tokens this process added to token counters since start.
@@ -79,26 +69,17 @@ impl Limits {
         for c in &config.clients {
             let client = caps(c.rpm, c.tpm);
             if client.any() {
-                let tag = c.name.clone();
-                let rule = Rule {
-                    client,
-                    tenant: None,
-                    tag,
-                };
-                rules.insert(c.name.clone(), rule);
+                rules.insert(c.name.clone(), checks(&c.name, client, None, &c.name));
             }
         }
         for t in &config.tenants {
             let tenant = caps(t.rpm, t.tpm);
+            let of_tenant = tenant.any().then_some((t.name.as_str(), tenant));
             for c in &t.clients {
                 let client = caps(c.rpm, c.tpm);
                 if client.any() || tenant.any() {
-                    let rule = Rule {
-                        client,
-                        tenant: tenant.any().then(|| (t.name.clone(), tenant)),
-                        tag: t.name.clone(),
-                    };
-                    rules.insert(c.name.clone(), rule);
+                    let checks = checks(&c.name, client, of_tenant, &t.name);
+                    rules.insert(c.name.clone(), checks);
                 }
             }
         }
@@ -129,22 +110,21 @@ impl Limits {
         if self.rules.is_empty() {
             return Ok(None);
         }
-        let Some(rule) = self.rules.get(client) else {
+        let Some(checks) = self.rules.get(client) else {
             return Ok(None);
         };
-        let checks = checks(client, rule);
         let (window, elapsed) = now();
         let refused = match &self.redis {
             // Boxed: the Redis call's future is large, and only limited clients need it; every
             // request's future would otherwise carry its size (and copy it).
-            Some(remote) => match Box::pin(remote.count(&checks, window, elapsed)).await {
+            Some(remote) => match Box::pin(remote.count(checks, window, elapsed)).await {
                 Some(answer) => answer,
-                None => self.count_here(&checks, window, elapsed, remote.instances),
+                None => self.count_here(checks, window, elapsed, remote.instances),
             },
-            None => self.count_here(&checks, window, elapsed, 1),
+            None => self.count_here(checks, window, elapsed, 1),
         };
         match refused {
-            None => Ok(Tally::of(&checks)),
+            None => Ok(Tally::of(checks)),
             Some((i, current, previous)) => Err(ProxyError::ClientLimited {
                 scope: checks[i].scope,
                 limit: if checks[i].tokens { "tpm" } else { "rpm" },
@@ -193,35 +173,25 @@ pub(super) fn now() -> (u64, u64) {
     (now / WINDOW_MS, now % WINDOW_MS)
 }
 
-/// The counters of `client`'s limits. All share a Cluster hash tag (the tenant's, or the
+/// The counters of `client`'s limits (its own `caps`, and its tenant's name and limits, if
+/// any), made once per config. All share the Cluster hash tag `tag` (the tenant's name, or the
 /// client's for a client of no tenant), so one script reads and writes them.
-fn checks(client: &str, rule: &Rule) -> Vec<Check> {
-    let tag = &rule.tag;
+fn checks(client: &str, caps: Caps, tenant: Option<(&str, Caps)>, tag: &str) -> Vec<Check> {
     let mut out = Vec::with_capacity(4);
-    let mut add = |caps: &Caps, scope: &'static str, name: &str| {
-        if let Some(limit) = caps.rpm {
-            let name = format!("keyrelay:{{limit.{tag}}}:{scope}:{name}");
-            let tokens = false;
-            out.push(Check {
-                name,
-                limit,
-                scope,
-                tokens,
-            });
-        }
-        if let Some(limit) = caps.tpm {
-            let name = format!("keyrelay:{{limit.{tag}}}:{scope}-tpm:{name}");
-            let tokens = true;
-            out.push(Check {
-                name,
-                limit,
-                scope,
-                tokens,
-            });
+    let mut add = |caps: Caps, scope: &'static str, name: &str| {
+        for (limit, kind, tokens) in [(caps.rpm, "", false), (caps.tpm, "-tpm", true)] {
+            if let Some(limit) = limit {
+                out.push(Check {
+                    name: format!("keyrelay:{{limit.{tag}}}:{scope}{kind}:{name}"),
+                    limit,
+                    scope,
+                    tokens,
+                });
+            }
         }
     };
-    add(&rule.client, "client", client);
-    if let Some((tenant, caps)) = &rule.tenant {
+    add(caps, "client", client);
+    if let Some((tenant, caps)) = tenant {
         add(caps, "tenant", tenant);
     }
     out
