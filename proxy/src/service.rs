@@ -541,8 +541,6 @@ impl App {
     }
 }
 
-/// The upstream URL for a request's path (`rest`, after the route prefix) and query, with
-/// keyrelay resource ids opened (resource routes only; see `affinity`).
 /// The shared pool a tenant's request goes to when none of its tenant's keys was ready: when
 /// the tenant allows it, and the request names no key group (it stays within that).
 fn fallback<'p>(
@@ -556,6 +554,8 @@ fn fallback<'p>(
     (none_ready && req.group.is_none()).then_some(shared)
 }
 
+/// The upstream URL for a request's path (`rest`, after the route prefix) and query, with
+/// keyrelay resource ids opened (resource routes only; see `affinity`).
 fn open_target<'a>(
     provider: &Provider,
     rest: &'a str,
@@ -574,9 +574,6 @@ fn open_target<'a>(
     }
 }
 
-/// Refuse what only a forward proxy or a tunnel would serve: `CONNECT`, and an HTTP/1
-/// absolute-form target (`GET http://host/ HTTP/1.1`). keyrelay only ever sends to a
-/// provider's base URL, so such a request is a probe, not a client.
 /// What the pool is told of one attempt.
 fn answer_of(sent: &Result<Answered, UpstreamError>) -> Answer<'_> {
     match sent {
