@@ -291,21 +291,7 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
         }
         self
     }
-}
 
-impl ProxyBody {
-    /// A body that wraps another (which keeps its own guard and timeouts).
-    pub fn boxed(
-        inner: impl Body<Data = Bytes, Error = StreamError> + Send + Sync + 'static,
-    ) -> Self {
-        ProxyBody {
-            kind: Kind::Boxed(Box::pin(inner)),
-            primed: None,
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
     /// Before the head goes out, read the first frame if the upstream already has it (the
     /// head and the start of the body usually come in one segment): hyper's server then writes
     /// them together, one socket write where there were two (three for a burst of events).
@@ -336,6 +322,31 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
     /// Whether a burst is being gathered: the task has woken itself to go on.
     fn gathering(&self) -> bool {
         matches!(&self.kind, Kind::Stream(s) if !s.gather.is_empty())
+    }
+
+    /// The size of what the body has not handed out yet, a primed frame aside.
+    fn kind_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) | Kind::Held(Held { bytes: Some(b), .. }) => {
+                SizeHint::with_exact(b.len() as u64)
+            }
+            Kind::Full(None) | Kind::Held(Held { bytes: None, .. }) => SizeHint::with_exact(0),
+            Kind::Stream(s) if s.sse.is_some() => SizeHint::default(),
+            Kind::Stream(s) => s.inner.size_hint(),
+            Kind::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// A body that wraps another (which keeps its own guard and timeouts).
+    pub fn boxed(
+        inner: impl Body<Data = Bytes, Error = StreamError> + Send + Sync + 'static,
+    ) -> Self {
+        ProxyBody {
+            kind: Kind::Boxed(Box::pin(inner)),
+            primed: None,
+        }
     }
 }
 
@@ -437,21 +448,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
                 }
                 hint
             }
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
-    /// The size of what the body has not handed out yet, a primed frame aside.
-    fn kind_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(b)) | Kind::Held(Held { bytes: Some(b), .. }) => {
-                SizeHint::with_exact(b.len() as u64)
-            }
-            Kind::Full(None) | Kind::Held(Held { bytes: None, .. }) => SizeHint::with_exact(0),
-            Kind::Stream(s) if s.sse.is_some() => SizeHint::default(),
-            Kind::Stream(s) => s.inner.size_hint(),
-            Kind::Boxed(b) => b.size_hint(),
         }
     }
 }
