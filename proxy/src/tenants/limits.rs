@@ -142,7 +142,6 @@ impl Limits {
         instances: u32,
     ) -> Option<(usize, u64, u64)> {
         let mut counters = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut seen = Vec::with_capacity(checks.len());
         for (i, c) in checks.iter().enumerate() {
             let counter = counters.entry(c.name.clone()).or_default();
             roll(counter, window);
@@ -151,13 +150,11 @@ impl Limits {
             if over(limit, cur, prev, elapsed, c.tokens) {
                 return Some((i, cur, prev));
             }
-            if !c.tokens {
-                seen.push(c.name.clone());
-            }
         }
-        for name in seen {
-            if let Some(c) = counters.get_mut(&name) {
-                c.current += 1;
+        // Under every limit: the request counts in each request limit (all made above).
+        for c in checks.iter().filter(|c| !c.tokens) {
+            if let Some(counter) = counters.get_mut(&c.name) {
+                counter.current += 1;
             }
         }
         None
