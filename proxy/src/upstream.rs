@@ -1,6 +1,7 @@
 //! The upstream clients (one shared, one per provider with TLS settings of its own), and
 //! sending one attempt with its time limit.
 
+mod client;
 mod egress;
 mod tls;
 
@@ -11,14 +12,11 @@ use egress::{Bounded, EgressConnector};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<Bounded<HttpsConnector<EgressConnector>>, AttemptBody>;
+pub use client::{ClientError, UpstreamClient};
 
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client
@@ -108,8 +106,8 @@ fn log_egress(u: &UpstreamConfig) {
 }
 
 /// One client: HTTPS by rustls (bundled, system and configured roots; the provider's client
-/// certificate if it has one), HTTP/2 or HTTP/1.1 by ALPN, over the egress connector, with a
-/// keep-alive pool given a timer so idle timeouts work.
+/// certificate if it has one), HTTP/2 or HTTP/1.1 by ALPN, over the egress connector, keeping
+/// its connections for later requests unless it serves upgrades.
 fn build(
     config: &UpstreamConfig,
     roots: &rustls::RootCertStore,
@@ -145,15 +143,7 @@ fn build(
         inner: https,
         limit: config.connect_timeout,
     };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90));
-    if protocols == Protocols::Upgrades {
-        builder.pool_max_idle_per_host(0);
-    }
-    builder.build(bounded)
+    UpstreamClient::new(bounded, protocols == Protocols::Any)
 }
 
 /// The plainest client config over `roots`, with the process's default crypto provider.
@@ -172,15 +162,15 @@ pub enum UpstreamError {
     Connect {
         timed_out: bool,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: ClientError,
     },
     /// The connection failed before the request was written (a pooled connection closed
     /// first, or an HTTP/2 stream the server refused): not sent.
     #[error("the upstream connection closed before the request was sent")]
-    Refused(#[source] hyper_util::client::legacy::Error),
+    Refused(#[source] ClientError),
     /// The connection failed after the request was (or may have been) written.
     #[error("the upstream connection failed after the request was sent")]
-    Lost(#[source] hyper_util::client::legacy::Error),
+    Lost(#[source] ClientError),
     /// No response head within the attempt's time; the request was sent.
     #[error("no response head within {0:?}")]
     FirstByteTimeout(Duration),
@@ -190,14 +180,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
-        if e.is_connect() {
+    fn classify(e: ClientError) -> UpstreamError {
+        if matches!(e, ClientError::Connect(_)) {
             let timed_out = io_kind(&e) == Some(std::io::ErrorKind::TimedOut);
             UpstreamError::Connect {
                 timed_out,
                 source: e,
             }
-        } else if never_sent(&e) {
+        } else if matches!(e, ClientError::NotAbsolute) || never_sent(&e) {
             UpstreamError::Refused(e)
         } else {
             UpstreamError::Lost(e)

@@ -1,0 +1,502 @@
+//! keyrelay's own upstream client: connections made by the connector (TCP, the egress tunnel,
+//! TLS with ALPN), spoken over by hyper's `client::conn` (HTTP/1.1, or HTTP/2 where ALPN says
+//! so), and kept for the next request in a pool of this worker's own, found by comparing the
+//! origin (no hashing, no shared lock, no task spawned per request to hand a connection back).
+//!
+//! An HTTP/1 connection stays in its origin's list from the moment it is made: it is taken for
+//! a request only when hyper says it is ready (the last response's body was read to the end),
+//! so a connection whose answer is still streaming is skipped, not waited for. An HTTP/2
+//! connection is shared by every request to its origin. A request hyper hands back unsent,
+//! because a kept connection closed under it, is sent once more on another connection, as
+//! hyper-util's client did.
+
+use super::egress::{Bounded, EgressConnector};
+use crate::body::AttemptBody;
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connector = Bounded<HttpsConnector<EgressConnector>>;
+type Sending = Pin<
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<AttemptBody>>>> + Send>,
+>;
+
+/// A kept connection unused this long is closed rather than reused: the provider may be
+/// closing it at the same moment (hyper-util's pool used the same 90 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many times a request hyper handed back unsent is sent again on another kept
+/// connection (each failure also drops that connection), before it fails as not sent.
+const MAX_RESENDS: u32 = 3;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (TCP, DNS, the egress tunnel, TLS, the HTTP handshake or
+    /// the connect timeout): the request was not sent.
+    #[error("could not connect to the upstream")]
+    Connect(#[source] BoxError),
+    /// The request had a connection; hyper's error says whether it was written.
+    #[error("the upstream request failed")]
+    Send(#[source] hyper::Error),
+    /// The request's URL has no scheme or authority (only a bug could make one).
+    #[error("the upstream URL is not absolute")]
+    NotAbsolute,
+}
+
+/// One way to send requests to an origin.
+enum Tx {
+    H1(http1::SendRequest<AttemptBody>),
+    H2(http2::SendRequest<AttemptBody>),
+}
+
+impl Tx {
+    /// Hand `req` to the connection now; the answer comes from the returned future.
+    fn send(&mut self, mut req: Request<AttemptBody>) -> Sending {
+        match self {
+            Tx::H1(tx) => {
+                origin_form(req.uri_mut());
+                Box::pin(tx.try_send_request(req))
+            }
+            Tx::H2(tx) => Box::pin(tx.try_send_request(req)),
+        }
+    }
+}
+
+/// A connection in the pool, and when it was last given a request.
+struct Kept {
+    tx: Tx,
+    used: Instant,
+}
+
+/// The connections to one origin.
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    /// HTTP/1 connections, in use or idle.
+    h1: Vec<Kept>,
+    /// The HTTP/2 connection every request shares, once one was made.
+    h2: Option<http2::SendRequest<AttemptBody>>,
+}
+
+/// An upstream client: one connector, and (unless it keeps nothing) its pool.
+pub struct UpstreamClient {
+    connector: Connector,
+    /// Whether connections are kept after their request (WebSocket upgrades keep none).
+    keep: bool,
+    /// How long a kept connection may go unused and still be taken.
+    idle: Duration,
+    origins: Mutex<Vec<Origin>>,
+}
+
+impl UpstreamClient {
+    pub(super) fn new(connector: Connector, keep: bool) -> UpstreamClient {
+        UpstreamClient {
+            connector,
+            keep,
+            idle: IDLE_TIMEOUT,
+            origins: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Send `req` (absolute URL) and wait for the response head.
+    pub async fn request(
+        &self,
+        mut req: Request<AttemptBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let uri = req.uri().clone();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(ClientError::NotAbsolute);
+        };
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let mut resends = 0;
+        loop {
+            let mut kept = self.checkout(scheme, authority);
+            if kept.is_none() && self.keep {
+                // A connection whose last answer just ended is ready once its task has run:
+                // let it run before opening another.
+                tokio::task::yield_now().await;
+                kept = self.checkout(scheme, authority);
+            }
+            let (sending, reused) = match kept {
+                Some(mut tx) => {
+                    let sending = tx.send(req);
+                    self.checkin(scheme, authority, tx);
+                    (sending, true)
+                }
+                None => {
+                    // Boxed: the handshakes' futures are large, and would otherwise be part of
+                    // (and copied with) every request's future, connecting or not.
+                    let mut tx = Box::pin(self.connect(&uri)).await?;
+                    let sending = tx.send(req);
+                    self.checkin(scheme, authority, tx);
+                    (sending, false)
+                }
+            };
+            match sending.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    // A kept connection closed before the request was written: again,
+                    // on another connection (a fresh one is not retried).
+                    Some(mut back) if reused && resends < MAX_RESENDS => {
+                        resends += 1;
+                        *back.uri_mut() = uri.clone();
+                        req = back;
+                    }
+                    _ => return Err(ClientError::Send(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A kept connection to the origin that can take a request now, if there is one.
+    fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Tx> {
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        let origin = origins
+            .iter_mut()
+            .find(|o| o.authority == *authority && o.scheme == *scheme)?;
+        if let Some(h2) = &origin.h2 {
+            if !h2.is_closed() {
+                return Some(Tx::H2(h2.clone()));
+            }
+            origin.h2 = None;
+        }
+        let now = Instant::now();
+        let mut i = origin.h1.len();
+        while i > 0 {
+            i -= 1;
+            let Tx::H1(tx) = &origin.h1[i].tx else {
+                continue;
+            };
+            if tx.is_closed() {
+                origin.h1.swap_remove(i);
+            } else if tx.is_ready() {
+                let kept = origin.h1.swap_remove(i);
+                if now.saturating_duration_since(kept.used) < self.idle {
+                    return Some(kept.tx);
+                }
+            }
+        }
+        None
+    }
+
+    /// Keep `tx` (just given a request) for later requests to its origin.
+    fn checkin(&self, scheme: &Scheme, authority: &Authority, tx: Tx) {
+        if !self.keep {
+            return;
+        }
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = match origins
+            .iter()
+            .position(|o| o.authority == *authority && o.scheme == *scheme)
+        {
+            Some(at) => at,
+            None => {
+                origins.push(Origin {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    h1: Vec::new(),
+                    h2: None,
+                });
+                origins.len() - 1
+            }
+        };
+        let origin = &mut origins[at];
+        match tx {
+            Tx::H2(tx) => origin.h2 = Some(tx),
+            tx @ Tx::H1(_) => origin.h1.push(Kept {
+                tx,
+                used: Instant::now(),
+            }),
+        }
+    }
+
+    /// A new connection to `uri`'s origin, its HTTP handshake done and its task running.
+    async fn connect(&self, uri: &Uri) -> Result<Tx, ClientError> {
+        let mut connector = self.connector.clone();
+        let io = connector
+            .call(uri.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let h2 = io.connected().is_negotiated_h2();
+        let handshake = |e: hyper::Error| ClientError::Connect(e.into());
+        if h2 {
+            let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            tx.ready().await.map_err(handshake)?;
+            return Ok(Tx::H2(tx));
+        }
+        let (tx, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(Tx::H1(tx))
+    }
+}
+
+/// `uri` as an HTTP/1 request line wants it: path and query only.
+fn origin_form(uri: &mut Uri) {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    if parts.path_and_query.is_none() {
+        *uri = Uri::default();
+        return;
+    }
+    if let Ok(u) = Uri::from_parts(parts) {
+        *uri = u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    type Answer = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+    /// What the test upstream saw.
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        requests: Mutex<Vec<(String, String)>>,
+        /// Lets the body of a `/hold` answer end.
+        release: Notify,
+    }
+
+    impl Seen {
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+
+        fn requests(&self) -> Vec<(String, String)> {
+            self.requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    /// An HTTP/1 upstream on port 0: `/hold` streams until released, `/close` answers with
+    /// `Connection: close`, anything else answers `ok`.
+    async fn upstream() -> (String, Arc<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(answer(&s, &req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new();
+                tokio::spawn(conn.serve_connection(TokioIo::new(tcp), svc));
+            }
+        });
+        (url, seen)
+    }
+
+    fn answer(s: &Arc<Seen>, req: &Request<Incoming>) -> Response<Answer> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let seen = (req.uri().to_string(), host.unwrap_or_default().to_owned());
+        s.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(seen);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+        match req.uri().path() {
+            "/hold" => {
+                let s = s.clone();
+                let last = futures_util::stream::once(async move {
+                    s.release.notified().await;
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"done")))
+                });
+                *resp.body_mut() = StreamBody::new(last).boxed();
+            }
+            "/close" => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+
+    fn client(keep: bool) -> UpstreamClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let egress = EgressConnector::new(http, &crate::config::Egress::default());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(egress);
+        let limit = Duration::from_secs(5);
+        UpstreamClient::new(
+            Bounded {
+                inner: https,
+                limit,
+            },
+            keep,
+        )
+    }
+
+    fn get(url: &str) -> Request<AttemptBody> {
+        let req = Request::get(url).body(AttemptBody::full(Bytes::new()));
+        req.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Send a GET and read the whole answer.
+    async fn fetch(c: &UpstreamClient, url: &str) -> String {
+        let resp = c.request(get(url)).await.unwrap_or_else(|e| panic!("{e}"));
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&body.to_bytes()).into_owned()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_in_origin_form_with_a_host() {
+        let (url, seen) = upstream().await;
+        let c = client(true);
+        for _ in 0..3 {
+            assert_eq!(fetch(&c, &format!("{url}/v1/chat?q=1")).await, "ok");
+        }
+        assert_eq!(seen.connections(), 1);
+        let authority = url.trim_start_matches("http://").to_owned();
+        let want = ("/v1/chat?q=1".to_owned(), authority);
+        assert_eq!(seen.requests(), vec![want.clone(), want.clone(), want]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_still_streams_is_not_taken_then_is_reused() {
+        let (url, seen) = upstream().await;
+        let c = client(true);
+        let held = c.request(get(&format!("{url}/hold"))).await;
+        let held = held.unwrap_or_else(|e| panic!("{e}"));
+        // The held answer's connection is busy: another request gets a second one at once.
+        let a = format!("{url}/a");
+        let other = tokio::time::timeout(Duration::from_secs(5), fetch(&c, &a)).await;
+        assert_eq!(other.ok().as_deref(), Some("ok"));
+        assert_eq!(seen.connections(), 2);
+        seen.release.notify_one();
+        let body = held
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body.to_bytes(), "done");
+        // Both are idle now; neither is replaced.
+        assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
+        assert_eq!(fetch(&c, &format!("{url}/c")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (url, seen) = upstream().await;
+        let c = client(true);
+        assert_eq!(fetch(&c, &format!("{url}/close")).await, "ok");
+        assert_eq!(fetch(&c, &format!("{url}/close")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_unused_past_the_idle_limit_is_not_reused() {
+        let (url, seen) = upstream().await;
+        let mut c = client(true);
+        c.idle = Duration::ZERO;
+        assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
+        assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_client_for_upgrades_keeps_no_connection() {
+        let (url, seen) = upstream().await;
+        let c = client(false);
+        assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
+        assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn origins_do_not_share_connections() {
+        let (a, seen_a) = upstream().await;
+        let (b, seen_b) = upstream().await;
+        let c = client(true);
+        for _ in 0..2 {
+            assert_eq!(fetch(&c, &format!("{a}/x")).await, "ok");
+            assert_eq!(fetch(&c, &format!("{b}/x")).await, "ok");
+        }
+        assert_eq!((seen_a.connections(), seen_b.connections()), (1, 1));
+        assert_eq!((seen_a.requests().len(), seen_b.requests().len()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn no_listener_is_a_connect_error_and_a_relative_url_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        let c = client(true);
+        let e = c.request(get(&format!("http://{addr}/x"))).await.err();
+        assert!(matches!(e, Some(ClientError::Connect(_))), "{e:?}");
+        let e = c.request(get("/x")).await.err();
+        assert!(matches!(e, Some(ClientError::NotAbsolute)), "{e:?}");
+    }
+}
