@@ -338,13 +338,10 @@ async fn serve_connection(
     // A WebSocket session outlives its connection's task: it keeps the permit and the drain.
     let hold = crate::websocket::Hold::new(permit, draining.clone());
     let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if let Some(peer) = peer {
-            req.extensions_mut().insert(peer);
-        }
         if req.headers().contains_key(hyper::header::UPGRADE) {
             req.extensions_mut().insert(hold.clone());
         }
-        live.app().handle(req)
+        live.app().handle(req, peer)
     };
     match tls {
         None => connection::drive_tcp(builder, stream, handle, limits, draining).await,

@@ -76,7 +76,8 @@ pub struct App {
     audit_file: Option<std::path::PathBuf>,
 }
 
-/// The client's address, put in each request's extensions by the listener.
+/// The client's address, given with each request by the listener (and put in a WebSocket
+/// upgrade's extensions for the session).
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub std::net::SocketAddr);
 
@@ -206,13 +207,18 @@ impl App {
         self.audit_file.as_deref()
     }
 
-    /// Serve one client request. Never fails: every error becomes a provider-shaped answer.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Serve one client request from `peer`. Never fails: every error becomes a
+    /// provider-shaped answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Option<Peer>,
+    ) -> Response<ProxyBody> {
         let id = self.ids.next();
         let span = tracing::info_span!("request", id = %id);
         let log = RequestLog::new(id, self.shared.metrics.clone(), self.unrouted.clone());
         async move {
-            let mut resp = self.serve(req, log).await;
+            let mut resp = self.serve(req, peer, log).await;
             resp.headers_mut()
                 .insert(crate::log::REQUEST_ID_HEADER, id.header_value());
             resp
@@ -221,8 +227,13 @@ impl App {
         .await
     }
 
-    async fn serve(&self, req: Request<Incoming>, mut log: RequestLog) -> Response<ProxyBody> {
-        let (parts, body) = req.into_parts();
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<Peer>,
+        mut log: RequestLog,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
         let found = self.routes.find(parts.uri.path());
         let shape = found.map_or(ErrorShape::OpenAi, |(p, _)| p.shape);
         // Step 0: nothing a forward proxy or a tunnel would serve.
@@ -230,6 +241,9 @@ impl App {
             return log.error(e, shape);
         }
         if crate::websocket::is_upgrade(&parts) {
+            if let Some(peer) = peer {
+                parts.extensions.insert(peer);
+            }
             return self.upgrade(parts, log).await;
         }
         // Steps 1 and 2: who is asking, and where it goes.
@@ -250,8 +264,7 @@ impl App {
             Ok(b) => b,
             Err((e, shed)) => return body_refused(log.error(e, shape), shed, &parts),
         };
-        let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
-        let mut headers = self.headers.forward(parts.headers, peer);
+        let mut headers = self.headers.forward(parts.headers, peer.map(|p| p.0.ip()));
         if let Some(host) = &provider.host {
             headers.insert(http::header::HOST, host.clone());
         }

@@ -329,12 +329,13 @@ pub async fn send(
     limit: Duration,
     read_body: fn(http::StatusCode) -> bool,
 ) -> Result<Answered, UpstreamError> {
-    let host = req.uri().host().map(str::to_owned);
+    // Shared with the URL (no copy), read only if the attempt fails.
+    let authority = req.uri().authority().cloned();
     let attempt = async {
         let resp = client.request(req).await.map_err(|e| {
             let e = UpstreamError::classify(e);
             tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
-            warn_tls(&e, host.as_deref());
+            warn_tls(&e, authority.as_ref().map(http::uri::Authority::host));
             e
         })?;
         let (parts, body) = resp.into_parts();
