@@ -454,23 +454,24 @@ mod tests {
         assert_eq!(seen.connections(), 2);
     }
 
-    #[tokio::test]
-    async fn a_connection_unused_past_the_idle_limit_is_not_reused() {
+    /// The connections two sequential requests through `c` opened.
+    async fn connections_for_two(c: UpstreamClient) -> usize {
         let (url, seen) = upstream().await;
-        let mut c = client(true);
-        c.idle = Duration::ZERO;
         assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
         assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
-        assert_eq!(seen.connections(), 2);
+        seen.connections()
+    }
+
+    #[tokio::test]
+    async fn a_connection_unused_past_the_idle_limit_is_not_reused() {
+        let mut c = client(true);
+        c.idle = Duration::ZERO;
+        assert_eq!(connections_for_two(c).await, 2);
     }
 
     #[tokio::test]
     async fn a_client_for_upgrades_keeps_no_connection() {
-        let (url, seen) = upstream().await;
-        let c = client(false);
-        assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
-        assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
-        assert_eq!(seen.connections(), 2);
+        assert_eq!(connections_for_two(client(false)).await, 2);
     }
 
     #[tokio::test]
