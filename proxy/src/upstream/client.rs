@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -73,7 +73,7 @@ impl Tx {
     }
 }
 
-/// A connection in the pool, and when it was last given a request.
+/// A connection in the pool, and when it was last given a request or seen answering one.
 struct Kept {
     tx: Tx,
     used: Instant,
@@ -89,6 +89,27 @@ struct Origin {
     h2: Option<http2::SendRequest<AttemptBody>>,
 }
 
+impl Origin {
+    /// Drop (so close) the HTTP/1 connections that are closed already, or idle and unused for
+    /// `idle`. A connection still answering counts as used now, so that the one that carried a
+    /// long stream is not taken for stale the moment it ends. The HTTP/2 connection is dropped
+    /// only once closed: its streams may outlive any one request.
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        self.h1.retain_mut(|k| match &k.tx {
+            Tx::H1(tx) if tx.is_closed() => false,
+            Tx::H1(tx) if !tx.is_ready() => {
+                k.used = now;
+                true
+            }
+            Tx::H1(_) => now.saturating_duration_since(k.used) < idle,
+            Tx::H2(tx) => !tx.is_closed(),
+        });
+        if self.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            self.h2 = None;
+        }
+    }
+}
+
 /// An upstream client: one connector, and (unless it keeps nothing) its pool.
 pub struct UpstreamClient {
     connector: Connector,
@@ -96,7 +117,11 @@ pub struct UpstreamClient {
     keep: bool,
     /// How long a kept connection may go unused and still be taken.
     idle: Duration,
-    origins: Mutex<Vec<Origin>>,
+    /// How often the sweeper closes the connections idle past `idle` (started with the
+    /// first kept connection; it ends when the client is dropped).
+    sweep_every: Duration,
+    sweeping: std::sync::Once,
+    origins: Arc<Mutex<Vec<Origin>>>,
 }
 
 impl UpstreamClient {
@@ -105,7 +130,9 @@ impl UpstreamClient {
             connector,
             keep,
             idle: IDLE_TIMEOUT,
-            origins: Mutex::new(Vec::new()),
+            sweep_every: IDLE_TIMEOUT / 3,
+            sweeping: std::sync::Once::new(),
+            origins: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -199,6 +226,7 @@ impl UpstreamClient {
         if !self.keep {
             return;
         }
+        self.sweeping.call_once(|| self.start_sweeper());
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         let at = match origins
             .iter()
@@ -223,6 +251,31 @@ impl UpstreamClient {
                 used: Instant::now(),
             }),
         }
+    }
+
+    /// Close kept connections idle past the limit every `sweep_every`, on this runtime, for
+    /// as long as the client lives, so that a pool that gets no more traffic does not hold
+    /// its connections (and descriptors) until the provider closes them.
+    fn start_sweeper(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let origins = Arc::downgrade(&self.origins);
+        let (every, idle) = (self.sweep_every, self.idle);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let Some(origins) = origins.upgrade() else {
+                    return;
+                };
+                let now = Instant::now();
+                let mut origins = origins.lock().unwrap_or_else(PoisonError::into_inner);
+                for origin in origins.iter_mut() {
+                    origin.sweep(now, idle);
+                }
+            }
+        });
     }
 
     /// A new connection to `uri`'s origin, its HTTP handshake done and its task running.
@@ -284,7 +337,6 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
 
@@ -294,6 +346,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         connections: AtomicUsize,
+        /// Connections the client closed (or that ended).
+        closed: AtomicUsize,
         requests: Mutex<Vec<(String, String)>>,
         /// Lets the body of a `/hold` answer end.
         release: Notify,
@@ -327,13 +381,17 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 s.connections.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
+                let (for_svc, ended) = (s.clone(), s.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let s = s.clone();
+                    let s = for_svc.clone();
                     async move { Ok::<_, Infallible>(answer(&s, &req)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new();
-                tokio::spawn(conn.serve_connection(TokioIo::new(tcp), svc));
+                let conn = conn.serve_connection(TokioIo::new(tcp), svc);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    ended.closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         (url, seen)
@@ -397,6 +455,13 @@ mod tests {
         req.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Let a `/hold` answer end, and read it whole.
+    async fn release(seen: &Seen, held: Response<Incoming>) -> Bytes {
+        seen.release.notify_one();
+        let body = held.into_body().collect().await;
+        body.unwrap_or_else(|e| panic!("{e}")).to_bytes()
+    }
+
     /// Send a GET and read the whole answer.
     async fn fetch(c: &UpstreamClient, url: &str) -> String {
         let resp = c.request(get(url)).await.unwrap_or_else(|e| panic!("{e}"));
@@ -432,13 +497,7 @@ mod tests {
         let other = tokio::time::timeout(Duration::from_secs(5), fetch(&c, &a)).await;
         assert_eq!(other.ok().as_deref(), Some("ok"));
         assert_eq!(seen.connections(), 2);
-        seen.release.notify_one();
-        let body = held
-            .into_body()
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(body.to_bytes(), "done");
+        assert_eq!(release(&seen, held).await, "done");
         // Both are idle now; neither is replaced.
         assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
         assert_eq!(fetch(&c, &format!("{url}/c")).await, "ok");
@@ -467,6 +526,27 @@ mod tests {
         let mut c = client(true);
         c.idle = Duration::ZERO;
         assert_eq!(connections_for_two(c).await, 2);
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_closes_connections_idle_past_the_limit_and_keeps_busy_ones() {
+        let (url, seen) = upstream().await;
+        let mut c = client(true);
+        c.idle = Duration::from_millis(300);
+        c.sweep_every = Duration::from_millis(50);
+        let held = c.request(get(&format!("{url}/hold"))).await;
+        let held = held.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+        // With no more requests, the idle one is closed; the one still answering is not.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(release(&seen, held).await, "done");
+        assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
+        assert_eq!(seen.connections(), 2, "the held connection, done, was kept");
     }
 
     #[tokio::test]
