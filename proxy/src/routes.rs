@@ -42,7 +42,8 @@ pub struct Provider {
     /// Whether any key of this pool has a `tpm` (its answers' tokens are then counted).
     pub tpm_keys: bool,
     /// The `Host` header of every upstream request, the base URL's authority as written (an
-    /// HTTP/2 `:authority` is the same), made once instead of by hyper's client per request.
+    /// HTTP/2 `:authority` is the same), made once instead of by the upstream client (which
+    /// formats one per request only for a request that has none).
     pub host: Option<HeaderValue>,
 }
 

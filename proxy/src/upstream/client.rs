@@ -1,14 +1,15 @@
 //! keyrelay's own upstream client: connections made by the connector (TCP, the egress tunnel,
 //! TLS with ALPN), spoken over by hyper's `client::conn` (HTTP/1.1, or HTTP/2 where ALPN says
 //! so), and kept for the next request in a pool of this worker's own, found by comparing the
-//! origin (no hashing, no shared lock, no task spawned per request to hand a connection back).
+//! origin (no hashing, a lock only this worker takes, no task spawned per request to hand a
+//! connection back).
 //!
 //! An HTTP/1 connection stays in its origin's list from the moment it is made: it is taken for
 //! a request only when hyper says it is ready (the last response's body was read to the end),
 //! so a connection whose answer is still streaming is skipped, not waited for. An HTTP/2
 //! connection is shared by every request to its origin. A request hyper hands back unsent,
-//! because a kept connection closed under it, is sent once more on another connection, as
-//! hyper-util's client did.
+//! because a kept connection closed under it, is sent again on another connection (at most
+//! `MAX_RESENDS` times), as hyper-util's client did.
 
 use super::egress::{Bounded, EgressConnector};
 use crate::body::AttemptBody;
@@ -73,10 +74,17 @@ impl Tx {
     }
 }
 
-/// A connection in the pool, and when it was last given a request or seen answering one.
+/// A kept HTTP/1 connection, and when it was last given a request or seen answering one.
 struct Kept {
-    tx: Tx,
+    tx: http1::SendRequest<AttemptBody>,
     used: Instant,
+}
+
+impl Kept {
+    /// Whether it was used within `idle` of `now` (else it is closed rather than reused).
+    fn fresh(&self, now: Instant, idle: Duration) -> bool {
+        now.saturating_duration_since(self.used) < idle
+    }
 }
 
 /// The connections to one origin.
@@ -90,19 +98,24 @@ struct Origin {
 }
 
 impl Origin {
+    fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        self.authority == *authority && self.scheme == *scheme
+    }
+
     /// Drop (so close) the HTTP/1 connections that are closed already, or idle and unused for
     /// `idle`. A connection still answering counts as used now, so that the one that carried a
     /// long stream is not taken for stale the moment it ends. The HTTP/2 connection is dropped
     /// only once closed: its streams may outlive any one request.
     fn sweep(&mut self, now: Instant, idle: Duration) {
-        self.h1.retain_mut(|k| match &k.tx {
-            Tx::H1(tx) if tx.is_closed() => false,
-            Tx::H1(tx) if !tx.is_ready() => {
+        self.h1.retain_mut(|k| {
+            if k.tx.is_closed() {
+                false
+            } else if !k.tx.is_ready() {
                 k.used = now;
                 true
+            } else {
+                k.fresh(now, idle)
             }
-            Tx::H1(_) => now.saturating_duration_since(k.used) < idle,
-            Tx::H2(tx) => !tx.is_closed(),
         });
         if self.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
             self.h2 = None;
@@ -193,9 +206,7 @@ impl UpstreamClient {
     /// A kept connection to the origin that can take a request now, if there is one.
     fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Tx> {
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let origin = origins
-            .iter_mut()
-            .find(|o| o.authority == *authority && o.scheme == *scheme)?;
+        let origin = origins.iter_mut().find(|o| o.is(scheme, authority))?;
         if let Some(h2) = &origin.h2 {
             if !h2.is_closed() {
                 return Some(Tx::H2(h2.clone()));
@@ -206,15 +217,13 @@ impl UpstreamClient {
         let mut i = origin.h1.len();
         while i > 0 {
             i -= 1;
-            let Tx::H1(tx) = &origin.h1[i].tx else {
-                continue;
-            };
+            let tx = &origin.h1[i].tx;
             if tx.is_closed() {
                 origin.h1.swap_remove(i);
             } else if tx.is_ready() {
                 let kept = origin.h1.swap_remove(i);
-                if now.saturating_duration_since(kept.used) < self.idle {
-                    return Some(kept.tx);
+                if kept.fresh(now, self.idle) {
+                    return Some(Tx::H1(kept.tx));
                 }
             }
         }
@@ -228,10 +237,7 @@ impl UpstreamClient {
         }
         self.sweeping.call_once(|| self.start_sweeper());
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = match origins
-            .iter()
-            .position(|o| o.authority == *authority && o.scheme == *scheme)
-        {
+        let at = match origins.iter().position(|o| o.is(scheme, authority)) {
             Some(at) => at,
             None => {
                 origins.push(Origin {
@@ -246,7 +252,7 @@ impl UpstreamClient {
         let origin = &mut origins[at];
         match tx {
             Tx::H2(tx) => origin.h2 = Some(tx),
-            tx @ Tx::H1(_) => origin.h1.push(Kept {
+            Tx::H1(tx) => origin.h1.push(Kept {
                 tx,
                 used: Instant::now(),
             }),
