@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(super) const WINDOW_MS: u64 = 60_000;
@@ -38,7 +38,8 @@ impl Caps {
 /// One limit to check: its counter's name, its limit, what it is, and whether it counts
 /// tokens (read only) rather than requests (counted by the check).
 struct Check {
-    name: String,
+    /// Shared (a reference count to copy): the request path keys counters and tallies by it.
+    name: Arc<str>,
     limit: u32,
     scope: &'static str,
     tokens: bool,
@@ -48,7 +49,7 @@ struct Check {
 pub struct Limits {
     /// Each limited client's checks, counter names included, made once per config.
     rules: HashMap<String, Vec<Check>>,
-    pub(super) local: Mutex<HashMap<String, Counter>>,
+    pub(super) local: Mutex<HashMap<Arc<str>, Counter>>,
     pub(super) redis: Option<Remote>,
     /// Tokens this process added to token counters since start.
     pub(super) counted: AtomicU64,
@@ -179,7 +180,7 @@ fn checks(client: &str, caps: Caps, tenant: Option<(&str, Caps)>, tag: &str) -> 
         for (limit, kind, tokens) in [(caps.rpm, "", false), (caps.tpm, "-tpm", true)] {
             if let Some(limit) = limit {
                 out.push(Check {
-                    name: format!("keyrelay:{{limit.{tag}}}:{scope}{kind}:{name}"),
+                    name: format!("keyrelay:{{limit.{tag}}}:{scope}{kind}:{name}").into(),
                     limit,
                     scope,
                     tokens,
@@ -197,7 +198,7 @@ fn checks(client: &str, caps: Caps, tenant: Option<(&str, Caps)>, tag: &str) -> 
 impl Tally {
     /// The token counters among `checks`, if any.
     fn of(checks: &[Check]) -> Option<Box<Tally>> {
-        let counters: Vec<String> = checks
+        let counters: Vec<Arc<str>> = checks
             .iter()
             .filter(|c| c.tokens)
             .map(|c| c.name.clone())

@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError};
 /// The token counters of a request's client and tenant, for those that have a `tpm`.
 #[derive(Debug)]
 pub struct Tally {
-    pub(super) counters: Vec<String>,
+    pub(super) counters: Vec<Arc<str>>,
 }
 
 /// The key an answer came from, when it has a `tpm`: its pool, place there, limit and counter.
@@ -114,7 +114,7 @@ impl Limits {
     async fn add(&self, tally: Option<Box<Tally>>, key: Option<KeyUse>, tokens: u64) {
         let mut names: Vec<&str> = tally
             .iter()
-            .flat_map(|t| t.counters.iter().map(String::as_str))
+            .flat_map(|t| t.counters.iter().map(AsRef::as_ref))
             .collect();
         if let Some(k) = &key {
             names.push(&k.counter);
@@ -149,7 +149,7 @@ impl Limits {
         let mut counters = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         names
             .iter()
-            .map(|n| add_to(counters.entry((*n).to_owned()).or_default(), window, tokens))
+            .map(|n| add_to(counters.entry(Arc::from(*n)).or_default(), window, tokens))
             .collect()
     }
 }
