@@ -15,7 +15,6 @@ pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit,
 use crate::error::{ErrorShape, ProxyError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -224,7 +223,7 @@ enum Kind<B: Body> {
 
 /// The response body keyrelay sends: its own small JSON, or an upstream body passed through.
 /// The upstream body is hyper's; the parameter lets a benchmark pass its own frames through.
-pub struct ProxyBody<B: Body = Incoming> {
+pub struct ProxyBody<B: Body = crate::upstream::UpstreamBody> {
     kind: Kind<B>,
     /// The first frame (or the end), read by [`ProxyBody::prime`] before the head went out.
     primed: Option<Option<Result<Frame<Bytes>, StreamError>>>,

@@ -11,12 +11,11 @@ use bytes::Bytes;
 use egress::{Bounded, EgressConnector};
 use http::Request;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use client::{ClientError, UpstreamClient};
+pub use client::{ClientError, UpstreamBody, UpstreamClient};
 
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client
@@ -304,7 +303,7 @@ pub struct Answered {
 }
 
 pub enum AnsweredBody {
-    Streaming(Incoming),
+    Streaming(UpstreamBody),
     Read(Bytes),
 }
 

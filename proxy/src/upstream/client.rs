@@ -13,8 +13,10 @@
 
 use super::egress::{Bounded, EgressConnector};
 use crate::body::AttemptBody;
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_rustls::HttpsConnector;
@@ -23,15 +25,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Connector = Bounded<HttpsConnector<EgressConnector>>;
-type Sending = Pin<
-    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<AttemptBody>>>> + Send>,
->;
+type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type Origins = Arc<Mutex<Vec<Origin>>>;
 
 /// A kept connection unused this long is closed rather than reused: the provider may be
 /// closing it at the same moment (hyper-util's pool used the same 90 s).
@@ -57,33 +59,187 @@ pub enum ClientError {
 
 /// One way to send requests to an origin.
 enum Tx {
+    /// An HTTP/1 connection driven by the task of the request it carries.
+    Driven(Box<Driven>),
+    /// An HTTP/1 connection on a task of its own (a client that keeps nothing: upgrades).
     H1(http1::SendRequest<AttemptBody>),
     H2(http2::SendRequest<AttemptBody>),
 }
 
-impl Tx {
-    /// Hand `req` to the connection now; the answer comes from the returned future.
-    fn send(&mut self, mut req: Request<AttemptBody>) -> Sending {
-        match self {
-            Tx::H1(tx) => {
-                origin_form(req.uri_mut());
-                Box::pin(tx.try_send_request(req))
+/// An HTTP/1 connection with no task of its own: whoever holds it drives it. That is the
+/// request it carries, while awaiting the head and then in the answer's body (so each chunk
+/// is read, handed over and written by one task, not passed between two), and nobody while it
+/// is kept idle.
+struct Driven {
+    tx: http1::SendRequest<AttemptBody>,
+    conn: http1::Connection<Io, AttemptBody>,
+    /// When it was last given back.
+    used: Instant,
+    /// Where it is given back to.
+    scheme: Scheme,
+    authority: Authority,
+    home: std::sync::Weak<Mutex<Vec<Origin>>>,
+}
+
+impl Driven {
+    /// Drive the connection: `Ready` once it has ended (closed or failed); it is not polled
+    /// again after that.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|done| {
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
-            Tx::H2(tx) => Box::pin(tx.try_send_request(req)),
+        })
+    }
+
+    /// Whether it can take a request now: it has not ended, and its last exchange is done.
+    /// Polls the connection once, with no waker (nothing waits on a kept connection): that
+    /// reads an upstream's close, and lets a connection whose answer just ended say so.
+    fn idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_conn(&mut cx).is_pending() && self.tx.is_ready()
+    }
+
+    /// Whether it was used within `idle` of `now` (else it is closed rather than reused).
+    fn fresh(&self, now: Instant, idle: Duration) -> bool {
+        now.saturating_duration_since(self.used) < idle
+    }
+
+    /// Send `req` and drive the connection until the head comes; the connection rides along
+    /// in the answer's body unless it has ended already.
+    async fn send(
+        mut self: Box<Self>,
+        mut req: Request<AttemptBody>,
+    ) -> Result<Response<UpstreamBody>, TrySendError<Request<AttemptBody>>> {
+        origin_form(req.uri_mut());
+        let mut sending = std::pin::pin!(self.tx.try_send_request(req));
+        let mut ended = false;
+        let head = std::future::poll_fn(|cx| {
+            // Once the connection ends, hyper answers the request with an error.
+            if !ended && self.poll_conn(cx).is_ready() {
+                ended = true;
+            }
+            sending.as_mut().poll(cx)
+        })
+        .await;
+        let lease = (!ended).then(|| Lease::new(self));
+        head.map(|resp| resp.map(|inner| UpstreamBody { inner, lease }))
+    }
+
+    /// Keep it for the next request to its origin, if it can take one (its answer was read
+    /// to the end, its request written whole); else drop it, which closes it.
+    fn give_back(mut self: Box<Self>) {
+        if !self.idle() {
+            return;
+        }
+        let Some(home) = self.home.upgrade() else {
+            return;
+        };
+        self.used = Instant::now();
+        let mut origins = home.lock().unwrap_or_else(PoisonError::into_inner);
+        match origins
+            .iter_mut()
+            .find(|o| o.is(&self.scheme, &self.authority))
+        {
+            Some(origin) => origin.h1.push(self),
+            None => origins.push(Origin {
+                scheme: self.scheme.clone(),
+                authority: self.authority.clone(),
+                h1: vec![self],
+                h2: None,
+            }),
         }
     }
 }
 
-/// A kept HTTP/1 connection, and when it was last given a request or seen answering one.
-struct Kept {
-    tx: http1::SendRequest<AttemptBody>,
-    used: Instant,
+/// An upstream answer's body. Over a driven connection, the connection rides along: polled
+/// whenever the body has nothing ready (it reads the next chunk, and writes what is left of
+/// the request), and given back for the next request once the body has been read to the end.
+/// Dropped before that, the connection is closed with it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
 }
 
-impl Kept {
-    /// Whether it was used within `idle` of `now` (else it is closed rather than reused).
-    fn fresh(&self, now: Instant, idle: Duration) -> bool {
-        now.saturating_duration_since(self.used) < idle
+/// A driven connection lent to an answer's body. The mutex is never locked, only reached
+/// through `&mut` (`get_mut`): it makes the body `Sync`, as answers are shared by reference,
+/// though the request body inside the connection is not.
+struct Lease(Mutex<Box<Driven>>);
+
+impl Lease {
+    fn new(d: Box<Driven>) -> Lease {
+        Lease(Mutex::new(d))
+    }
+
+    fn get(&mut self) -> &mut Driven {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn give_back(self) {
+        self.0
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .give_back();
+    }
+}
+
+impl UpstreamBody {
+    /// Hand on what the body has, giving the connection back at its end.
+    fn handed(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if frame.is_none() || self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
+        }
+        Poll::Ready(frame)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return this.handed(frame);
+        }
+        let Some(lease) = &mut this.lease else {
+            return Poll::Pending;
+        };
+        if lease.get().poll_conn(cx).is_ready() {
+            this.lease = None;
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => this.handed(frame),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// A body its reader stopped at its last frame (hyper's server does, when the body says
+    /// it has ended) still gives its connection back.
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if self.inner.is_end_stream() {
+                lease.give_back();
+            }
+        }
     }
 }
 
@@ -91,8 +247,12 @@ impl Kept {
 struct Origin {
     scheme: Scheme,
     authority: Authority,
-    /// HTTP/1 connections, in use or idle.
-    h1: Vec<Kept>,
+    /// Idle HTTP/1 connections, the most recently used last.
+    #[allow(
+        clippy::vec_box,
+        reason = "a connection moves between the pool and its request's body as a pointer"
+    )]
+    h1: Vec<Box<Driven>>,
     /// The HTTP/2 connection every request shares, once one was made.
     h2: Option<http2::SendRequest<AttemptBody>>,
 }
@@ -102,21 +262,10 @@ impl Origin {
         self.authority == *authority && self.scheme == *scheme
     }
 
-    /// Drop (so close) the HTTP/1 connections that are closed already, or idle and unused for
-    /// `idle`. A connection still answering counts as used now, so that the one that carried a
-    /// long stream is not taken for stale the moment it ends. The HTTP/2 connection is dropped
-    /// only once closed: its streams may outlive any one request.
+    /// Drop (so close) the HTTP/1 connections unused for `idle`, or closed already. The
+    /// HTTP/2 connection is dropped only once closed: its streams may outlive any one request.
     fn sweep(&mut self, now: Instant, idle: Duration) {
-        self.h1.retain_mut(|k| {
-            if k.tx.is_closed() {
-                false
-            } else if !k.tx.is_ready() {
-                k.used = now;
-                true
-            } else {
-                k.fresh(now, idle)
-            }
-        });
+        self.h1.retain_mut(|d| d.fresh(now, idle) && d.idle());
         if self.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
             self.h2 = None;
         }
@@ -134,7 +283,7 @@ pub struct UpstreamClient {
     /// first kept connection; it ends when the client is dropped).
     sweep_every: Duration,
     sweeping: std::sync::Once,
-    origins: Arc<Mutex<Vec<Origin>>>,
+    origins: Origins,
 }
 
 impl UpstreamClient {
@@ -153,7 +302,7 @@ impl UpstreamClient {
     pub async fn request(
         &self,
         mut req: Request<AttemptBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<UpstreamBody>, ClientError> {
         let uri = req.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ClientError::NotAbsolute);
@@ -165,29 +314,30 @@ impl UpstreamClient {
         }
         let mut resends = 0;
         loop {
-            let mut kept = self.checkout(scheme, authority);
-            if kept.is_none() && self.keep {
-                // A connection whose last answer just ended is ready once its task has run:
-                // let it run before opening another.
-                tokio::task::yield_now().await;
-                kept = self.checkout(scheme, authority);
-            }
-            let (sending, reused) = match kept {
-                Some(mut tx) => {
-                    let sending = tx.send(req);
-                    self.checkin(scheme, authority, tx);
-                    (sending, true)
+            let (tx, reused) = match self.checkout(scheme, authority) {
+                Some(tx) => (tx, true),
+                // Boxed: the handshakes' futures are large, and would otherwise be part of
+                // (and copied with) every request's future, connecting or not.
+                None => (Box::pin(self.connect(&uri)).await?, false),
+            };
+            let sent = match tx {
+                Tx::Driven(d) => d.send(req).await,
+                Tx::H1(mut tx) => {
+                    origin_form(req.uri_mut());
+                    let lease = None;
+                    let head = tx.try_send_request(req).await;
+                    head.map(|r| r.map(|inner| UpstreamBody { inner, lease }))
                 }
-                None => {
-                    // Boxed: the handshakes' futures are large, and would otherwise be part of
-                    // (and copied with) every request's future, connecting or not.
-                    let mut tx = Box::pin(self.connect(&uri)).await?;
-                    let sending = tx.send(req);
-                    self.checkin(scheme, authority, tx);
-                    (sending, false)
+                Tx::H2(mut tx) => {
+                    if !reused {
+                        self.keep_h2(scheme, authority, &tx);
+                    }
+                    let lease = None;
+                    let head = tx.try_send_request(req).await;
+                    head.map(|r| r.map(|inner| UpstreamBody { inner, lease }))
                 }
             };
-            match sending.await {
+            match sent {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     // A kept connection closed before the request was written: again,
@@ -205,6 +355,9 @@ impl UpstreamClient {
 
     /// A kept connection to the origin that can take a request now, if there is one.
     fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Tx> {
+        if !self.keep {
+            return None;
+        }
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         let origin = origins.iter_mut().find(|o| o.is(scheme, authority))?;
         if let Some(h2) = &origin.h2 {
@@ -214,47 +367,32 @@ impl UpstreamClient {
             origin.h2 = None;
         }
         let now = Instant::now();
-        let mut i = origin.h1.len();
-        while i > 0 {
-            i -= 1;
-            let tx = &origin.h1[i].tx;
-            if tx.is_closed() {
-                origin.h1.swap_remove(i);
-            } else if tx.is_ready() {
-                let kept = origin.h1.swap_remove(i);
-                if kept.fresh(now, self.idle) {
-                    return Some(Tx::H1(kept.tx));
-                }
+        while let Some(mut d) = origin.h1.pop() {
+            if d.fresh(now, self.idle) && d.idle() {
+                return Some(Tx::Driven(d));
             }
         }
         None
     }
 
-    /// Keep `tx` (just given a request) for later requests to its origin.
-    fn checkin(&self, scheme: &Scheme, authority: &Authority, tx: Tx) {
+    /// Share `tx`, a new HTTP/2 connection, with later requests to its origin.
+    fn keep_h2(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        tx: &http2::SendRequest<AttemptBody>,
+    ) {
         if !self.keep {
             return;
         }
-        self.sweeping.call_once(|| self.start_sweeper());
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = match origins.iter().position(|o| o.is(scheme, authority)) {
-            Some(at) => at,
-            None => {
-                origins.push(Origin {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    h1: Vec::new(),
-                    h2: None,
-                });
-                origins.len() - 1
-            }
-        };
-        let origin = &mut origins[at];
-        match tx {
-            Tx::H2(tx) => origin.h2 = Some(tx),
-            Tx::H1(tx) => origin.h1.push(Kept {
-                tx,
-                used: Instant::now(),
+        match origins.iter_mut().find(|o| o.is(scheme, authority)) {
+            Some(origin) => origin.h2 = Some(tx.clone()),
+            None => origins.push(Origin {
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+                h1: Vec::new(),
+                h2: Some(tx.clone()),
             }),
         }
     }
@@ -284,7 +422,8 @@ impl UpstreamClient {
         });
     }
 
-    /// A new connection to `uri`'s origin, its HTTP handshake done and its task running.
+    /// A new connection to `uri`'s origin, its HTTP handshake done: driven by its requests
+    /// when it is kept, else on a task of its own.
     async fn connect(&self, uri: &Uri) -> Result<Tx, ClientError> {
         let mut connector = self.connector.clone();
         let io = connector
@@ -311,12 +450,26 @@ impl UpstreamClient {
             .handshake(io)
             .await
             .map_err(handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-            }
-        });
-        Ok(Tx::H1(tx))
+        if !self.keep {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+                }
+            });
+            return Ok(Tx::H1(tx));
+        }
+        self.sweeping.call_once(|| self.start_sweeper());
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(ClientError::NotAbsolute);
+        };
+        Ok(Tx::Driven(Box::new(Driven {
+            tx,
+            conn,
+            used: Instant::now(),
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            home: Arc::downgrade(&self.origins),
+        })))
     }
 }
 
@@ -336,7 +489,6 @@ fn origin_form(uri: &mut Uri) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::body::Frame;
     use hyper_util::client::legacy::connect::HttpConnector;
@@ -462,7 +614,7 @@ mod tests {
     }
 
     /// Let a `/hold` answer end, and read it whole.
-    async fn release(seen: &Seen, held: Response<Incoming>) -> Bytes {
+    async fn release(seen: &Seen, held: Response<UpstreamBody>) -> Bytes {
         seen.release.notify_one();
         let body = held.into_body().collect().await;
         body.unwrap_or_else(|e| panic!("{e}")).to_bytes()
