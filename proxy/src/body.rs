@@ -380,36 +380,39 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
         if s.end.is_some() {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut s.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    s.bytes += data.len() as u64;
-                    // Only an SSE answer ever needs the tail (for its error event).
-                    if s.sse.is_some() {
-                        s.remember_tail(data);
-                    }
-                    if let Some(meter) = &mut s.meter {
-                        meter.feed(data);
+        loop {
+            let frame = match Pin::new(&mut s.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(_))) => return s.cut(),
+                Poll::Ready(None) => {
+                    s.end = Some(StreamEnd::Complete);
+                    return Poll::Ready(s.gather.release(None).map(Ok));
+                }
+                Poll::Pending if s.gather.wait(cx) => return Poll::Pending,
+                Poll::Pending => {
+                    return match s.gather.release(None) {
+                        Some(frame) => Poll::Ready(Some(Ok(frame))),
+                        None => s.poll_idle(cx),
                     }
                 }
-                let now = Instant::now();
-                let previous = std::mem::replace(&mut s.last, now);
-                let more = !s.inner.is_end_stream();
-                match s.gather.offer(frame, more, now, previous, cx) {
-                    Some(frame) => Poll::Ready(Some(Ok(frame))),
-                    None => Poll::Pending,
+            };
+            if let Some(data) = frame.data_ref() {
+                s.bytes += data.len() as u64;
+                // Only an SSE answer ever needs the tail (for its error event).
+                if s.sse.is_some() {
+                    s.remember_tail(data);
+                }
+                if let Some(meter) = &mut s.meter {
+                    meter.feed(data);
                 }
             }
-            Poll::Ready(Some(Err(_))) => s.cut(),
-            Poll::Ready(None) => {
-                s.end = Some(StreamEnd::Complete);
-                Poll::Ready(s.gather.release(None).map(Ok))
+            let now = Instant::now();
+            let previous = std::mem::replace(&mut s.last, now);
+            let more = !s.inner.is_end_stream();
+            // Held (part of a burst): see at once whether the next frame is ready too.
+            if let Some(frame) = s.gather.offer(frame, more, now, previous) {
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Pending if s.gather.wait(cx) => Poll::Pending,
-            Poll::Pending => match s.gather.release(None) {
-                Some(frame) => Poll::Ready(Some(Ok(frame))),
-                None => s.poll_idle(cx),
-            },
         }
     }
 

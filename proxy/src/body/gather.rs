@@ -4,11 +4,12 @@
 //! hyper's client hands a body over one frame at a time, and hyper's server writes what it
 //! holds as soon as the body has nothing ready, so a burst of twenty SSE chunks cost twenty
 //! socket writes (each waking the client). When a frame comes within [`BURST`] of the one
-//! before, it is held and the task yields, letting the upstream connection decode what it
-//! already read (hyper's client hands the next frame over only after the body was polled
-//! empty, so once nothing is ready the task yields one more time before giving up); frames
-//! still arriving are held too (at most [`MAX_HELD`]), and the held ones are handed on together
-//! as soon as nothing more is ready. Nothing waits on the network: a frame is held only while
+//! before, it is held and the body is polled again at once: over a connection the request's
+//! task drives (HTTP/1, `upstream::client`), that decodes the next frame the connection
+//! already read. When nothing is ready, the task yields once before giving up, so that an
+//! upstream connection on a task of its own (HTTP/2) can hand over what it read. Frames still
+//! arriving are held too (at most [`MAX_HELD`]), and the held ones are handed on together as
+//! soon as nothing more is ready. Nothing waits on the network: a frame is held only while
 //! the upstream has more already read, so a stream of chunks arriving apart (a model producing
 //! tokens) passes frame by frame, each written at once.
 
@@ -61,15 +62,14 @@ impl Gather {
     }
 
     /// A frame came at `now`, the one before at `previous`, and the body may have `more`:
-    /// hold it and yield (`None`) when it is data in a burst that has not ended and there is
-    /// room, else the frame to hand on now (the oldest held one, when some are).
+    /// hold it (`None`: poll the body again) when it is data in a burst that has not ended and
+    /// there is room, else the frame to hand on now (the oldest held one, when some are).
     pub fn offer(
         &mut self,
         frame: Frame<Bytes>,
         more: bool,
         now: Instant,
         previous: Instant,
-        cx: &mut Context<'_>,
     ) -> Option<Frame<Bytes>> {
         let burst = more && now.saturating_duration_since(previous) < BURST;
         let len = frame.data_ref().map_or(0, Bytes::len);
@@ -78,8 +78,6 @@ impl Gather {
             self.held_bytes += len;
             self.held.push_back(frame);
             self.waited = false;
-            // Polled again once the tasks woken before it (the upstream connection's) ran.
-            cx.waker().wake_by_ref();
             return None;
         }
         self.release(Some(frame))
@@ -124,11 +122,10 @@ mod tests {
 
     #[test]
     fn a_burst_is_held_and_handed_on_in_order_once_nothing_more_is_ready() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
-        assert!(g.offer(data("a"), true, t, t, &mut cx).is_none());
-        assert!(g.offer(data("b"), true, t, t, &mut cx).is_none());
+        assert!(g.offer(data("a"), true, t, t).is_none());
+        assert!(g.offer(data("b"), true, t, t).is_none());
         assert!(
             g.next().is_none(),
             "nothing is handed on while the burst lasts"
@@ -146,7 +143,7 @@ mod tests {
         let mut g = Gather::default();
         assert!(!g.wait(&mut cx), "nothing held: nothing to wait for");
         let t = Instant::now();
-        assert!(g.offer(data("a"), true, t, t, &mut cx).is_none());
+        assert!(g.offer(data("a"), true, t, t).is_none());
         assert!(
             g.wait(&mut cx),
             "the first time nothing is ready, yield again"
@@ -154,18 +151,17 @@ mod tests {
         assert!(!g.wait(&mut cx), "the second time, release");
         assert_eq!(text(g.release(None)).as_deref(), Some("a"));
         // A new frame held starts a new wait.
-        assert!(g.offer(data("b"), true, t, t, &mut cx).is_none());
+        assert!(g.offer(data("b"), true, t, t).is_none());
         assert!(g.wait(&mut cx));
     }
 
     #[test]
     fn a_frame_long_after_the_last_passes_at_once() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
         let later = t + Duration::from_millis(20);
         assert_eq!(
-            text(g.offer(data("a"), true, later, t, &mut cx)).as_deref(),
+            text(g.offer(data("a"), true, later, t)).as_deref(),
             Some("a")
         );
         assert!(g.is_empty());
@@ -173,24 +169,19 @@ mod tests {
 
     #[test]
     fn the_last_frame_of_a_body_passes_at_once() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
-        assert_eq!(
-            text(g.offer(data("a"), false, t, t, &mut cx)).as_deref(),
-            Some("a")
-        );
+        assert_eq!(text(g.offer(data("a"), false, t, t)).as_deref(), Some("a"));
     }
 
     #[test]
     fn at_most_max_held_frames_are_held_then_all_go() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
         for _ in 0..MAX_HELD {
-            assert!(g.offer(data("x"), true, t, t, &mut cx).is_none());
+            assert!(g.offer(data("x"), true, t, t).is_none());
         }
-        let mut out = vec![text(g.offer(data("y"), true, t, t, &mut cx)).unwrap()];
+        let mut out = vec![text(g.offer(data("y"), true, t, t)).unwrap()];
         while let Some(f) = g.next() {
             out.push(text(Some(f)).unwrap());
         }
@@ -200,15 +191,14 @@ mod tests {
 
     #[test]
     fn at_most_max_held_bytes_are_held_then_all_go() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
         let big = || Frame::data(Bytes::from(vec![b'x'; MAX_HELD_BYTES / 4]));
         for _ in 0..4 {
-            assert!(g.offer(big(), true, t, t, &mut cx).is_none());
+            assert!(g.offer(big(), true, t, t).is_none());
         }
         assert!(
-            g.offer(data("y"), true, t, t, &mut cx).is_some(),
+            g.offer(data("y"), true, t, t).is_some(),
             "no room for one more byte: everything goes"
         );
         let mut n = 1;
@@ -218,15 +208,14 @@ mod tests {
         assert_eq!(n, 5);
         assert!(g.is_empty());
         // The count starts again from nothing.
-        assert!(g.offer(big(), true, t, t, &mut cx).is_none());
+        assert!(g.offer(big(), true, t, t).is_none());
     }
 
     #[test]
     fn the_end_of_the_stream_comes_after_the_held_frames() {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut g = Gather::default();
         let t = Instant::now();
-        assert!(g.offer(data("a"), true, t, t, &mut cx).is_none());
+        assert!(g.offer(data("a"), true, t, t).is_none());
         let trailers = Frame::trailers(http::HeaderMap::new());
         assert_eq!(text(g.release(Some(trailers))).as_deref(), Some("a"));
         assert!(g.next().unwrap().is_trailers());
