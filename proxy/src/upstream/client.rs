@@ -725,6 +725,102 @@ mod tests {
         assert_eq!((seen_a.requests().len(), seen_b.requests().len()), (2, 2));
     }
 
+    /// An HTTP/1 upstream that answers each request's head at once, then reads the request
+    /// body to its end and sends its length as the answer's body.
+    async fn counting_upstream() -> (String, Arc<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let count = futures_util::stream::once(async move {
+                        let body = req.into_body().collect().await;
+                        let n = body.map_or(0, |b| b.to_bytes().len());
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(n.to_string())))
+                    });
+                    Ok::<_, Infallible>(Response::new(StreamBody::new(count)))
+                });
+                let conn = hyper::server::conn::http1::Builder::new();
+                tokio::spawn(conn.serve_connection(TokioIo::new(tcp), svc));
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_request_body_still_uploading_when_the_head_comes_is_sent_as_the_answer_is_read() {
+        let (url, seen) = counting_upstream().await;
+        let c = client(true);
+        // Far more than loopback's socket buffers hold: most of it is still to be written
+        // when the head comes, and only reading the answer drives the connection on.
+        let size = 16 << 20;
+        let mut req = get(&format!("{url}/count"));
+        *req.body_mut() = AttemptBody::full(Bytes::from(vec![b'x'; size]));
+        let resp = c.request(req).await.unwrap_or_else(|e| panic!("{e}"));
+        let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect()).await;
+        let body = body
+            .expect("the upload went on")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body.to_bytes(), size.to_string());
+        assert_eq!(fetch(&c, &format!("{url}/count")).await, "0");
+        assert_eq!(seen.connections(), 1, "the connection was kept after both");
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_before_its_end_closes_its_connection() {
+        let (url, seen) = upstream().await;
+        let c = client(true);
+        let held = c.request(get(&format!("{url}/hold"))).await;
+        drop(held.unwrap_or_else(|e| panic!("{e}")));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        // Answers one request per connection, keep-alive by its headers, then closes.
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = tcp.write_all(answer).await;
+                drop(tcp);
+                s.closed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let c = client(true);
+        let url = format!("http://{addr}/x");
+        assert_eq!(fetch(&c, &url).await, "ok");
+        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(fetch(&c, &url).await, "ok");
+        assert_eq!(seen.connections(), 2);
+    }
+
     #[tokio::test]
     async fn no_listener_is_a_connect_error_and_a_relative_url_is_refused() {
         let listener = TcpListener::bind("127.0.0.1:0")
