@@ -113,16 +113,23 @@ impl Driven {
     ) -> Result<Response<UpstreamBody>, TrySendError<Request<AttemptBody>>> {
         origin_form(req.uri_mut());
         let mut sending = std::pin::pin!(self.tx.try_send_request(req));
-        let mut ended = false;
+        let mut conn = Some(self);
         let head = std::future::poll_fn(|cx| {
-            // Once the connection ends, hyper answers the request with an error.
-            if !ended && self.poll_conn(cx).is_ready() {
-                ended = true;
+            if let Some(d) = &mut conn {
+                if d.poll_conn(cx).is_pending() {
+                    // Only the connection, just polled, answers the request: the answer
+                    // needs no waker (one would only wake this task again for nothing).
+                    return sending
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()));
+                }
+                // Ended: dropping it settles the answer (an error, or the request back).
+                conn = None;
             }
             sending.as_mut().poll(cx)
         })
         .await;
-        let lease = (!ended).then(|| Lease::new(self));
+        let lease = conn.map(Lease::new);
         head.map(|resp| resp.map(|inner| UpstreamBody { inner, lease }))
     }
 
@@ -207,15 +214,24 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(lease) = &mut this.lease else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        // Only the connection hands the body frames, and only while it is polled: the body
+        // is read without a waker (which would only wake this task again for nothing), and
+        // the connection, when nothing is ready, with this task's.
+        let mut quiet = Context::from_waker(Waker::noop());
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(&mut quiet) {
             return this.handed(frame);
         }
-        let Some(lease) = &mut this.lease else {
-            return Poll::Pending;
-        };
-        if lease.get().poll_conn(cx).is_ready() {
-            this.lease = None;
+        if lease.get().poll_conn(cx).is_pending() {
+            return match Pin::new(&mut this.inner).poll_frame(&mut quiet) {
+                Poll::Ready(frame) => this.handed(frame),
+                Poll::Pending => Poll::Pending,
+            };
         }
+        // Ended: dropping it closes the body's channel, whose end (or error) is read next.
+        this.lease = None;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => this.handed(frame),
             Poll::Pending => Poll::Pending,
