@@ -133,10 +133,11 @@ impl Driven {
         head.map(|resp| resp.map(|inner| UpstreamBody { inner, lease }))
     }
 
-    /// Keep it for the next request to its origin, if it can take one (its answer was read
-    /// to the end, its request written whole); else drop it, which closes it.
+    /// Keep it for the next request to its origin (its answer was read to the end), unless
+    /// it is closed. Whether it can take one (its request written whole, hyper done with the
+    /// answer) is asked when it is next taken, in the same poll that reads an upstream's close.
     fn give_back(mut self: Box<Self>) {
-        if !self.idle() {
+        if self.tx.is_closed() {
             return;
         }
         let Some(home) = self.home.upgrade() else {
