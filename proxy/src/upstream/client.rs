@@ -4,12 +4,16 @@
 //! origin (no hashing, a lock only this worker takes, no task spawned per request to hand a
 //! connection back).
 //!
-//! An HTTP/1 connection stays in its origin's list from the moment it is made: it is taken for
-//! a request only when hyper says it is ready (the last response's body was read to the end),
-//! so a connection whose answer is still streaming is skipped, not waited for. An HTTP/2
-//! connection is shared by every request to its origin. A request hyper hands back unsent,
-//! because a kept connection closed under it, is sent again on another connection (at most
-//! `MAX_RESENDS` times), as hyper-util's client did.
+//! A kept HTTP/1 connection has no task of its own: the request it carries drives it, while
+//! awaiting the head and then through the answer's body ([`UpstreamBody`]), so each chunk of a
+//! stream is read, handed over and written by the one task serving the client. The body gives
+//! the connection back to its origin's list once read to the end (dropped earlier, it closes
+//! the connection); a connection whose answer still streams is not in the list, so it is never
+//! waited for. Taken from the list, a connection is polled once: that reads an upstream's
+//! close, and hyper then says whether it can take a request. An HTTP/2 connection runs on a
+//! task of its own and is shared by every request to its origin. A request hyper hands back
+//! unsent, because a kept connection closed under it, is sent again on another connection (at
+//! most `MAX_RESENDS` times), as hyper-util's client did.
 
 use super::egress::{Bounded, EgressConnector};
 use crate::body::AttemptBody;
@@ -541,16 +545,29 @@ mod tests {
         }
     }
 
-    /// An HTTP/1 upstream on port 0: `/hold` streams until released, `/close` answers with
-    /// `Connection: close`, anything else answers `ok`.
-    async fn upstream() -> (String, Arc<Seen>) {
+    /// A listener on a free loopback port, and its address.
+    async fn listen() -> (TcpListener, std::net::SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        (listener, addr)
+    }
+
+    /// The connections the upstream saw end, once they reach `n` (or after 5 s).
+    async fn closed(seen: &Seen, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closed.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen.closed.load(Ordering::SeqCst)
+    }
+
+    /// An HTTP/1 upstream on port 0: `/hold` streams until released, `/close` answers with
+    /// `Connection: close`, anything else answers `ok`.
+    async fn upstream() -> (String, Arc<Seen>) {
+        let (listener, addr) = listen().await;
+        let url = format!("http://{addr}");
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
         tokio::spawn(async move {
@@ -714,11 +731,7 @@ mod tests {
         assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
         assert_eq!(seen.connections(), 2);
         // With no more requests, the idle one is closed; the one still answering is not.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while seen.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(closed(&seen, 1).await, 1);
         assert_eq!(release(&seen, held).await, "done");
         assert_eq!(fetch(&c, &format!("{url}/b")).await, "ok");
         assert_eq!(seen.connections(), 2, "the held connection, done, was kept");
@@ -745,10 +758,7 @@ mod tests {
     /// An HTTP/1 upstream that answers each request's head at once, then reads the request
     /// body to its end and sends its length as the answer's body.
     async fn counting_upstream() -> (String, Arc<Seen>) {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (listener, addr) = listen().await;
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
         tokio::spawn(async move {
@@ -794,11 +804,7 @@ mod tests {
         let c = client(true);
         let held = c.request(get(&format!("{url}/hold"))).await;
         drop(held.unwrap_or_else(|e| panic!("{e}")));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while seen.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(closed(&seen, 1).await, 1);
         assert_eq!(fetch(&c, &format!("{url}/a")).await, "ok");
         assert_eq!(seen.connections(), 2);
     }
@@ -806,10 +812,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (listener, addr) = listen().await;
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
         // Answers one request per connection, keep-alive by its headers, then closes.
@@ -833,17 +836,14 @@ mod tests {
         let c = client(true);
         let url = format!("http://{addr}/x");
         assert_eq!(fetch(&c, &url).await, "ok");
-        assert_eq!(seen.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(closed(&seen, 1).await, 1);
         assert_eq!(fetch(&c, &url).await, "ok");
         assert_eq!(seen.connections(), 2);
     }
 
     #[tokio::test]
     async fn no_listener_is_a_connect_error_and_a_relative_url_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (listener, addr) = listen().await;
         drop(listener);
         let c = client(true);
         let e = c.request(get(&format!("http://{addr}/x"))).await.err();
