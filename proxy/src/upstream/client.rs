@@ -18,6 +18,7 @@
 use super::egress::{Bounded, EgressConnector};
 use crate::body::AttemptBody;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -28,6 +29,7 @@ use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -83,13 +85,40 @@ struct Driven {
     scheme: Scheme,
     authority: Authority,
     home: std::sync::Weak<Mutex<Vec<Origin>>>,
+    /// What the connection is polled with (see [`Gate`]).
+    gate: Arc<Gate>,
+    waker: Waker,
+}
+
+/// The waker a driven connection is polled with: it passes each wake on to the task driving
+/// the connection now, except while that task reads the answer's body. Reading it signals
+/// the connection that the body wants more, which wakes whoever polled the connection last:
+/// the same task, about to poll the connection itself (or, had the read handed a frame over,
+/// to read again), so that wake would only cost a whole extra poll of the task.
+struct Gate {
+    task: AtomicWaker,
+    reading: AtomicBool,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.reading.load(Ordering::Relaxed) {
+            self.task.wake();
+        }
+    }
 }
 
 impl Driven {
     /// Drive the connection: `Ready` once it has ended (closed or failed); it is not polled
     /// again after that.
     fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.conn).poll(cx).map(|done| {
+        self.gate.task.register(cx.waker());
+        let mut cx = Context::from_waker(&self.waker);
+        Pin::new(&mut self.conn).poll(&mut cx).map(|done| {
             if let Err(e) = done {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
@@ -107,6 +136,15 @@ impl Driven {
     /// Whether it was used within `idle` of `now` (else it is closed rather than reused).
     fn fresh(&self, now: Instant, idle: Duration) -> bool {
         now.saturating_duration_since(self.used) < idle
+    }
+
+    /// Read from `body` (this connection's answer) with no waker, holding back the wake that
+    /// reading sends the connection (see [`Gate`]).
+    fn read(&self, body: &mut Incoming) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.gate.reading.store(true, Ordering::Relaxed);
+        let read = Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()));
+        self.gate.reading.store(false, Ordering::Relaxed);
+        read
     }
 
     /// Send `req` and drive the connection until the head comes; the connection rides along
@@ -225,12 +263,11 @@ impl Body for UpstreamBody {
         // Only the connection hands the body frames, and only while it is polled: the body
         // is read without a waker (which would only wake this task again for nothing), and
         // the connection, when nothing is ready, with this task's.
-        let mut quiet = Context::from_waker(Waker::noop());
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(&mut quiet) {
+        if let Poll::Ready(frame) = lease.get().read(&mut this.inner) {
             return this.handed(frame);
         }
         if lease.get().poll_conn(cx).is_pending() {
-            return match Pin::new(&mut this.inner).poll_frame(&mut quiet) {
+            return match lease.get().read(&mut this.inner) {
                 Poll::Ready(frame) => this.handed(frame),
                 Poll::Pending => Poll::Pending,
             };
@@ -483,6 +520,10 @@ impl UpstreamClient {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ClientError::NotAbsolute);
         };
+        let gate = Arc::new(Gate {
+            task: AtomicWaker::new(),
+            reading: AtomicBool::new(false),
+        });
         Ok(Tx::Driven(Box::new(Driven {
             tx,
             conn,
@@ -490,6 +531,8 @@ impl UpstreamClient {
             scheme: scheme.clone(),
             authority: authority.clone(),
             home: Arc::downgrade(&self.origins),
+            waker: Waker::from(gate.clone()),
+            gate,
         })))
     }
 }
