@@ -884,6 +884,40 @@ mod tests {
         assert_eq!(seen.connections(), 2);
     }
 
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_gate_passes_wakes_on_except_while_the_body_is_read() {
+        let count = Arc::new(Count::default());
+        let task = Waker::from(count.clone());
+        let gate = Arc::new(Gate {
+            task: AtomicWaker::new(),
+            reading: AtomicBool::new(false),
+        });
+        let through = Waker::from(gate.clone());
+        gate.task.register(&task);
+        gate.reading.store(true, Ordering::Relaxed);
+        through.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "held back while reading");
+        gate.reading.store(false, Ordering::Relaxed);
+        through.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Passed on once per registration, as the task re-registers with each poll.
+        through.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        gate.task.register(&task);
+        through.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn no_listener_is_a_connect_error_and_a_relative_url_is_refused() {
         let (listener, addr) = listen().await;
