@@ -187,18 +187,9 @@ impl Driven {
         };
         self.used = Instant::now();
         let mut origins = home.lock().unwrap_or_else(PoisonError::into_inner);
-        match origins
-            .iter_mut()
-            .find(|o| o.is(&self.scheme, &self.authority))
-        {
-            Some(origin) => origin.h1.push(self),
-            None => origins.push(Origin {
-                scheme: self.scheme.clone(),
-                authority: self.authority.clone(),
-                h1: vec![self],
-                h2: None,
-            }),
-        }
+        Origin::of(&mut origins, &self.scheme, &self.authority)
+            .h1
+            .push(self);
     }
 }
 
@@ -234,6 +225,11 @@ impl Lease {
 }
 
 impl UpstreamBody {
+    /// An answer over a connection on a task of its own.
+    fn unleased(resp: Response<Incoming>) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody { inner, lease: None })
+    }
+
     /// Hand on what the body has, giving the connection back at its end.
     fn handed(
         &mut self,
@@ -274,10 +270,7 @@ impl Body for UpstreamBody {
         }
         // Ended: dropping it closes the body's channel, whose end (or error) is read next.
         this.lease = None;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => this.handed(frame),
-            Poll::Pending => Poll::Pending,
-        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -318,6 +311,27 @@ struct Origin {
 impl Origin {
     fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
         self.authority == *authority && self.scheme == *scheme
+    }
+
+    /// The entry of `scheme` and `authority` among `origins`, added if there is none.
+    fn of<'o>(
+        origins: &'o mut Vec<Origin>,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> &'o mut Origin {
+        let at = match origins.iter().position(|o| o.is(scheme, authority)) {
+            Some(at) => at,
+            None => {
+                origins.push(Origin {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    h1: Vec::new(),
+                    h2: None,
+                });
+                origins.len() - 1
+            }
+        };
+        &mut origins[at]
     }
 
     /// Drop (so close) the HTTP/1 connections unused for `idle`, or closed already. The
@@ -376,23 +390,22 @@ impl UpstreamClient {
                 Some(tx) => (tx, true),
                 // Boxed: the handshakes' futures are large, and would otherwise be part of
                 // (and copied with) every request's future, connecting or not.
-                None => (Box::pin(self.connect(&uri)).await?, false),
+                None => (
+                    Box::pin(self.connect(&uri, scheme, authority)).await?,
+                    false,
+                ),
             };
             let sent = match tx {
                 Tx::Driven(d) => d.send(req).await,
                 Tx::H1(mut tx) => {
                     origin_form(req.uri_mut());
-                    let lease = None;
-                    let head = tx.try_send_request(req).await;
-                    head.map(|r| r.map(|inner| UpstreamBody { inner, lease }))
+                    tx.try_send_request(req).await.map(UpstreamBody::unleased)
                 }
                 Tx::H2(mut tx) => {
                     if !reused {
                         self.keep_h2(scheme, authority, &tx);
                     }
-                    let lease = None;
-                    let head = tx.try_send_request(req).await;
-                    head.map(|r| r.map(|inner| UpstreamBody { inner, lease }))
+                    tx.try_send_request(req).await.map(UpstreamBody::unleased)
                 }
             };
             match sent {
@@ -444,15 +457,7 @@ impl UpstreamClient {
             return;
         }
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        match origins.iter_mut().find(|o| o.is(scheme, authority)) {
-            Some(origin) => origin.h2 = Some(tx.clone()),
-            None => origins.push(Origin {
-                scheme: scheme.clone(),
-                authority: authority.clone(),
-                h1: Vec::new(),
-                h2: Some(tx.clone()),
-            }),
-        }
+        Origin::of(&mut origins, scheme, authority).h2 = Some(tx.clone());
     }
 
     /// Close kept connections idle past the limit every `sweep_every`, on this runtime, for
@@ -482,7 +487,12 @@ impl UpstreamClient {
 
     /// A new connection to `uri`'s origin, its HTTP handshake done: driven by its requests
     /// when it is kept, else on a task of its own.
-    async fn connect(&self, uri: &Uri) -> Result<Tx, ClientError> {
+    async fn connect(
+        &self,
+        uri: &Uri,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Tx, ClientError> {
         let mut connector = self.connector.clone();
         let io = connector
             .call(uri.clone())
@@ -517,9 +527,6 @@ impl UpstreamClient {
             return Ok(Tx::H1(tx));
         }
         self.sweeping.call_once(|| self.start_sweeper());
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(ClientError::NotAbsolute);
-        };
         let gate = Arc::new(Gate {
             task: AtomicWaker::new(),
             reading: AtomicBool::new(false),
