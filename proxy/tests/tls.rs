@@ -238,3 +238,89 @@ async fn reload_swaps_the_certificate() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Read until the peer closes (EOF, reset or a TLS close); how long that took from `since`, or
+/// `None` if it was still open at `within`.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    since: std::time::Instant,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::from_std(since + within);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_at_the_header_timeout_before_and_after_the_handshake() {
+    use std::time::{Duration, Instant};
+    let dir = tempdir("silent");
+    let c = self_signed();
+    let (cert, key) = write(&dir, "a", &c);
+    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let text = config_text(
+        &mock.url(),
+        "",
+        &format!(
+            "tls_cert = \"file:{}\"\ntls_key = \"file:{}\"\nheader_read_timeout = \"300ms\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
+        .await
+        .unwrap();
+    let addr = proxy.addr();
+    // One says nothing at all; the other completes its handshake, then says nothing. The
+    // timeout runs from the connection's accept in both cases, the handshake included.
+    let opened = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut shook = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake completes");
+    let within = Duration::from_secs(3);
+    let (a, b) = tokio::join!(
+        closed_after(&mut silent, opened, within),
+        closed_after(&mut shook, opened, within)
+    );
+    for (what, took) in [("silent", a), ("after its handshake", b)] {
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 3s"));
+        assert!(
+            took >= Duration::from_millis(300),
+            "{what}: closed after {took:?}, before the timeout"
+        );
+        assert!(
+            took < Duration::from_millis(1500),
+            "{what}: closed only after {took:?}"
+        );
+    }
+    // The listener still serves.
+    let resp = client_trusting(&c, false)
+        .request(chat_req(addr.port()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.total_calls(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
