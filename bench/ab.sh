@@ -39,17 +39,8 @@ for side in A B; do
   PID[$side]="$KR_PID"
 done
 
-for w in chat stream; do
-  stream=false
-  [[ $w == stream ]] && stream=true
-  cat >"$TMP/$w.lua" <<LUA
-wrk.method = "POST"
-wrk.body = [[{"model":"mock","stream":$stream,"messages":[{"role":"user","content":"$(printf 'x%.0s' {1..900})"}]}]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $BENCH_TOKEN"
-wrk.headers["x-mock-chunks"] = "20"
-LUA
-done
+chat_lua "$TMP/chat.lua" false "$BENCH_TOKEN"
+chat_lua "$TMP/stream.lua" true "$BENCH_TOKEN"
 
 run() { # run SIDE WORKLOAD -> "req/s cpu_us_per_request"
   local before after
@@ -86,7 +77,6 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 for w in chat stream; do
   a="$(median <<<"${ALL[A$w]}")" b="$(median <<<"${ALL[B$w]}")"
   printf '%-6s median req/s: A %s, B %s, B/A %.3f\n' "$w" "$a" "$b" "$(python3 -c "print($b/$a)")"

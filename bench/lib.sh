@@ -96,6 +96,21 @@ start_redis() {
   done
 }
 
+# median: the median of the numbers on stdin (separated by spaces or newlines).
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
+# chat_lua FILE STREAM TOKEN: a wrk script posting the ~1 KB chat body with "stream": STREAM
+# (true or false) and TOKEN as the bearer; the mock answers a stream with 20 chunks.
+chat_lua() {
+  cat >"$1" <<LUA
+wrk.method = "POST"
+wrk.body = [[{"model":"mock","stream":$2,"messages":[{"role":"user","content":"$(printf 'x%.0s' {1..900})"}]}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $3"
+wrk.headers["x-mock-chunks"] = "20"
+LUA
+}
+
 # start_mock: the release mock on a free port; sets MOCK_PORT and MOCK_URL.
 start_mock() {
   MOCK_PORT="$(free_port)"

@@ -34,17 +34,8 @@ URL[nginx]="$NGINX_URL"
 URL[keyrelay]="$KR_URL"
 PROCS[nginx]="$NGINX_PID $(children "$NGINX_PID" | tr '\n' ' ')"
 PROCS[keyrelay]="$KR_PID"
-for w in chat stream; do
-  stream=false
-  [[ $w == stream ]] && stream=true
-  cat >"$TMP/$w.lua" <<LUA
-wrk.method = "POST"
-wrk.body = [[{"model":"mock","stream":$stream,"messages":[{"role":"user","content":"$(printf 'x%.0s' {1..900})"}]}]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $BENCH_TOKEN"
-wrk.headers["x-mock-chunks"] = "20"
-LUA
-done
+chat_lua "$TMP/chat.lua" false "$BENCH_TOKEN"
+chat_lua "$TMP/stream.lua" true "$BENCH_TOKEN"
 
 # ticks PID...: "utime stime" summed over the processes, in clock ticks.
 ticks() {
@@ -89,7 +80,6 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 for w in chat stream; do
   for f in RPS USR SYS; do
     declare -n fig="$f"

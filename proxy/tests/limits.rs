@@ -16,24 +16,6 @@ use tokio::net::TcpStream;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// Read until the peer closes (EOF or reset); how long that took from `since`, or `None` if it
-/// was still open at `within`.
-async fn closed_after(
-    stream: &mut TcpStream,
-    since: Instant,
-    within: Duration,
-) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::from_std(since + within);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(since.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Write one HTTP/1.1 request on `stream` and read its response: status and body.
 async fn exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String) {
     stream.write_all(request).await.unwrap();

@@ -9,6 +9,8 @@ use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use keyrelay::Running;
+use keyrelay_mock::MockUpstream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::*;
@@ -45,6 +47,19 @@ fn write_secret(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A rustls client configuration trusting only `c`.
+fn trusting(c: &Cert) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
+        .unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// A client trusting only `c`.
 fn client_trusting(
     c: &Cert,
@@ -53,19 +68,8 @@ fn client_trusting(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<Bytes>,
 > {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let b = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(trusting(c))
         .https_only();
     let connector = if h2 {
         b.enable_http2().build()
@@ -73,6 +77,26 @@ fn client_trusting(
         b.enable_http1().build()
     };
     Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A mock, and a keyrelay in front of it serving TLS with `c` (written to `dir`), with
+/// `server_extra` added to its `[server]` table.
+async fn start_tls(dir: &Path, c: &Cert, server_extra: &str) -> (MockUpstream, Running) {
+    let (cert, key) = write(dir, "a", c);
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config_text(
+        &mock.url(),
+        "",
+        &format!(
+            "tls_cert = \"file:{}\"\ntls_key = \"file:{}\"\n{server_extra}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
+        .await
+        .unwrap();
+    (mock, proxy)
 }
 
 fn chat_req(port: u16) -> Request<Full<Bytes>> {
@@ -93,20 +117,7 @@ fn tempdir(name: &str) -> PathBuf {
 async fn serves_https_on_http1_and_http2() {
     let dir = tempdir("serve");
     let c = self_signed();
-    let (cert, key) = write(&dir, "a", &c);
-    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
-    let text = config_text(
-        &mock.url(),
-        "",
-        &format!(
-            "tls_cert = \"file:{}\"\ntls_key = \"file:{}\"",
-            cert.display(),
-            key.display()
-        ),
-    );
-    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
-        .await
-        .unwrap();
+    let (mock, proxy) = start_tls(&dir, &c, "").await;
     let port = proxy.addr().port();
     for h2 in [false, true] {
         let resp = client_trusting(&c, h2)
@@ -186,7 +197,7 @@ async fn reload_swaps_the_certificate() {
     let dir = tempdir("reload");
     let (a, b) = (self_signed(), self_signed());
     let (cert, key) = write(&dir, "live", &a);
-    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
+    let mock = MockUpstream::start().await.unwrap();
     for (i, k) in KEYS.iter().enumerate() {
         write_secret(&dir.join(format!("key{i}")), k);
     }
@@ -239,63 +250,20 @@ async fn reload_swaps_the_certificate() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Read until the peer closes (EOF, reset or a TLS close); how long that took from `since`, or
-/// `None` if it was still open at `within`.
-async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    since: std::time::Instant,
-    within: std::time::Duration,
-) -> Option<std::time::Duration> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::from_std(since + within);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(since.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 #[tokio::test]
 async fn silent_clients_are_closed_at_the_header_timeout_before_and_after_the_handshake() {
     use std::time::{Duration, Instant};
     let dir = tempdir("silent");
     let c = self_signed();
-    let (cert, key) = write(&dir, "a", &c);
-    let mock = keyrelay_mock::MockUpstream::start().await.unwrap();
-    let text = config_text(
-        &mock.url(),
-        "",
-        &format!(
-            "tls_cert = \"file:{}\"\ntls_key = \"file:{}\"\nheader_read_timeout = \"300ms\"",
-            cert.display(),
-            key.display()
-        ),
-    );
-    let proxy = keyrelay::start(keyrelay::config::Config::from_toml_str(&text, &env()).unwrap())
-        .await
-        .unwrap();
+    let (mock, proxy) = start_tls(&dir, &c, "header_read_timeout = \"300ms\"").await;
     let addr = proxy.addr();
     // One says nothing at all; the other completes its handshake, then says nothing. The
     // timeout runs from the connection's accept in both cases, the handshake included.
     let opened = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(c.der.clone()))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut shook = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut shook = tokio_rustls::TlsConnector::from(Arc::new(trusting(&c)))
         .connect(name, tcp)
         .await
         .expect("the handshake completes");

@@ -192,6 +192,25 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Read until the peer closes (EOF, reset, or for TLS its close); how long that took from
+/// `since`, or `None` if it was still open at `within`.
+pub async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    since: Instant,
+    within: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::from_std(since + within);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Every secret the tests configure: provider keys, client token, admin token.
 pub fn secrets() -> Vec<&'static str> {
     let mut all = KEYS.to_vec();
