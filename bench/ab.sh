@@ -66,7 +66,8 @@ for ((r = 0; r < ROUNDS; r++)); do
   for w in chat stream; do
     line="round $((r + 1)) $w:"
     for side in "${order[@]}"; do
-      read -r rps cpu < <(run "$side" "$w")
+      run "$side" "$w" >"$TMP/run.out" # in this shell, so that a failure (die) ends the script
+      read -r rps cpu <"$TMP/run.out"
       ALL[$side$w]+="$rps "
       CPU[$side$w]+="$cpu "
       rss="$(rss_kib "${PID[$side]}")"

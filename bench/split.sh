@@ -72,7 +72,8 @@ for ((r = 0; r < ROUNDS; r++)); do
   for w in chat stream; do
     line="round $((r + 1)) $w:"
     for p in "${order[@]}"; do
-      read -r rps usr sys < <(run "$p" "$w")
+      run "$p" "$w" >"$TMP/run.out" # in this shell, so that a failure (die) ends the script
+      read -r rps usr sys <"$TMP/run.out"
       RPS[$p$w]+="$rps " USR[$p$w]+="$usr " SYS[$p$w]+="$sys "
       line+=" $p $rps req/s, user $usr us, system $sys us;"
     done
