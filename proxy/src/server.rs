@@ -348,31 +348,18 @@ async fn serve_connection(
         // Boxed: a TLS connection's state (the handshake, then rustls's session beside hyper's)
         // is about 2.4 KB larger, and inline it would size every plain connection's task too.
         Some(acceptor) => {
-            let tls = serve_tls(acceptor, stream, builder, handle, opened, limits, draining);
-            Box::pin(tls).await;
+            Box::pin(async move {
+                let deadline = opened + limits.header_read_timeout;
+                let Ok(Ok(tls)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                let io = TokioIo::new(tls);
+                connection::drive(builder, io, handle, opened, limits, draining).await;
+            })
+            .await;
         }
     }
-}
-
-/// [`serve_connection`]'s TLS path: the handshake within the header timeout from `opened`,
-/// then the connection.
-async fn serve_tls<H, F>(
-    acceptor: tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
-    builder: &auto::Builder<TokioExecutor>,
-    handle: H,
-    opened: Instant,
-    limits: Limits,
-    draining: watch::Receiver<bool>,
-) where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
-    F: std::future::Future<Output = hyper::Response<crate::body::ProxyBody>> + Send + 'static,
-{
-    let deadline = opened + limits.header_read_timeout;
-    let Ok(Ok(tls)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await else {
-        return;
-    };
-    connection::drive(builder, TokioIo::new(tls), handle, opened, limits, draining).await;
 }
 
 /// Serve the admin API on `listener`, within `limits`, until the process ends.

@@ -95,6 +95,7 @@ struct Driven {
 /// the connection that the body wants more, which wakes whoever polled the connection last:
 /// the same task, about to poll the connection itself (or, had the read handed a frame over,
 /// to read again), so that wake would only cost a whole extra poll of the task.
+#[derive(Default)]
 struct Gate {
     task: AtomicWaker,
     reading: AtomicBool,
@@ -527,10 +528,7 @@ impl UpstreamClient {
             return Ok(Tx::H1(tx));
         }
         self.sweeping.call_once(|| self.start_sweeper());
-        let gate = Arc::new(Gate {
-            task: AtomicWaker::new(),
-            reading: AtomicBool::new(false),
-        });
+        let gate = Arc::<Gate>::default();
         Ok(Tx::Driven(Box::new(Driven {
             tx,
             conn,
@@ -905,10 +903,7 @@ mod tests {
     fn the_gate_passes_wakes_on_except_while_the_body_is_read() {
         let count = Arc::new(Count::default());
         let task = Waker::from(count.clone());
-        let gate = Arc::new(Gate {
-            task: AtomicWaker::new(),
-            reading: AtomicBool::new(false),
-        });
+        let gate = Arc::<Gate>::default();
         let through = Waker::from(gate.clone());
         gate.task.register(&task);
         gate.reading.store(true, Ordering::Relaxed);
