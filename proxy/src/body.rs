@@ -4,11 +4,13 @@
 //! A cut SSE stream gets one last event carrying an error in the provider's shape before the
 //! connection is aborted, so SDKs raise a clear error and still never see a clean end.
 
+mod client;
 mod gather;
 mod replay;
 mod request;
 pub mod spill;
 
+pub use client::ClientBody;
 pub use replay::{spool, AttemptBody, Fault, RequestBody, Spooled};
 pub use request::{buffer_request, discard, BodyLimits, Budget, Buffered, Permit, Read};
 

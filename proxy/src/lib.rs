@@ -9,6 +9,7 @@ pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod group;
+pub mod h1;
 pub mod headers;
 pub mod log;
 pub mod routes;

@@ -1,11 +1,13 @@
 //! The listeners: what each connection serves, graceful shutdown, and reload (which refuses
 //! what only a restart can apply). Connection limits live in `connection.rs`.
 
+use crate::body::ClientBody;
 use crate::config::Config;
 use crate::connection::{self, accept_until, Gate, Limits};
 use crate::service::{App, Peer};
 use crate::workers::Workers;
 use crate::ReloadError;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use keyrelay_metrics::ReloadResult;
@@ -337,14 +339,14 @@ async fn serve_connection(
     let live = live.clone();
     // A WebSocket session outlives its connection's task: it keeps the permit and the drain.
     let hold = crate::websocket::Hold::new(permit, draining.clone());
-    let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
+    let handle = move |mut req: hyper::Request<ClientBody>| {
         if req.headers().contains_key(hyper::header::UPGRADE) {
             req.extensions_mut().insert(hold.clone());
         }
         live.app().handle(req, peer)
     };
     match tls {
-        None => connection::drive_tcp(builder, stream, handle, limits, draining).await,
+        None => crate::h1::serve(builder, stream, handle, limits, draining).await,
         // Boxed: a TLS connection's state (the handshake, then rustls's session beside hyper's)
         // is about 2.4 KB larger, and inline it would size every plain connection's task too.
         Some(acceptor) => {
@@ -355,6 +357,8 @@ async fn serve_connection(
                     return;
                 };
                 let io = TokioIo::new(tls);
+                let handle =
+                    move |req: hyper::Request<Incoming>| handle(req.map(ClientBody::Hyper));
                 connection::drive(builder, io, handle, opened, limits, draining).await;
             })
             .await;

@@ -4,6 +4,7 @@
 use crate::affinity::{self, Plan};
 use crate::auth::ClientAuth;
 use crate::body::spill::{self, SpillDir};
+use crate::body::ClientBody;
 use crate::body::{
     buffer_request, discard, spool, AttemptBody, BodyLimits, Budget, ProxyBody, Read, RequestBody,
 };
@@ -15,7 +16,6 @@ use crate::routes::{JoinError, Provider, Routes};
 use crate::tenants::tokens::Tally;
 use crate::upstream::{self, Answered, AnsweredBody, UpstreamError};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use hyper::body::Incoming;
 use keyrelay_metrics::{AuthFailure, Metrics, ProviderMetrics, StoreOp};
 use keyrelay_pool::{
     needs_body, Acquired, Answer, Group, Lease, Observed, Outcome, Pool, PoolError, Store, Tried,
@@ -211,7 +211,7 @@ impl App {
     /// provider-shaped answer.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: Option<Peer>,
     ) -> Response<ProxyBody> {
         let id = self.ids.next();
@@ -229,7 +229,7 @@ impl App {
 
     async fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: Option<Peer>,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
@@ -391,7 +391,7 @@ impl App {
     /// an oversized or stalled body is cut off at once).
     async fn read_body(
         &self,
-        mut body: Incoming,
+        mut body: ClientBody,
         parts: &http::request::Parts,
     ) -> Result<RequestBody, (ProxyError, bool)> {
         let declared = parts

@@ -7,7 +7,7 @@
 mod hosts;
 mod status;
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::server::Live;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -140,7 +140,8 @@ impl Admin {
             }
             (_, ["admin", "tenants", ..]) => {
                 let app = self.live.app();
-                crate::tenants::admin::handle(&app, req, self.token.as_ref()).await
+                crate::tenants::admin::handle(&app, req.map(ClientBody::Hyper), self.token.as_ref())
+                    .await
             }
             (_, ["admin", ..]) => match self.authorized_page(&req, &method, &segments) {
                 Some(resp) => resp,

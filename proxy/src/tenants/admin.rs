@@ -6,11 +6,11 @@ use super::audit::{audit, Who};
 use super::records::Record;
 use super::registry::Registry;
 use super::validate::{validate, Validity};
+use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use crate::service::App;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use keyrelay_pool::{Key, Secret};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -37,7 +37,7 @@ pub(super) fn answer(status: StatusCode, body: serde_json::Value) -> Response<Pr
 }
 
 /// Who the bearer token belongs to: the operator, a tenant's admin, or nobody.
-fn who(app: &App, req: &Request<Incoming>, admin: Option<&[u8; 32]>) -> Option<Who> {
+fn who(app: &App, req: &Request<ClientBody>, admin: Option<&[u8; 32]>) -> Option<Who> {
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)?
@@ -63,7 +63,7 @@ fn who(app: &App, req: &Request<Incoming>, admin: Option<&[u8; 32]>) -> Option<W
 /// Serve `/admin/tenants/...`.
 pub async fn handle(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     admin: Option<&[u8; 32]>,
 ) -> Response<ProxyBody> {
     let Some(registry) = app.tenants().registry() else {
@@ -132,7 +132,7 @@ fn target<'s>(registry: &Registry, who: &Who, segments: &[&'s str]) -> Result<&'
     Ok(tenant)
 }
 
-async fn read(req: Request<Incoming>) -> Result<NewKey, Response<ProxyBody>> {
+async fn read(req: Request<ClientBody>) -> Result<NewKey, Response<ProxyBody>> {
     let bad = |why: &str| answer(StatusCode::BAD_REQUEST, serde_json::json!({"error": why}));
     let body = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()

@@ -8,12 +8,12 @@ use super::admin::answer as reply;
 use super::audit::{audit, Who};
 use super::records::TenantRecord;
 use super::registry::Registry;
+use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 fn token(kind: &str) -> String {
@@ -37,7 +37,7 @@ pub async fn tenants(
     who: &Who,
     method: &Method,
     name: Option<&str>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     if *who != Who::Admin {
         return reply(

@@ -1,0 +1,296 @@
+//! keyrelay's own HTTP/1.1 path for plain client connections: the common request shapes are
+//! read and answered here, in the connection's task, with no buffers held between requests;
+//! anything else (HTTP/2, HTTP/1.0, upgrades, `Expect`, unusual framing, malformed heads) is
+//! handed to hyper, unread bytes and all, which serves the connection from there.
+//!
+//! Its timeouts are hyper's: the first head within `header_read_timeout` of accept, each later
+//! one within the shorter of the two timeouts of the previous answer's end; a client hanging
+//! up while its request is served ends the request (hyper's default, no half-close).
+
+mod body;
+mod head;
+mod write;
+
+pub use body::OwnBody;
+
+use crate::body::{ClientBody, ProxyBody};
+use crate::connection::{self, Limits};
+use body::Reader;
+use bytes::{Bytes, BytesMut};
+use head::{Framing, Head, Parsed};
+use http::header::CONNECTION;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+/// Bytes read from the socket at once for a request head.
+const HEAD_READ: usize = 4 * 1024;
+/// Most body bytes thrown away, without waiting, so a connection whose request body went
+/// unread can serve on; past it (or if the rest has not arrived) the connection closes.
+const DRAIN_UP_TO: usize = 64 * 1024;
+
+/// Serve a plain TCP client connection until it closes, times out, or `drain` asks it to
+/// finish what is in flight and close.
+pub async fn serve<H, F>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    handle: H,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) where
+    H: Fn(Request<ClientBody>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let stream = Arc::new(stream);
+    let mut buf = BytesMut::new();
+    let mut until = Instant::now() + limits.header_read_timeout;
+    loop {
+        let head = loop {
+            if !buf.is_empty() {
+                match head::parse(&mut buf) {
+                    Parsed::Complete(head) => break head,
+                    Parsed::Partial => {}
+                    Parsed::Hyper => {
+                        return hand_over(builder, stream, buf, handle, limits, drain).await;
+                    }
+                }
+            }
+            let idle = buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = read_some(&stream, &mut buf) => read,
+                () = tokio::time::sleep_until(until) => return,
+                () = draining(&mut drain), if idle => return,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        let Some(rest) = exchange(&stream, head, buf, &handle, &mut drain, &limits).await else {
+            return;
+        };
+        buf = rest;
+        if buf.is_empty() {
+            // Nothing held while idle: the head's allocation goes with its request.
+            buf = BytesMut::new();
+        }
+        until = Instant::now() + limits.header_read_timeout.min(limits.keepalive_timeout);
+    }
+}
+
+/// Serve one request whose head is read, with `buf` holding what came after it: the bytes
+/// after its body when the connection serves on, `None` when it closes.
+async fn exchange<H, F>(
+    stream: &Arc<TcpStream>,
+    head: Head,
+    mut buf: BytesMut,
+    handle: &H,
+    drain: &mut watch::Receiver<bool>,
+    limits: &Limits,
+) -> Option<BytesMut>
+where
+    H: Fn(Request<ClientBody>) -> F,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let Head {
+        request,
+        framing,
+        close,
+    } = head;
+    let head_request = request.method() == Method::HEAD;
+    let (body, mut back) = match framing {
+        Framing::Empty => (ClientBody::Empty, None),
+        framing => {
+            let (tx, rx) = oneshot::channel();
+            let reader = Reader::new(stream.clone(), std::mem::take(&mut buf), framing);
+            (ClientBody::Own(OwnBody::new(reader, tx)), Some(rx))
+        }
+    };
+    // Boxed: the request's state (several KB) lives only while it is served.
+    let mut answer = Box::pin(handle(request.map(|()| body)));
+    let mut returned = None;
+    let mut watching = true;
+    let response = loop {
+        tokio::select! {
+            biased;
+            response = &mut answer => break response,
+            reader = async {
+                match back.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            }, if back.is_some() => {
+                back = None;
+                returned = reader;
+            }
+            gone = hung_up(stream), if back.is_none() && watching => {
+                if gone {
+                    return None;
+                }
+                // More bytes (the rest of an unread body, or the next request): stop looking.
+                watching = false;
+            }
+        }
+    };
+    drop(answer);
+    let mut response = response;
+    response.body_mut().prime().await;
+    let (mut parts, mut body) = response.into_parts();
+    let out = head::framing(
+        head_request,
+        parts.status,
+        &mut parts.headers,
+        &http_body::Body::size_hint(&body),
+    );
+    let close = close
+        || *drain.borrow()
+        || parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut wire = Vec::with_capacity(512);
+    head::write_head(&mut wire, parts.status, &parts.headers, close);
+    drop(parts);
+    if let Err(cut) = write::send(stream, wire, &mut body, out).await {
+        tracing::debug!(?cut, "answer cut; closing the connection");
+        return None;
+    }
+    drop(body);
+    // The request body's reader, and with it the bytes that followed the body.
+    if let Some(rx) = back {
+        let wait = limits.keepalive_timeout.max(limits.header_read_timeout);
+        returned = tokio::time::timeout(wait, rx).await.ok()?.ok();
+    }
+    if let Some(mut reader) = returned {
+        if !reader.done() && !reader.drain_now(DRAIN_UP_TO) {
+            return None;
+        }
+        buf = std::mem::take(&mut reader.buf);
+    } else if framing != Framing::Empty {
+        // The body failed: its framing is lost, and the connection with it.
+        return None;
+    }
+    (!close && !*drain.borrow()).then_some(buf)
+}
+
+/// Read what the socket has into `buf`: `Ok(0)` at its end.
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(HEAD_READ);
+    }
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
+    }
+}
+
+/// Resolves once the client has hung up (`true`) or sent more bytes (`false`).
+async fn hung_up(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+}
+
+/// Resolves once `drain` says to shut down; never if it has no sender left.
+async fn draining(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Let hyper serve the connection from here, reading `buf` first.
+async fn hand_over<H, F>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    handle: H,
+    limits: Limits,
+    drain: watch::Receiver<bool>,
+) where
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    // Every reader has come back by now (a request ends only once its body's has).
+    let Ok(stream) = Arc::try_unwrap(stream) else {
+        return;
+    };
+    let io = TokioIo::new(Rewind {
+        prefix: buf.freeze(),
+        inner: stream,
+    });
+    let handle = move |req: Request<Incoming>| handle(req.map(ClientBody::Hyper));
+    // Boxed: hyper's connection state is allocated only for the connections it serves.
+    Box::pin(connection::drive(
+        builder,
+        io,
+        handle,
+        Instant::now(),
+        limits,
+        drain,
+    ))
+    .await;
+}
+
+/// A socket whose first reads return bytes already read from it.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,174 @@
+//! Writing a response on keyrelay's own HTTP/1 path: the head with the first frames that are
+//! ready, then every frame as it comes (what is ready at once goes in one write), chunked or
+//! by length; a body that fails or falls short leaves the answer visibly cut.
+
+use super::head::Out;
+use crate::body::ProxyBody;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use std::io::{self, IoSlice, Write};
+use tokio::net::TcpStream;
+
+/// Data frames up to this size are copied next to their framing; larger ones are written from
+/// where they are.
+const COPY_UP_TO: usize = 4 * 1024;
+/// Most bytes gathered from ready frames before they are written.
+const GATHER_UP_TO: usize = 256 * 1024;
+/// Most uncopied frames in one write.
+const MAX_UNCOPIED: usize = 64;
+
+/// Why an answer did not go out whole.
+#[derive(Debug)]
+pub(super) enum Cut {
+    /// The socket failed (the client went away).
+    Io,
+    /// The body failed or did not match its length: the connection must close unterminated.
+    Body,
+}
+
+impl From<io::Error> for Cut {
+    fn from(_: io::Error) -> Cut {
+        Cut::Io
+    }
+}
+
+/// What is gathered for one write: small pieces in one buffer, large frames beside it (each
+/// with the offset in `small` it goes before).
+#[derive(Debug, Default)]
+struct Gathered {
+    small: Vec<u8>,
+    large: Vec<(usize, Bytes)>,
+    large_bytes: usize,
+}
+
+impl Gathered {
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.large.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.small.len() + self.large_bytes >= GATHER_UP_TO || self.large.len() >= MAX_UNCOPIED
+    }
+
+    fn data(&mut self, data: Bytes) {
+        if data.len() <= COPY_UP_TO {
+            self.small.extend_from_slice(&data);
+        } else {
+            self.large_bytes += data.len();
+            self.large.push((self.small.len(), data));
+        }
+    }
+
+    /// Write everything gathered, then empty it.
+    async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
+        if self.large.is_empty() {
+            write_all(stream, &mut [IoSlice::new(&self.small)]).await?;
+        } else {
+            let mut slices = Vec::with_capacity(self.large.len() * 2 + 1);
+            let mut at = 0;
+            for (offset, data) in &self.large {
+                if *offset > at {
+                    slices.push(IoSlice::new(&self.small[at..*offset]));
+                }
+                slices.push(IoSlice::new(data));
+                at = *offset;
+            }
+            if at < self.small.len() {
+                slices.push(IoSlice::new(&self.small[at..]));
+            }
+            write_all(stream, &mut slices).await?;
+        }
+        self.small.clear();
+        self.large.clear();
+        self.large_bytes = 0;
+        Ok(())
+    }
+}
+
+/// Write all of `slices`, waiting for the socket when it is full.
+async fn write_all(stream: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match stream.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Send `head` and then `body` framed as `out`.
+pub(super) async fn send(
+    stream: &TcpStream,
+    head: Vec<u8>,
+    body: &mut ProxyBody,
+    out: Out,
+) -> Result<(), Cut> {
+    let mut wire = Gathered {
+        small: head,
+        ..Gathered::default()
+    };
+    let chunked = out == Out::Chunked;
+    let mut left = match out {
+        Out::None => return Ok(wire.write(stream).await?),
+        Out::Length(n) => n,
+        Out::Chunked => u64::MAX,
+    };
+    loop {
+        let (mut ended, mut failed) = (false, false);
+        while !wire.full() {
+            // Wait for a frame only when nothing is waiting to be written.
+            let next = if wire.is_empty() {
+                body.frame().await
+            } else {
+                match body.frame().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            let mut data = match next {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+                // Trailers are not sent.
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            if !chunked {
+                if data.len() as u64 > left {
+                    data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                    failed = true;
+                }
+                left -= data.len() as u64;
+            } else {
+                let _ = write!(wire.small, "{:x}\r\n", data.len());
+            }
+            wire.data(data);
+            if chunked {
+                wire.small.extend_from_slice(b"\r\n");
+            }
+            if failed {
+                break;
+            }
+        }
+        if ended && chunked {
+            wire.small.extend_from_slice(b"0\r\n\r\n");
+        }
+        wire.write(stream).await?;
+        if failed || (ended && !chunked && left != 0) {
+            return Err(Cut::Body);
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
