@@ -6,7 +6,8 @@
 //! it is dropped. Afterwards, whenever no request is in flight, it has `keepalive_timeout`;
 //! then it is asked to close (HTTP/1 closes at once, HTTP/2 gets a GOAWAY) and dropped if it
 //! has not after another `header_read_timeout`. Later HTTP/1 request heads are bounded by
-//! hyper's own `header_read_timeout`, HTTP/2 peers by keep-alive pings.
+//! hyper's own `header_read_timeout`, HTTP/2 peers by keep-alive pings. (Plain HTTP/1.1
+//! connections are served by `crate::h1`, with the same timeouts, until it hands them here.)
 
 use crate::body::ProxyBody;
 use crate::config::ServerConfig;
