@@ -7,9 +7,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 /// Most bytes read from the socket at once for a body.
@@ -45,10 +44,10 @@ enum Decode {
     Done,
 }
 
-/// The connection's socket and read buffer while a body is being read.
+/// The connection's reading half and read buffer, with where the request's body is.
 #[derive(Debug)]
 pub(super) struct Reader {
-    pub stream: Arc<TcpStream>,
+    pub stream: OwnedReadHalf,
     pub buf: BytesMut,
     decode: Decode,
     meta: usize,
@@ -59,7 +58,7 @@ fn invalid(what: &'static str) -> io::Error {
 }
 
 impl Reader {
-    pub(super) fn new(stream: Arc<TcpStream>, buf: BytesMut, framing: Framing) -> Reader {
+    pub(super) fn new(stream: OwnedReadHalf, buf: BytesMut, framing: Framing) -> Reader {
         let decode = match framing {
             Framing::Empty => Decode::Done,
             Framing::Length(n) => Decode::Length(n),
@@ -168,7 +167,8 @@ impl Reader {
         }))
     }
 
-    /// Read more from the socket into the buffer; `Ok(0)` at end of stream.
+    /// Read more from the socket into the buffer; `Ok(0)` at end of stream. (A short read
+    /// tells tokio the socket is drained, so waiting for the next bytes costs no system call.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let want = match self.decode {
             Decode::Length(n) => usize::try_from(n).map_or(READ_CHUNK, |n| n.min(READ_CHUNK)),
@@ -177,13 +177,7 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < want.min(1024) {
             self.buf.reserve(want);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     /// Decode what can be read without waiting, up to `limit` bytes of body, throwing the body
@@ -305,21 +299,27 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
 
-    /// A connected pair: the client's end, and a reader over the server's end holding `buf`.
-    async fn pair(buf: &[u8], framing: Framing) -> (TcpStream, Reader) {
+    /// A connected pair: the client's end (with the server's writing half, kept open), and a
+    /// reader over the server's end holding `buf`.
+    async fn pair(
+        buf: &[u8],
+        framing: Framing,
+    ) -> ((TcpStream, tokio::net::tcp::OwnedWriteHalf), Reader) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let reader = Reader::new(Arc::new(server), BytesMut::from(buf), framing);
-        (client, reader)
+        let (read, write) = server.into_split();
+        let reader = Reader::new(read, BytesMut::from(buf), framing);
+        ((client, write), reader)
     }
 
     #[tokio::test]
     async fn a_chunked_body_is_decoded_across_reads_and_what_follows_goes_back() {
-        let (mut client, reader) = pair(b"5;ext=1\r\nhel", Framing::Chunked).await;
+        let ((mut client, _w), reader) = pair(b"5;ext=1\r\nhel", Framing::Chunked).await;
         let (tx, rx) = oneshot::channel();
         let body = OwnBody::new(reader, tx);
         let send = async {
@@ -359,7 +359,7 @@ mod tests {
             let got = OwnBody::new(reader, tx).collect().await;
             assert!(got.is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let (client, reader) = pair(b"abc", Framing::Length(6)).await;
+        let ((client, _w), reader) = pair(b"abc", Framing::Length(6)).await;
         drop(client);
         let (tx, _rx) = oneshot::channel();
         let err = OwnBody::new(reader, tx).collect().await.unwrap_err();

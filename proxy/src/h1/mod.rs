@@ -26,9 +26,9 @@ use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -51,7 +51,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<ClientBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let stream = Arc::new(stream);
+    let (mut read, write) = stream.into_split();
     let mut buf = BytesMut::new();
     let mut until = Instant::now() + limits.header_read_timeout;
     loop {
@@ -61,25 +61,29 @@ pub async fn serve<H, F>(
                     Parsed::Complete(head) => break head,
                     Parsed::Partial => {}
                     Parsed::Hyper => {
+                        let Ok(stream) = read.reunite(write) else {
+                            return;
+                        };
                         return hand_over(builder, stream, buf, handle, limits, drain).await;
                     }
                 }
             }
             let idle = buf.is_empty();
-            let read = tokio::select! {
+            let got = tokio::select! {
                 biased;
-                read = read_some(&stream, &mut buf) => read,
+                got = read_some(&mut read, &mut buf) => got,
                 () = tokio::time::sleep_until(until) => return,
                 () = draining(&mut drain), if idle => return,
             };
-            if !matches!(read, Ok(n) if n > 0) {
+            if !matches!(got, Ok(n) if n > 0) {
                 return;
             }
         };
-        let Some(rest) = exchange(&stream, head, buf, &handle, &mut drain, &limits).await else {
+        let reader = Reader::new(read, buf, head.framing);
+        let Some(reader) = exchange(&write, head, reader, &handle, &drain, &limits).await else {
             return;
         };
-        buf = rest;
+        (read, buf) = (reader.stream, reader.buf);
         if buf.is_empty() {
             // Nothing held while idle: the head's allocation goes with its request.
             buf = BytesMut::new();
@@ -88,16 +92,17 @@ pub async fn serve<H, F>(
     }
 }
 
-/// Serve one request whose head is read, with `buf` holding what came after it: the bytes
-/// after its body when the connection serves on, `None` when it closes.
+/// Serve one request whose head is read, `reader` holding the connection's reading half and
+/// what came after the head: the reader back, past the request's body, when the connection
+/// serves on; `None` when it closes.
 async fn exchange<H, F>(
-    stream: &Arc<TcpStream>,
+    write: &OwnedWriteHalf,
     head: Head,
-    mut buf: BytesMut,
+    reader: Reader,
     handle: &H,
-    drain: &mut watch::Receiver<bool>,
+    drain: &watch::Receiver<bool>,
     limits: &Limits,
-) -> Option<BytesMut>
+) -> Option<Reader>
 where
     H: Fn(Request<ClientBody>) -> F,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -108,38 +113,42 @@ where
         close,
     } = head;
     let head_request = request.method() == Method::HEAD;
-    let (body, mut back) = match framing {
-        Framing::Empty => (ClientBody::Empty, None),
-        framing => {
+    let (body, mut back, mut home) = match framing {
+        Framing::Empty => (ClientBody::Empty, None, Some(reader)),
+        _ => {
             let (tx, rx) = oneshot::channel();
-            let reader = Reader::new(stream.clone(), std::mem::take(&mut buf), framing);
-            (ClientBody::Own(OwnBody::new(reader, tx)), Some(rx))
+            (ClientBody::Own(OwnBody::new(reader, tx)), Some(rx), None)
         }
     };
     // Boxed: the request's state (several KB) lives only while it is served.
     let mut answer = Box::pin(handle(request.map(|()| body)));
-    let mut returned = None;
-    let mut watching = true;
-    let response = loop {
-        tokio::select! {
-            biased;
-            response = &mut answer => break response,
-            reader = async {
-                match back.as_mut() {
-                    Some(rx) => rx.await.ok(),
-                    None => std::future::pending().await,
+    let response = 'served: {
+        // While the body is out, the handler reads the socket; once it is home, a client
+        // hanging up ends the request (hyper's default: no half-close).
+        if let Some(rx) = back.as_mut() {
+            tokio::select! {
+                biased;
+                response = &mut answer => break 'served response,
+                reader = rx => {
+                    back = None;
+                    // An error: the body failed, and its reader with it.
+                    home = reader.ok();
                 }
-            }, if back.is_some() => {
-                back = None;
-                returned = reader;
             }
-            gone = hung_up(stream), if back.is_none() && watching => {
-                if gone {
-                    return None;
+        }
+        match home.as_mut() {
+            Some(reader) => tokio::select! {
+                biased;
+                response = &mut answer => response,
+                gone = hung_up(&mut reader.stream) => {
+                    if gone {
+                        return None;
+                    }
+                    // More bytes (the rest of an unread body, or the next request).
+                    (&mut answer).await
                 }
-                // More bytes (the rest of an unread body, or the next request): stop looking.
-                watching = false;
-            }
+            },
+            None => (&mut answer).await,
         }
     };
     drop(answer);
@@ -162,46 +171,36 @@ where
     let mut wire = Vec::with_capacity(512);
     head::write_head(&mut wire, parts.status, &parts.headers, close);
     drop(parts);
-    if let Err(cut) = write::send(stream, wire, &mut body, out).await {
+    if let Err(cut) = write::send(write, wire, &mut body, out).await {
         tracing::debug!(?cut, "answer cut; closing the connection");
         return None;
     }
     drop(body);
-    // The request body's reader, and with it the bytes that followed the body.
     if let Some(rx) = back {
         let wait = limits.keepalive_timeout.max(limits.header_read_timeout);
-        returned = tokio::time::timeout(wait, rx).await.ok()?.ok();
+        home = tokio::time::timeout(wait, rx).await.ok()?.ok();
     }
-    if let Some(mut reader) = returned {
-        if !reader.done() && !reader.drain_now(DRAIN_UP_TO) {
-            return None;
-        }
-        buf = std::mem::take(&mut reader.buf);
-    } else if framing != Framing::Empty {
-        // The body failed: its framing is lost, and the connection with it.
+    // No reader: the body failed, and its framing with it.
+    let mut reader = home?;
+    if !reader.done() && !reader.drain_now(DRAIN_UP_TO) {
         return None;
     }
-    (!close && !*drain.borrow()).then_some(buf)
+    (!close && !*drain.borrow()).then_some(reader)
 }
 
 /// Read what the socket has into `buf`: `Ok(0)` at its end.
-async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 512 {
         buf.reserve(HEAD_READ);
     }
-    loop {
-        stream.readable().await?;
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return done,
-        }
-    }
+    read.read_buf(buf).await
 }
 
-/// Resolves once the client has hung up (`true`) or sent more bytes (`false`).
-async fn hung_up(stream: &TcpStream) -> bool {
+/// Resolves once the client has hung up (`true`) or sent more bytes (`false`). Costs no
+/// system call until one of them happens: the last short read told tokio the socket was empty.
+async fn hung_up(read: &mut OwnedReadHalf) -> bool {
     let mut byte = [0u8; 1];
-    !matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+    !matches!(read.peek(&mut byte).await, Ok(n) if n > 0)
 }
 
 /// Resolves once `drain` says to shut down; never if it has no sender left.
@@ -214,7 +213,7 @@ async fn draining(drain: &mut watch::Receiver<bool>) {
 /// Let hyper serve the connection from here, reading `buf` first.
 async fn hand_over<H, F>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: Arc<TcpStream>,
+    stream: TcpStream,
     buf: BytesMut,
     handle: H,
     limits: Limits,
@@ -223,10 +222,6 @@ async fn hand_over<H, F>(
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    // Every reader has come back by now (a request ends only once its body's has).
-    let Ok(stream) = Arc::try_unwrap(stream) else {
-        return;
-    };
     let io = TokioIo::new(Rewind {
         prefix: buf.freeze(),
         inner: stream,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use std::io::{self, IoSlice, Write};
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 
 /// Data frames up to this size are copied next to their framing; larger ones are written from
 /// where they are.
@@ -61,7 +61,7 @@ impl Gathered {
     }
 
     /// Write everything gathered, then empty it.
-    async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
+    async fn write(&mut self, stream: &OwnedWriteHalf) -> io::Result<()> {
         if self.large.is_empty() {
             write_all(stream, &mut [IoSlice::new(&self.small)]).await?;
         } else {
@@ -87,7 +87,7 @@ impl Gathered {
 }
 
 /// Write all of `slices`, waiting for the socket when it is full.
-async fn write_all(stream: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+async fn write_all(stream: &OwnedWriteHalf, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !slices.is_empty() {
         match stream.try_write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -101,7 +101,7 @@ async fn write_all(stream: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Re
 
 /// Send `head` and then `body` framed as `out`.
 pub(super) async fn send(
-    stream: &TcpStream,
+    stream: &OwnedWriteHalf,
     head: Vec<u8>,
     body: &mut ProxyBody,
     out: Out,
