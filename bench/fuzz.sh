@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz every target for SECONDS each (default 60): config parsing, header rewriting, rate-limit
+# Fuzz every target for SECONDS each (default 60): config parsing, HTTP/1 request heads and
+# bodies (keyrelay's own path), header rewriting, rate-limit
 # header parsing, URL joining (fuzz/src/targets.rs), from the seed corpora in fuzz/corpus/.
 #
 #   bench/fuzz.sh [SECONDS] [SEED]
@@ -13,7 +14,7 @@ set -euo pipefail
 each="${1:-60}"
 seed="${2:-$(date +%s)}"
 cd "$(dirname "$0")/.."
-targets=(config headers ratelimit url)
+targets=(config h1 headers ratelimit url)
 engine="${FUZZ_ENGINE:-auto}"
 if [[ "$engine" == auto ]]; then
   if cargo afl --version >/dev/null 2>&1; then engine=afl; else engine=stable; fi

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("config", targets::config),
+    ("h1", targets::h1),
     ("headers", targets::headers),
     ("ratelimit", targets::ratelimit),
     ("url", targets::url),

@@ -266,3 +266,10 @@ pub fn url(data: &[u8]) {
     let base_path = base.path().trim_end_matches('/');
     assert!(joined.path().starts_with(base_path), "{shown}");
 }
+
+/// keyrelay's own HTTP/1 path: a request head parsed, then its body decoded: no panic; a head
+/// handed to hyper leaves its bytes as they were; no byte is handed out twice; a body never
+/// exceeds its declared length.
+pub fn h1(data: &[u8]) {
+    keyrelay::h1::fuzz_request(data);
+}

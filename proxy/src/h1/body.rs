@@ -44,12 +44,11 @@ enum Decode {
     Done,
 }
 
-/// The connection's reading half and read buffer, with where the request's body is.
+/// Where a request body is: what is left of it, decoded off the front of a buffer.
 #[derive(Debug)]
-pub(super) struct Reader {
-    pub stream: OwnedReadHalf,
-    pub buf: BytesMut,
+pub(super) struct Decoder {
     decode: Decode,
+    /// Chunk extension and trailer bytes seen so far.
     meta: usize,
 }
 
@@ -57,64 +56,58 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-impl Reader {
-    pub(super) fn new(stream: OwnedReadHalf, buf: BytesMut, framing: Framing) -> Reader {
+impl Decoder {
+    pub(super) fn new(framing: Framing) -> Decoder {
         let decode = match framing {
             Framing::Empty => Decode::Done,
             Framing::Length(n) => Decode::Length(n),
             Framing::Chunked => Decode::Chunked(Chunk::Size(0, 0)),
         };
-        Reader {
-            stream,
-            buf,
-            decode,
-            meta: 0,
-        }
+        Decoder { decode, meta: 0 }
     }
 
     pub(super) fn done(&self) -> bool {
         self.decode == Decode::Done
     }
 
-    /// The next piece of body from what is buffered: `Some(data)` (possibly empty, when only
-    /// framing was consumed), or `None` when more bytes are needed.
-    fn decode(&mut self) -> io::Result<Option<Bytes>> {
+    /// The next piece of body taken off the front of `buf`: `Some(data)` (possibly empty, when
+    /// only framing was consumed, or once the body has ended), or `None` when more bytes are
+    /// needed.
+    pub(super) fn next(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
         loop {
             match self.decode {
                 Decode::Done => return Ok(Some(Bytes::new())),
                 Decode::Length(rest) => {
-                    if self.buf.is_empty() {
+                    if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take =
-                        usize::try_from(rest).map_or(self.buf.len(), |r| r.min(self.buf.len()));
+                    let take = usize::try_from(rest).map_or(buf.len(), |r| r.min(buf.len()));
                     let left = rest - take as u64;
                     self.decode = if left == 0 {
                         Decode::Done
                     } else {
                         Decode::Length(left)
                     };
-                    return Ok(Some(self.buf.split_to(take).freeze()));
+                    return Ok(Some(buf.split_to(take).freeze()));
                 }
                 Decode::Chunked(Chunk::Data(rest)) => {
-                    if self.buf.is_empty() {
+                    if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take =
-                        usize::try_from(rest).map_or(self.buf.len(), |r| r.min(self.buf.len()));
+                    let take = usize::try_from(rest).map_or(buf.len(), |r| r.min(buf.len()));
                     let left = rest - take as u64;
                     self.decode = Decode::Chunked(if left == 0 {
                         Chunk::DataCr
                     } else {
                         Chunk::Data(left)
                     });
-                    return Ok(Some(self.buf.split_to(take).freeze()));
+                    return Ok(Some(buf.split_to(take).freeze()));
                 }
                 Decode::Chunked(state) => {
-                    let Some(&b) = self.buf.first() else {
+                    let Some(&b) = buf.first() else {
                         return Ok(None);
                     };
-                    self.buf.advance(1);
+                    buf.advance(1);
                     self.decode = match self.step(state, b)? {
                         Some(next) => Decode::Chunked(next),
                         None => Decode::Done,
@@ -126,7 +119,7 @@ impl Reader {
 
     /// One framing byte of a chunked body; `None` once the body has ended.
     fn step(&mut self, state: Chunk, b: u8) -> io::Result<Option<Chunk>> {
-        let meta = |r: &mut Reader| {
+        let meta = |r: &mut Decoder| {
             r.meta += 1;
             if r.meta > MAX_CHUNK_META {
                 Err(invalid("chunk extensions or trailers too large"))
@@ -166,11 +159,37 @@ impl Reader {
             _ => return Err(invalid("invalid chunked framing")),
         }))
     }
+}
+
+/// The connection's reading half and read buffer, with where the request's body is.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pub stream: OwnedReadHalf,
+    pub buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Reader {
+    pub(super) fn new(stream: OwnedReadHalf, buf: BytesMut, framing: Framing) -> Reader {
+        Reader {
+            stream,
+            buf,
+            decoder: Decoder::new(framing),
+        }
+    }
+
+    pub(super) fn done(&self) -> bool {
+        self.decoder.done()
+    }
+
+    fn decode(&mut self) -> io::Result<Option<Bytes>> {
+        self.decoder.next(&mut self.buf)
+    }
 
     /// Read more from the socket into the buffer; `Ok(0)` at end of stream. (A short read
     /// tells tokio the socket is drained, so waiting for the next bytes costs no system call.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = match self.decode {
+        let want = match self.decoder.decode {
             Decode::Length(n) => usize::try_from(n).map_or(READ_CHUNK, |n| n.min(READ_CHUNK)),
             _ => READ_CHUNK,
         };
@@ -285,7 +304,7 @@ impl Body for OwnBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.reader.as_ref().map(|r| r.decode) {
+        match self.reader.as_ref().map(|r| r.decoder.decode) {
             None | Some(Decode::Done) => SizeHint::with_exact(0),
             Some(Decode::Length(n)) => SizeHint::with_exact(n),
             Some(Decode::Chunked(_)) => SizeHint::new(),
