@@ -70,6 +70,38 @@ fn connection(value: &[u8]) -> Option<bool> {
     Some(close)
 }
 
+/// The body's framing and whether the client asks to close, from headers this path serves
+/// as they are; `None` for anything hyper should judge (a second or malformed length, a
+/// transfer coding other than chunked alone, both, another connection option, an upgrade,
+/// `Expect`).
+fn framing_of(headers: &[httparse::Header<'_>]) -> Option<(Framing, bool)> {
+    let (mut declared, mut chunked, mut close) = (None, false, false);
+    for h in headers {
+        if is(h.name, "content-length") {
+            match length(h.value) {
+                Some(n) if declared.is_none() => declared = Some(n),
+                _ => return None,
+            }
+        } else if is(h.name, "transfer-encoding") {
+            if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked = true;
+        } else if is(h.name, "connection") {
+            close |= connection(h.value)?;
+        } else if is(h.name, "upgrade") || is(h.name, "expect") {
+            return None;
+        }
+    }
+    let framing = match (declared, chunked) {
+        (Some(_), true) => return None,
+        (Some(0), false) | (None, false) => Framing::Empty,
+        (Some(n), false) => Framing::Length(n),
+        (None, true) => Framing::Chunked,
+    };
+    Some((framing, close))
+}
+
 /// Read a request head from the front of `buf`; when complete, its bytes are split off (the
 /// request's URI and header values share them, uncopied).
 pub(super) fn parse(buf: &mut BytesMut) -> Parsed {
@@ -104,32 +136,8 @@ pub(super) fn parse(buf: &mut BytesMut) -> Parsed {
         start..start + s.len()
     };
     let path = span(path.as_bytes());
-    let (mut declared, mut chunked, mut close) = (None, false, false);
-    for h in req.headers.iter() {
-        if is(h.name, "content-length") {
-            match length(h.value) {
-                Some(n) if declared.is_none() => declared = Some(n),
-                _ => return Parsed::Hyper,
-            }
-        } else if is(h.name, "transfer-encoding") {
-            if chunked || !h.value.eq_ignore_ascii_case(b"chunked") {
-                return Parsed::Hyper;
-            }
-            chunked = true;
-        } else if is(h.name, "connection") {
-            match connection(h.value) {
-                Some(c) => close |= c,
-                None => return Parsed::Hyper,
-            }
-        } else if is(h.name, "upgrade") || is(h.name, "expect") {
-            return Parsed::Hyper;
-        }
-    }
-    let framing = match (declared, chunked) {
-        (Some(_), true) => return Parsed::Hyper,
-        (Some(0), false) | (None, false) => Framing::Empty,
-        (Some(n), false) => Framing::Length(n),
-        (None, true) => Framing::Chunked,
+    let Some((framing, close)) = framing_of(req.headers) else {
+        return Parsed::Hyper;
     };
     let mut spans = Vec::with_capacity(req.headers.len());
     spans.extend(

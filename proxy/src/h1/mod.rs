@@ -125,60 +125,16 @@ where
     };
     // Boxed: the request's state (several KB) lives only while it is served.
     let mut answer = Box::pin(handle(request.map(|()| body)));
-    let response = 'served: {
-        // While the body is out, the handler reads the socket; once it is home, a client
-        // hanging up ends the request (hyper's default: no half-close).
-        if let Some(rx) = back.as_mut() {
-            tokio::select! {
-                biased;
-                response = &mut answer => break 'served response,
-                reader = rx => {
-                    back = None;
-                    // An error: the body failed, and its reader with it.
-                    home = reader.ok();
-                }
-            }
-        }
-        match home.as_mut() {
-            Some(reader) => tokio::select! {
-                biased;
-                response = &mut answer => response,
-                gone = hung_up(&mut reader.stream) => {
-                    if gone {
-                        return None;
-                    }
-                    // More bytes (the rest of an unread body, or the next request).
-                    (&mut answer).await
-                }
-            },
-            None => (&mut answer).await,
+    let response = answered(answer.as_mut(), &mut back, &mut home).await?;
+    drop(answer);
+    let close = close || *drain.borrow();
+    let close = match respond(write, response, head_request, close).await {
+        Ok(close) => close,
+        Err(cut) => {
+            tracing::debug!(?cut, "answer cut; closing the connection");
+            return None;
         }
     };
-    drop(answer);
-    let mut response = response;
-    response.body_mut().prime().await;
-    let (mut parts, mut body) = response.into_parts();
-    let out = head::framing(
-        head_request,
-        parts.status,
-        &mut parts.headers,
-        &http_body::Body::size_hint(&body),
-    );
-    let close = close
-        || *drain.borrow()
-        || parts
-            .headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    let mut wire = Vec::with_capacity(512);
-    head::write_head(&mut wire, parts.status, &parts.headers, close);
-    drop(parts);
-    if let Err(cut) = write::send(write, wire, &mut body, out).await {
-        tracing::debug!(?cut, "answer cut; closing the connection");
-        return None;
-    }
-    drop(body);
     if let Some(rx) = back {
         let wait = limits.keepalive_timeout.max(limits.header_read_timeout);
         home = tokio::time::timeout(wait, rx).await.ok()?.ok();
@@ -223,6 +179,70 @@ pub fn fuzz_request(data: &[u8]) {
             }
         }
     }
+}
+
+/// The handler's answer, watching meanwhile for the body's reader to come home, then for the
+/// client hanging up (`None`: it did, and the request is dropped; hyper's default, no
+/// half-close). While the body is out, the handler itself reads the socket.
+async fn answered<F: Future<Output = Response<ProxyBody>>>(
+    mut answer: Pin<&mut F>,
+    back: &mut Option<oneshot::Receiver<Reader>>,
+    home: &mut Option<Reader>,
+) -> Option<Response<ProxyBody>> {
+    if let Some(rx) = back.as_mut() {
+        tokio::select! {
+            biased;
+            response = answer.as_mut() => return Some(response),
+            reader = rx => {
+                *back = None;
+                // An error: the body failed, and its reader with it.
+                *home = reader.ok();
+            }
+        }
+    }
+    match home.as_mut() {
+        Some(reader) => tokio::select! {
+            biased;
+            response = answer.as_mut() => Some(response),
+            gone = hung_up(&mut reader.stream) => {
+                if gone {
+                    return None;
+                }
+                // More bytes instead (the rest of an unread body, or the next request).
+                Some(answer.await)
+            }
+        },
+        None => Some(answer.await),
+    }
+}
+
+/// Write `response` (its head saying `Connection: close` when `close`, or when it says so
+/// itself): whether the connection closes after it.
+async fn respond(
+    write: &OwnedWriteHalf,
+    mut response: Response<ProxyBody>,
+    head_request: bool,
+    close: bool,
+) -> Result<bool, write::Cut> {
+    response.body_mut().prime().await;
+    let (mut parts, mut body) = response.into_parts();
+    let out = head::framing(
+        head_request,
+        parts.status,
+        &mut parts.headers,
+        &http_body::Body::size_hint(&body),
+    );
+    let close = close
+        || parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut wire = Vec::with_capacity(512);
+    head::write_head(&mut wire, parts.status, &parts.headers, close);
+    drop(parts);
+    write::send(write, wire, &mut body, out).await?;
+    Ok(close)
 }
 
 /// Read what the socket has into `buf`: `Ok(0)` at its end.

@@ -34,12 +34,15 @@ impl From<io::Error> for Cut {
 }
 
 /// What is gathered for one write: small pieces in one buffer, large frames beside it (each
-/// with the offset in `small` it goes before).
+/// with the offset in `small` it goes before), and how the body is framed.
 #[derive(Debug, Default)]
 struct Gathered {
     small: Vec<u8>,
     large: Vec<(usize, Bytes)>,
     large_bytes: usize,
+    chunked: bool,
+    /// Bytes the declared length still allows (unbounded when chunked).
+    left: u64,
 }
 
 impl Gathered {
@@ -49,6 +52,26 @@ impl Gathered {
 
     fn full(&self) -> bool {
         self.small.len() + self.large_bytes >= GATHER_UP_TO || self.large.len() >= MAX_UNCOPIED
+    }
+
+    /// Frame one piece of the body; `false` when it went past the declared length (it is cut
+    /// there).
+    fn push(&mut self, mut data: Bytes) -> bool {
+        let mut fits = true;
+        if self.chunked {
+            let _ = write!(self.small, "{:x}\r\n", data.len());
+        } else {
+            if data.len() as u64 > self.left {
+                data.truncate(usize::try_from(self.left).unwrap_or(usize::MAX));
+                fits = false;
+            }
+            self.left -= data.len() as u64;
+        }
+        self.data(data);
+        if self.chunked {
+            self.small.extend_from_slice(b"\r\n");
+        }
+        fits
     }
 
     fn data(&mut self, data: Bytes) {
@@ -99,6 +122,43 @@ async fn write_all(stream: &OwnedWriteHalf, mut slices: &mut [IoSlice<'_>]) -> i
     Ok(())
 }
 
+/// How gathering the frames that are ready ended.
+enum Gather {
+    /// Nothing more is ready yet, or enough is gathered: write it and go on.
+    More,
+    Ended,
+    /// The body failed, or went past its length.
+    Failed,
+}
+
+/// Gather the body's frames, framed: waiting for the first only when nothing is gathered yet,
+/// then taking what is ready without waiting.
+async fn gather(wire: &mut Gathered, body: &mut ProxyBody) -> Gather {
+    while !wire.full() {
+        let next = if wire.is_empty() {
+            body.frame().await
+        } else {
+            match body.frame().now_or_never() {
+                Some(next) => next,
+                None => return Gather::More,
+            }
+        };
+        match next {
+            None => return Gather::Ended,
+            Some(Err(_)) => return Gather::Failed,
+            // Trailers are not sent.
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() && !wire.push(data) {
+                        return Gather::Failed;
+                    }
+                }
+            }
+        }
+    }
+    Gather::More
+}
+
 /// Send `head` and then `body` framed as `out`.
 pub(super) async fn send(
     stream: &OwnedWriteHalf,
@@ -108,67 +168,28 @@ pub(super) async fn send(
 ) -> Result<(), Cut> {
     let mut wire = Gathered {
         small: head,
+        chunked: out == Out::Chunked,
+        left: match out {
+            Out::Length(n) => n,
+            Out::None | Out::Chunked => u64::MAX,
+        },
         ..Gathered::default()
     };
-    let chunked = out == Out::Chunked;
-    let mut left = match out {
-        Out::None => return Ok(wire.write(stream).await?),
-        Out::Length(n) => n,
-        Out::Chunked => u64::MAX,
-    };
+    if out == Out::None {
+        return Ok(wire.write(stream).await?);
+    }
     loop {
-        let (mut ended, mut failed) = (false, false);
-        while !wire.full() {
-            // Wait for a frame only when nothing is waiting to be written.
-            let next = if wire.is_empty() {
-                body.frame().await
-            } else {
-                match body.frame().now_or_never() {
-                    Some(next) => next,
-                    None => break,
-                }
-            };
-            let mut data = match next {
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(Err(_)) => {
-                    failed = true;
-                    break;
-                }
-                // Trailers are not sent.
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => continue,
-                },
-            };
-            if !chunked {
-                if data.len() as u64 > left {
-                    data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
-                    failed = true;
-                }
-                left -= data.len() as u64;
-            } else {
-                let _ = write!(wire.small, "{:x}\r\n", data.len());
-            }
-            wire.data(data);
-            if chunked {
-                wire.small.extend_from_slice(b"\r\n");
-            }
-            if failed {
-                break;
-            }
-        }
-        if ended && chunked {
+        let how = gather(&mut wire, body).await;
+        if matches!(how, Gather::Ended) && wire.chunked {
             wire.small.extend_from_slice(b"0\r\n\r\n");
         }
         wire.write(stream).await?;
-        if failed || (ended && !chunked && left != 0) {
-            return Err(Cut::Body);
-        }
-        if ended {
-            return Ok(());
+        match how {
+            Gather::More => {}
+            Gather::Failed => return Err(Cut::Body),
+            // Short of its length: the client must not see it as whole.
+            Gather::Ended if !wire.chunked && wire.left != 0 => return Err(Cut::Body),
+            Gather::Ended => return Ok(()),
         }
     }
 }
