@@ -410,7 +410,7 @@ async fn expired(busy: &Busy, opened: Instant, limits: &Limits, idle_limit: Dura
 }
 
 /// Resolves once `drain` says to shut down; never if it has no sender left.
-async fn draining(drain: &mut watch::Receiver<bool>) {
+pub(crate) async fn draining(drain: &mut watch::Receiver<bool>) {
     if drain.wait_for(|d| *d).await.is_err() {
         std::future::pending::<()>().await;
     }

@@ -73,7 +73,7 @@ pub async fn serve<H, F>(
                 biased;
                 got = read_some(&mut read, &mut buf) => got,
                 () = tokio::time::sleep_until(until) => return,
-                () = draining(&mut drain), if idle => return,
+                () = connection::draining(&mut drain), if idle => return,
             };
             if !matches!(got, Ok(n) if n > 0) {
                 return;
@@ -258,13 +258,6 @@ async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<u
 async fn hung_up(read: &mut OwnedReadHalf) -> bool {
     let mut byte = [0u8; 1];
     !matches!(read.peek(&mut byte).await, Ok(n) if n > 0)
-}
-
-/// Resolves once `drain` says to shut down; never if it has no sender left.
-async fn draining(drain: &mut watch::Receiver<bool>) {
-    if drain.wait_for(|d| *d).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 /// Let hyper serve the connection from here, reading `buf` first.
