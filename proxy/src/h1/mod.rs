@@ -225,7 +225,7 @@ async fn respond(
     close: bool,
 ) -> Result<bool, write::Cut> {
     response.body_mut().prime().await;
-    let (mut parts, mut body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let out = head::framing(
         head_request,
         parts.status,
@@ -241,7 +241,7 @@ async fn respond(
     let mut wire = Vec::with_capacity(512);
     head::write_head(&mut wire, parts.status, &parts.headers, close);
     drop(parts);
-    write::send(write, wire, &mut body, out).await?;
+    write::send(write, wire, body, out).await?;
     Ok(close)
 }
 

@@ -159,11 +159,13 @@ async fn gather(wire: &mut Gathered, body: &mut ProxyBody) -> Gather {
     Gather::More
 }
 
-/// Send `head` and then `body` framed as `out`.
+/// Send `head` and then `body` framed as `out`. The body is dropped as soon as it has ended
+/// or failed, before its last bytes are written (as hyper's server did): whatever its drop
+/// records (the access log, the metrics) is done by the time the client has the whole answer.
 pub(super) async fn send(
     stream: &OwnedWriteHalf,
     head: Vec<u8>,
-    body: &mut ProxyBody,
+    mut body: ProxyBody,
     out: Out,
 ) -> Result<(), Cut> {
     let mut wire = Gathered {
@@ -176,20 +178,23 @@ pub(super) async fn send(
         ..Gathered::default()
     };
     if out == Out::None {
+        drop(body);
         return Ok(wire.write(stream).await?);
     }
-    loop {
-        let how = gather(&mut wire, body).await;
-        if matches!(how, Gather::Ended) && wire.chunked {
-            wire.small.extend_from_slice(b"0\r\n\r\n");
+    let how = loop {
+        match gather(&mut wire, &mut body).await {
+            Gather::More => wire.write(stream).await?,
+            how => break how,
         }
-        wire.write(stream).await?;
-        match how {
-            Gather::More => {}
-            Gather::Failed => return Err(Cut::Body),
-            // Short of its length: the client must not see it as whole.
-            Gather::Ended if !wire.chunked && wire.left != 0 => return Err(Cut::Body),
-            Gather::Ended => return Ok(()),
-        }
+    };
+    drop(body);
+    if matches!(how, Gather::Ended) && wire.chunked {
+        wire.small.extend_from_slice(b"0\r\n\r\n");
+    }
+    wire.write(stream).await?;
+    match how {
+        // Short of its length: the client must not see it as whole.
+        Gather::Ended if wire.chunked || wire.left == 0 => Ok(()),
+        _ => Err(Cut::Body),
     }
 }
