@@ -9,12 +9,11 @@
 //! hyper's own `header_read_timeout`, HTTP/2 peers by keep-alive pings. (Plain HTTP/1.1
 //! connections are served by `crate::h1`, with the same timeouts, until it hands them here.)
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::config::ServerConfig;
 use crate::woken::WhenWoken;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -427,7 +426,7 @@ pub async fn drive<I, H, F>(
     mut drain: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let busy = Arc::new(Busy::default());
@@ -436,7 +435,7 @@ pub async fn drive<I, H, F>(
         let in_flight = InFlight::start(&busy);
         // Boxed: hyper keeps a slot the size of this future in every connection, idle ones
         // included; boxed, the request's state (several KB) lives only while it is served.
-        let response = Box::pin(handle(req));
+        let response = Box::pin(handle(req.map(ClientBody::Hyper)));
         async move {
             let mut response = response.await;
             response.body_mut().prime().await;
@@ -485,7 +484,7 @@ pub async fn drive_tcp<H, F>(
     limits: Limits,
     drain: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let opened = Instant::now();

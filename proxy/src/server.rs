@@ -7,7 +7,6 @@ use crate::connection::{self, accept_until, Gate, Limits};
 use crate::service::{App, Peer};
 use crate::workers::Workers;
 use crate::ReloadError;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use keyrelay_metrics::ReloadResult;
@@ -357,8 +356,6 @@ async fn serve_connection(
                     return;
                 };
                 let io = TokioIo::new(tls);
-                let handle =
-                    move |req: hyper::Request<Incoming>| handle(req.map(ClientBody::Hyper));
                 connection::drive(builder, io, handle, opened, limits, draining).await;
             })
             .await;

@@ -10,7 +10,6 @@ mod status;
 use crate::body::{ClientBody, ProxyBody};
 use crate::server::Live;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use keyrelay_pool::{KeyAction, Secret};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -60,7 +59,7 @@ impl Admin {
     }
 
     /// The refusal for a request without the right admin token, if it lacks it.
-    fn rejection(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    fn rejection(&self, req: &Request<ClientBody>) -> Option<Response<ProxyBody>> {
         let Some(expected) = &self.token else {
             return Some(json(
                 StatusCode::NOT_FOUND,
@@ -86,7 +85,7 @@ impl Admin {
 
     /// Answer one request: refused (421) for a `Host` not allowed, else routed; either way
     /// with the security headers.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(self: Arc<Self>, req: Request<ClientBody>) -> Response<ProxyBody> {
         let host = match req.uri().authority() {
             Some(a) => Some(a.as_str()),
             None => req
@@ -114,7 +113,7 @@ impl Admin {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn route(&self, req: Request<ClientBody>) -> Response<ProxyBody> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -140,8 +139,7 @@ impl Admin {
             }
             (_, ["admin", "tenants", ..]) => {
                 let app = self.live.app();
-                crate::tenants::admin::handle(&app, req.map(ClientBody::Hyper), self.token.as_ref())
-                    .await
+                crate::tenants::admin::handle(&app, req, self.token.as_ref()).await
             }
             (_, ["admin", ..]) => match self.authorized_page(&req, &method, &segments) {
                 Some(resp) => resp,
@@ -157,7 +155,7 @@ impl Admin {
     /// The dashboard page itself needs no token (it asks for one); every API call does.
     fn authorized_page(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         method: &Method,
         segments: &[&str],
     ) -> Option<Response<ProxyBody>> {

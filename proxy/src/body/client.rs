@@ -19,12 +19,6 @@ pub enum ClientBody {
     Empty,
 }
 
-impl From<Incoming> for ClientBody {
-    fn from(body: Incoming) -> ClientBody {
-        ClientBody::Hyper(body)
-    }
-}
-
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -20,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use head::{Framing, Head, Parsed};
 use http::header::CONNECTION;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::future::Future;
@@ -276,7 +275,6 @@ async fn hand_over<H, F>(
         prefix: buf.freeze(),
         inner: stream,
     });
-    let handle = move |req: Request<Incoming>| handle(req.map(ClientBody::Hyper));
     // Boxed: hyper's connection state is allocated only for the connections it serves.
     Box::pin(connection::drive(
         builder,
