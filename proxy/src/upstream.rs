@@ -4,6 +4,7 @@
 mod client;
 mod egress;
 mod tls;
+mod wire;
 
 use crate::body::AttemptBody;
 use crate::config::{Config, ProviderConfig, UpstreamConfig};
@@ -186,7 +187,11 @@ impl UpstreamError {
                 timed_out,
                 source: e,
             }
-        } else if matches!(e, ClientError::NotAbsolute) || never_sent(&e) {
+        } else if matches!(
+            e,
+            ClientError::NotAbsolute | ClientError::Wire { sent: false, .. }
+        ) || never_sent(&e)
+        {
             UpstreamError::Refused(e)
         } else {
             UpstreamError::Lost(e)

@@ -10,13 +10,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::time::SystemTime;
 
-/// How a request's body is framed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-}
+pub(super) use super::decode::Framing;
 
 /// A request head read in full, its bytes taken off the connection's buffer.
 #[derive(Debug)]

@@ -8,6 +8,7 @@
 //! up while its request is served ends the request (hyper's default, no half-close).
 
 mod body;
+pub(crate) mod decode;
 mod head;
 mod write;
 
@@ -162,7 +163,7 @@ pub fn fuzz_request(data: &[u8]) {
             assert!(data.ends_with(&buf), "only the head taken, off the front");
             assert!(data.len() - buf.len() <= connection::H1_MAX_HEAD_BYTES);
             assert!(head.request.headers().len() <= connection::H1_MAX_HEADERS);
-            let (after_head, mut decoder) = (buf.len(), body::Decoder::new(head.framing));
+            let (after_head, mut decoder) = (buf.len(), decode::Decoder::new(head.framing));
             let mut body = 0;
             while let Ok(Some(data)) = decoder.next(&mut buf) {
                 body += data.len();

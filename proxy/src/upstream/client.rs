@@ -16,29 +16,27 @@
 //! most `MAX_RESENDS` times), as hyper-util's client did.
 
 use super::egress::{Bounded, EgressConnector};
+use super::wire::{Wire, WireError};
 use crate::body::AttemptBody;
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Connector = Bounded<HttpsConnector<EgressConnector>>;
-type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+pub(super) type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
 type Origins = Arc<Mutex<Vec<Origin>>>;
 
 /// A kept connection unused this long is closed rather than reused: the provider may be
@@ -58,6 +56,14 @@ pub enum ClientError {
     /// The request had a connection; hyper's error says whether it was written.
     #[error("the upstream request failed")]
     Send(#[source] hyper::Error),
+    /// The request had a kept HTTP/1 connection of keyrelay's own; `sent` says whether any
+    /// byte of it was written.
+    #[error("the upstream request failed")]
+    Wire {
+        sent: bool,
+        #[source]
+        source: WireError,
+    },
     /// The request's URL has no scheme or authority (only a bug could make one).
     #[error("the upstream URL is not absolute")]
     NotAbsolute,
@@ -65,7 +71,8 @@ pub enum ClientError {
 
 /// One way to send requests to an origin.
 enum Tx {
-    /// An HTTP/1 connection driven by the task of the request it carries.
+    /// An HTTP/1 connection spoken over by keyrelay's own exchange, driven by the request it
+    /// carries.
     Driven(Box<Driven>),
     /// An HTTP/1 connection on a task of its own (a client that keeps nothing: upgrades).
     H1(http1::SendRequest<AttemptBody>),
@@ -74,64 +81,21 @@ enum Tx {
 
 /// An HTTP/1 connection with no task of its own: whoever holds it drives it. That is the
 /// request it carries, while awaiting the head and then in the answer's body (so each chunk
-/// is read, handed over and written by one task, not passed between two), and nobody while it
-/// is kept idle.
+/// is read, handed over and written by one task), and nobody while it is kept idle.
 struct Driven {
-    tx: http1::SendRequest<AttemptBody>,
-    conn: http1::Connection<Io, AttemptBody>,
+    wire: Wire,
     /// When it was last given back.
     used: Instant,
     /// Where it is given back to.
     scheme: Scheme,
     authority: Authority,
     home: std::sync::Weak<Mutex<Vec<Origin>>>,
-    /// What the connection is polled with (see [`Gate`]).
-    gate: Arc<Gate>,
-    waker: Waker,
-}
-
-/// The waker a driven connection is polled with: it passes each wake on to the task driving
-/// the connection now, except while that task reads the answer's body. Reading it signals
-/// the connection that the body wants more, which wakes whoever polled the connection last:
-/// the same task, about to poll the connection itself (or, had the read handed a frame over,
-/// to read again), so that wake would only cost a whole extra poll of the task.
-#[derive(Default)]
-struct Gate {
-    task: AtomicWaker,
-    reading: AtomicBool,
-}
-
-impl std::task::Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.reading.load(Ordering::Relaxed) {
-            self.task.wake();
-        }
-    }
 }
 
 impl Driven {
-    /// Drive the connection: `Ready` once it has ended (closed or failed); it is not polled
-    /// again after that.
-    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.gate.task.register(cx.waker());
-        let mut cx = Context::from_waker(&self.waker);
-        Pin::new(&mut self.conn).poll(&mut cx).map(|done| {
-            if let Err(e) = done {
-                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-            }
-        })
-    }
-
-    /// Whether it can take a request now: it has not ended, and its last exchange is done.
-    /// Polls the connection once, with no waker (nothing waits on a kept connection): that
-    /// reads an upstream's close, and lets a connection whose answer just ended say so.
+    /// Whether it can take a request now: it has not closed, and nothing stray came.
     fn idle(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.poll_conn(&mut cx).is_pending() && self.tx.is_ready()
+        self.wire.quiet()
     }
 
     /// Whether it was used within `idle` of `now` (else it is closed rather than reused).
@@ -139,48 +103,33 @@ impl Driven {
         now.saturating_duration_since(self.used) < idle
     }
 
-    /// Read from `body` (this connection's answer) with no waker, holding back the wake that
-    /// reading sends the connection (see [`Gate`]).
-    fn read(&self, body: &mut Incoming) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.gate.reading.store(true, Ordering::Relaxed);
-        let read = Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()));
-        self.gate.reading.store(false, Ordering::Relaxed);
-        read
-    }
-
-    /// Send `req` and drive the connection until the head comes; the connection rides along
-    /// in the answer's body unless it has ended already.
+    /// Send `req` and read the answer's head; the connection rides along in the answer's body.
     async fn send(
         mut self: Box<Self>,
-        mut req: Request<AttemptBody>,
-    ) -> Result<Response<UpstreamBody>, TrySendError<Request<AttemptBody>>> {
-        origin_form(req.uri_mut());
-        let mut sending = std::pin::pin!(self.tx.try_send_request(req));
-        let mut conn = Some(self);
-        let head = std::future::poll_fn(|cx| {
-            if let Some(d) = &mut conn {
-                if d.poll_conn(cx).is_pending() {
-                    // Only the connection, just polled, answers the request: the answer
-                    // needs no waker (one would only wake this task again for nothing).
-                    return sending
-                        .as_mut()
-                        .poll(&mut Context::from_waker(Waker::noop()));
-                }
-                // Ended: dropping it settles the answer (an error, or the request back).
-                conn = None;
+        req: Request<AttemptBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        self.wire.start(req);
+        match std::future::poll_fn(|cx| self.wire.poll_head(cx)).await {
+            Ok(mut head) => {
+                self.wire.body_of(&mut head);
+                let done = self.wire.body_done();
+                let inner = Inner::Own(Some(Lease::new(self)));
+                Ok(Response::from_parts(
+                    head.parts,
+                    UpstreamBody { inner, done },
+                ))
             }
-            sending.as_mut().poll(cx)
-        })
-        .await;
-        let lease = conn.map(Lease::new);
-        head.map(|resp| resp.map(|inner| UpstreamBody { inner, lease }))
+            Err(source) => Err(ClientError::Wire {
+                sent: self.wire.sent(),
+                source,
+            }),
+        }
     }
 
-    /// Keep it for the next request to its origin (its answer was read to the end), unless
-    /// it is closed. Whether it can take one (its request written whole, hyper done with the
-    /// answer) is asked when it is next taken, in the same poll that reads an upstream's close.
+    /// Keep it for the next request to its origin, if its exchange ended whole and the
+    /// upstream keeps it.
     fn give_back(mut self: Box<Self>) {
-        if self.tx.is_closed() {
+        if !self.wire.reusable() {
             return;
         }
         let Some(home) = self.home.upgrade() else {
@@ -194,13 +143,21 @@ impl Driven {
     }
 }
 
-/// An upstream answer's body. Over a driven connection, the connection rides along: polled
-/// whenever the body has nothing ready (it reads the next chunk, and writes what is left of
-/// the request), and given back for the next request once the body has been read to the end.
-/// Dropped before that, the connection is closed with it.
+/// An upstream answer's body. Over a driven connection, the connection rides along: read
+/// (and what is left of the request written) whenever the body is polled, and given back for
+/// the next request once the body has been read to the end. Dropped before that, the
+/// connection is closed with it.
 pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    inner: Inner,
+    /// Read to its end (or failed).
+    done: bool,
+}
+
+enum Inner {
+    /// Over a connection on a task of its own (upgrades, HTTP/2).
+    Hyper(Incoming),
+    /// Over a driven connection, until its end.
+    Own(Option<Lease>),
 }
 
 /// A driven connection lent to an answer's body. The mutex is never locked, only reached
@@ -228,68 +185,75 @@ impl Lease {
 impl UpstreamBody {
     /// An answer over a connection on a task of its own.
     fn unleased(resp: Response<Incoming>) -> Response<UpstreamBody> {
-        resp.map(|inner| UpstreamBody { inner, lease: None })
-    }
-
-    /// Hand on what the body has, giving the connection back at its end.
-    fn handed(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if frame.is_none() || self.inner.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.give_back();
-            }
-        }
-        Poll::Ready(frame)
+        resp.map(|inner| UpstreamBody {
+            done: inner.is_end_stream(),
+            inner: Inner::Hyper(inner),
+        })
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let Some(lease) = &mut this.lease else {
-            return Pin::new(&mut this.inner).poll_frame(cx);
+        let lease = match &mut this.inner {
+            Inner::Hyper(inner) => {
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                this.done = inner.is_end_stream();
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            }
+            Inner::Own(lease) => lease,
         };
-        // Only the connection hands the body frames, and only while it is polled: the body
-        // is read without a waker (which would only wake this task again for nothing), and
-        // the connection, when nothing is ready, with this task's.
-        if let Poll::Ready(frame) = lease.get().read(&mut this.inner) {
-            return this.handed(frame);
+        let Some(held) = lease else {
+            return Poll::Ready(None);
+        };
+        let read = ready!(held.get().wire.poll_data(cx));
+        let ended = match &read {
+            Some(Ok(_)) => held.get().wire.body_done(),
+            None | Some(Err(_)) => true,
+        };
+        if ended {
+            this.done = true;
+            // Given back only if it ended whole; else dropped, so closed.
+            if let Some(held) = lease.take() {
+                if !matches!(read, Some(Err(_))) {
+                    held.give_back();
+                }
+            }
         }
-        if lease.get().poll_conn(cx).is_pending() {
-            return match lease.get().read(&mut this.inner) {
-                Poll::Ready(frame) => this.handed(frame),
-                Poll::Pending => Poll::Pending,
-            };
-        }
-        // Ended: dropping it closes the body's channel, whose end (or error) is read next.
-        this.lease = None;
-        Pin::new(&mut this.inner).poll_frame(cx)
+        Poll::Ready(read.map(|r| r.map(Frame::data).map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(inner) => inner.size_hint(),
+            Inner::Own(None) => SizeHint::with_exact(0),
+            Inner::Own(Some(lease)) => lease
+                .0
+                .lock()
+                .map_or_else(|_| SizeHint::new(), |d| d.wire.size_hint()),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
-    /// A body its reader stopped at its last frame (hyper's server does, when the body says
-    /// it has ended) still gives its connection back.
+    /// A body its reader stopped at its last frame (a server does, when the body says it has
+    /// ended) still gives its connection back.
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            if self.inner.is_end_stream() {
-                lease.give_back();
+        if let Inner::Own(lease) = &mut self.inner {
+            if let Some(lease) = lease.take() {
+                if self.done {
+                    lease.give_back();
+                }
             }
         }
     }
@@ -397,7 +361,7 @@ impl UpstreamClient {
                 ),
             };
             let sent = match tx {
-                Tx::Driven(d) => d.send(req).await,
+                Tx::Driven(d) => return d.send(req).await,
                 Tx::H1(mut tx) => {
                     origin_form(req.uri_mut());
                     tx.try_send_request(req).await.map(UpstreamBody::unleased)
@@ -515,30 +479,26 @@ impl UpstreamClient {
             tx.ready().await.map_err(handshake)?;
             return Ok(Tx::H2(tx));
         }
+        if self.keep {
+            self.sweeping.call_once(|| self.start_sweeper());
+            return Ok(Tx::Driven(Box::new(Driven {
+                wire: Wire::new(io),
+                used: Instant::now(),
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+                home: Arc::downgrade(&self.origins),
+            })));
+        }
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(handshake)?;
-        if !self.keep {
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-                }
-            });
-            return Ok(Tx::H1(tx));
-        }
-        self.sweeping.call_once(|| self.start_sweeper());
-        let gate = Arc::<Gate>::default();
-        Ok(Tx::Driven(Box::new(Driven {
-            tx,
-            conn,
-            used: Instant::now(),
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-            home: Arc::downgrade(&self.origins),
-            waker: Waker::from(gate.clone()),
-            gate,
-        })))
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(Tx::H1(tx))
     }
 }
 
@@ -887,37 +847,6 @@ mod tests {
         assert_eq!(closed(&seen, 1).await, 1);
         assert_eq!(fetch(&c, &url).await, "ok");
         assert_eq!(seen.connections(), 2);
-    }
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn the_gate_passes_wakes_on_except_while_the_body_is_read() {
-        let count = Arc::new(Count::default());
-        let task = Waker::from(count.clone());
-        let gate = Arc::<Gate>::default();
-        let through = Waker::from(gate.clone());
-        gate.task.register(&task);
-        gate.reading.store(true, Ordering::Relaxed);
-        through.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "held back while reading");
-        gate.reading.store(false, Ordering::Relaxed);
-        through.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        // Passed on once per registration, as the task re-registers with each poll.
-        through.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        gate.task.register(&task);
-        through.wake();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -1,0 +1,181 @@
+//! Request and response bodies' HTTP/1 framing, decoded off the front of a read buffer:
+//! shared by keyrelay's own server path (request bodies) and its upstream client (answers).
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::SizeHint;
+use std::io;
+
+/// How a body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Most bytes of chunk extensions and trailers, in all, in one chunked body.
+const MAX_CHUNK_META: usize = 16 * 1024;
+
+/// Where a chunked body's decoding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Hex digits of the next chunk's size: its value so far and how many.
+    Size(u64, u8),
+    /// After the size: an extension, up to CR.
+    Extension(u64),
+    /// CR seen after the size line.
+    SizeLf(u64),
+    /// Bytes of chunk data still to come.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    /// Inside a trailer line, up to LF.
+    Trailer,
+    /// CR of the final empty line seen.
+    EndLf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decode {
+    Length(u64),
+    Chunked(Chunk),
+    Done,
+}
+
+/// Where a request body is: what is left of it, decoded off the front of a buffer.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    decode: Decode,
+    /// Chunk extension and trailer bytes seen so far.
+    meta: usize,
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl Decoder {
+    pub(crate) fn new(framing: Framing) -> Decoder {
+        let decode = match framing {
+            Framing::Empty => Decode::Done,
+            Framing::Length(n) => Decode::Length(n),
+            Framing::Chunked => Decode::Chunked(Chunk::Size(0, 0)),
+        };
+        Decoder { decode, meta: 0 }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    /// The next piece of body taken off the front of `buf`: `Some(data)` (possibly empty, when
+    /// only framing was consumed, or once the body has ended), or `None` when more bytes are
+    /// needed.
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.decode {
+                Decode::Done => return Ok(Some(Bytes::new())),
+                Decode::Length(rest) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(rest).map_or(buf.len(), |r| r.min(buf.len()));
+                    let left = rest - take as u64;
+                    self.decode = if left == 0 {
+                        Decode::Done
+                    } else {
+                        Decode::Length(left)
+                    };
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Decode::Chunked(Chunk::Data(rest)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(rest).map_or(buf.len(), |r| r.min(buf.len()));
+                    let left = rest - take as u64;
+                    self.decode = Decode::Chunked(if left == 0 {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Decode::Chunked(state) => {
+                    let Some(&b) = buf.first() else {
+                        return Ok(None);
+                    };
+                    buf.advance(1);
+                    self.decode = match self.step(state, b)? {
+                        Some(next) => Decode::Chunked(next),
+                        None => Decode::Done,
+                    };
+                }
+            }
+        }
+    }
+
+    /// One framing byte of a chunked body; `None` once the body has ended.
+    fn step(&mut self, state: Chunk, b: u8) -> io::Result<Option<Chunk>> {
+        let meta = |r: &mut Decoder| {
+            r.meta += 1;
+            if r.meta > MAX_CHUNK_META {
+                Err(invalid("chunk extensions or trailers too large"))
+            } else {
+                Ok(())
+            }
+        };
+        Ok(Some(match (state, b) {
+            (Chunk::Size(n, digits), _) if b.is_ascii_hexdigit() => {
+                if digits >= 15 {
+                    return Err(invalid("chunk size too large"));
+                }
+                let d = u64::from(char::from(b).to_digit(16).unwrap_or(0));
+                Chunk::Size(n * 16 + d, digits + 1)
+            }
+            (Chunk::Size(n, d), b';' | b' ' | b'\t') if d > 0 => {
+                meta(self)?;
+                Chunk::Extension(n)
+            }
+            (Chunk::Size(n, d), b'\r') if d > 0 => Chunk::SizeLf(n),
+            (Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
+            (Chunk::Extension(n), b) if b != b'\n' => {
+                meta(self)?;
+                Chunk::Extension(n)
+            }
+            (Chunk::SizeLf(0), b'\n') => Chunk::TrailerStart,
+            (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size(0, 0),
+            (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+            (Chunk::EndLf, b'\n') => return Ok(None),
+            (Chunk::TrailerStart | Chunk::Trailer, b'\n') => Chunk::TrailerStart,
+            (Chunk::TrailerStart | Chunk::Trailer, _) => {
+                meta(self)?;
+                Chunk::Trailer
+            }
+            _ => return Err(invalid("invalid chunked framing")),
+        }))
+    }
+}
+
+impl Decoder {
+    /// What is left of a body framed by its length.
+    pub(crate) fn length_left(&self) -> Option<u64> {
+        match self.decode {
+            Decode::Length(n) => Some(n),
+            Decode::Chunked(_) | Decode::Done => None,
+        }
+    }
+
+    /// The size of what is left: exact for a length (or an ended body), unknown for chunks.
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Chunked(_) => SizeHint::new(),
+        }
+    }
+}
