@@ -599,3 +599,7 @@ fn keeps(headers: &HeaderMap, version: Version) -> bool {
         has(b"keep-alive")
     }
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;
