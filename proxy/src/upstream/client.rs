@@ -1,19 +1,19 @@
 //! keyrelay's own upstream client: connections made by the connector (TCP, the egress tunnel,
-//! TLS with ALPN), spoken over by hyper's `client::conn` (HTTP/1.1, or HTTP/2 where ALPN says
-//! so), and kept for the next request in a pool of this worker's own, found by comparing the
-//! origin (no hashing, a lock only this worker takes, no task spawned per request to hand a
-//! connection back).
+//! TLS with ALPN), kept for the next request in a pool of this worker's own, found by
+//! comparing the origin (no hashing, a lock only this worker takes, no task spawned per
+//! request to hand a connection back).
 //!
-//! A kept HTTP/1 connection has no task of its own: the request it carries drives it, while
-//! awaiting the head and then through the answer's body ([`UpstreamBody`]), so each chunk of a
-//! stream is read, handed over and written by the one task serving the client. The body gives
-//! the connection back to its origin's list once read to the end (dropped earlier, it closes
-//! the connection); a connection whose answer still streams is not in the list, so it is never
-//! waited for. Taken from the list, a connection is polled once: that reads an upstream's
-//! close, and hyper then says whether it can take a request. An HTTP/2 connection runs on a
-//! task of its own and is shared by every request to its origin. A request hyper hands back
-//! unsent, because a kept connection closed under it, is sent again on another connection (at
-//! most `MAX_RESENDS` times), as hyper-util's client did.
+//! A kept HTTP/1 connection is spoken over by keyrelay's own exchange ([`super::wire`]) and
+//! has no task of its own: the request it carries drives it, while awaiting the head and then
+//! through the answer's body ([`UpstreamBody`]), so each chunk of a stream is read, decoded
+//! and written by the one task serving the client. The body gives the connection back to its
+//! origin's list once read to the end (dropped earlier, it closes the connection); a
+//! connection whose answer still streams is not in the list, so it is never waited for. Taken
+//! from the list, a connection is read once with no waker, which sees an upstream's close. An
+//! HTTP/2 connection (hyper's) runs on a task of its own and is shared by every request to
+//! its origin; a request hyper hands back unsent, because a connection closed under it, is
+//! sent again on another (at most `MAX_RESENDS` times). WebSocket upgrades use hyper's
+//! HTTP/1 client on a task of its own, and keep nothing.
 
 use super::egress::{Bounded, EgressConnector};
 use super::wire::{Wire, WireError};
