@@ -104,17 +104,29 @@ impl Decoder {
                     return Ok(Some(buf.split_to(take).freeze()));
                 }
                 Decode::Chunked(state) => {
-                    let Some(&b) = buf.first() else {
+                    // Framing bytes are stepped through in place and taken off once.
+                    let (used, next) = self.steps(state, buf)?;
+                    if used == 0 {
                         return Ok(None);
-                    };
-                    buf.advance(1);
-                    self.decode = match self.step(state, b)? {
-                        Some(next) => Decode::Chunked(next),
-                        None => Decode::Done,
-                    };
+                    }
+                    buf.advance(used);
+                    self.decode = next;
                 }
             }
         }
+    }
+
+    /// Step through framing bytes at the front of `buf`, up to the next chunk's data or the
+    /// body's end: how many were used, and where the decoding is then.
+    fn steps(&mut self, mut state: Chunk, buf: &[u8]) -> io::Result<(usize, Decode)> {
+        for (at, &b) in buf.iter().enumerate() {
+            match self.step(state, b)? {
+                None => return Ok((at + 1, Decode::Done)),
+                Some(next @ Chunk::Data(_)) => return Ok((at + 1, Decode::Chunked(next))),
+                Some(next) => state = next,
+            }
+        }
+        Ok((buf.len(), Decode::Chunked(state)))
     }
 
     /// One framing byte of a chunked body; `None` once the body has ended.
@@ -176,6 +188,69 @@ impl Decoder {
             Decode::Done => SizeHint::with_exact(0),
             Decode::Length(n) => SizeHint::with_exact(n),
             Decode::Chunked(_) => SizeHint::new(),
+        }
+    }
+}
+
+/// A chunk's size line (`{hex}\r\n`) without the formatting machinery: the bytes, and how
+/// many of them are used.
+pub(crate) fn size_line(n: usize) -> ([u8; 18], usize) {
+    let mut out = [0u8; 18];
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out.iter_mut().take(digits).enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    (out, digits + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// Everything `d` decodes from `input` fed `step` bytes at a time, and whether it ended.
+    fn fed(input: &[u8], step: usize) -> (Vec<u8>, bool) {
+        let mut d = Decoder::new(Framing::Chunked);
+        let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(data) = d.next(&mut buf).unwrap() {
+                out.extend_from_slice(&data);
+                if d.done() || buf.is_empty() {
+                    break;
+                }
+            }
+        }
+        (out, d.done())
+    }
+
+    #[test]
+    fn chunks_decode_alike_whole_or_byte_by_byte() {
+        let input = b"5;a=b\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n";
+        let want = (b"hello 0123456789".to_vec(), true);
+        for step in [1, 2, 3, 7, input.len()] {
+            assert_eq!(fed(input, step), want, "fed {step} at a time");
+        }
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&b"5\r\nhelloX\r\n"[..]);
+        assert_eq!(&d.next(&mut buf).unwrap().unwrap()[..], b"hello");
+        assert!(d.next(&mut buf).is_err(), "data must end with CRLF");
+    }
+
+    #[test]
+    fn size_lines_are_lowercase_hex() {
+        for (n, want) in [
+            (0, &b"0\r\n"[..]),
+            (9, b"9\r\n"),
+            (0xabc, b"abc\r\n"),
+            (4096, b"1000\r\n"),
+            (usize::MAX, b"ffffffffffffffff\r\n"),
+        ] {
+            let (line, len) = size_line(n);
+            assert_eq!(&line[..len], want, "{n}");
         }
     }
 }

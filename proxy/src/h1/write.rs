@@ -7,7 +7,7 @@ use crate::body::ProxyBody;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use tokio::net::tcp::OwnedWriteHalf;
 
 /// Data frames up to this size are copied next to their framing; larger ones are written from
@@ -59,7 +59,8 @@ impl Gathered {
     fn push(&mut self, mut data: Bytes) -> bool {
         let mut fits = true;
         if self.chunked {
-            let _ = write!(self.small, "{:x}\r\n", data.len());
+            let (line, n) = super::decode::size_line(data.len());
+            self.small.extend_from_slice(&line[..n]);
         } else {
             if data.len() as u64 > self.left {
                 data.truncate(usize::try_from(self.left).unwrap_or(usize::MAX));

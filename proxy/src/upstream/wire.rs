@@ -366,7 +366,8 @@ impl Upload {
                 self.push(data);
             }
             Encode::Chunked => {
-                self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                let (line, n) = crate::h1::decode::size_line(data.len());
+                self.push(Bytes::copy_from_slice(&line[..n]));
                 self.push(data);
                 self.push(Bytes::from_static(b"\r\n"));
             }
