@@ -153,8 +153,9 @@ fn default_tls(roots: &rustls::RootCertStore) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// Why an attempt got no response head. Classified by hyper's own predicates and error types,
-/// never by message text; the cause is kept for the debug log.
+/// Why an attempt got no response head. Classified by whether a byte of the request reached
+/// the socket (keyrelay's own HTTP/1 exchange) or by hyper's own predicates and error types
+/// (HTTP/2, upgrades), never by message text; the cause is kept for the debug log.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made (refused, DNS, TLS, or the connect timeout): not sent.
