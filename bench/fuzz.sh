@@ -14,7 +14,7 @@ set -euo pipefail
 each="${1:-60}"
 seed="${2:-$(date +%s)}"
 cd "$(dirname "$0")/.."
-targets=(config h1 headers ratelimit url)
+targets=(config h1 headers ratelimit upstream url)
 engine="${FUZZ_ENGINE:-auto}"
 if [[ "$engine" == auto ]]; then
   if cargo afl --version >/dev/null 2>&1; then engine=afl; else engine=stable; fi

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 pub type Target = fn(&[u8]);
 
 /// Every target by name.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("config", targets::config),
     ("h1", targets::h1),
     ("headers", targets::headers),
     ("ratelimit", targets::ratelimit),
+    ("upstream", targets::upstream),
     ("url", targets::url),
 ];
 

@@ -28,8 +28,12 @@ impl Rng {
 }
 
 /// Tokens that matter to keyrelay's parsers, inserted whole.
-const DICTIONARY: [&str; 54] = [
+const DICTIONARY: [&str; 58] = [
     " HTTP/1.1\r\n",
+    "HTTP/1.1 100 Continue\r\n\r\n",
+    "HTTP/1.0 200 OK\r\n",
+    "HTTP/1.1 101 Switching Protocols\r\n",
+    "connection: close\r\n",
     "content-length: ",
     "transfer-encoding: chunked\r\n",
     "\r\n\r\n",

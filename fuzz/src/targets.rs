@@ -273,3 +273,11 @@ pub fn url(data: &[u8]) {
 pub fn h1(data: &[u8]) {
     keyrelay::h1::fuzz_request(data);
 }
+
+/// keyrelay's own upstream HTTP/1 exchange: an answer's head parsed, then its body decoded: no
+/// panic; only whole heads taken off the front; no 1xx handed on; a HEAD's answer has no body;
+/// a body read until close is never kept; no byte handed out twice; a body never exceeds its
+/// declared length.
+pub fn upstream(data: &[u8]) {
+    keyrelay::upstream::fuzz_answer(data);
+}

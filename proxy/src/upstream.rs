@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub use client::{ClientError, UpstreamBody, UpstreamClient};
+#[doc(hidden)]
+pub use wire::fuzz_answer;
 
 /// The upstream clients of one config, built once (at start and at each reload): one shared
 /// by every provider, and one of its own for each provider with a `ca_file` or a client

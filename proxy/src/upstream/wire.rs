@@ -601,6 +601,56 @@ fn keeps(headers: &HeaderMap, version: Version) -> bool {
     }
 }
 
+/// For the fuzzer (`fuzz/`, target `upstream`): read `data` as an upstream's answer to a GET (a
+/// HEAD when its first byte is odd), head then body, as an exchange would; panics when one of
+/// its properties fails.
+pub fn fuzz_answer(data: &[u8]) {
+    let head_only = data.first().is_some_and(|b| b % 2 == 1);
+    let data = data.get(1..).unwrap_or_default();
+    let mut buf = BytesMut::from(data);
+    let Ok(Some(head)) = parse(&mut buf, head_only) else {
+        assert!(
+            data.ends_with(&buf),
+            "only whole heads taken, off the front"
+        );
+        return;
+    };
+    assert!(data.ends_with(&buf), "only the head taken, off the front");
+    assert!(head.parts.headers.len() <= MAX_HEADERS);
+    assert!(
+        !head.parts.status.is_informational(),
+        "1xx skipped, 101 refused"
+    );
+    let after_head = buf.len();
+    let declared = match &head.reading {
+        Reading::Framed(d) => d.length_left(),
+        Reading::Done => Some(0),
+        Reading::UntilClose => {
+            assert!(!head.keep, "a body read until close is never kept");
+            return;
+        }
+    };
+    if head_only {
+        assert!(
+            matches!(head.reading, Reading::Done),
+            "a HEAD's answer has no body"
+        );
+    }
+    let mut body = 0;
+    if let Reading::Framed(mut d) = head.reading {
+        while let Ok(Some(piece)) = d.next(&mut buf) {
+            body += piece.len();
+            if d.done() {
+                break;
+            }
+        }
+    }
+    assert!(body + buf.len() <= after_head, "no byte handed out twice");
+    if let Some(n) = declared {
+        assert!(body as u64 <= n, "a body never exceeds its length");
+    }
+}
+
 #[cfg(test)]
 #[path = "wire_tests.rs"]
 mod tests;
