@@ -192,6 +192,14 @@ impl Decoder {
     }
 }
 
+/// A `Content-Length` value: ASCII digits only, at most 18 of them.
+pub(crate) fn length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// A chunk's size line (`{hex}\r\n`) without the formatting machinery: the bytes, and how
 /// many of them are used.
 pub(crate) fn size_line(n: usize) -> ([u8; 18], usize) {

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::time::SystemTime;
 
+use super::decode::length;
 pub(super) use super::decode::Framing;
 
 /// A request head read in full, its bytes taken off the connection's buffer.
@@ -40,14 +41,6 @@ pub(super) enum Parsed {
 /// Header names this path looks at, compared without case.
 fn is(name: &str, lower: &str) -> bool {
     name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
-}
-
-/// A `Content-Length` value: ASCII digits only, at most 18 of them.
-fn length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// `Some(close)` for a `Connection` value made only of `close` and `keep-alive`.

@@ -6,7 +6,7 @@
 
 use super::client::{BoxError, Io};
 use crate::body::AttemptBody;
-use crate::h1::decode::{Decoder, Framing};
+use crate::h1::decode::{length, Decoder, Framing};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
@@ -447,14 +447,6 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     found
-}
-
-/// A `Content-Length` value: ASCII digits only, at most 18 of them.
-fn length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The request line and headers, as HTTP/1.1.
