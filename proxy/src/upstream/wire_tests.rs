@@ -49,8 +49,12 @@ async fn received(up: &mut TcpStream, want: usize) -> Vec<u8> {
     got
 }
 
+/// Most a test waits for the wire: a regression fails instead of hanging.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn head(wire: &mut Wire) -> Result<Head, WireError> {
-    let mut head = poll_fn(|cx| wire.poll_head(cx)).await?;
+    let head = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_head(cx))).await;
+    let mut head = head.expect("an answer's head or an error within 5 s")?;
     wire.body_of(&mut head);
     Ok(head)
 }
@@ -59,7 +63,8 @@ async fn head(wire: &mut Wire) -> Result<Head, WireError> {
 async fn pieces(wire: &mut Wire) -> (Vec<Bytes>, Option<WireError>) {
     let mut out = Vec::new();
     loop {
-        match poll_fn(|cx| wire.poll_data(cx)).await {
+        let next = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
+        match next.expect("a piece of the body or its end within 5 s") {
             Some(Ok(b)) => out.push(b),
             Some(Err(e)) => return (out, Some(e)),
             None => return (out, None),
@@ -111,7 +116,8 @@ async fn a_chunked_answer_is_decoded_across_reads_extensions_and_trailers_skippe
     assert_eq!(received(&mut up, sent.len()).await, sent);
     assert_eq!(h.parts.status, StatusCode::OK);
     assert_eq!(wire.size_hint().exact(), None);
-    let first = poll_fn(|cx| wire.poll_data(cx)).await.unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
+    let first = first.unwrap().unwrap().unwrap();
     assert_eq!(&first[..], b"hel");
     up.write_all(b"lo\r\n1\r\n!\r\n0\r\nx-t: 1\r\n\r\n")
         .await
@@ -250,7 +256,8 @@ async fn a_held_stream_holds_no_read_buffer_between_chunks() {
         .await
         .unwrap();
     head(&mut wire).await.unwrap();
-    let first = poll_fn(|cx| wire.poll_data(cx)).await.unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
+    let first = first.unwrap().unwrap().unwrap();
     assert_eq!(&first[..], b"data 1");
     drop(first);
     // Nothing more has come: waiting lets the buffer go.
