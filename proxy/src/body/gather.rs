@@ -29,11 +29,16 @@ pub const BURST: Duration = Duration::from_millis(1);
 /// how much a burst keeps back from the client.
 const MAX_HELD: usize = 64;
 const MAX_HELD_BYTES: usize = 16 * 1024;
+/// Room made for held frames when a burst begins (a burst of 20 SSE chunks grows it once).
+const HELD_FIRST: usize = 16;
 
 /// Frames held back while a burst lasts.
 #[derive(Default)]
 pub struct Gather {
-    held: VecDeque<Frame<Bytes>>,
+    /// Held data, oldest first (only data frames are held).
+    held: VecDeque<Bytes>,
+    /// The frame that ended a burst, handed on after the held ones.
+    tail: Option<Frame<Bytes>>,
     /// The data bytes in `held`.
     held_bytes: usize,
     /// Handing the held frames on: no more are taken until they are.
@@ -48,7 +53,10 @@ impl Gather {
         if !self.releasing {
             return None;
         }
-        let frame = self.held.pop_front();
+        let frame = match self.held.pop_front() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.tail.take(),
+        };
         self.releasing = frame.is_some();
         if self.held.is_empty() {
             self.held_bytes = 0;
@@ -58,7 +66,7 @@ impl Gather {
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.tail.is_none()
     }
 
     /// A frame came at `now`, the one before at `previous`, and the body may have `more`:
@@ -74,13 +82,23 @@ impl Gather {
         let burst = more && now.saturating_duration_since(previous) < BURST;
         let len = frame.data_ref().map_or(0, Bytes::len);
         let room = self.held.len() < MAX_HELD && self.held_bytes + len <= MAX_HELD_BYTES;
-        if burst && frame.is_data() && room {
-            self.held_bytes += len;
-            self.held.push_back(frame);
-            self.waited = false;
-            return None;
+        if !(burst && room) {
+            return self.release(Some(frame));
         }
-        self.release(Some(frame))
+        match frame.into_data() {
+            Ok(data) => {
+                if self.held.capacity() == 0 {
+                    // Room for a usual burst at once, rather than growing 4, 8, 16.
+                    self.held.reserve(HELD_FIRST);
+                }
+                self.held_bytes += len;
+                self.held.push_back(data);
+                self.waited = false;
+                None
+            }
+            // Trailers end the burst.
+            Err(frame) => self.release(Some(frame)),
+        }
     }
 
     /// Nothing was ready: yield once more (`true`) so the upstream connection, woken by that
@@ -100,7 +118,7 @@ impl Gather {
         if self.held.is_empty() {
             return last;
         }
-        self.held.extend(last);
+        self.tail = last;
         self.releasing = true;
         self.next()
     }

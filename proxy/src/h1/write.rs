@@ -15,6 +15,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 const COPY_UP_TO: usize = 4 * 1024;
 /// Most bytes gathered from ready frames before they are written.
 const GATHER_UP_TO: usize = 256 * 1024;
+/// Least the gathering buffer grows by when it must.
+const GROW_BY: usize = 4 * 1024;
 /// Most uncopied frames in one write.
 const MAX_UNCOPIED: usize = 64;
 
@@ -58,6 +60,18 @@ impl Gathered {
     /// there).
     fn push(&mut self, mut data: Bytes) -> bool {
         let mut fits = true;
+        // Framing (a size line and CRLF: at most 20 bytes) and a copied piece. The buffer
+        // grows by GROW_BY at least: a burst of small chunks reallocates it once, not at each
+        // doubling from the head's 512 bytes.
+        let copied = if data.len() <= COPY_UP_TO {
+            data.len()
+        } else {
+            0
+        };
+        let adds = 20 + copied;
+        if self.small.capacity() - self.small.len() < adds {
+            self.small.reserve(adds.max(GROW_BY));
+        }
         if self.chunked {
             let (line, n) = super::decode::size_line(data.len());
             self.small.extend_from_slice(&line[..n]);
