@@ -182,21 +182,23 @@ pub(super) enum Out {
     Chunked,
 }
 
-/// Settle the response's framing headers: its own `Content-Length` when valid, else the body's
-/// exact size, else chunked; none for a bodiless status or a HEAD request.
+/// Settle the response's framing: its own `Content-Length` when valid, else the body's exact
+/// size, else chunked; none for a bodiless status or a HEAD request. Returns how the body goes
+/// out and the framing header [`write_head`] adds (`Out::None`: the response has its own, or
+/// needs none); the map itself only loses what must not go out.
 pub(super) fn framing(
     head_request: bool,
     status: StatusCode,
     headers: &mut HeaderMap,
     hint: &SizeHint,
-) -> Out {
+) -> (Out, Out) {
     headers.remove(TRANSFER_ENCODING);
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         headers.remove(CONTENT_LENGTH);
-        return Out::None;
+        return (Out::None, Out::None);
     }
     let declared = match headers.get(CONTENT_LENGTH).map(|v| length(v.as_bytes())) {
         Some(Some(n)) => Some(n),
@@ -206,28 +208,28 @@ pub(super) fn framing(
         }
         None => None,
     };
-    let out = match declared.or_else(|| hint.exact()) {
-        Some(n) => {
-            if declared.is_none() {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Out::Length(n)
-        }
-        None => {
-            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-            Out::Chunked
-        }
+    let (out, add) = match (declared, hint.exact()) {
+        (Some(n), _) => (Out::Length(n), Out::None),
+        (None, Some(n)) => (Out::Length(n), Out::Length(n)),
+        (None, None) => (Out::Chunked, Out::Chunked),
     };
     if head_request {
-        Out::None
+        (Out::None, add)
     } else {
-        out
+        (out, add)
     }
 }
 
-/// Append the status line and headers (with `Date` when the response has none, and
-/// `Connection: close` when this is the connection's last answer).
-pub(super) fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, close: bool) {
+/// Append the status line and headers (with the framing header `add` from [`framing`], `Date`
+/// when the response has none, and `Connection: close` when this is the connection's last
+/// answer).
+pub(super) fn write_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    add: Out,
+    close: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -238,6 +240,15 @@ pub(super) fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &Header
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    match add {
+        Out::None => {}
+        Out::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            super::decode::decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if !headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
@@ -362,30 +373,66 @@ mod tests {
         let exact = SizeHint::with_exact(7);
         let open = SizeHint::new();
         let mut h = HeaderMap::new();
-        assert_eq!(
-            framing(false, StatusCode::OK, &mut h, &exact),
-            Out::Length(7)
+        let settled = framing(false, StatusCode::OK, &mut h, &exact);
+        assert_eq!(settled, (Out::Length(7), Out::Length(7)));
+        assert!(
+            h.is_empty(),
+            "the length is written with the head, not put in the map"
         );
-        assert_eq!(h[CONTENT_LENGTH], "7");
         let mut h = HeaderMap::new();
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert_eq!(framing(false, StatusCode::OK, &mut h, &open), Out::Chunked);
-        assert_eq!(h.get_all(TRANSFER_ENCODING).iter().count(), 1);
+        let settled = framing(false, StatusCode::OK, &mut h, &open);
+        assert_eq!(settled, (Out::Chunked, Out::Chunked));
+        assert!(
+            h.is_empty(),
+            "the upstream's own framing never goes out as it was"
+        );
         let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert_eq!(
-            framing(false, StatusCode::OK, &mut h, &open),
-            Out::Length(3)
-        );
-        assert_eq!(framing(true, StatusCode::OK, &mut h, &open), Out::None);
+        let settled = framing(false, StatusCode::OK, &mut h, &open);
+        assert_eq!(settled, (Out::Length(3), Out::None));
+        let settled = framing(true, StatusCode::OK, &mut h, &open);
+        assert_eq!(settled, (Out::None, Out::None));
         assert_eq!(h[CONTENT_LENGTH], "3", "HEAD keeps the length");
         let mut h = HeaderMap::new();
+        let settled = framing(true, StatusCode::OK, &mut h, &exact);
+        assert_eq!(settled, (Out::None, Out::Length(7)), "HEAD says the length");
+        let mut h = HeaderMap::new();
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let settled = framing(false, StatusCode::NO_CONTENT, &mut h, &exact);
+        assert_eq!(settled, (Out::None, Out::None));
+        assert!(h.is_empty());
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("x"));
+        let settled = framing(false, StatusCode::OK, &mut h, &exact);
         assert_eq!(
-            framing(false, StatusCode::NO_CONTENT, &mut h, &exact),
-            Out::None
+            settled,
+            (Out::Length(7), Out::Length(7)),
+            "a bad length is replaced"
         );
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_framing_header_is_written_with_the_head() {
+        let h = HeaderMap::new();
+        for (add, line) in [
+            (Out::Length(0), "content-length: 0\r\n"),
+            (Out::Length(1234567), "content-length: 1234567\r\n"),
+            (
+                Out::Length(u64::MAX),
+                "content-length: 18446744073709551615\r\n",
+            ),
+            (Out::Chunked, "transfer-encoding: chunked\r\n"),
+        ] {
+            let mut out = Vec::new();
+            write_head(&mut out, StatusCode::OK, &h, add, false);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 200 OK\r\n{line}date: ")),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -393,7 +440,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("b"));
         let mut out = Vec::new();
-        write_head(&mut out, StatusCode::TOO_MANY_REQUESTS, &h, true);
+        write_head(&mut out, StatusCode::TOO_MANY_REQUESTS, &h, Out::None, true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\nx-a: b\r\ndate: "));
         assert!(
@@ -402,7 +449,7 @@ mod tests {
         );
         let mut out = Vec::new();
         h.insert(DATE, HeaderValue::from_static("then"));
-        write_head(&mut out, StatusCode::OK, &h, false);
+        write_head(&mut out, StatusCode::OK, &h, Out::None, false);
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nx-a: b\r\ndate: then\r\n\r\n");
     }
 }

@@ -226,7 +226,7 @@ async fn respond(
 ) -> Result<bool, write::Cut> {
     response.body_mut().prime().await;
     let (mut parts, body) = response.into_parts();
-    let out = head::framing(
+    let (out, add) = head::framing(
         head_request,
         parts.status,
         &mut parts.headers,
@@ -239,7 +239,7 @@ async fn respond(
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let mut wire = Vec::with_capacity(512);
-    head::write_head(&mut wire, parts.status, &parts.headers, close);
+    head::write_head(&mut wire, parts.status, &parts.headers, add, close);
     drop(parts);
     write::send(write, wire, body, out).await?;
     Ok(close)

@@ -119,9 +119,9 @@ impl Wire {
     /// Begin an exchange: `req` (origin-form URL, `Host` set) is queued to be written.
     pub(super) fn start(&mut self, req: Request<AttemptBody>) {
         let (mut parts, body) = req.into_parts();
-        let encode = encoding(&mut parts.headers, &parts.method, &body);
+        let (encode, add) = encoding(&mut parts.headers, &parts.method, &body);
         let mut head = Vec::with_capacity(256);
-        write_head(&mut head, &parts);
+        write_head(&mut head, &parts, add.then_some(encode).flatten());
         let mut queue = VecDeque::with_capacity(4);
         queue.push_back(Bytes::from(head));
         let queued = queue[0].len();
@@ -178,7 +178,8 @@ impl Wire {
     }
 
     /// Read more from the socket into the buffer; `Ok(0)` at end of stream. A buffer left
-    /// empty while waiting is let go, so a held stream holds no read buffer between chunks.
+    /// empty while waiting within a body is let go, so a held stream holds no read buffer
+    /// between chunks.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
@@ -194,7 +195,9 @@ impl Wire {
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
-                if self.buf.is_empty() {
+                // Waiting within a body (a held stream, its tokens apart) holds no buffer;
+                // waiting for a head (moments, for most answers) keeps it for the head.
+                if self.buf.is_empty() && !matches!(self.reading, Reading::Done) {
                     self.buf = BytesMut::new();
                 }
                 Poll::Pending
@@ -300,8 +303,9 @@ impl Wire {
     /// written, answer read, no stray bytes), the upstream keeps it, and it has not closed.
     pub(super) fn reusable(&mut self) -> bool {
         let whole = self.upload.is_none() && self.body_done() && self.buf.is_empty();
-        if whole {
-            // Kept idle, it holds no read buffer.
+        if whole && self.buf.capacity() > READ_MIN {
+            // Kept idle, it holds at most a small read buffer (the next exchange reads into
+            // it, or reclaims it, without allocating); one grown by a large answer goes.
             self.buf = BytesMut::new();
         }
         self.reusable && whole
@@ -409,29 +413,32 @@ impl Upload {
     }
 }
 
-/// The request body's framing (as hyper's client chose it), its headers set to match: `None`
-/// for no body. A `Content-Length` given is kept; else a body of known size gets one; else
-/// it is chunked (but a GET or HEAD of unknown size sends none, as with hyper).
-fn encoding(headers: &mut HeaderMap, method: &Method, body: &AttemptBody) -> Option<Encode> {
+/// The request body's framing (as hyper's client chose it): `None` for no body, and whether
+/// [`write_head`] adds its header (the request has none). A `Content-Length` given is kept;
+/// else a body of known size gets one; else it is chunked (but a GET or HEAD of unknown size
+/// sends none, as with hyper). A client's `Transfer-Encoding` never goes out as it came.
+fn encoding(
+    headers: &mut HeaderMap,
+    method: &Method,
+    body: &AttemptBody,
+) -> (Option<Encode>, bool) {
     headers.remove(TRANSFER_ENCODING);
     if body.is_end_stream() {
         return match declared_length(headers) {
-            Some(n) if n > 0 => Some(Encode::Length(n)),
-            _ => None,
+            Some(n) if n > 0 => (Some(Encode::Length(n)), false),
+            _ => (None, false),
         };
     }
     if let Some(n) = declared_length(headers) {
-        return Some(Encode::Length(n));
+        return (Some(Encode::Length(n)), false);
     }
     if let Some(n) = body.size_hint().exact() {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        return Some(Encode::Length(n));
+        return (Some(Encode::Length(n)), true);
     }
     if matches!(*method, Method::GET | Method::HEAD) {
-        return None;
+        return (None, false);
     }
-    headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    Some(Encode::Chunked)
+    (Some(Encode::Chunked), true)
 }
 
 /// The one length all `Content-Length` values agree on, if they do.
@@ -449,8 +456,8 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     found
 }
 
-/// The request line and headers, as HTTP/1.1.
-fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
+/// The request line and headers, as HTTP/1.1, with the framing header of `add` when given.
+fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, add: Option<Encode>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -461,6 +468,15 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    match add {
+        None => {}
+        Some(Encode::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            crate::h1::decode::decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Some(Encode::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -515,7 +531,8 @@ fn build(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(WireError::Malformed("an upgrade nobody asked for"));
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what is added on the way out (the request id, a framing header).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     for (name, value) in spans {
         let name = HeaderName::from_bytes(&bytes[name.clone()])
             .map_err(|_| WireError::Malformed("header name"))?;
