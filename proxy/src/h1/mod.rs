@@ -10,6 +10,7 @@
 mod body;
 pub(crate) mod decode;
 mod head;
+mod spare;
 mod write;
 
 pub use body::OwnBody;
@@ -27,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -88,8 +89,8 @@ pub async fn serve<H, F>(
         };
         (read, buf) = (reader.stream, reader.buf);
         if buf.is_empty() {
-            // Nothing held while idle: the head's allocation goes with its request.
-            buf = BytesMut::new();
+            // Nothing held while idle: the read buffer is kept for this thread's next read.
+            spare::give(&mut buf, HEAD_READ);
         }
         until = Instant::now() + limits.header_read_timeout.min(limits.keepalive_timeout);
     }
@@ -245,12 +246,24 @@ async fn respond(
     Ok(close)
 }
 
-/// Read what the socket has into `buf`: `Ok(0)` at its end.
+/// Read what the socket has into `buf`: `Ok(0)` at its end. An empty buffer gets its room
+/// only once the socket is readable, so a connection waiting for its next request holds none.
 async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 512 {
-        buf.reserve(HEAD_READ);
+    loop {
+        if buf.capacity() == 0 {
+            read.readable().await?;
+        }
+        spare::take(buf, HEAD_READ);
+        match read.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    spare::give(buf, HEAD_READ);
+                }
+                read.readable().await?;
+            }
+            done => return done,
+        }
     }
-    read.read_buf(buf).await
 }
 
 /// Resolves once the client has hung up (`true`) or sent more bytes (`false`). Costs no
