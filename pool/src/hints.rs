@@ -1,6 +1,6 @@
 //! Reading a provider's "when may I try again" hints: Retry-After, retry-after-ms, reset headers.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderValue};
 use std::time::{Duration, SystemTime};
 
 /// `Retry-After` as delta-seconds (`"30"`, `"1.5"`) or as an HTTP date, relative to `now`.
@@ -87,23 +87,27 @@ pub fn rate_limit_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration>
 /// What the provider says is left of a key's quota: (requests, tokens), as OpenAI's
 /// `x-ratelimit-remaining-*` or Anthropic's `anthropic-ratelimit-*-remaining` report it.
 pub fn remaining_quota(headers: &HeaderMap) -> (Option<i64>, Option<i64>) {
-    // Names made once, not parsed from text on every answer (this runs on every attempt).
-    const REQUESTS: [HeaderName; 2] = [
-        HeaderName::from_static("x-ratelimit-remaining-requests"),
-        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
-    ];
-    const TOKENS: [HeaderName; 2] = [
-        HeaderName::from_static("x-ratelimit-remaining-tokens"),
-        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
-    ];
-    let read = |names: &[HeaderName; 2]| {
-        names
-            .iter()
-            .find_map(|n| headers.get(n).and_then(|v| v.to_str().ok()))
+    // One pass over the answer's few headers, comparing names (this runs on every attempt;
+    // four hashed lookups of names mostly absent cost several times more). Where both
+    // providers' names are present, OpenAI's counts; a name's first value counts.
+    let mut found: [Option<&HeaderValue>; 4] = [None; 4];
+    for (name, value) in headers {
+        let slot = match name.as_str() {
+            "x-ratelimit-remaining-requests" => 0,
+            "anthropic-ratelimit-requests-remaining" => 1,
+            "x-ratelimit-remaining-tokens" => 2,
+            "anthropic-ratelimit-tokens-remaining" => 3,
+            _ => continue,
+        };
+        found[slot].get_or_insert(value);
+    }
+    let read = |pair: &[Option<&HeaderValue>]| {
+        pair.iter()
+            .find_map(|v| v.and_then(|v| v.to_str().ok()))
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|n| *n >= 0)
     };
-    (read(&REQUESTS), read(&TOKENS))
+    (read(&found[..2]), read(&found[2..]))
 }
 
 #[cfg(test)]
@@ -189,5 +193,16 @@ mod tests {
         assert_eq!(remaining_quota(&h), (None, Some(12)));
         let h = headers(&[("x-ratelimit-remaining-requests", "many")]);
         assert_eq!(remaining_quota(&h), (None, None));
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("anthropic-ratelimit-requests-remaining", "5"),
+            ("x-ratelimit-remaining-requests", "7"),
+            ("anthropic-ratelimit-tokens-remaining", "-1"),
+        ]);
+        assert_eq!(
+            remaining_quota(&h),
+            (Some(7), None),
+            "OpenAI's name counts first"
+        );
     }
 }
