@@ -17,6 +17,8 @@ const COPY_UP_TO: usize = 4 * 1024;
 const GATHER_UP_TO: usize = 256 * 1024;
 /// Least the gathering buffer grows by when it must.
 const GROW_BY: usize = 4 * 1024;
+/// Most of the gathering buffer kept between writes.
+const KEEP: usize = 1024;
 /// Most uncopied frames in one write.
 const MAX_UNCOPIED: usize = 64;
 
@@ -62,7 +64,7 @@ impl Gathered {
         let mut fits = true;
         // Framing (a size line and CRLF: at most 20 bytes) and a copied piece. The buffer
         // grows by GROW_BY at least: a burst of small chunks reallocates it once, not at each
-        // doubling from the head's 512 bytes.
+        // doubling from the head's 512 bytes. An empty one starts small (a token's chunk).
         let copied = if data.len() <= COPY_UP_TO {
             data.len()
         } else {
@@ -70,7 +72,9 @@ impl Gathered {
         };
         let adds = 20 + copied;
         if self.small.capacity() - self.small.len() < adds {
-            self.small.reserve(adds.max(GROW_BY));
+            let first = self.small.capacity() == 0;
+            self.small
+                .reserve(adds.max(if first { KEEP / 2 } else { GROW_BY }));
         }
         if self.chunked {
             let (line, n) = super::decode::size_line(data.len());
@@ -118,6 +122,10 @@ impl Gathered {
             write_all(stream, &mut slices).await?;
         }
         self.small.clear();
+        if self.small.capacity() > KEEP {
+            // Grown by a burst: not kept for the rest of a stream whose tokens come apart.
+            self.small = Vec::new();
+        }
         self.large.clear();
         self.large_bytes = 0;
         Ok(())
@@ -211,5 +219,55 @@ pub(super) async fn send(
         // Short of its length: the client must not see it as whole.
         Gather::Ended if wire.chunked || wire.left == 0 => Ok(()),
         _ => Err(Cut::Body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn a_burst_grows_the_buffer_once_and_a_grown_one_goes_after_its_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let mut wire = Gathered {
+            small: head,
+            chunked: true,
+            left: u64::MAX,
+            ..Gathered::default()
+        };
+        let mut capacities = Vec::new();
+        for _ in 0..20 {
+            assert!(wire.push(Bytes::from_static(&[b'x'; 100])));
+            capacities.push(wire.small.capacity());
+        }
+        capacities.dedup();
+        assert_eq!(capacities.len(), 2, "grown once: {capacities:?}");
+        wire.write(&write).await.unwrap();
+        assert_eq!(wire.small.capacity(), 0, "a grown buffer is not kept");
+        assert!(wire.push(Bytes::from_static(b"data: 1\n\n")));
+        wire.write(&write).await.unwrap();
+        let kept = wire.small.capacity();
+        assert!(kept > 0 && kept <= KEEP, "a token's buffer is kept: {kept}");
+        drop(write);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let mut want = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            want.extend_from_slice(b"64\r\n");
+            want.extend_from_slice(&[b'x'; 100]);
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"9\r\ndata: 1\n\n\r\n");
+        assert_eq!(got, want, "every byte, in order, framed");
     }
 }
