@@ -246,22 +246,25 @@ async fn respond(
     Ok(close)
 }
 
-/// Read what the socket has into `buf`: `Ok(0)` at its end. An empty buffer gets its room
-/// only once the socket is readable, so a connection waiting for its next request holds none.
+/// Read what the socket has into `buf`: `Ok(0)` at its end. The buffer has room only while a
+/// read is tried, so a connection waiting for its next request holds none. The read goes
+/// through tokio's `poll_read`, which takes a short read to mean the socket is empty: the next
+/// request's first read then waits for readiness without a system call.
 async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
-        if buf.capacity() == 0 {
-            read.readable().await?;
-        }
         spare::take(buf, HEAD_READ);
-        match read.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let tried = {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            tokio_util::io::poll_read_buf(Pin::new(&mut *read), &mut cx, buf)
+        };
+        match tried {
+            Poll::Ready(done) => return done,
+            Poll::Pending => {
                 if buf.is_empty() {
                     spare::give(buf, HEAD_READ);
                 }
                 read.readable().await?;
             }
-            done => return done,
         }
     }
 }
