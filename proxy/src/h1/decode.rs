@@ -214,8 +214,21 @@ pub(crate) fn size_line(n: usize) -> ([u8; 18], usize) {
     (out, digits + 2)
 }
 
+/// Append the framing header line of a body of `length` bytes (`None`: chunked), as a head
+/// that lacks one gets it, on either side of the proxy.
+pub(crate) fn framing_line(out: &mut Vec<u8>, length: Option<u64>) {
+    match length {
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+}
+
 /// Append `n` in decimal (without `core::fmt`).
-pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

@@ -243,12 +243,8 @@ pub(super) fn write_head(
     }
     match add {
         Out::None => {}
-        Out::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            super::decode::decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::Length(n) => super::decode::framing_line(out, Some(n)),
+        Out::Chunked => super::decode::framing_line(out, None),
     }
     if !headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");

@@ -471,12 +471,8 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, add: Option<Encod
     }
     match add {
         None => {}
-        Some(Encode::Length(n)) => {
-            out.extend_from_slice(b"content-length: ");
-            crate::h1::decode::decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Some(Encode::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(Encode::Length(n)) => crate::h1::decode::framing_line(out, Some(n)),
+        Some(Encode::Chunked) => crate::h1::decode::framing_line(out, None),
     }
     out.extend_from_slice(b"\r\n");
 }

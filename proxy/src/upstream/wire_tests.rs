@@ -59,12 +59,17 @@ async fn head(wire: &mut Wire) -> Result<Head, WireError> {
     Ok(head)
 }
 
+/// The body's next piece (or its end), within [`WAIT`].
+async fn next(wire: &mut Wire) -> Option<Result<Bytes, WireError>> {
+    let next = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
+    next.expect("a piece of the body or its end within 5 s")
+}
+
 /// The answer's body, piece by piece, to its end or first error.
 async fn pieces(wire: &mut Wire) -> (Vec<Bytes>, Option<WireError>) {
     let mut out = Vec::new();
     loop {
-        let next = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
-        match next.expect("a piece of the body or its end within 5 s") {
+        match next(wire).await {
             Some(Ok(b)) => out.push(b),
             Some(Err(e)) => return (out, Some(e)),
             None => return (out, None),
@@ -116,8 +121,7 @@ async fn a_chunked_answer_is_decoded_across_reads_extensions_and_trailers_skippe
     assert_eq!(received(&mut up, sent.len()).await, sent);
     assert_eq!(h.parts.status, StatusCode::OK);
     assert_eq!(wire.size_hint().exact(), None);
-    let first = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
-    let first = first.unwrap().unwrap().unwrap();
+    let first = next(&mut wire).await.unwrap().unwrap();
     assert_eq!(&first[..], b"hel");
     up.write_all(b"lo\r\n1\r\n!\r\n0\r\nx-t: 1\r\n\r\n")
         .await
@@ -256,8 +260,7 @@ async fn a_held_stream_holds_no_read_buffer_between_chunks() {
         .await
         .unwrap();
     head(&mut wire).await.unwrap();
-    let first = tokio::time::timeout(WAIT, poll_fn(|cx| wire.poll_data(cx))).await;
-    let first = first.unwrap().unwrap().unwrap();
+    let first = next(&mut wire).await.unwrap().unwrap();
     assert_eq!(&first[..], b"data 1");
     drop(first);
     // Nothing more has come: waiting lets the buffer go.
