@@ -6,6 +6,10 @@
 # are repeatable even on a busy machine (unlike timings). Loopback only; stops only what it
 # started. Usage: bash bench/callgrind.sh
 #
+# A third workload, held: CG_HELD_STREAMS streams at once (10), each CG_HELD_CHUNKS chunks (50)
+# 20 ms apart, back to back for CG_HELD_SECS (3): each chunk its own read and write, as a model's
+# tokens are; its figure is instructions per chunk received (the requests' share included).
+#
 # Knobs (environment): CG_REQUESTS (2000 per workload), CG_CONCURRENCY (8), CG_WARMUP (200),
 # CG_OUT (where the callgrind.out files and annotations are kept; default a temp dir that is
 # printed), NO_BUILD (1 = use ${CARGO_TARGET_DIR:-target}/release as it is).
@@ -49,19 +53,29 @@ load() { # load MIX REQUESTS
     die "loadgen $1 failed: $(tail -20 "$TMP/loadgen-$1.log")"
 }
 
+held() { # held: timed streams, chunks apart; prints the chunks received
+  "$LOADGEN" --url "$KR_URL" --token "$BENCH_TOKEN" --kind streams \
+    --streams "${CG_HELD_STREAMS:-10}" --chunks "${CG_HELD_CHUNKS:-50}" --chunk-delay-ms 20 \
+    --ramp-secs 0.2 --hold-secs "${CG_HELD_SECS:-3}" >"$TMP/loadgen-held.log" 2>&1 ||
+    die "loadgen held failed: $(tail -20 "$TMP/loadgen-held.log")"
+  sed -n 's/^streams .* chunks=\([0-9]*\) .*/\1/p' "$TMP/loadgen-held.log"
+}
+
 load normal=1 "$WARMUP"
 load stream=1 "$WARMUP"
 callgrind_control -i on "$KR_PID" >/dev/null
-for w in chat stream; do
-  mix=normal=1
-  [[ $w == stream ]] && mix=stream=1
+for w in chat stream held; do
   callgrind_control -z "$KR_PID" >/dev/null
-  load "$mix" "$REQUESTS"
+  case $w in
+    chat) load normal=1 "$REQUESTS" ;;
+    stream) load stream=1 "$REQUESTS" ;;
+    held) HELD_CHUNKS="$(held)" ;;
+  esac
   callgrind_control -d "$w" "$KR_PID" >/dev/null
 done
 callgrind_control -i off "$KR_PID" >/dev/null
 
-# The dumps are numbered in order: .1 is chat, .2 is stream.
+# The dumps are numbered in order: .1 is chat, .2 is stream, .3 is held.
 for f in "$OUT"/callgrind.out.*; do
   [[ -f "$f" ]] || continue
   trigger="$(sed -n 's/^desc: Trigger: dump //p' "$f")"
@@ -72,7 +86,13 @@ for f in "$OUT"/callgrind.out.*; do
   callgrind_annotate --inclusive=yes "$f" >"$OUT/$trigger.incl.full" 2>/dev/null
   sed -n 1,40p "$OUT/$trigger.self.full" >"$OUT/$trigger.self.txt"
   sed -n 1,60p "$OUT/$trigger.incl.full" >"$OUT/$trigger.incl.txt"
-  printf '%-7s %12s instructions in all, %8d per request (%s requests)\n' \
-    "$trigger" "$total" "$((total / REQUESTS))" "$REQUESTS"
+  if [[ $trigger == held ]]; then
+    [[ ${HELD_CHUNKS:-0} -gt 0 ]] || die "held: no chunks received"
+    printf '%-7s %12s instructions in all, %8d per chunk (%s chunks)\n' \
+      "$trigger" "$total" "$((total / HELD_CHUNKS))" "$HELD_CHUNKS"
+  else
+    printf '%-7s %12s instructions in all, %8d per request (%s requests)\n' \
+      "$trigger" "$total" "$((total / REQUESTS))" "$REQUESTS"
+  fi
 done
-log "annotations: $OUT/{chat,stream}.{self,incl}.txt"
+log "annotations: $OUT/{chat,stream,held}.{self,incl}.txt"

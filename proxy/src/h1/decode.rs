@@ -104,7 +104,14 @@ impl Decoder {
                     return Ok(Some(buf.split_to(take).freeze()));
                 }
                 Decode::Chunked(state) => {
-                    // Framing bytes are stepped through in place and taken off once.
+                    // The usual framing (the CRLF ending a chunk's data, and the next chunk's
+                    // size line with no extension) is read in one go; anything else is
+                    // stepped through byte by byte in place, and taken off once.
+                    if let Some((used, size)) = size_line_at(state, buf) {
+                        buf.advance(used);
+                        self.decode = Decode::Chunked(Chunk::Data(size));
+                        continue;
+                    }
                     let (used, next) = self.steps(state, buf)?;
                     if used == 0 {
                         return Ok(None);
@@ -171,6 +178,35 @@ impl Decoder {
             _ => return Err(invalid("invalid chunked framing")),
         }))
     }
+}
+
+/// At a chunk's start (or at the CRLF ending the chunk before), with a whole plain size line
+/// (hex digits and CRLF) in `buf`: the bytes it takes and the chunk's size. `None` for anything
+/// else (the last chunk, an extension, bytes still to come, bad framing), which the byte-wise
+/// steps decide.
+fn size_line_at(state: Chunk, buf: &[u8]) -> Option<(usize, u64)> {
+    let start = match state {
+        Chunk::Size(0, 0) => 0,
+        Chunk::DataCr if buf.starts_with(b"\r\n") => 2,
+        _ => return None,
+    };
+    let line = buf.get(start..)?;
+    let digits = line.iter().take(16).take_while(|b| b.is_ascii_hexdigit()).count();
+    // At most 15 digits, as the byte-wise steps allow.
+    if digits == 0 || digits > 15 || line.get(digits..digits + 2)? != b"\r\n" {
+        return None;
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &b| n * 16 + hex_value(b));
+    (size > 0).then_some((start + digits + 2, size))
+}
+
+/// The value of an ASCII hex digit.
+fn hex_value(b: u8) -> u64 {
+    u64::from(match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => (b | 0x20) - b'a' + 10,
+    })
 }
 
 impl Decoder {
@@ -274,6 +310,41 @@ mod tests {
         let mut buf = BytesMut::from(&b"5\r\nhelloX\r\n"[..]);
         assert_eq!(&d.next(&mut buf).unwrap().unwrap()[..], b"hello");
         assert!(d.next(&mut buf).is_err(), "data must end with CRLF");
+    }
+
+    #[test]
+    fn plain_size_lines_read_whole_decode_as_byte_by_byte() {
+        let data = [b'x'; 0x1f];
+        let mut input = b"1F\r\n".to_vec();
+        input.extend_from_slice(&data);
+        input.extend_from_slice(b"\r\naB\r\n");
+        input.extend_from_slice(&[b'y'; 0xab]);
+        input.extend_from_slice(b"\r\n00000000000001\r\nz\r\n0\r\n\r\n");
+        let mut want = data.to_vec();
+        want.extend_from_slice(&[b'y'; 0xab]);
+        want.push(b'z');
+        for step in [1, 2, 5, input.len()] {
+            assert_eq!(fed(&input, step), (want.clone(), true), "fed {step} at a time");
+        }
+        for bad in [
+            &b"0000000000000001\r\nz\r\n"[..], // 16 digits
+            b"5\r\nhello\n\r\n",               // data not ended by CRLF
+            b"5\n\r\nhello\r\n",               // size line not ended by CRLF
+            b"g\r\n",
+        ] {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut buf = BytesMut::from(bad);
+            let mut failed = false;
+            for _ in 0..4 {
+                match d.next(&mut buf) {
+                    Err(_) => failed = true,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                }
+                break;
+            }
+            assert!(failed, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

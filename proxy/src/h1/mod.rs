@@ -10,7 +10,7 @@
 mod body;
 pub(crate) mod decode;
 mod head;
-mod spare;
+pub(crate) mod spare;
 mod write;
 
 pub use body::OwnBody;
@@ -24,6 +24,7 @@ use http::header::CONNECTION;
 use http::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use spare::Reads;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -34,8 +35,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-/// Bytes read from the socket at once for a request head.
-const HEAD_READ: usize = 4 * 1024;
 /// Most body bytes thrown away, without waiting, so a connection whose request body went
 /// unread can serve on; past it (or if the rest has not arrived) the connection closes.
 const DRAIN_UP_TO: usize = 64 * 1024;
@@ -90,7 +89,7 @@ pub async fn serve<H, F>(
         (read, buf) = (reader.stream, reader.buf);
         if buf.is_empty() {
             // Nothing held while idle: the read buffer is kept for this thread's next read.
-            spare::give(&mut buf, HEAD_READ);
+            spare::give(&mut buf, Reads::Requests);
         }
         until = Instant::now() + limits.header_read_timeout.min(limits.keepalive_timeout);
     }
@@ -252,7 +251,7 @@ async fn respond(
 /// request's first read then waits for readiness without a system call.
 async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
-        spare::take(buf, HEAD_READ);
+        spare::take(buf, Reads::Requests);
         let tried = {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             tokio_util::io::poll_read_buf(Pin::new(&mut *read), &mut cx, buf)
@@ -261,7 +260,7 @@ async fn read_some(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<u
             Poll::Ready(done) => return done,
             Poll::Pending => {
                 if buf.is_empty() {
-                    spare::give(buf, HEAD_READ);
+                    spare::give(buf, Reads::Requests);
                 }
                 read.readable().await?;
             }

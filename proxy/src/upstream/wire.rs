@@ -7,6 +7,7 @@
 use super::client::{BoxError, Io};
 use crate::body::AttemptBody;
 use crate::h1::decode::{length, Decoder, Framing};
+use crate::h1::spare::{self, Reads};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
@@ -24,7 +25,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines in an answer's head (hyper's client default).
 const MAX_HEADERS: usize = 100;
 /// Bytes read from the socket at once, at least; more while reads fill what was offered.
-const READ_MIN: usize = 8 * 1024;
+const READ_MIN: usize = Reads::Answers.size();
 const READ_MAX: usize = 64 * 1024;
 /// Most pieces, and bytes, of request queued before they are written.
 const QUEUE_PIECES: usize = 16;
@@ -178,9 +179,13 @@ impl Wire {
     }
 
     /// Read more from the socket into the buffer; `Ok(0)` at end of stream. A buffer left
-    /// empty while waiting within a body is let go, so a held stream holds no read buffer
-    /// between chunks.
+    /// empty while waiting within a body is given up (kept as this thread's spare), so a held
+    /// stream holds no read buffer between chunks, and its next chunk reads into a spare one
+    /// rather than a new allocation.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_size == READ_MIN {
+            spare::reuse(&mut self.buf, Reads::Answers);
+        }
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
@@ -198,7 +203,7 @@ impl Wire {
                 // Waiting within a body (a held stream, its tokens apart) holds no buffer;
                 // waiting for a head (moments, for most answers) keeps it for the head.
                 if self.buf.is_empty() && !matches!(self.reading, Reading::Done) {
-                    self.buf = BytesMut::new();
+                    spare::give(&mut self.buf, Reads::Answers);
                 }
                 Poll::Pending
             }
