@@ -382,6 +382,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
         if s.end.is_some() {
             return Poll::Ready(None);
         }
+        // Frames taken in this one poll came back to back: the clock is read once, for the
+        // first, and the ones after it are part of its burst.
+        let mut now = None;
         loop {
             let frame = match Pin::new(&mut s.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
@@ -408,7 +411,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
                     meter.feed(data);
                 }
             }
-            let now = Instant::now();
+            let now = *now.get_or_insert_with(Instant::now);
             let previous = std::mem::replace(&mut s.last, now);
             let more = !s.inner.is_end_stream();
             // Held (part of a burst): see at once whether the next frame is ready too.

@@ -191,12 +191,18 @@ fn size_line_at(state: Chunk, buf: &[u8]) -> Option<(usize, u64)> {
         _ => return None,
     };
     let line = buf.get(start..)?;
-    let digits = line.iter().take(16).take_while(|b| b.is_ascii_hexdigit()).count();
+    let digits = line
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
     // At most 15 digits, as the byte-wise steps allow.
     if digits == 0 || digits > 15 || line.get(digits..digits + 2)? != b"\r\n" {
         return None;
     }
-    let size = line[..digits].iter().fold(0u64, |n, &b| n * 16 + hex_value(b));
+    let size = line[..digits]
+        .iter()
+        .fold(0u64, |n, &b| n * 16 + hex_value(b));
     (size > 0).then_some((start + digits + 2, size))
 }
 
@@ -324,7 +330,11 @@ mod tests {
         want.extend_from_slice(&[b'y'; 0xab]);
         want.push(b'z');
         for step in [1, 2, 5, input.len()] {
-            assert_eq!(fed(&input, step), (want.clone(), true), "fed {step} at a time");
+            assert_eq!(
+                fed(&input, step),
+                (want.clone(), true),
+                "fed {step} at a time"
+            );
         }
         for bad in [
             &b"0000000000000001\r\nz\r\n"[..], // 16 digits
