@@ -54,6 +54,12 @@ pub async fn serve<H, F>(
     let (mut read, write) = stream.into_split();
     let mut buf = BytesMut::new();
     let mut until = Instant::now() + limits.header_read_timeout;
+    // One timer for the connection's life, moved on only when it fires before `until`: a
+    // timer armed afresh for each request went into the runtime's timer wheel and out again
+    // every time, and, being due sooner than anything else there, woke the runtime's driver
+    // with a system call (an eventfd write) after every answer.
+    let timer = tokio::time::sleep_until(until);
+    tokio::pin!(timer);
     loop {
         let head = loop {
             if !buf.is_empty() {
@@ -72,7 +78,13 @@ pub async fn serve<H, F>(
             let got = tokio::select! {
                 biased;
                 got = read_some(&mut read, &mut buf) => got,
-                () = tokio::time::sleep_until(until) => return,
+                () = &mut timer => {
+                    if Instant::now() < until {
+                        timer.as_mut().reset(until);
+                        continue;
+                    }
+                    return;
+                }
                 () = connection::draining(&mut drain), if idle => return,
             };
             if !matches!(got, Ok(n) if n > 0) {
@@ -92,6 +104,11 @@ pub async fn serve<H, F>(
             spare::give(&mut buf, Reads::Requests);
         }
         until = Instant::now() + limits.header_read_timeout.min(limits.keepalive_timeout);
+        if until < timer.deadline() {
+            // Due sooner than the timer was set for (a keep-alive shorter than the first
+            // head's timeout): moved now, as only a timer firing early is moved later.
+            timer.as_mut().reset(until);
+        }
     }
 }
 
