@@ -123,6 +123,65 @@ impl Decoder {
         }
     }
 
+    /// As [`Decoder::next`], but a chunked body's data comes in runs: the data of every chunk
+    /// already in `buf` (the last one's as far as it came), moved together in place with the
+    /// framing between them taken out, as one piece. A burst of small chunks read at once (an
+    /// event stream's tokens, sent back to back) then passes on as one piece instead of one
+    /// each; a chunk arriving on its own still passes on the moment it is read. Bad framing
+    /// after some data fails the call after the one that hands that data on.
+    pub(crate) fn next_run(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        if !matches!(self.decode, Decode::Chunked(_)) {
+            return self.next(buf);
+        }
+        // `kept`: data bytes moved to the front; `read`: bytes of `buf` gone through.
+        let (mut kept, mut read) = (0, 0);
+        let failed = loop {
+            let Decode::Chunked(state) = self.decode else {
+                break None;
+            };
+            if let Chunk::Data(rest) = state {
+                let here = buf.len() - read;
+                let take = usize::try_from(rest).map_or(here, |r| r.min(here));
+                if take == 0 {
+                    break None;
+                }
+                if kept != read {
+                    buf.copy_within(read..read + take, kept);
+                }
+                kept += take;
+                read += take;
+                let left = rest - take as u64;
+                self.decode = Decode::Chunked(if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                });
+                continue;
+            }
+            if let Some((used, size)) = size_line_at(state, &buf[read..]) {
+                read += used;
+                self.decode = Decode::Chunked(Chunk::Data(size));
+                continue;
+            }
+            match self.steps(state, &buf[read..]) {
+                Ok((0, _)) => break None,
+                Ok((used, next)) => {
+                    read += used;
+                    self.decode = next;
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        match failed {
+            Some(e) if kept == 0 => return Err(e),
+            _ if read == 0 => return Ok(self.done().then(Bytes::new)),
+            _ => {}
+        }
+        let mut run = buf.split_to(read);
+        run.truncate(kept);
+        Ok(Some(run.freeze()))
+    }
+
     /// Step through framing bytes at the front of `buf`, up to the next chunk's data or the
     /// body's end: how many were used, and where the decoding is then.
     fn steps(&mut self, mut state: Chunk, buf: &[u8]) -> io::Result<(usize, Decode)> {
@@ -355,6 +414,65 @@ mod tests {
             }
             assert!(failed, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// Everything `d` decodes in runs from `input` fed `step` bytes at a time, the pieces it
+    /// came in, and whether it ended.
+    fn fed_in_runs(input: &[u8], step: usize) -> (Vec<u8>, usize, bool) {
+        let mut d = Decoder::new(Framing::Chunked);
+        let (mut buf, mut out, mut pieces) = (BytesMut::new(), Vec::new(), 0);
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(data) = d.next_run(&mut buf).unwrap() {
+                if !data.is_empty() {
+                    pieces += 1;
+                }
+                out.extend_from_slice(&data);
+                if d.done() || buf.is_empty() {
+                    break;
+                }
+            }
+        }
+        (out, pieces, d.done())
+    }
+
+    #[test]
+    fn runs_carry_every_chunk_already_read_in_one_piece() {
+        let mut input = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..20 {
+            let event = format!("data: {{\"tok\":{i}}}\n\n");
+            input.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+            want.extend_from_slice(event.as_bytes());
+        }
+        input.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(fed_in_runs(&input, input.len()), (want.clone(), 1, true));
+        for step in [1, 2, 3, 7, 50] {
+            let (out, pieces, done) = fed_in_runs(&input, step);
+            assert_eq!((&out, done), (&want, true), "fed {step} at a time");
+            assert!(pieces > 1, "fed {step} at a time: {pieces} pieces");
+        }
+        let odd = b"5;a=b\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n";
+        for step in [1, 2, 3, 7, odd.len()] {
+            let (out, _, done) = fed_in_runs(odd, step);
+            assert_eq!((&out[..], done), (&b"hello 0123456789"[..], true), "{step}");
+        }
+    }
+
+    #[test]
+    fn a_run_before_bad_framing_is_handed_on_then_the_framing_fails() {
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\nzz\r\n"[..]);
+        assert_eq!(&d.next_run(&mut buf).unwrap().unwrap()[..], b"abcde");
+        assert!(d.next_run(&mut buf).is_err(), "zz is no chunk size");
+        let mut d = Decoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&b"5\r\nhelloX\r\n"[..]);
+        assert_eq!(&d.next_run(&mut buf).unwrap().unwrap()[..], b"hello");
+        assert!(d.next_run(&mut buf).is_err(), "data must end with CRLF");
+        let mut d = Decoder::new(Framing::Length(4));
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert_eq!(&d.next_run(&mut buf).unwrap().unwrap()[..], b"abcd");
+        assert!(d.done());
     }
 
     #[test]

@@ -245,7 +245,8 @@ impl Wire {
         self.reusable &= head.keep;
     }
 
-    /// The answer body's next piece: `None` at its end. The request, if still being written,
+    /// The answer body's next piece: `None` at its end. A chunked body's chunks already read
+    /// come as one piece (see [`Decoder::next_run`]). The request, if still being written,
     /// goes on being written meanwhile.
     pub(super) fn poll_data(
         &mut self,
@@ -260,7 +261,7 @@ impl Wire {
         loop {
             match &mut self.reading {
                 Reading::Done => return Poll::Ready(None),
-                Reading::Framed(d) => match d.next(&mut self.buf) {
+                Reading::Framed(d) => match d.next_run(&mut self.buf) {
                     Err(_) => return Poll::Ready(Some(Err(WireError::Malformed("body framing")))),
                     Ok(Some(data)) => {
                         if d.done() {
