@@ -133,52 +133,71 @@ impl Decoder {
         if !matches!(self.decode, Decode::Chunked(_)) {
             return self.next(buf);
         }
-        // `kept`: data bytes moved to the front; `read`: bytes of `buf` gone through.
-        let (mut kept, mut read) = (0, 0);
+        // The run is `buf[from..to]`: the first chunk's data where it lies, each later one's
+        // moved up behind it. `read`: bytes of `buf` gone through.
+        let (mut from, mut to, mut read) = (0, 0, 0);
         let failed = loop {
             let Decode::Chunked(state) = self.decode else {
                 break None;
             };
-            if let Chunk::Data(rest) = state {
-                let here = buf.len() - read;
-                let take = usize::try_from(rest).map_or(here, |r| r.min(here));
-                if take == 0 {
-                    break None;
+            let here = &buf[read..];
+            let next = match state {
+                Chunk::Data(rest) => {
+                    let take = usize::try_from(rest).map_or(here.len(), |r| r.min(here.len()));
+                    if take == 0 {
+                        break None;
+                    }
+                    if to == from {
+                        (from, to) = (read, read + take);
+                    } else {
+                        buf.copy_within(read..read + take, to);
+                        to += take;
+                    }
+                    read += take;
+                    let left = rest - take as u64;
+                    self.decode = Decode::Chunked(if left == 0 {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    continue;
                 }
-                if kept != read {
-                    buf.copy_within(read..read + take, kept);
+                _ if here.is_empty() => break None,
+                Chunk::DataCr if here.starts_with(b"\r\n") => {
+                    read += 2;
+                    Decode::Chunked(Chunk::Size(0, 0))
                 }
-                kept += take;
-                read += take;
-                let left = rest - take as u64;
-                self.decode = Decode::Chunked(if left == 0 {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data(left)
-                });
-                continue;
-            }
-            if let Some((used, size)) = size_line_at(state, &buf[read..]) {
-                read += used;
-                self.decode = Decode::Chunked(Chunk::Data(size));
-                continue;
-            }
-            match self.steps(state, &buf[read..]) {
-                Ok((0, _)) => break None,
-                Ok((used, next)) => {
-                    read += used;
-                    self.decode = next;
-                }
-                Err(e) => break Some(e),
-            }
+                Chunk::Size(0, 0) => match plain_size_line(here) {
+                    Some((used, size)) => {
+                        read += used;
+                        Decode::Chunked(Chunk::Data(size))
+                    }
+                    None => match self.steps(state, here) {
+                        Ok((used, next)) => {
+                            read += used;
+                            next
+                        }
+                        Err(e) => break Some(e),
+                    },
+                },
+                _ => match self.steps(state, here) {
+                    Ok((used, next)) => {
+                        read += used;
+                        next
+                    }
+                    Err(e) => break Some(e),
+                },
+            };
+            self.decode = next;
         };
         match failed {
-            Some(e) if kept == 0 => return Err(e),
+            Some(e) if to == from => return Err(e),
             _ if read == 0 => return Ok(self.done().then(Bytes::new)),
             _ => {}
         }
         let mut run = buf.split_to(read);
-        run.truncate(kept);
+        run.truncate(to);
+        run.advance(from);
         Ok(Some(run.freeze()))
     }
 
@@ -244,25 +263,30 @@ impl Decoder {
 /// else (the last chunk, an extension, bytes still to come, bad framing), which the byte-wise
 /// steps decide.
 fn size_line_at(state: Chunk, buf: &[u8]) -> Option<(usize, u64)> {
-    let start = match state {
-        Chunk::Size(0, 0) => 0,
-        Chunk::DataCr if buf.starts_with(b"\r\n") => 2,
-        _ => return None,
-    };
-    let line = buf.get(start..)?;
+    match state {
+        Chunk::Size(0, 0) => plain_size_line(buf),
+        Chunk::DataCr if buf.starts_with(b"\r\n") => {
+            plain_size_line(&buf[2..]).map(|(used, size)| (used + 2, size))
+        }
+        _ => None,
+    }
+}
+
+/// A whole plain size line (hex digits, at most 15 as the byte-wise steps allow, then CRLF)
+/// at the front of `buf`, of a chunk that is not the last: the bytes it takes and the size.
+fn plain_size_line(line: &[u8]) -> Option<(usize, u64)> {
     let digits = line
         .iter()
         .take(16)
         .take_while(|b| b.is_ascii_hexdigit())
         .count();
-    // At most 15 digits, as the byte-wise steps allow.
     if digits == 0 || digits > 15 || line.get(digits..digits + 2)? != b"\r\n" {
         return None;
     }
     let size = line[..digits]
         .iter()
         .fold(0u64, |n, &b| n * 16 + hex_value(b));
-    (size > 0).then_some((start + digits + 2, size))
+    (size > 0).then_some((digits + 2, size))
 }
 
 /// The value of an ASCII hex digit.
