@@ -104,12 +104,11 @@ impl Decoder {
                     return Ok(Some(buf.split_to(take).freeze()));
                 }
                 Decode::Chunked(state) => {
-                    // The usual framing (the CRLF ending a chunk's data, and the next chunk's
-                    // size line with no extension) is read in one go; anything else is
-                    // stepped through byte by byte in place, and taken off once.
-                    if let Some((used, size)) = size_line_at(state, buf) {
+                    // Plain framing is read in one go; anything else is stepped through
+                    // byte by byte in place, and taken off once.
+                    if let Some((used, chunk)) = plain(state, buf) {
                         buf.advance(used);
-                        self.decode = Decode::Chunked(Chunk::Data(size));
+                        self.decode = Decode::Chunked(chunk);
                         continue;
                     }
                     let (used, next) = self.steps(state, buf)?;
@@ -141,53 +140,37 @@ impl Decoder {
                 break None;
             };
             let here = &buf[read..];
-            let next = match state {
-                Chunk::Data(rest) => {
-                    let take = usize::try_from(rest).map_or(here.len(), |r| r.min(here.len()));
-                    if take == 0 {
-                        break None;
-                    }
-                    if to == from {
-                        (from, to) = (read, read + take);
-                    } else {
-                        buf.copy_within(read..read + take, to);
-                        to += take;
-                    }
-                    read += take;
-                    let left = rest - take as u64;
-                    self.decode = Decode::Chunked(if left == 0 {
-                        Chunk::DataCr
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    continue;
+            if let Chunk::Data(rest) = state {
+                let take = usize::try_from(rest).map_or(here.len(), |r| r.min(here.len()));
+                if take == 0 {
+                    break None;
                 }
-                _ if here.is_empty() => break None,
-                Chunk::DataCr if here.starts_with(b"\r\n") => {
-                    read += 2;
-                    Decode::Chunked(Chunk::Size(0, 0))
+                if to == from {
+                    (from, to) = (read, read + take);
+                } else {
+                    buf.copy_within(read..read + take, to);
+                    to += take;
                 }
-                Chunk::Size(0, 0) => match plain_size_line(here) {
-                    Some((used, size)) => {
-                        read += used;
-                        Decode::Chunked(Chunk::Data(size))
-                    }
-                    None => match self.steps(state, here) {
-                        Ok((used, next)) => {
-                            read += used;
-                            next
-                        }
-                        Err(e) => break Some(e),
-                    },
-                },
-                _ => match self.steps(state, here) {
-                    Ok((used, next)) => {
-                        read += used;
-                        next
-                    }
+                read += take;
+                let left = rest - take as u64;
+                self.decode = Decode::Chunked(if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                });
+                continue;
+            }
+            if here.is_empty() {
+                break None;
+            }
+            let (used, next) = match plain(state, here) {
+                Some((used, chunk)) => (used, Decode::Chunked(chunk)),
+                None => match self.steps(state, here) {
+                    Ok(stepped) => stepped,
                     Err(e) => break Some(e),
                 },
             };
+            read += used;
             self.decode = next;
         };
         match failed {
@@ -258,16 +241,14 @@ impl Decoder {
     }
 }
 
-/// At a chunk's start (or at the CRLF ending the chunk before), with a whole plain size line
-/// (hex digits and CRLF) in `buf`: the bytes it takes and the chunk's size. `None` for anything
-/// else (the last chunk, an extension, bytes still to come, bad framing), which the byte-wise
-/// steps decide.
-fn size_line_at(state: Chunk, buf: &[u8]) -> Option<(usize, u64)> {
+/// The framing at the front of `buf` when it has a plain form, read at once: the CRLF ending a
+/// chunk's data, or a whole size line with no extension of a chunk that is not the last. The
+/// bytes it takes and where the decoding is then; `None` for anything else (an extension, the
+/// last chunk, trailers, bytes still to come, bad framing), which the byte-wise steps decide.
+fn plain(state: Chunk, buf: &[u8]) -> Option<(usize, Chunk)> {
     match state {
-        Chunk::Size(0, 0) => plain_size_line(buf),
-        Chunk::DataCr if buf.starts_with(b"\r\n") => {
-            plain_size_line(&buf[2..]).map(|(used, size)| (used + 2, size))
-        }
+        Chunk::DataCr if buf.starts_with(b"\r\n") => Some((2, Chunk::Size(0, 0))),
+        Chunk::Size(0, 0) => plain_size_line(buf).map(|(used, size)| (used, Chunk::Data(size))),
         _ => None,
     }
 }
