@@ -106,8 +106,8 @@ struct Streamed<B: Body> {
     inner: B,
     idle: Duration,
     /// Fires at the idle deadline as last armed; re-armed lazily from `last` when it fires, so
-    /// a frame costs no timer work.
-    timer: Pin<Box<Sleep>>,
+    /// a frame costs no timer work. Made the first time the stream waits (see `timer`).
+    timer: Option<Pin<Box<Sleep>>>,
     /// When the last frame came.
     last: Instant,
     bytes: u64,
@@ -144,15 +144,23 @@ impl<B: Body> Streamed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            let due = self.last + self.idle;
+            if self.timer(due).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = self.last + self.idle;
             if Instant::now() >= due {
                 return self.fail(StreamError::Idle);
             }
-            self.timer.as_mut().reset(due);
+            self.timer(due).reset(due);
         }
+    }
+
+    /// The stream's timer, made (due `at`) the first time it is needed: an answer whose body
+    /// never keeps it waiting (a chat answer read with its head) needs none.
+    fn timer(&mut self, at: Instant) -> Pin<&mut Sleep> {
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
     }
 
     /// The upstream cut the stream: what is held goes first, then the error event or the error.
@@ -162,7 +170,8 @@ impl<B: Body> Streamed<B> {
             Poll::Ready(Some(Err(e))) if !self.gather.is_empty() => {
                 // Failed once the held frames are handed on.
                 self.failing = Some(e);
-                self.timer.as_mut().reset(Instant::now());
+                let now = Instant::now();
+                self.timer(now).reset(now);
                 Poll::Ready(self.gather.release(None).map(Ok))
             }
             other => other,
@@ -178,9 +187,8 @@ impl<B: Body> Streamed<B> {
         let event = error_event(shape, &error.proxy_error(), &self.tail[4 - self.tail_len..]);
         self.bytes += event.len() as u64;
         self.failing = Some(error);
-        self.timer
-            .as_mut()
-            .reset(Instant::now() + ERROR_EVENT_FLUSH);
+        let flushed = Instant::now() + ERROR_EVENT_FLUSH;
+        self.timer(flushed).reset(flushed);
         Poll::Ready(Some(Ok(Frame::data(event))))
     }
 }
@@ -265,7 +273,7 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
             kind: Kind::Stream(Box::new(Streamed {
                 inner,
                 idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
+                timer: None,
                 last: Instant::now(),
                 bytes: 0,
                 end: None,
@@ -374,7 +382,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
             return Poll::Ready(Some(Ok(frame)));
         }
         if s.failing.is_some() {
-            if s.timer.as_mut().poll(cx).is_pending() {
+            if s.timer(Instant::now()).poll(cx).is_pending() {
                 return Poll::Pending;
             }
             return Poll::Ready(s.failing.take().map(Err));
