@@ -382,7 +382,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
             return Poll::Ready(Some(Ok(frame)));
         }
         if s.failing.is_some() {
-            if s.timer(Instant::now()).poll(cx).is_pending() {
+            // `fail` and `cut` arm the timer as they set `failing`.
+            if s.timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_pending())
+            {
                 return Poll::Pending;
             }
             return Poll::Ready(s.failing.take().map(Err));
