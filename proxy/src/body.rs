@@ -348,6 +348,23 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
 }
 
 impl ProxyBody {
+    /// Whether polling for the next frame now would find nothing, known without polling: the
+    /// upstream's bytes read so far are all handed on and its socket was empty at the last
+    /// read. A writer that has frames in hand writes them at once rather than poll through
+    /// every layer to hear `Pending` (a held stream's token, polled once where it was twice).
+    /// `false` when unsure.
+    pub fn nothing_ready(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Stream(s) if self.primed.is_none() => {
+                s.gather.is_empty()
+                    && s.failing.is_none()
+                    && s.end.is_none()
+                    && s.inner.nothing_ready()
+            }
+            _ => false,
+        }
+    }
+
     /// A body that wraps another (which keeps its own guard and timeouts).
     pub fn boxed(
         inner: impl Body<Data = Bytes, Error = StreamError> + Send + Sync + 'static,

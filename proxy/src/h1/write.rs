@@ -155,11 +155,14 @@ enum Gather {
 }
 
 /// Gather the body's frames, framed: waiting for the first only when nothing is gathered yet,
-/// then taking what is ready without waiting.
+/// then taking what is ready without waiting (and without asking, when the body knows nothing
+/// is).
 async fn gather(wire: &mut Gathered, body: &mut ProxyBody) -> Gather {
     while !wire.full() {
         let next = if wire.is_empty() {
             body.frame().await
+        } else if body.nothing_ready() {
+            return Gather::More;
         } else {
             match body.frame().now_or_never() {
                 Some(next) => next,

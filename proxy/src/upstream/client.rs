@@ -183,6 +183,15 @@ impl Lease {
 }
 
 impl UpstreamBody {
+    /// Whether polling for the next frame now would find nothing (see `Wire::nothing_ready`);
+    /// `false` when unsure (an answer over a connection on a task of its own).
+    pub fn nothing_ready(&mut self) -> bool {
+        match &mut self.inner {
+            Inner::Own(Some(lease)) => !self.done && lease.get().wire.nothing_ready(),
+            Inner::Own(None) | Inner::Hyper(_) => false,
+        }
+    }
+
     /// An answer over a connection on a task of its own.
     fn unleased(resp: Response<Incoming>) -> Response<UpstreamBody> {
         resp.map(|inner| UpstreamBody {

@@ -89,6 +89,11 @@ pub(super) struct Wire {
     reading: Reading,
     /// The upstream keeps the connection after this answer, and nothing went wrong.
     reusable: bool,
+    /// The connection is plain TCP: a read that takes less than it offered leaves the socket
+    /// empty, and tokio waits for its next readiness (a TLS layer may hold more).
+    plain: bool,
+    /// The last read took less than it offered, on plain TCP: nothing more was there.
+    drained: bool,
 }
 
 /// An answer's head and how its body is read.
@@ -101,6 +106,8 @@ pub(super) struct Head {
 impl Wire {
     pub(super) fn new(io: Io) -> Wire {
         Wire {
+            plain: matches!(io, hyper_rustls::MaybeHttpsStream::Http(_)),
+            drained: false,
             io: TokioIo::new(io),
             buf: BytesMut::new(),
             read_size: READ_MIN,
@@ -143,6 +150,7 @@ impl Wire {
         self.wrote = 0;
         self.head_only = parts.method == Method::HEAD;
         self.reading = Reading::Done;
+        self.drained = false;
     }
 
     /// Write what can be written of the request now: `Ready(Ok)` once all of it is written
@@ -192,6 +200,7 @@ impl Wire {
         let offered = self.buf.capacity() - self.buf.len();
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => {
+                self.drained = self.plain && n < offered;
                 if n == offered {
                     self.read_size = (self.read_size * 2).min(READ_MAX);
                 } else if n < self.read_size / 4 {
@@ -289,6 +298,17 @@ impl Wire {
                 Err(e) => return Poll::Ready(Some(Err(WireError::Io(e)))),
             }
         }
+    }
+
+    /// Whether a poll for the body's next piece would find nothing now, without trying: what
+    /// was read is all handed on, the last read emptied the socket (tokio then answers
+    /// `Pending` until the socket is ready again), and neither the end nor the request is left
+    /// to see to. `false` when unsure: a poll tells.
+    pub(super) fn nothing_ready(&self) -> bool {
+        self.drained
+            && self.buf.is_empty()
+            && self.upload.is_none()
+            && !matches!(self.reading, Reading::Done)
     }
 
     /// Whether the answer's body has been read to its end.

@@ -271,3 +271,39 @@ async fn a_held_stream_holds_no_read_buffer_between_chunks() {
     let (rest, err) = pieces(&mut wire).await;
     assert_eq!((joined(&rest).as_str(), err.is_none()), ("data 2", true));
 }
+
+#[tokio::test]
+async fn nothing_ready_is_said_only_when_a_poll_would_find_nothing() {
+    let (mut wire, mut up) = pair().await;
+    wire.start(request(Method::GET, b""));
+    assert!(!wire.nothing_ready(), "the request is still to be written");
+    up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n")
+        .await
+        .unwrap();
+    head(&mut wire).await.unwrap();
+    let first = next(&mut wire).await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data 1");
+    // The read took all there was and all of it was handed on: a poll would be pending.
+    assert!(wire.nothing_ready());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(wire.poll_data(&mut cx).is_pending(), "as said");
+    // A chunk larger than a read: the first read fills what it offered, so more may be there.
+    let mut big = b"4e20\r\n".to_vec();
+    big.extend_from_slice(&[b'x'; 20_000]);
+    big.extend_from_slice(b"\r\n");
+    up.write_all(&big).await.unwrap();
+    let mut got = next(&mut wire).await.unwrap().unwrap().len();
+    assert!(got < 20_000, "read in parts: {got}");
+    assert!(!wire.nothing_ready(), "a full read: only a poll can tell");
+    while got < 20_000 {
+        got += next(&mut wire).await.unwrap().unwrap().len();
+    }
+    assert_eq!(got, 20_000);
+    // The end read with the last data: the next poll ends the body at once.
+    up.write_all(b"0\r\n\r\n").await.unwrap();
+    assert!(next(&mut wire).await.is_none());
+    assert!(
+        !wire.nothing_ready(),
+        "the body's end is for a poll to hand on"
+    );
+}
