@@ -125,6 +125,8 @@ struct Streamed<B: Body> {
     meter: Option<Box<crate::usage::Meter>>,
     /// Frames of a burst, held to go out in one write.
     gather: gather::Gather,
+    /// Bursts are gathered: off for a body whose frames already carry everything read.
+    gathers: bool,
 }
 
 impl<B: Body> Streamed<B> {
@@ -135,6 +137,20 @@ impl<B: Body> Streamed<B> {
         self.tail.copy_within(n.., 0);
         self.tail[4 - n..].copy_from_slice(&data[data.len() - n..]);
         self.tail_len = (self.tail_len + n).min(4);
+    }
+
+    /// A frame passing on: counted, its last bytes kept (an SSE answer's, for its error
+    /// event), its tokens metered.
+    fn passing(&mut self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.bytes += data.len() as u64;
+            if self.sse.is_some() {
+                self.remember_tail(data);
+            }
+            if let Some(meter) = &mut self.meter {
+                meter.feed(data);
+            }
+        }
     }
 
     /// Waiting on the upstream: pending until `idle` has passed since the last frame. The timer
@@ -284,9 +300,20 @@ impl<B: Body<Data = Bytes> + Unpin> ProxyBody<B> {
                 failing: None,
                 meter: None,
                 gather: gather::Gather::default(),
+                gathers: true,
             })),
             primed: None,
         }
+    }
+
+    /// The same body, its bursts gathered (`true`, the default) or not: a body whose every
+    /// frame is all the upstream has sent so far (keyrelay's own HTTP/1 exchange) has nothing
+    /// to gather, and would only pay for holding each frame and yielding once after it.
+    pub fn gathered(mut self, on: bool) -> ProxyBody<B> {
+        if let Kind::Stream(s) = &mut self.kind {
+            s.gathers = on;
+        }
+        self
     }
 
     /// The same body, its frames also read by `meter` as they pass: an event stream event by
@@ -430,18 +457,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for ProxyBody<B> {
                     }
                 }
             };
-            if let Some(data) = frame.data_ref() {
-                s.bytes += data.len() as u64;
-                // Only an SSE answer ever needs the tail (for its error event).
-                if s.sse.is_some() {
-                    s.remember_tail(data);
-                }
-                if let Some(meter) = &mut s.meter {
-                    meter.feed(data);
-                }
-            }
+            s.passing(&frame);
             let now = *now.get_or_insert_with(Instant::now);
             let previous = std::mem::replace(&mut s.last, now);
+            if !s.gathers {
+                return Poll::Ready(Some(Ok(frame)));
+            }
             let more = !s.inner.is_end_stream();
             // Held (part of a burst): see at once whether the next frame is ready too.
             if let Some(frame) = s.gather.offer(frame, more, now, previous) {
@@ -589,6 +610,29 @@ mod tests {
         let (frames, ended) = ready_now(&mut body);
         assert_eq!(frames, ["a", "b", "c", "d"]);
         assert!(ended);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_not_gathered_hands_each_frame_on_at_once() {
+        let mut body = streamed([Step::Frame("a"), Step::Frame("b"), Step::Never]).gathered(false);
+        let mut cx = Context::from_waker(Waker::noop());
+        for want in ["a", "b"] {
+            let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+                panic!("{want} is handed on at once, not held for the next frame");
+            };
+            assert_eq!(frame.into_data().unwrap(), want);
+        }
+        let Kind::Stream(s) = &body.kind else {
+            unreachable!()
+        };
+        assert_eq!(
+            s.inner.polls, 2,
+            "one poll per frame: none held to look for the next"
+        );
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        // Gathered (the default), the same frames are held until nothing more is ready.
+        let mut body = streamed([Step::Frame("a"), Step::Frame("b"), Step::Never]);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
     }
 
     #[tokio::test]

@@ -697,13 +697,17 @@ fn pass_on(
     }
     let hook = log.streaming(parts.status.as_u16());
     let body = match body {
-        AnsweredBody::Streaming(body) => ProxyBody::streamed(
-            body,
-            upstream.idle_timeout,
-            sse.then_some(shape),
-            Some(hook),
-        )
-        .metered(meter),
+        AnsweredBody::Streaming(body) => {
+            let gather = !body.hands_on_runs();
+            ProxyBody::streamed(
+                body,
+                upstream.idle_timeout,
+                sse.then_some(shape),
+                Some(hook),
+            )
+            .gathered(gather)
+            .metered(meter)
+        }
         AnsweredBody::Read(bytes) => ProxyBody::read(bytes, hook),
     };
     Response::from_parts(parts, body)

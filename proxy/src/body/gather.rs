@@ -11,7 +11,10 @@
 //! arriving are held too (at most [`MAX_HELD`]), and the held ones are handed on together as
 //! soon as nothing more is ready. Nothing waits on the network: a frame is held only while
 //! the upstream has more already read, so a stream of chunks arriving apart (a model producing
-//! tokens) passes frame by frame, each written at once.
+//! tokens) passes frame by frame, each written at once. An answer over keyrelay's own HTTP/1
+//! exchange is not gathered (`ProxyBody::gathered`): its every frame is all that was read, and
+//! the writer takes at once whatever else is ready, so this serves answers over a connection
+//! on a task of its own (HTTP/2).
 
 use bytes::Bytes;
 use http_body::Frame;

@@ -192,6 +192,13 @@ impl UpstreamBody {
         }
     }
 
+    /// Whether each frame is everything the upstream sent that was read (keyrelay's own
+    /// HTTP/1 exchange hands on every chunk already read as one piece), so that holding a
+    /// frame for the next one has nothing to gain.
+    pub fn hands_on_runs(&self) -> bool {
+        matches!(self.inner, Inner::Own(_))
+    }
+
     /// An answer over a connection on a task of its own.
     fn unleased(resp: Response<Incoming>) -> Response<UpstreamBody> {
         resp.map(|inner| UpstreamBody {
