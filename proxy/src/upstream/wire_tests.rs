@@ -252,16 +252,23 @@ async fn idle_connections_closed_or_sending_stray_bytes_are_not_quiet() {
     assert!(!wire.quiet(), "stray bytes are seen");
 }
 
+/// The upstream answers a started exchange with a chunked head and one chunk, `data 1`: that
+/// chunk, read by the wire.
+async fn first_of_a_stream(wire: &mut Wire, up: &mut TcpStream) -> Bytes {
+    up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n")
+        .await
+        .unwrap();
+    head(wire).await.unwrap();
+    let first = next(wire).await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data 1");
+    first
+}
+
 #[tokio::test]
 async fn a_held_stream_holds_no_read_buffer_between_chunks() {
     let (mut wire, mut up) = pair().await;
     wire.start(request(Method::GET, b""));
-    up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n")
-        .await
-        .unwrap();
-    head(&mut wire).await.unwrap();
-    let first = next(&mut wire).await.unwrap().unwrap();
-    assert_eq!(&first[..], b"data 1");
+    let first = first_of_a_stream(&mut wire, &mut up).await;
     drop(first);
     // Nothing more has come: waiting lets the buffer go.
     let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -277,12 +284,7 @@ async fn nothing_ready_is_said_only_when_a_poll_would_find_nothing() {
     let (mut wire, mut up) = pair().await;
     wire.start(request(Method::GET, b""));
     assert!(!wire.nothing_ready(), "the request is still to be written");
-    up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata 1\r\n")
-        .await
-        .unwrap();
-    head(&mut wire).await.unwrap();
-    let first = next(&mut wire).await.unwrap().unwrap();
-    assert_eq!(&first[..], b"data 1");
+    first_of_a_stream(&mut wire, &mut up).await;
     // The read took all there was and all of it was handed on: a poll would be pending.
     assert!(wire.nothing_ready());
     let mut cx = Context::from_waker(std::task::Waker::noop());
