@@ -378,7 +378,7 @@ impl ProxyBody {
     /// Whether polling for the next frame now would find nothing, known without polling: the
     /// upstream's bytes read so far are all handed on and its socket was empty at the last
     /// read. A writer that has frames in hand writes them at once rather than poll through
-    /// every layer to hear `Pending` (a held stream's token, polled once where it was twice).
+    /// every layer to hear `Pending` (a held stream's token: two polls where there were three).
     /// `false` when unsure.
     pub fn nothing_ready(&mut self) -> bool {
         match &mut self.kind {
