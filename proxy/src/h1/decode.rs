@@ -15,6 +15,8 @@ pub(crate) enum Framing {
 
 /// Most bytes of chunk extensions and trailers, in all, in one chunked body.
 const MAX_CHUNK_META: usize = 16 * 1024;
+/// Most hex digits in a chunk size (60 bits: its value fits a u64 with room to spare).
+const MAX_SIZE_DIGITS: u8 = 15;
 
 /// Where a chunked body's decoding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,11 +211,10 @@ impl Decoder {
         };
         Ok(Some(match (state, b) {
             (Chunk::Size(n, digits), _) if b.is_ascii_hexdigit() => {
-                if digits >= 15 {
+                if digits >= MAX_SIZE_DIGITS {
                     return Err(invalid("chunk size too large"));
                 }
-                let d = u64::from(char::from(b).to_digit(16).unwrap_or(0));
-                Chunk::Size(n * 16 + d, digits + 1)
+                Chunk::Size(n * 16 + hex_value(b), digits + 1)
             }
             (Chunk::Size(n, d), b';' | b' ' | b'\t') if d > 0 => {
                 meta(self)?;
@@ -253,15 +254,17 @@ fn plain(state: Chunk, buf: &[u8]) -> Option<(usize, Chunk)> {
     }
 }
 
-/// A whole plain size line (hex digits, at most 15 as the byte-wise steps allow, then CRLF)
-/// at the front of `buf`, of a chunk that is not the last: the bytes it takes and the size.
+/// A whole plain size line (hex digits, at most [`MAX_SIZE_DIGITS`] as in the byte-wise steps,
+/// then CRLF) at the front of `buf`, of a chunk that is not the last: the bytes it takes and
+/// the size.
 fn plain_size_line(line: &[u8]) -> Option<(usize, u64)> {
+    let most = usize::from(MAX_SIZE_DIGITS);
     let digits = line
         .iter()
-        .take(16)
+        .take(most + 1)
         .take_while(|b| b.is_ascii_hexdigit())
         .count();
-    if digits == 0 || digits > 15 || line.get(digits..digits + 2)? != b"\r\n" {
+    if digits == 0 || digits > most || line.get(digits..digits + 2)? != b"\r\n" {
         return None;
     }
     let size = line[..digits]
@@ -270,7 +273,8 @@ fn plain_size_line(line: &[u8]) -> Option<(usize, u64)> {
     (size > 0).then_some((digits + 2, size))
 }
 
-/// The value of an ASCII hex digit.
+/// The value of an ASCII hex digit (the byte-wise steps and the plain size lines both read
+/// digits with it).
 fn hex_value(b: u8) -> u64 {
     u64::from(match b {
         b'0'..=b'9' => b - b'0',
