@@ -89,10 +89,8 @@ pub(super) struct Wire {
     reading: Reading,
     /// The upstream keeps the connection after this answer, and nothing went wrong.
     reusable: bool,
-    /// The connection is plain TCP: a read that takes less than it offered leaves the socket
-    /// empty, and tokio waits for its next readiness (a TLS layer may hold more).
-    plain: bool,
-    /// The last read took less than it offered, on plain TCP: nothing more was there.
+    /// The last read took less than it offered, on plain TCP: nothing more was there (tokio
+    /// waits for the socket's next readiness; over TLS, the TLS layer may hold more).
     drained: bool,
 }
 
@@ -106,7 +104,6 @@ pub(super) struct Head {
 impl Wire {
     pub(super) fn new(io: Io) -> Wire {
         Wire {
-            plain: matches!(io, hyper_rustls::MaybeHttpsStream::Http(_)),
             drained: false,
             io: TokioIo::new(io),
             buf: BytesMut::new(),
@@ -200,7 +197,8 @@ impl Wire {
         let offered = self.buf.capacity() - self.buf.len();
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => {
-                self.drained = self.plain && n < offered;
+                let plain = matches!(self.io.inner(), hyper_rustls::MaybeHttpsStream::Http(_));
+                self.drained = plain && n < offered;
                 if n == offered {
                     self.read_size = (self.read_size * 2).min(READ_MAX);
                 } else if n < self.read_size / 4 {
