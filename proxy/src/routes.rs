@@ -258,6 +258,14 @@ pub fn check_path(rest: &str) -> Result<(), &'static str> {
     if !(rest.is_empty() || rest.starts_with('/')) {
         return Err("the path must start with /");
     }
+    if plain_path(rest) {
+        return Ok(());
+    }
+    check_segments(rest)
+}
+
+/// [`check_path`]'s full check of a path starting with `/`, naming what is wrong.
+fn check_segments(rest: &str) -> Result<(), &'static str> {
     if !rest.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("a byte outside printable ASCII in the path");
     }
@@ -272,6 +280,20 @@ pub fn check_path(rest: &str) -> Result<(), &'static str> {
         check_segment(segment)?;
     }
     Ok(())
+}
+
+/// Whether a path starting with `/` passes [`check_segments`] at a glance, in one pass over
+/// its bytes: printable ASCII with no backslash, `%` or `.` (so nothing encoded and no dot
+/// segment) and no `//` (so no empty segment but the last). Most API paths are such (the full
+/// check cost about 1,000 instructions a request, callgrind); any other takes the full check.
+fn plain_path(rest: &str) -> bool {
+    let mut last = 0;
+    rest.bytes().all(|b| {
+        let plain = b.is_ascii_graphic() && !matches!(b, b'\\' | b'%' | b'.');
+        let ok = plain && !(b == b'/' && last == b'/');
+        last = b;
+        ok
+    })
 }
 
 /// One path segment: nothing encoded that is a separator or NUL, and no dot segment.
@@ -420,6 +442,46 @@ mod tests {
                 "{bad} was not refused"
             );
         }
+    }
+
+    #[test]
+    fn a_path_plain_at_a_glance_passes_the_full_check() {
+        let plain = [
+            "",
+            "/",
+            "/chat/completions",
+            "/models/",
+            "/a;b/c",
+            "/x-y_z~1",
+            "/a/",
+        ];
+        for p in plain {
+            assert!(plain_path(p), "{p} should be plain");
+            assert_eq!(check_segments(p), Ok(()), "{p}");
+        }
+        // Each of these needs the full check, which refuses some and passes others.
+        let not_plain = [
+            "/x.json",
+            "/a%20b",
+            "/..",
+            "/./x",
+            "/a%2fb",
+            "/a\\b",
+            "//evil.com/x",
+            "/a//b",
+            "/a b",
+            "/a\u{7f}",
+            "/é",
+        ];
+        for p in not_plain {
+            assert!(!plain_path(p), "{p} should not be plain");
+        }
+        assert_eq!(check_path("/x.json"), Ok(()));
+        assert_eq!(check_path("/a//b"), Err("empty path segment"));
+        assert_eq!(
+            check_path("/a b"),
+            Err("a byte outside printable ASCII in the path")
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl Ctx<'_> {
         let found = self.routes.find(parts.uri.path());
         let shape = found.map_or(ErrorShape::OpenAi, |(p, _)| p.shape);
         let protocols = Protocols::from_headers(&parts.headers);
-        let mut presented = presented_credentials(&parts.headers, parts.uri.query());
+        let mut presented = presented_credentials(&parts.headers, parts.uri.query()).into_vec();
         presented.extend(protocols.tokens());
         let runtime = self.tenants.runtime_client(&presented);
         let runtime = runtime.as_deref().map(|c| (c, None));
