@@ -338,26 +338,28 @@ pub async fn send(
 ) -> Result<Answered, UpstreamError> {
     // Shared with the URL (no copy), read only if the attempt fails.
     let authority = req.uri().authority().cloned();
-    let attempt = async {
-        let resp = client.request(req).await.map_err(|e| {
-            let e = UpstreamError::classify(e);
-            tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
-            warn_tls(&e, authority.as_ref().map(http::uri::Authority::host));
-            e
-        })?;
-        let (parts, body) = resp.into_parts();
-        if !read_body(parts.status) {
-            let body = AnsweredBody::Streaming(body);
-            return Ok(Answered { parts, body });
+    // The client times the head itself (a kept connection with its own timer, rather than a
+    // timer made and dropped around every request).
+    let due = tokio::time::Instant::now() + limit;
+    let resp = client.request_by(req, Some(due)).await.map_err(|e| {
+        if matches!(e, ClientError::HeadDue) {
+            return UpstreamError::FirstByteTimeout(limit);
         }
-        let read = http_body_util::Limited::new(body, ERROR_BODY_LIMIT)
-            .collect()
-            .await;
-        let bytes = read.map_err(|_| UpstreamError::Unreadable)?.to_bytes();
-        let body = AnsweredBody::Read(bytes);
-        Ok(Answered { parts, body })
-    };
-    tokio::time::timeout(limit, attempt)
+        let e = UpstreamError::classify(e);
+        tracing::debug!(error = %e, cause = ?std::error::Error::source(&e), "upstream attempt failed");
+        warn_tls(&e, authority.as_ref().map(http::uri::Authority::host));
+        e
+    })?;
+    let (parts, body) = resp.into_parts();
+    if !read_body(parts.status) {
+        let body = AnsweredBody::Streaming(body);
+        return Ok(Answered { parts, body });
+    }
+    let read = Box::pin(http_body_util::Limited::new(body, ERROR_BODY_LIMIT).collect());
+    let read = tokio::time::timeout_at(due, read)
         .await
-        .unwrap_or(Err(UpstreamError::FirstByteTimeout(limit)))
+        .map_err(|_| UpstreamError::FirstByteTimeout(limit))?;
+    let bytes = read.map_err(|_| UpstreamError::Unreadable)?.to_bytes();
+    let body = AnsweredBody::Read(bytes);
+    Ok(Answered { parts, body })
 }

@@ -27,6 +27,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -67,6 +68,17 @@ pub enum ClientError {
     /// The request's URL has no scheme or authority (only a bug could make one).
     #[error("the upstream URL is not absolute")]
     NotAbsolute,
+    /// No response head by the time the caller gave (connecting included).
+    #[error("no response head in time")]
+    HeadDue,
+}
+
+/// `f`'s output, or `None` once `due` (if given) passed first.
+async fn by<F: Future>(due: Option<Instant>, f: F) -> Option<F::Output> {
+    match due {
+        Some(due) => tokio::time::timeout_at(due, f).await.ok(),
+        None => Some(f.await),
+    }
 }
 
 /// One way to send requests to an origin.
@@ -84,6 +96,13 @@ enum Tx {
 /// is read, handed over and written by one task), and nobody while it is kept idle.
 struct Driven {
     wire: Wire,
+    /// When a request's head is due, for the connection's life: moved on only when it fires
+    /// before the head is due (or when a head is due sooner than it is set for). A timer made
+    /// for each request went into the runtime's timer wheel and out again every time (about
+    /// 1,000 instructions a request, callgrind); this one does so about once per
+    /// `first_byte_timeout`. Firing while the connection is kept, it wakes the task that last
+    /// waited for a head, which finds nothing to do.
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// When it was last given back.
     used: Instant,
     /// Where it is given back to.
@@ -103,13 +122,38 @@ impl Driven {
         now.saturating_duration_since(self.used) < idle
     }
 
-    /// Send `req` and read the answer's head; the connection rides along in the answer's body.
+    /// Send `req` and read the answer's head, due by `due` if given; the connection rides
+    /// along in the answer's body.
     async fn send(
         mut self: Box<Self>,
         req: Request<AttemptBody>,
+        due: Option<Instant>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         self.wire.start(req);
-        match std::future::poll_fn(|cx| self.wire.poll_head(cx)).await {
+        if let Some(due) = due {
+            if self.timer.is_elapsed() || self.timer.deadline() > due {
+                self.timer.as_mut().reset(due);
+            }
+        }
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(head) = self.wire.poll_head(cx) {
+                return Poll::Ready(Some(head));
+            }
+            let Some(due) = due else {
+                return Poll::Pending;
+            };
+            while self.timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= due {
+                    return Poll::Ready(None);
+                }
+                self.timer.as_mut().reset(due);
+            }
+            Poll::Pending
+        });
+        let Some(head) = head.await else {
+            return Err(ClientError::HeadDue);
+        };
+        match head {
             Ok(mut head) => {
                 self.wire.body_of(&mut head);
                 let done = self.wire.body_done();
@@ -354,7 +398,17 @@ impl UpstreamClient {
     /// Send `req` (absolute URL) and wait for the response head.
     pub async fn request(
         &self,
+        req: Request<AttemptBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        self.request_by(req, None).await
+    }
+
+    /// [`UpstreamClient::request`], the head due by `due` if given ([`ClientError::HeadDue`]
+    /// after that, connecting included).
+    pub async fn request_by(
+        &self,
         mut req: Request<AttemptBody>,
+        due: Option<Instant>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let uri = req.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
@@ -371,22 +425,26 @@ impl UpstreamClient {
                 Some(tx) => (tx, true),
                 // Boxed: the handshakes' futures are large, and would otherwise be part of
                 // (and copied with) every request's future, connecting or not.
-                None => (
-                    Box::pin(self.connect(&uri, scheme, authority)).await?,
-                    false,
-                ),
+                None => {
+                    let connect = Box::pin(self.connect(&uri, scheme, authority));
+                    (by(due, connect).await.ok_or(ClientError::HeadDue)??, false)
+                }
             };
             let sent = match tx {
-                Tx::Driven(d) => return d.send(req).await,
+                Tx::Driven(d) => return d.send(req, due).await,
                 Tx::H1(mut tx) => {
                     origin_form(req.uri_mut());
-                    tx.try_send_request(req).await.map(UpstreamBody::unleased)
+                    let sent = by(due, tx.try_send_request(req)).await;
+                    sent.ok_or(ClientError::HeadDue)?
+                        .map(UpstreamBody::unleased)
                 }
                 Tx::H2(mut tx) => {
                     if !reused {
                         self.keep_h2(scheme, authority, &tx);
                     }
-                    tx.try_send_request(req).await.map(UpstreamBody::unleased)
+                    let sent = by(due, tx.try_send_request(req)).await;
+                    sent.ok_or(ClientError::HeadDue)?
+                        .map(UpstreamBody::unleased)
                 }
             };
             match sent {
@@ -497,9 +555,11 @@ impl UpstreamClient {
         }
         if self.keep {
             self.sweeping.call_once(|| self.start_sweeper());
+            let now = Instant::now();
             return Ok(Tx::Driven(Box::new(Driven {
                 wire: Wire::new(io),
-                used: Instant::now(),
+                timer: Box::pin(tokio::time::sleep_until(now)),
+                used: now,
                 scheme: scheme.clone(),
                 authority: authority.clone(),
                 home: Arc::downgrade(&self.origins),
@@ -588,7 +648,8 @@ mod tests {
     }
 
     /// An HTTP/1 upstream on port 0: `/hold` streams until released, `/close` answers with
-    /// `Connection: close`, anything else answers `ok`.
+    /// `Connection: close`, `/silent` never answers, `/slow` answers `ok` after 50 ms,
+    /// anything else answers `ok` at once.
     async fn upstream() -> (String, Arc<Seen>) {
         let (listener, addr) = listen().await;
         let url = format!("http://{addr}");
@@ -600,7 +661,14 @@ mod tests {
                 let (for_svc, ended) = (s.clone(), s.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let s = for_svc.clone();
-                    async move { Ok::<_, Infallible>(answer(&s, &req)) }
+                    async move {
+                        match req.uri().path() {
+                            "/silent" => std::future::pending::<()>().await,
+                            "/slow" => tokio::time::sleep(Duration::from_millis(50)).await,
+                            _ => {}
+                        }
+                        Ok::<_, Infallible>(answer(&s, &req))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new();
                 let conn = conn.serve_connection(TokioIo::new(tcp), svc);
@@ -700,6 +768,51 @@ mod tests {
         let authority = url.trim_start_matches("http://").to_owned();
         let want = ("/v1/chat?q=1".to_owned(), authority);
         assert_eq!(seen.requests(), vec![want.clone(), want.clone(), want]);
+    }
+
+    /// Ask for `url`'s head, due `limit` from now; the error and how long it took.
+    async fn timed(c: &UpstreamClient, url: &str, limit: Duration) -> (ClientError, Duration) {
+        let asked = Instant::now();
+        match c.request_by(get(url), Some(asked + limit)).await {
+            Ok(_) => panic!("{url} answered"),
+            Err(e) => (e, asked.elapsed()),
+        }
+    }
+
+    /// Ask for `url`, due `limit` from now, and read the answer whole (keeping the connection).
+    async fn fetch_by(c: &UpstreamClient, url: &str, limit: Duration) {
+        let resp = c.request_by(get(url), Some(Instant::now() + limit)).await;
+        let body = resp.unwrap_or_else(|e| panic!("{e}")).into_body();
+        body.collect().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_times_each_head_from_when_it_is_asked_for() {
+        let (url, seen) = upstream().await;
+        let c = client(true);
+        let (silent, slow) = (format!("{url}/silent"), format!("{url}/slow"));
+        let limit = Duration::from_millis(300);
+        // Answered after 50 ms (so the timer is set while it waits); kept with its timer set
+        // 300 ms on. 200 ms later the timer fires before the next head is due: it is moved
+        // on, not obeyed (that would end this at ~100 ms).
+        let first = Instant::now();
+        fetch_by(&c, &slow, limit).await;
+        tokio::time::sleep_until(first + Duration::from_millis(200)).await;
+        let (e, took) = timed(&c, &silent, limit).await;
+        assert!(matches!(e, ClientError::HeadDue), "{e:?}");
+        assert!(took >= limit && took < limit * 3, "{took:?}");
+        assert_eq!(seen.connections(), 1);
+        // A connection whose timer is set 10 s on, and a head due sooner: the timer is
+        // brought forward (else this would take 10 s).
+        fetch_by(&c, &slow, Duration::from_secs(10)).await;
+        let (e, took) = timed(&c, &silent, limit).await;
+        assert!(matches!(e, ClientError::HeadDue), "{e:?}");
+        assert!(took >= limit && took < limit * 3, "{took:?}");
+        assert_eq!(
+            seen.connections(),
+            2,
+            "the timed-out connection is not reused"
+        );
     }
 
     #[tokio::test]
