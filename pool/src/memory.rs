@@ -220,7 +220,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire> {
-        Box::pin(std::future::ready(self.acquire_now(pool, tried)))
+        StoreFuture::ready(self.acquire_now(pool, tried))
     }
 
     fn report<'a>(
@@ -230,11 +230,11 @@ impl Store for MemoryStore {
         report: Report,
     ) -> StoreFuture<'a, ()> {
         self.report_now(pool, index, report);
-        Box::pin(std::future::ready(()))
+        StoreFuture::ready(())
     }
 
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
-        Box::pin(std::future::ready(self.status_now(pool)))
+        StoreFuture::ready(self.status_now(pool))
     }
 
     fn act<'a>(
@@ -244,7 +244,7 @@ impl Store for MemoryStore {
         action: KeyAction,
     ) -> StoreFuture<'a, StoreState> {
         self.act_now(pool, index, action);
-        Box::pin(std::future::ready(StoreState::Embedded))
+        StoreFuture::ready(StoreState::Embedded)
     }
 
     fn remember<'a>(
@@ -255,7 +255,7 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
         self.remember_now(pool, ids, fingerprint, ttl);
-        Box::pin(std::future::ready(()))
+        StoreFuture::ready(())
     }
 
     fn recall<'a>(
@@ -263,7 +263,7 @@ impl Store for MemoryStore {
         pool: &'a str,
         ids: &'a [String],
     ) -> StoreFuture<'a, Vec<Option<String>>> {
-        Box::pin(std::future::ready(self.recall_now(pool, ids)))
+        StoreFuture::ready(self.recall_now(pool, ids))
     }
 }
 

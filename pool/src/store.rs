@@ -9,12 +9,41 @@ use crate::select::Strategy;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The sliding window that `rpm` limits are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A store call's answer: there at once (the embedded store, a leased share being spent, a
+/// report with no mark to write) or after a round trip. Only the latter is boxed: a boxed
+/// ready future cost an allocation and an indirect call per acquire and per report.
+pub enum StoreFuture<'a, T> {
+    Ready(Option<T>),
+    Pending(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<'a, T> StoreFuture<'a, T> {
+    pub fn ready(value: T) -> Self {
+        StoreFuture::Ready(Some(value))
+    }
+
+    pub fn boxed(future: impl Future<Output = T> + Send + 'a) -> Self {
+        StoreFuture::Pending(Box::pin(future))
+    }
+}
+
+impl<T: Unpin> Future for StoreFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            // Taken once; polled again after that (a misuse), it never completes.
+            StoreFuture::Ready(value) => value.take().map_or(Poll::Pending, Poll::Ready),
+            StoreFuture::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -200,5 +229,34 @@ pub trait Store: Send + Sync {
     /// Where state is kept right now.
     fn state(&self) -> StoreState {
         StoreState::Embedded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn a_ready_answer_is_there_on_the_first_poll_and_only_once() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut answer = StoreFuture::ready(Acquire::Key(2));
+        assert_eq!(
+            Pin::new(&mut answer).poll(&mut cx),
+            Poll::Ready(Acquire::Key(2))
+        );
+        assert_eq!(Pin::new(&mut answer).poll(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn a_boxed_answer_waits_for_its_future() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let mut answer = StoreFuture::boxed(std::future::poll_fn(move |_| {
+            rx.try_recv().map_or(Poll::Pending, Poll::Ready)
+        }));
+        assert_eq!(Pin::new(&mut answer).poll(&mut cx), Poll::Pending);
+        tx.send(7).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Pin::new(&mut answer).poll(&mut cx), Poll::Ready(7));
     }
 }

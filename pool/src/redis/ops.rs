@@ -23,16 +23,21 @@ impl RedisStore {
         self.local.status_now(spec)
     }
 
+    /// A key from this instance's leased share, if there is one to spend: answered here, with
+    /// no round trip.
+    fn spend_leased(&self, spec: &PoolSpec, tried: &[usize]) -> Option<usize> {
+        if !self.leasing(&spec.name) {
+            return None;
+        }
+        self.shares.pool(&spec.name).spend(spec, tried)
+    }
+
+    /// An acquire [`RedisStore::spend_leased`] could not answer: a first attempt takes a
+    /// lease; a retry, or a pool not leasing, makes the plain call.
     async fn acquire_shared(&self, spec: &PoolSpec, tried: &[usize]) -> Acquire {
-        if self.leasing(&spec.name) {
+        if tried.is_empty() && self.leasing(&spec.name) {
             let shares = self.shares.pool(&spec.name);
-            if let Some(index) = shares.spend(spec, tried) {
-                return Acquire::Key(index);
-            }
-            // A first attempt takes a lease; a retry makes the plain call.
-            if tried.is_empty() {
-                return self.acquire_leased(spec, &shares).await;
-            }
+            return self.acquire_leased(spec, &shares).await;
         }
         self.acquire_once(spec, tried).await
     }
@@ -121,16 +126,11 @@ impl RedisStore {
         }
     }
 
-    async fn report_shared(&self, spec: &PoolSpec, index: usize, report: Report) {
-        // Local state learns every mark too, so a fallback starts from what we knew.
-        self.local.report_now(spec, index, report);
-        if report.mark.is_some() {
-            self.drop_lease(spec, index);
-        }
-        let (action, period, reason) = match report.mark {
-            Some(Mark::Cool { period, reason }) => (MarkAction::Cooling, period, reason),
-            Some(Mark::Quarantine { period, reason }) => (MarkAction::Quarantined, period, reason),
-            None => return,
+    /// Write a report's mark to Redis (the local state and the lease already know it).
+    async fn write_mark(&self, spec: &PoolSpec, index: usize, mark: Mark) {
+        let (action, period, reason) = match mark {
+            Mark::Cool { period, reason } => (MarkAction::Cooling, period, reason),
+            Mark::Quarantine { period, reason } => (MarkAction::Quarantined, period, reason),
         };
         self.mark(spec, index, action, reason, period).await;
     }
@@ -287,7 +287,10 @@ fn lease_answer(answer: &redis::Value, sent: Instant) -> Option<Result<Leased, A
 
 impl Store for RedisStore {
     fn acquire<'a>(&'a self, pool: &'a PoolSpec, tried: &'a [usize]) -> StoreFuture<'a, Acquire> {
-        Box::pin(self.acquire_shared(pool, tried))
+        match self.spend_leased(pool, tried) {
+            Some(index) => StoreFuture::ready(Acquire::Key(index)),
+            None => StoreFuture::boxed(self.acquire_shared(pool, tried)),
+        }
     }
 
     fn report<'a>(
@@ -296,11 +299,17 @@ impl Store for RedisStore {
         index: usize,
         report: Report,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.report_shared(pool, index, report))
+        // Local state learns every mark too, so a fallback starts from what we knew.
+        self.local.report_now(pool, index, report);
+        let Some(mark) = report.mark else {
+            return StoreFuture::ready(());
+        };
+        self.drop_lease(pool, index);
+        StoreFuture::boxed(self.write_mark(pool, index, mark))
     }
 
     fn status<'a>(&'a self, pool: &'a PoolSpec) -> StoreFuture<'a, Vec<KeyStatus>> {
-        Box::pin(self.status_shared(pool))
+        StoreFuture::boxed(self.status_shared(pool))
     }
 
     fn act<'a>(
@@ -309,7 +318,7 @@ impl Store for RedisStore {
         index: usize,
         action: KeyAction,
     ) -> StoreFuture<'a, StoreState> {
-        Box::pin(self.act_shared(pool, index, action))
+        StoreFuture::boxed(self.act_shared(pool, index, action))
     }
 
     fn remember<'a>(
@@ -319,7 +328,7 @@ impl Store for RedisStore {
         fingerprint: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.remember_shared(pool, ids, fingerprint, ttl))
+        StoreFuture::boxed(self.remember_shared(pool, ids, fingerprint, ttl))
     }
 
     fn recall<'a>(
@@ -327,7 +336,7 @@ impl Store for RedisStore {
         pool: &'a str,
         ids: &'a [String],
     ) -> StoreFuture<'a, Vec<Option<String>>> {
-        Box::pin(self.recall_shared(pool, ids))
+        StoreFuture::boxed(self.recall_shared(pool, ids))
     }
 
     fn errors(&self) -> u64 {
