@@ -71,12 +71,32 @@ impl Pki {
     }
 }
 
-/// A fresh directory under the system temp dir, for one test's files.
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A fresh directory under the system temp dir, for one test's files, removed with them when
+/// the test is done with it.
+pub fn temp_dir(name: &str) -> TempDir {
+    // One level under the temp dir whatever the name holds ("http/1.1" is a protocol's).
+    let name = name.replace('/', "-");
     let dir = std::env::temp_dir().join(format!("kr-upstream-tls-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
+}
+
+/// A test's directory: its path, removed with what is in it on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How a TLS front is set up.
