@@ -8,11 +8,17 @@ use crate::store::{
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use tokio::time::Duration;
 
+/// Where a [`PoolSpec`] keeps the state a memory store found for it, with that store's id.
+pub(crate) type Found = OnceLock<(u64, Arc<Mutex<PoolState>>)>;
+
+/// Tells memory stores apart, for [`Found`].
+static STORES: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug, Default)]
-struct PoolState {
+pub(crate) struct PoolState {
     generation: u64,
     keys: Vec<KeyState>,
     /// The round-robin key to try first (the last chosen + 1); kept across reloads, as the
@@ -100,6 +106,8 @@ struct Pick {
 /// `pool/tests/contract.rs`.
 #[derive(Debug)]
 pub struct MemoryStore {
+    /// Unique per store (see [`Found`]).
+    id: u64,
     pools: RwLock<HashMap<String, Arc<Mutex<PoolState>>>>,
     /// Each key's limit is divided by this: an instance serving on local state while a shared
     /// store is away enforces only its share of the limit.
@@ -125,6 +133,7 @@ impl MemoryStore {
     /// A store enforcing `1/share` of every key's limit.
     pub fn with_share(share: u32) -> Self {
         MemoryStore {
+            id: STORES.fetch_add(1, Ordering::Relaxed),
             pools: RwLock::default(),
             share: share.max(1),
             clock: Clock::new(),
@@ -138,7 +147,18 @@ impl MemoryStore {
     }
 
     fn with_pool<T>(&self, spec: &PoolSpec, f: impl FnOnce(&mut PoolState) -> T) -> T {
-        let pool = self.pool(&spec.name);
+        // Found by name once per spec (pools are never removed, so what was found stays the
+        // pool's state), not on every acquire and report: the map's lock, a SipHash of the
+        // name and an Arc's count were about 500 instructions a request (callgrind). A spec
+        // that another store found first is looked up by name, as before.
+        let (by, found) = spec.found.get_or_init(|| (self.id, self.pool(&spec.name)));
+        let looked_up;
+        let pool = if *by == self.id {
+            found
+        } else {
+            looked_up = self.pool(&spec.name);
+            &looked_up
+        };
         let mut guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
         guard.align(spec);
         f(&mut guard)

@@ -132,3 +132,19 @@ async fn reload_keeps_state_of_kept_keys() {
     assert_eq!(status[0].mode.label(), "cooling");
     assert_eq!(status[1].mode.label(), "ready");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spec_finds_its_pools_state_in_each_store_it_is_used_with() {
+    let (a, b) = (MemoryStore::new(), MemoryStore::new());
+    let s = spec(Strategy::RoundRobin, &[100, 100]);
+    a.report_now(&s, 0, cool(30));
+    // Store b's state is its own, though the spec now keeps a's.
+    assert_eq!(b.acquire_now(&s, &[1]), Acquire::Key(0));
+    b.report_now(&s, 1, cool(30));
+    assert_eq!(a.acquire_now(&s, &[]), Acquire::Key(1));
+    assert_eq!(b.acquire_now(&s, &[]), Acquire::Key(0));
+    // A reloaded spec (same name, new generation) finds the same state in each store.
+    let reloaded = spec(Strategy::RoundRobin, &[100, 100]);
+    assert_eq!(a.acquire_now(&reloaded, &[]), Acquire::Key(1));
+    assert_eq!(b.acquire_now(&reloaded, &[]), Acquire::Key(0));
+}

@@ -55,6 +55,8 @@ pub struct PoolSpec {
     pub strategy: Strategy,
     /// Unique per constructed spec, so a store notices a reloaded key set cheaply.
     pub generation: u64,
+    /// The pool's state in the memory store that first served it.
+    pub(crate) found: crate::memory::Found,
 }
 
 impl PoolSpec {
@@ -64,6 +66,7 @@ impl PoolSpec {
             keys,
             strategy,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            found: crate::memory::Found::new(),
         }
     }
 }

@@ -182,6 +182,7 @@ impl Prepared {
                 keys: spec.keys.clone(),
                 strategy: spec.strategy,
                 generation: spec.generation,
+                found: crate::memory::Found::new(),
             },
         }
     }
