@@ -73,11 +73,11 @@ pub enum ClientError {
     HeadDue,
 }
 
-/// `f`'s output, or `None` once `due` (if given) passed first.
-async fn by<F: Future>(due: Option<Instant>, f: F) -> Option<F::Output> {
+/// `f`'s output, or [`ClientError::HeadDue`] once `due` (if given) passed first.
+async fn by<F: Future>(due: Option<Instant>, f: F) -> Result<F::Output, ClientError> {
     match due {
-        Some(due) => tokio::time::timeout_at(due, f).await.ok(),
-        None => Some(f.await),
+        Some(due) => (tokio::time::timeout_at(due, f).await).map_err(|_| ClientError::HeadDue),
+        None => Ok(f.await),
     }
 }
 
@@ -427,24 +427,22 @@ impl UpstreamClient {
                 // (and copied with) every request's future, connecting or not.
                 None => {
                     let connect = Box::pin(self.connect(&uri, scheme, authority));
-                    (by(due, connect).await.ok_or(ClientError::HeadDue)??, false)
+                    (by(due, connect).await??, false)
                 }
             };
             let sent = match tx {
                 Tx::Driven(d) => return d.send(req, due).await,
                 Tx::H1(mut tx) => {
                     origin_form(req.uri_mut());
-                    let sent = by(due, tx.try_send_request(req)).await;
-                    sent.ok_or(ClientError::HeadDue)?
-                        .map(UpstreamBody::unleased)
+                    let sent = by(due, tx.try_send_request(req)).await?;
+                    sent.map(UpstreamBody::unleased)
                 }
                 Tx::H2(mut tx) => {
                     if !reused {
                         self.keep_h2(scheme, authority, &tx);
                     }
-                    let sent = by(due, tx.try_send_request(req)).await;
-                    sent.ok_or(ClientError::HeadDue)?
-                        .map(UpstreamBody::unleased)
+                    let sent = by(due, tx.try_send_request(req)).await?;
+                    sent.map(UpstreamBody::unleased)
                 }
             };
             match sent {
