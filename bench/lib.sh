@@ -128,9 +128,17 @@ BENCH_KEYS=(sk-bench-key-1 sk-bench-key-2 sk-bench-key-3)
 # of the mock (x-mock-* headers passed, three keys, client token BENCH_TOKEN), on Redis when
 # STORE_URL is set, logging at KR_LOG (warn), with KR_SERVER_EXTRA (TOML lines) added to its
 # [server] section and KR_STORE_EXTRA to its [store] section; sets KR_PID, KR_URL and ADMIN_URL.
+# KR_FEATURES=1 turns on what the other issues added, each set so it never refuses a request:
+# resource affinity (a secret), token metering (a tpm on the keys), and BENCH_TOKEN as the
+# client of a tenant with its own three keys, with request and token limits on the client and
+# on the tenant (so each request is checked against them, in Redis when the store is).
 start_keyrelay() {
-  local name="$1" store="$2" extra="$3" port admin
+  local name="$1" store="$2" extra="$3" port admin client_token=BENCH_TOKEN BIG=4000000000 provider_tpm=""
   shift 3
+  # With features on, BENCH_TOKEN is the tenant's client; the shared one is never used.
+  if [[ "${KR_FEATURES:-0}" == 1 ]]; then
+    client_token=BENCH_SHARED_TOKEN provider_tpm="tpm = $BIG"
+  fi
   port="$(free_port)" admin="$(free_port)"
   cat >"$TMP/$name.toml" <<TOML
 [server]
@@ -146,7 +154,7 @@ listen = "127.0.0.1:$admin"
 
 [[clients]]
 name = "bench"
-token = "env:BENCH_TOKEN"
+token = "env:$client_token"
 
 [[providers]]
 name = "openai"
@@ -154,14 +162,42 @@ base_url = "$MOCK_URL/v1"
 route = "/v1"
 rpm = 100000000
 keys = "env:BENCH_KEY_*"
+$provider_tpm
 $extra
 TOML
+  if [[ "${KR_FEATURES:-0}" == 1 ]]; then
+    cat >>"$TMP/$name.toml" <<TOML
+
+[affinity]
+secret = "env:BENCH_AFFINITY_SECRET"
+
+[[tenants]]
+name = "bench"
+rpm = $BIG
+tpm = $BIG
+
+[[tenants.clients]]
+name = "bench-tenant"
+token = "env:BENCH_TOKEN"
+rpm = $BIG
+tpm = $BIG
+
+[[tenants.providers]]
+name = "openai"
+keys = "env:BENCH_TENANT_KEY_*"
+rpm = 100000000
+tpm = $BIG
+TOML
+  fi
   if [[ -n "$store" ]]; then
     printf '\n[store]\nurl = "%s"\n%s\n' "$store" "${KR_STORE_EXTRA:-}" >>"$TMP/$name.toml"
   fi
   # From its own temp dir, so no .env of the caller's is picked up.
   (cd "$TMP" && exec env KEYRELAY_LOG="${KR_LOG:-warn}" BENCH_TOKEN="$BENCH_TOKEN" \
+    BENCH_SHARED_TOKEN="$BENCH_TOKEN-shared" BENCH_AFFINITY_SECRET="bench-affinity-secret-$$-$RANDOM" \
     BENCH_KEY_1="${BENCH_KEYS[0]}" BENCH_KEY_2="${BENCH_KEYS[1]}" BENCH_KEY_3="${BENCH_KEYS[2]}" \
+    BENCH_TENANT_KEY_1="${BENCH_KEYS[0]}-tenant" BENCH_TENANT_KEY_2="${BENCH_KEYS[1]}-tenant" \
+    BENCH_TENANT_KEY_3="${BENCH_KEYS[2]}-tenant" \
     "$TARGET_DIR/release/keyrelay" "$@" --config "$TMP/$name.toml") >"$TMP/$name.log" 2>&1 &
   KR_PID=$!
   PIDS+=("$KR_PID")

@@ -223,6 +223,11 @@ def markdown(f, meta, chart_name):
     lines = [BEGIN, "", f"### Four contenders side by side: {meta.get('date', '')}"]
     if meta.get("note"):
         lines += ["", f"**{meta['note'].strip()}**"]
+    if meta.get("features") == "1":
+        lines += ["", "**Both keyrelays with features on** (`BENCH_FEATURES=1`): resource "
+                  "affinity, the client in a tenant with its own keys, request and token limits "
+                  "on the client and the tenant, token metering on the keys; stream requests "
+                  "(every contender's) ask for usage."]
     lines += [
         "",
         f"Machine: {meta.get('nproc')} CPUs ({meta.get('cpu')}), {meta.get('kernel')}; "

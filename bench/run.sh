@@ -28,6 +28,9 @@ IDLE_HOLD="${BENCH_IDLE_HOLD:-5}"
 WORKLOADS="${BENCH_WORKLOADS:-chat64 chat1 stream64 stream1 streams idle}"
 CONTENDERS="${BENCH_CONTENDERS:-direct nginx embedded redis}"
 NO_BUILD="${BENCH_NO_BUILD:-0}"
+# 1: both keyrelays run with affinity, a tenant, client and tenant limits and token metering on
+# (see start_keyrelay in lib.sh), and stream requests ask for usage, for every contender.
+FEATURES="${BENCH_FEATURES:-0}"
 # The Redis contender's [store] lines: leased shares on (one script call per ~60 requests);
 # BENCH_REDIS_STORE_EXTRA="" measures one script call per request.
 REDIS_STORE_EXTRA="${BENCH_REDIS_STORE_EXTRA-lease_time = \"250ms\"}"
@@ -40,6 +43,7 @@ for v in DURATION WARMUP CONNS THREADS ROUNDS CHUNKS STREAMS STREAM_CHUNKS STREA
   STREAM_RAMP STREAM_HOLD IDLE_CONNS IDLE_HOLD; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
+[[ "$FEATURES" == 0 || "$FEATURES" == 1 ]] || die "BENCH_FEATURES must be 0 or 1, got '$FEATURES'"
 ((DURATION > 0 && CONNS > 0 && THREADS > 0 && ROUNDS > 0 && STREAMS > 0 && IDLE_CONNS > 0)) ||
   die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_STREAMS and BENCH_IDLE_CONNECTIONS must be > 0"
 for w in $WORKLOADS; do
@@ -85,9 +89,10 @@ start_all() {
   workers="$(children "$NGINX_PID" | tr '\n' ' ')"
   [[ -n "$workers" ]] || die "nginx started no workers"
   URL_[nginx]="$NGINX_URL" TOKEN_[nginx]="unused" PIDS_[nginx]="$NGINX_PID $workers"
-  start_keyrelay kr-embedded "" ""
+  KR_FEATURES="$FEATURES" start_keyrelay kr-embedded "" ""
   URL_[embedded]="$KR_URL" TOKEN_[embedded]="$BENCH_TOKEN" PIDS_[embedded]="$KR_PID"
-  KR_STORE_EXTRA="$REDIS_STORE_EXTRA" start_keyrelay kr-redis "redis://127.0.0.1:$REDIS_PORT/0" ""
+  KR_FEATURES="$FEATURES" KR_STORE_EXTRA="$REDIS_STORE_EXTRA" \
+    start_keyrelay kr-redis "redis://127.0.0.1:$REDIS_PORT/0" ""
   URL_[redis]="$KR_URL" TOKEN_[redis]="$BENCH_TOKEN" PIDS_[redis]="$KR_PID"
   local c
   for c in $CONTENDERS; do verify "$c"; done
@@ -122,11 +127,13 @@ verify() {
     die "$c: expected $CHUNKS stamped chunks and [DONE]: $(head -c 500 "$TMP/verify.out")"
 }
 
-# body STREAM: a chat request of about 1 KB.
+# body STREAM: a chat request of about 1 KB (a stream asks for usage with BENCH_FEATURES=1).
 body() {
   local text="Summarise the following notes in three sentences. " s=""
   while ((${#s} < 860)); do s+="$text"; done
-  printf '{"model":"mock","stream":%s,"max_tokens":256,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"%s"}]}' "$1" "$s"
+  local usage=""
+  if [[ "$1" == true && "$FEATURES" == 1 ]]; then usage=',"stream_options":{"include_usage":true}'; fi
+  printf '{"model":"mock","stream":%s%s,"max_tokens":256,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"%s"}]}' "$1" "$usage" "$s"
 }
 
 # ---------------------------------------------------------------- measurements
@@ -375,6 +382,7 @@ log "measured in $((SECONDS - started)) s"
   echo "idle_connections=$IDLE_CONNS"
   echo "nofile=$NOFILE"
   echo "elapsed_s=$((SECONDS - started))"
+  echo "features=$FEATURES"
   echo "note=${BENCH_NOTE:-}${HWM_NOTE:+ $HWM_NOTE}"
 } >"$OUT/meta.txt"
 "$(chart_python)" "$ROOT/bench/report.py" "$OUT" "$ROOT/bench/RESULTS.md" "$ROOT/bench/run-chart.png" ||

@@ -14,8 +14,9 @@
 //! kept, and past that only the last [`TAIL`] (providers put `usage` at the end), so a huge
 //! answer costs bounded memory and, at worst, counts nothing.
 
-use memchr::memmem;
+use memchr::memmem::Finder;
 use serde::Deserialize;
+use std::sync::LazyLock;
 
 /// The most of one record kept whole.
 const MAX_RECORD: usize = 64 * 1024;
@@ -141,14 +142,25 @@ impl Usage {
 /// The usage object of the last `"usage"` or `"usageMetadata"` key in `record`. Inside a JSON
 /// string a quote is escaped, so these bytes only ever match a key.
 fn last_report(record: &[u8]) -> Option<Reported> {
-    let mut found: Vec<usize> = [&b"\"usage\""[..], &b"\"usageMetadata\""[..]]
-        .iter()
-        .filter_map(|key| memmem::rfind(record, key).map(|at| at + key.len()))
-        .collect();
-    found.sort_unstable_by(|a, b| b.cmp(a));
-    found
-        .into_iter()
-        .find_map(|end| value_after(&record[end..]))
+    // One forward search for what both keys start with (most records have neither), its
+    // searcher built once: building one costs more than searching a small answer.
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
+    let (mut usage, mut metadata) = (None, None);
+    for at in KEY.find_iter(record) {
+        let rest = &record[at + 6..];
+        if rest.starts_with(b"\"") {
+            usage = Some(at + 7);
+        } else if rest.starts_with(b"Metadata\"") {
+            metadata = Some(at + 15);
+        }
+    }
+    let [usage, metadata] =
+        [usage, metadata].map(|end| end.and_then(|end| Some(end).zip(value_after(&record[end..]))));
+    match (usage, metadata) {
+        (Some((a, r)), Some((b, _))) if a > b => Some(r),
+        (_, Some((_, r))) | (Some((_, r)), None) => Some(r),
+        (None, None) => None,
+    }
 }
 
 /// The object after a key's closing quote (`: {...}`), ignoring whatever follows it.

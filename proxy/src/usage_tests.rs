@@ -121,3 +121,32 @@ fn the_meter_hands_its_count_on_once_when_dropped() {
     drop(m);
     assert_eq!(*got.lock().unwrap(), [5]);
 }
+
+#[test]
+fn the_last_usage_key_whose_value_reads_is_the_one_counted() {
+    let json = |s: &str| counted(Format::Json, s);
+    // The later of the two keys wins, whichever it is.
+    assert_eq!(
+        json(r#"{"usage":{"total_tokens":3},"usageMetadata":{"totalTokenCount":9}}"#),
+        9
+    );
+    assert_eq!(
+        json(r#"{"usageMetadata":{"totalTokenCount":9},"usage":{"total_tokens":3}}"#),
+        3
+    );
+    // A later key whose value is not an object falls back to the other one.
+    assert_eq!(
+        json(r#"{"usageMetadata":{"totalTokenCount":9},"usage":null}"#),
+        9
+    );
+    // Of one key, the last place it is.
+    assert_eq!(
+        json(r#"{"a":{"usage":{"total_tokens":1}},"usage":{"total_tokens":4}}"#),
+        4
+    );
+    // Keys that only start like one are not it.
+    assert_eq!(
+        json(r#"{"usage_note":{"total_tokens":5},"usages":{"total_tokens":6}}"#),
+        0
+    );
+}

@@ -16,6 +16,7 @@ use crate::config::{Config, StoreConfig};
 use crate::error::ProxyError;
 use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,7 +50,7 @@ struct Check {
 pub struct Limits {
     /// Each limited client's checks, counter names included, made once per config.
     rules: HashMap<String, Vec<Check>>,
-    pub(super) local: Mutex<HashMap<Arc<str>, Counter>>,
+    pub(super) local: Mutex<Counters>,
     pub(super) redis: Option<Remote>,
     /// Tokens this process added to token counters since start.
     pub(super) counted: AtomicU64,
@@ -159,6 +160,34 @@ impl Limits {
             }
         }
         None
+    }
+}
+
+/// The counters kept in this process, by name. The names are the config's (clients', tenants'
+/// and keys' counters, never a client's input), so they are hashed for speed, not against
+/// collisions forced on purpose: eight bytes at a time, where SipHash was a few percent of a
+/// limited request's work.
+pub(super) type Counters = HashMap<Arc<str>, Counter, BuildHasherDefault<NameHasher>>;
+
+/// A multiply-rotate hash over eight bytes at a time (as rustc's FxHasher).
+#[derive(Default)]
+pub(super) struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
+            self.0 = (self.0 ^ w).wrapping_mul(K).rotate_left(26);
+        }
+        for &b in words.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(K).rotate_left(26);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

@@ -103,22 +103,36 @@ impl Limits {
             if tokens == 0 {
                 return;
             }
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            if limits.redis.is_some() {
                 rt.spawn(async move { limits.add(tally, key, tokens).await });
+                return;
+            }
+            // Counted here at once; a task only to mark a key that reached its tpm.
+            let names = names(tally.as_deref(), key.as_ref());
+            let (window, elapsed) = now();
+            let counts = limits.add_here(&names, window, tokens);
+            match key.and_then(|k| reached(k, counts.last(), 1, elapsed)) {
+                Some((key, mark)) => {
+                    rt.spawn(async move {
+                        key.provider.pool.mark(key.index, mark).await;
+                        limits.counted.fetch_add(tokens, Ordering::Relaxed);
+                    });
+                }
+                None => {
+                    limits.counted.fetch_add(tokens, Ordering::Relaxed);
+                }
             }
         };
         Some(Box::new(Meter::new(Format::Json, Box::new(then))))
     }
 
-    /// Add an answer's tokens to its counters; mark its key when that reached the key's `tpm`.
+    /// Add an answer's tokens to its counters in Redis (here when Redis failed); mark its key
+    /// when that reached the key's `tpm`.
     async fn add(&self, tally: Option<Box<Tally>>, key: Option<KeyUse>, tokens: u64) {
-        let mut names: Vec<&str> = tally
-            .iter()
-            .flat_map(|t| t.counters.iter().map(AsRef::as_ref))
-            .collect();
-        if let Some(k) = &key {
-            names.push(&k.counter);
-        }
+        let names = names(tally.as_deref(), key.as_ref());
         let (window, elapsed) = now();
         let (counts, instances) = match &self.redis {
             Some(remote) => match remote.add_tokens(&names, window, tokens).await {
@@ -127,18 +141,8 @@ impl Limits {
             },
             None => (self.add_here(&names, window, tokens), 1),
         };
-        if let (Some(key), Some(&(cur, prev))) = (key, counts.last()) {
-            let limit = (key.limit / instances.max(1)).max(1);
-            if over(limit, cur, prev, elapsed, true) {
-                let period = wait(limit, cur, prev, elapsed);
-                tracing::debug!(pool = %key.provider.name, index = key.index, ?period, "a key reached its tpm; cooling");
-                let mark = Mark::Cool {
-                    period,
-                    reason: "tpm",
-                };
-                key.provider.metrics.marked(&mark);
-                key.provider.pool.mark(key.index, mark).await;
-            }
+        if let Some((key, mark)) = key.and_then(|k| reached(k, counts.last(), instances, elapsed)) {
+            key.provider.pool.mark(key.index, mark).await;
         }
         // Last, so that once it shows, the key is marked too.
         self.counted.fetch_add(tokens, Ordering::Relaxed);
@@ -149,7 +153,11 @@ impl Limits {
         let mut counters = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         names
             .iter()
-            .map(|n| add_to(counters.entry(Arc::from(*n)).or_default(), window, tokens))
+            // Made on its first tokens; found, not made (no allocation), after.
+            .map(|&n| match counters.get_mut(n) {
+                Some(counter) => add_to(counter, window, tokens),
+                None => add_to(counters.entry(Arc::from(n)).or_default(), window, tokens),
+            })
             .collect()
     }
 }
@@ -181,6 +189,41 @@ impl Remote {
         }
         Some(out)
     }
+}
+
+/// The counters an answer's tokens go to: its client's and tenant's, then its key's.
+fn names<'a>(tally: Option<&'a Tally>, key: Option<&'a KeyUse>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = tally
+        .iter()
+        .flat_map(|t| t.counters.iter().map(AsRef::as_ref))
+        .collect();
+    if let Some(k) = key {
+        names.push(&k.counter);
+    }
+    names
+}
+
+/// Whether `key`, its counter now at `counts`, reached its `tpm` (each of `instances` allowing
+/// its share): then the mark to cool it with, counted in its metrics.
+fn reached(
+    key: KeyUse,
+    counts: Option<&(u64, u64)>,
+    instances: u32,
+    elapsed: u64,
+) -> Option<(KeyUse, Mark)> {
+    let &(cur, prev) = counts?;
+    let limit = (key.limit / instances.max(1)).max(1);
+    if !over(limit, cur, prev, elapsed, true) {
+        return None;
+    }
+    let period = wait(limit, cur, prev, elapsed);
+    tracing::debug!(pool = %key.provider.name, index = key.index, ?period, "a key reached its tpm; cooling");
+    let mark = Mark::Cool {
+        period,
+        reason: "tpm",
+    };
+    key.provider.metrics.marked(&mark);
+    Some((key, mark))
 }
 
 /// Which counters one script call may touch together: all of them on one Redis; on a Cluster,
