@@ -199,6 +199,40 @@ async fn two_instances_on_one_redis_share_the_token_count() {
     assert_no_secret(&dump, "the Redis dump");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_tokens_reach_redis_gathered_not_one_call_each() {
+    let redis = RedisServer::start().await;
+    let mock = mock().await;
+    let store = format!(
+        "\n[store]\nurl = \"{}\"\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
+        redis.url()
+    );
+    let proxy = start(&(client_tpm(&config_text(&mock.url(), "", ""), 1_000_000) + &store)).await;
+    const ANSWERS: u64 = 40;
+    // One after another: answers ending together cannot share a call by chance.
+    for _ in 0..ANSWERS {
+        let r = ask(&proxy, TOKEN, CHAT).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    counted(&[&proxy], CHAT_TOKENS * ANSWERS).await;
+    // Every answer's tokens are in the shared counter...
+    let dump = redis.dump();
+    let total = format!("=> {}", CHAT_TOKENS * ANSWERS);
+    assert!(
+        dump.lines()
+            .any(|l| l.contains("client-tpm:tests:") && l.ends_with(&total)),
+        "{dump}"
+    );
+    // ...added in a few calls. Each request makes two (its key's acquire, with no leases
+    // here, and the limit check); the tokens add at most one every tenth of a second, where
+    // each answer made its own (three calls a request).
+    let calls = redis.calls("evalsha") + redis.calls("eval");
+    assert!(
+        calls <= 2 * ANSWERS + 5,
+        "{calls} script calls for {ANSWERS} requests"
+    );
+}
+
 #[tokio::test]
 async fn a_key_that_used_its_tokens_is_skipped_for_the_next_key() {
     let mock = mock().await;

@@ -51,7 +51,10 @@ pub struct Limits {
     /// Each limited client's checks, counter names included, made once per config.
     rules: HashMap<String, Vec<Check>>,
     pub(super) local: Mutex<Counters>,
-    pub(super) redis: Option<Remote>,
+    pub(super) redis: Option<Arc<Remote>>,
+    /// Answers' tokens not yet added in Redis, and the task that adds them (tokens.rs).
+    pub(super) pending: Mutex<super::tokens::Pending>,
+    pub(super) flusher: std::sync::Once,
     /// Tokens this process added to token counters since start.
     pub(super) counted: AtomicU64,
 }
@@ -87,7 +90,7 @@ impl Limits {
         }
         let redis = match &config.store {
             Some(s) if !rules.is_empty() || super::tokens::keys_limited(config) => {
-                Some(Remote::new(s))
+                Some(Arc::new(Remote::new(s)))
             }
             _ => None,
         };
@@ -95,6 +98,8 @@ impl Limits {
             rules,
             local: Mutex::default(),
             redis,
+            pending: Mutex::default(),
+            flusher: std::sync::Once::new(),
             counted: AtomicU64::new(0),
         }
     }

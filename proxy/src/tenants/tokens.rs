@@ -1,23 +1,41 @@
 //! The token side of the limits (`tpm`): once an answer has ended, its tokens (read by
-//! [`crate::usage`]) are added to its client's and tenant's token counters and to its key's, in
-//! one script call spawned off the client's path; a key whose tokens reached its `tpm` is then
-//! marked cooling in its pool, as a 429 marks it (so, on a shared store, every instance skips it)
-//! until enough of its tokens have slid out of the minute. Nothing of this runs, and nothing is
-//! allocated, for a request no `tpm` applies to.
+//! [`crate::usage`]) are added to its client's and tenant's token counters and to its key's; a
+//! key whose tokens reached its `tpm` is then marked cooling in its pool, as a 429 marks it (so,
+//! on a shared store, every instance skips it) until enough of its tokens have slid out of the
+//! minute. With no store they are added where the answer ends. On a store they are gathered
+//! and added by one task every [`FLUSH_EVERY`], all answers' in one script call, so Redis sees
+//! one call per instance per tenth of a second, not one per answer. Nothing of this runs, and
+//! nothing is allocated, for a request no `tpm` applies to.
 
-use super::limits::{add_to, now, over, wait, Limits, Remote, WINDOW_MS};
+use super::limits::{add_to, now, over, wait, Limits, NameHasher, Remote, WINDOW_MS};
 use crate::config::Config;
 use crate::routes::Provider;
 use crate::usage::{Format, Meter};
 use http::HeaderMap;
 use keyrelay_pool::Mark;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::Duration;
+
+/// How often gathered tokens are added in Redis: how late, at most, another instance sees them
+/// (they are already late by the length of the answer they came with).
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// The token counters of a request's client and tenant, for those that have a `tpm`.
 #[derive(Debug)]
 pub struct Tally {
     pub(super) counters: Vec<Arc<str>>,
+}
+
+/// Tokens gathered for Redis since the last call: how many to add to each counter, the key
+/// behind each key counter among them (to mark one that reached its `tpm`), and the sum.
+#[derive(Default)]
+pub(super) struct Pending {
+    counters: HashMap<Arc<str>, u64, BuildHasherDefault<NameHasher>>,
+    keys: Vec<KeyUse>,
+    tokens: u64,
 }
 
 /// The key an answer came from, when it has a `tpm`: its pool, place there, limit and counter.
@@ -28,15 +46,14 @@ struct KeyUse {
     counter: String,
 }
 
-/// Adds `ARGV[1]` tokens to each counter's current window and answers every counter's current
-/// and previous window after it. KEYS: current and previous window of each counter; ARGV:
-/// tokens, window ms.
+/// Adds each counter's tokens to its current window and answers every counter's current and
+/// previous window after it. KEYS: current and previous window of each counter; ARGV: window
+/// ms, then each counter's tokens.
 pub(super) const ADD: &str = r"
-local t = tonumber(ARGV[1])
-local w = tonumber(ARGV[2])
+local w = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS / 2 do
-  out[2 * i - 1] = redis.call('INCRBY', KEYS[2 * i - 1], t)
+  out[2 * i - 1] = redis.call('INCRBY', KEYS[2 * i - 1], tonumber(ARGV[1 + i]))
   redis.call('PEXPIRE', KEYS[2 * i - 1], 2 * w + 1000)
   out[2 * i] = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
 end
@@ -107,13 +124,16 @@ impl Limits {
                 return;
             };
             if limits.redis.is_some() {
-                rt.spawn(async move { limits.add(tally, key, tokens).await });
+                limits.gather(tally.as_deref(), key, tokens);
+                limits.flusher.call_once(|| {
+                    rt.spawn(flush_every(Arc::downgrade(&limits)));
+                });
                 return;
             }
             // Counted here at once; a task only to mark a key that reached its tpm.
             let names = names(tally.as_deref(), key.as_ref());
             let (window, elapsed) = now();
-            let counts = limits.add_here(&names, window, tokens);
+            let counts = limits.add_here(names.iter().map(|&n| (n, tokens)), window);
             match key.and_then(|k| reached(k, counts.last(), 1, elapsed)) {
                 Some((key, mark)) => {
                     rt.spawn(async move {
@@ -129,32 +149,70 @@ impl Limits {
         Some(Box::new(Meter::new(Format::Json, Box::new(then))))
     }
 
-    /// Add an answer's tokens to its counters in Redis (here when Redis failed); mark its key
-    /// when that reached the key's `tpm`.
-    async fn add(&self, tally: Option<Box<Tally>>, key: Option<KeyUse>, tokens: u64) {
-        let names = names(tally.as_deref(), key.as_ref());
+    /// Gather an answer's tokens for the next call to Redis.
+    fn gather(&self, tally: Option<&Tally>, key: Option<KeyUse>, tokens: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = &mut *p;
+        for name in tally.iter().flat_map(|t| &t.counters) {
+            *p.counters.entry(name.clone()).or_default() += tokens;
+        }
+        if let Some(key) = key {
+            match p.counters.get_mut(key.counter.as_str()) {
+                Some(n) => *n += tokens,
+                None => {
+                    p.counters.insert(Arc::from(key.counter.as_str()), tokens);
+                    p.keys.push(key);
+                }
+            }
+        }
+        p.tokens += tokens;
+    }
+
+    /// Add the gathered tokens in Redis (here when Redis failed), in one call; mark each key
+    /// that reached its `tpm`.
+    pub(super) async fn flush(&self) {
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.tokens == 0 {
+            return;
+        }
+        let items: Vec<(&str, u64)> = batch
+            .counters
+            .iter()
+            .map(|(n, &t)| (n.as_ref(), t))
+            .collect();
         let (window, elapsed) = now();
         let (counts, instances) = match &self.redis {
-            Some(remote) => match remote.add_tokens(&names, window, tokens).await {
+            Some(remote) => match remote.add_tokens(&items, window).await {
                 Some(counts) => (counts, 1),
-                None => (self.add_here(&names, window, tokens), remote.instances),
+                None => (
+                    self.add_here(items.iter().copied(), window),
+                    remote.instances,
+                ),
             },
-            None => (self.add_here(&names, window, tokens), 1),
+            None => (self.add_here(items.iter().copied(), window), 1),
         };
-        if let Some((key, mark)) = key.and_then(|k| reached(k, counts.last(), instances, elapsed)) {
-            key.provider.pool.mark(key.index, mark).await;
+        for key in batch.keys {
+            let at = items.iter().position(|(n, _)| *n == key.counter);
+            let counts = at.and_then(|i| counts.get(i));
+            if let Some((key, mark)) = reached(key, counts, instances, elapsed) {
+                key.provider.pool.mark(key.index, mark).await;
+            }
         }
-        // Last, so that once it shows, the key is marked too.
-        self.counted.fetch_add(tokens, Ordering::Relaxed);
+        // Last, so that once it shows, the keys are marked too.
+        self.counted.fetch_add(batch.tokens, Ordering::Relaxed);
     }
 
     /// Add in this process (no store, or the store failed): each counter's counts after.
-    fn add_here(&self, names: &[&str], window: u64, tokens: u64) -> Vec<(u64, u64)> {
+    fn add_here<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a str, u64)>,
+        window: u64,
+    ) -> Vec<(u64, u64)> {
         let mut counters = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        names
-            .iter()
+        items
             // Made on its first tokens; found, not made (no allocation), after.
-            .map(|&n| match counters.get_mut(n) {
+            .map(|(n, tokens)| match counters.get_mut(n) {
                 Some(counter) => add_to(counter, window, tokens),
                 None => add_to(counters.entry(Arc::from(n)).or_default(), window, tokens),
             })
@@ -162,25 +220,63 @@ impl Limits {
     }
 }
 
+/// Add `limits`' gathered tokens every [`FLUSH_EVERY`] while it is in use; what it gathered
+/// since the last call is added as it goes (see `Drop for Limits`).
+async fn flush_every(limits: Weak<Limits>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        limits.flush().await;
+    }
+}
+
+impl Drop for Limits {
+    /// A config replaced (or the process ending) still adds the tokens it gathered, in Redis.
+    fn drop(&mut self) {
+        let batch = std::mem::take(
+            self.pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let (Some(remote), Ok(rt)) = (self.redis.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if batch.tokens > 0 {
+            rt.spawn(async move {
+                let items: Vec<(&str, u64)> = batch
+                    .counters
+                    .iter()
+                    .map(|(n, &t)| (n.as_ref(), t))
+                    .collect();
+                remote.add_tokens(&items, now().0).await;
+            });
+        }
+    }
+}
+
 impl Remote {
     /// Add `tokens` to each counter in Redis: one call (on a Cluster, one per hash tag among
     /// them); each counter's counts after, or `None` when Redis failed.
-    async fn add_tokens(
-        &self,
-        names: &[&str],
-        window: u64,
-        tokens: u64,
-    ) -> Option<Vec<(u64, u64)>> {
+    async fn add_tokens(&self, items: &[(&str, u64)], window: u64) -> Option<Vec<(u64, u64)>> {
         let (mut conn, cluster) = self.conn().await?;
+        let names: Vec<&str> = items.iter().map(|(n, _)| *n).collect();
         let mut out = vec![(0, 0); names.len()];
-        for group in groups(names, cluster) {
+        for group in groups(&names, cluster) {
             let mut call = self.add.prepare_invoke();
             for &i in &group {
                 let previous = window.saturating_sub(1);
                 call.key(format!("{}:{window}", names[i]))
                     .key(format!("{}:{previous}", names[i]));
             }
-            call.arg(tokens).arg(WINDOW_MS);
+            call.arg(WINDOW_MS);
+            for &i in &group {
+                call.arg(items[i].1);
+            }
             let counts: Vec<u64> = self.run(&mut conn, &call).await?;
             for (j, &i) in group.iter().enumerate() {
                 let at = |k: usize| counts.get(k).copied().unwrap_or(0);
