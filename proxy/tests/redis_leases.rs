@@ -19,12 +19,25 @@ async fn fleet(
     redis: &RedisServer,
     provider_extra: &str,
 ) -> (MockUpstream, Vec<Running>) {
+    fleet_with(n, redis, provider_extra, "").await
+}
+
+/// As [`fleet`], the client `tests` with `client_extra` (its limits).
+async fn fleet_with(
+    n: usize,
+    redis: &RedisServer,
+    provider_extra: &str,
+    client_extra: &str,
+) -> (MockUpstream, Vec<Running>) {
     let mock = MockUpstream::start().await.unwrap();
     let mut instances = Vec::new();
     for _ in 0..n {
         let text = format!(
             "{}\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"250ms\"\n",
-            config_text(&mock.url(), provider_extra, ""),
+            config_text(&mock.url(), provider_extra, "").replace(
+                "token = \"env:KR_TOKEN\"\n",
+                &format!("token = \"env:KR_TOKEN\"\n{client_extra}\n")
+            ),
             redis.url()
         );
         let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
@@ -116,6 +129,132 @@ async fn the_shared_limit_holds_across_leasing_instances() {
         (570..=600).contains(&ok),
         "{ok} served of a shared 600 a minute, 800 asked"
     );
+}
+
+/// 16 tasks of 50 chat requests, spread over `instances`: how many were served (the others
+/// got 429).
+async fn hammer(instances: &[Running]) -> usize {
+    let client = http_client();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (client, url) = (client.clone(), chat_url(instances, t));
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..50 {
+                match chat_at(&client, &url).await.status.as_u16() {
+                    200 => ok += 1,
+                    429 => {}
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    ok
+}
+
+/// The client's request counts in Redis, both windows together.
+fn client_counted(redis: &RedisServer) -> u64 {
+    let keys = redis.cli(&["KEYS", "keyrelay:{limit.tests}:client:tests:*"]);
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| redis.cli(&["GET", k]).trim().parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_limited_clients_requests_lease_their_limit_checks_too() {
+    let redis = RedisServer::start().await;
+    let (mock, instances) = fleet_with(2, &redis, "rpm = 1000000", "rpm = 1000000").await;
+    chat_at(&http_client(), &chat_url(&instances, 0)).await; // loads the scripts
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(hammer(&instances).await, 800);
+    assert_eq!(mock.total_calls(), 801);
+    // Each request's limit check was a script call of its own, besides its key's acquire.
+    let calls = redis.calls("evalsha");
+    assert!(calls * 2 < 800, "{calls} script calls for 800 requests");
+}
+
+#[tokio::test]
+async fn a_clients_limit_holds_across_leasing_instances() {
+    let redis = RedisServer::start().await;
+    // 600 a minute for the client: leases of up to 6 (1% of it); keys without a limit to speak of.
+    let (mock, instances) = fleet_with(2, &redis, "rpm = 1000000", "rpm = 600").await;
+    let ok = hammer(&instances).await;
+    assert_eq!(ok, mock.total_calls());
+    assert!(
+        (570..=600).contains(&ok),
+        "{ok} served of the client's 600 a minute, 800 asked"
+    );
+    assert!(client_counted(&redis) <= 600, "{}", client_counted(&redis));
+}
+
+#[tokio::test]
+async fn a_lease_not_spent_in_its_time_is_given_back() {
+    let redis = RedisServer::start().await;
+    let (mock, instances) = fleet_with(1, &redis, "rpm = 1000000", "rpm = 100000").await;
+    let (client, url) = (http_client(), chat_url(&instances, 0));
+    // Bursts that grow a lease past what they spend, each left to end (250 ms) unspent.
+    for _ in 0..4 {
+        for _ in 0..40 {
+            assert_eq!(chat_at(&client, &url).await.status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(chat_at(&client, &url).await.status, 200);
+    let served = mock.total_calls() as u64;
+    assert_eq!(served, 161);
+    // Counted: what was served, and at most the one lease taken by the last request (64,
+    // the lease_max); each ended lease's rest was taken off again.
+    let counted = client_counted(&redis);
+    assert!(
+        (served..=served + 63).contains(&counted),
+        "{counted} counted for {served} served"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_never_takes_past_the_limit() {
+    let redis = RedisServer::start().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let text = format!(
+        "{}\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"1s\"\nlease_max = 1000\n",
+        config_text(&mock.url(), "rpm = 1000000", "").replace(
+            "token = \"env:KR_TOKEN\"\n",
+            "token = \"env:KR_TOKEN\"\nrpm = 10000\n"
+        ),
+        redis.url()
+    );
+    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    // 9,900 of the client's 10,000 already counted in this minute's window (one well clear of
+    // its end, so the whole test runs in it): leases of 1, 2, 4 ... would reach 127.
+    let ms = || {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.unwrap().as_millis() as u64
+    };
+    if ms() % 60_000 > 50_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - ms() % 60_000 + 100)).await;
+    }
+    let window = ms() / 60_000;
+    let key = format!("keyrelay:{{limit.tests}}:client:tests:{window}");
+    redis.cli(&["SET", &key, "9900", "PX", "180000"]);
+    let (client, url) = (http_client(), chat_url(std::slice::from_ref(&proxy), 0));
+    let mut served = 0;
+    for _ in 0..120 {
+        match chat_at(&client, &url).await.status.as_u16() {
+            200 => served += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(served, 100, "the 100 left of the limit, no more");
+    assert_eq!(mock.total_calls(), 100);
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "10000");
 }
 
 #[test]

@@ -7,10 +7,13 @@
 //! that agree on the wall clock agree on the windows with no coordination. A request is counted
 //! against both its client's and its tenant's request limit only when it is under every limit;
 //! the same call reads the token counters, which the answer's tokens are added to once it ends
-//! (`tokens.rs`). Should Redis fail or be slower than `store.command_timeout`, the limits are
-//! counted here, each instance allowing `1/store.instances` of them, as the pools do.
+//! (`tokens.rs`). With `store.lease_time`, a call takes a few requests at once and this
+//! instance spends them without Redis (`leases.rs`). Should Redis fail or be slower than
+//! `store.command_timeout`, the limits are counted here, each instance allowing
+//! `1/store.instances` of them, as the pools do.
 
 use super::conn::Conn;
+use super::leases::Lease;
 use super::tokens::Tally;
 use crate::config::{Config, StoreConfig};
 use crate::error::ProxyError;
@@ -20,6 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 pub(super) const WINDOW_MS: u64 = 60_000;
 
@@ -46,10 +50,35 @@ struct Check {
     tokens: bool,
 }
 
+/// A limited client's checks (counter names included, made once per config), its lease of
+/// requests on this instance, and the most one lease may take.
+struct Rule {
+    checks: Vec<Check>,
+    lease: Mutex<Lease>,
+    cap: u32,
+}
+
+impl Rule {
+    fn new(checks: Vec<Check>, lease_max: u32) -> Rule {
+        // At most 1% of the smallest request limit (at least one) and `lease_max`.
+        let smallest = checks.iter().filter(|c| !c.tokens).map(|c| c.limit).min();
+        let cap = smallest.map_or(lease_max, |l| (l / 100).clamp(1, lease_max.max(1)));
+        Rule {
+            checks,
+            lease: Mutex::default(),
+            cap,
+        }
+    }
+
+    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Every configured client and tenant limit, and where they are counted.
 pub struct Limits {
-    /// Each limited client's checks, counter names included, made once per config.
-    rules: HashMap<String, Vec<Check>>,
+    /// Each limited client's rule, by the client's name.
+    rules: HashMap<String, Rule>,
     pub(super) local: Mutex<Counters>,
     pub(super) redis: Option<Arc<Remote>>,
     /// Answers' tokens not yet added in Redis, and the task that adds them (tokens.rs).
@@ -71,10 +100,12 @@ impl Limits {
     pub fn new(config: &Config) -> Limits {
         let mut rules = HashMap::new();
         let caps = |rpm, tpm| Caps { rpm, tpm };
+        let lease_max = config.store.as_ref().map_or(1, |s| s.settings.lease_max);
         for c in &config.clients {
             let client = caps(c.rpm, c.tpm);
             if client.any() {
-                rules.insert(c.name.clone(), checks(&c.name, client, None, &c.name));
+                let checks = checks(&c.name, client, None, &c.name);
+                rules.insert(c.name.clone(), Rule::new(checks, lease_max));
             }
         }
         for t in &config.tenants {
@@ -84,7 +115,7 @@ impl Limits {
                 let client = caps(c.rpm, c.tpm);
                 if client.any() || tenant.any() {
                     let checks = checks(&c.name, client, of_tenant, &t.name);
-                    rules.insert(c.name.clone(), checks);
+                    rules.insert(c.name.clone(), Rule::new(checks, lease_max));
                 }
             }
         }
@@ -117,14 +148,17 @@ impl Limits {
         if self.rules.is_empty() {
             return Ok(None);
         }
-        let Some(checks) = self.rules.get(client) else {
+        let Some(rule) = self.rules.get(client) else {
             return Ok(None);
         };
+        let checks = &rule.checks;
         let (window, elapsed) = now();
         let refused = match &self.redis {
+            // A request of this instance's lease: counted in Redis when the lease was taken.
+            Some(remote) if remote.leases() && rule.lease().spend(Instant::now(), window) => None,
             // Boxed: the Redis call's future is large, and only limited clients need it; every
             // request's future would otherwise carry its size (and copy it).
-            Some(remote) => match Box::pin(remote.count(checks, window, elapsed)).await {
+            Some(remote) => match Box::pin(remote.count(rule, window, elapsed)).await {
                 Some(answer) => answer,
                 None => self.count_here(checks, window, elapsed, remote.instances),
             },
@@ -285,32 +319,51 @@ pub(super) fn wait(limit: u32, current: u64, previous: u64, elapsed: u64) -> Dur
     Duration::from_millis((at - e).ceil().max(1.0) as u64)
 }
 
-/// Reads each limit's two windows and, when every one has room, counts the request in each
-/// request limit (token limits are only read: tokens are added once an answer ends); else
-/// answers which limit (1-based) is full and its counts. KEYS: current and previous window of
-/// each limit; ARGV: ms into the window, window ms, each limit, then each limit's kind ('t':
-/// tokens, 'r': requests).
+/// First gives back a lease's unspent requests (taken off the window they were counted in,
+/// if its counter is still there); then reads each limit's two windows and, when every one has
+/// room, counts up to `want` requests in each request limit (as many as every one has room
+/// for, at least one; token limits are only read: tokens are added once an answer ends) and
+/// answers how many; else which limit (1-based) is full and its counts. KEYS: current and
+/// previous window of each limit; ARGV: ms into the window, window ms, want, requests to give
+/// back, their window ('c' current, 'p' previous, '' none), each limit, then each limit's kind
+/// ('t': tokens, 'r': requests).
 const SCRIPT: &str = r"
 local e = tonumber(ARGV[1])
 local w = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local back = tonumber(ARGV[4])
 local n = #KEYS / 2
+if back > 0 and ARGV[5] ~= '' then
+  local at = ARGV[5] == 'c' and 1 or 0
+  for i = 1, n do
+    local k = KEYS[2 * i - at]
+    if ARGV[5 + n + i] ~= 't' and redis.call('EXISTS', k) == 1 then
+      if tonumber(redis.call('DECRBY', k, back)) < 0 then
+        redis.call('SET', k, 0, 'KEEPTTL')
+      end
+    end
+  end
+end
 for i = 1, n do
   local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
   local used = prev * (w - e) / w + cur
-  local limit = tonumber(ARGV[2 + i])
-  local tokens = ARGV[2 + n + i] == 't'
+  local limit = tonumber(ARGV[5 + i])
+  local tokens = ARGV[5 + n + i] == 't'
   if (tokens and used >= limit) or (not tokens and used + 1 > limit) then
-    return {i, cur, prev}
+    return {i, cur, prev, 0}
+  end
+  if not tokens then
+    want = math.min(want, math.floor(limit - used))
   end
 end
 for i = 1, n do
-  if ARGV[2 + n + i] ~= 't' then
-    redis.call('INCR', KEYS[2 * i - 1])
+  if ARGV[5 + n + i] ~= 't' then
+    redis.call('INCRBY', KEYS[2 * i - 1], want)
     redis.call('PEXPIRE', KEYS[2 * i - 1], 2 * w + 1000)
   end
 end
-return {0, 0, 0}
+return {0, 0, 0, want}
 ";
 
 /// The store's Redis for the limit scripts.
@@ -318,6 +371,7 @@ pub(super) struct Remote {
     link: std::sync::Arc<super::conn::Link>,
     timeout: Duration,
     pub(super) instances: u32,
+    lease_time: Duration,
     script: Script,
     pub(super) add: Script,
 }
@@ -334,6 +388,7 @@ impl Remote {
             link,
             timeout: s.settings.command_timeout,
             instances: s.settings.instances,
+            lease_time: s.settings.lease_time,
             script: Script::new(SCRIPT),
             add: Script::new(super::tokens::ADD),
         }
@@ -375,14 +430,49 @@ impl Remote {
         }
     }
 
-    /// The script's answer (`Some(None)`: counted), or `None` when Redis did not answer in
-    /// time.
+    /// Whether limits are leased (`store.lease_time` above zero).
+    pub(super) fn leases(&self) -> bool {
+        !self.lease_time.is_zero()
+    }
+
+    /// The script's answer (`Some(None)`: counted, and with leases the rest of what it counted
+    /// held for this instance), or `None` when Redis did not answer in time.
     async fn count(
+        &self,
+        rule: &Rule,
+        window: u64,
+        elapsed: u64,
+    ) -> Option<Option<(usize, u64, u64)>> {
+        let (want, back) = if self.leases() {
+            rule.lease().ask(rule.cap)
+        } else {
+            (1, None)
+        };
+        let asked = Instant::now();
+        let answer = self.call(&rule.checks, window, elapsed, want, back).await;
+        match answer {
+            None => {
+                rule.lease().keep_back(back);
+                None
+            }
+            Some((0, _, _, granted)) => {
+                if self.leases() {
+                    rule.lease().took(granted, window, asked + self.lease_time);
+                }
+                Some(None)
+            }
+            Some((i, cur, prev, _)) => Some(Some((i - 1, cur, prev))),
+        }
+    }
+
+    async fn call(
         &self,
         checks: &[Check],
         window: u64,
         elapsed: u64,
-    ) -> Option<Option<(usize, u64, u64)>> {
+        want: u32,
+        back: Option<(u64, u32)>,
+    ) -> Option<(usize, u64, u64, u32)> {
         let (mut conn, _) = self.conn().await?;
         let mut call = self.script.prepare_invoke();
         for c in checks {
@@ -392,17 +482,20 @@ impl Remote {
                 window.saturating_sub(1)
             ));
         }
-        call.arg(elapsed).arg(WINDOW_MS);
+        // Given back into the window it was counted in, while a call can still reach it.
+        let (back, at) = match back {
+            Some((w, n)) if w == window => (n, "c"),
+            Some((w, n)) if w + 1 == window => (n, "p"),
+            _ => (0, ""),
+        };
+        call.arg(elapsed).arg(WINDOW_MS).arg(want).arg(back).arg(at);
         for c in checks {
             call.arg(c.limit);
         }
         for c in checks {
             call.arg(if c.tokens { "t" } else { "r" });
         }
-        match self.run::<(usize, u64, u64)>(&mut conn, &call).await? {
-            (0, _, _) => Some(None),
-            (i, cur, prev) => Some(Some((i - 1, cur, prev))),
-        }
+        self.run(&mut conn, &call).await
     }
 }
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod audit;
 pub mod check;
 pub mod conn;
+mod leases;
 pub mod limits;
 pub mod records;
 pub mod registry;
