@@ -5,8 +5,10 @@
 //!
 //! A lease is spent only within `lease_time` of its call and within the minute window it was
 //! counted in; what it did not use is given back (taken off that window's counters) on the
-//! client's next call. What one call may take: twice what the leases since the last call
-//! served when they ran out, what they served when some went unused (at least one), at most
+//! client's next call. One call is made at a time per client: requests that find no lease
+//! wait for the call in flight and are served from it. What one call may take: twice what
+//! the leases since the last call served when they ran out, what they served when some went
+//! unused (at least one more than the requests waiting for it), at most
 //! `lease_max` and 1% of the smallest request limit among the client's (at least one), and
 //! never past a limit (the script grants what is left). So a limit is never exceeded: every
 //! request is counted in Redis before it is spent; while leases are held, their unspent
@@ -48,9 +50,10 @@ impl Lease {
         false
     }
 
-    /// How many requests the next call should ask for (see the module), at most `cap`, and
-    /// what it gives back; the counts for sizing start again.
-    pub(super) fn ask(&mut self, cap: u32) -> (u32, Option<(u64, u32)>) {
+    /// How many requests the next call should ask for (see the module; at least one more than
+    /// the requests `waiting` for it), at most `cap`, and what it gives back; the counts for
+    /// sizing start again.
+    pub(super) fn ask(&mut self, cap: u32, waiting: u32) -> (u32, Option<(u64, u32)>) {
         let want = if self.ran_out {
             self.served.saturating_mul(2)
         } else {
@@ -58,6 +61,7 @@ impl Lease {
         };
         self.served = 0;
         self.ran_out = false;
+        let want = want.max(waiting.saturating_add(1));
         (want.clamp(1, cap.max(1)), self.back.take())
     }
 
@@ -103,31 +107,32 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Lease::default();
         assert!(!l.spend(t0, 7), "nothing leased yet");
-        assert_eq!(l.ask(64), (1, None), "the first call asks for one");
+        assert_eq!(l.ask(64, 0), (1, None), "the first call asks for one");
         l.took(1, 7, t0 + Duration::from_millis(250));
         assert!(!l.spend(t0, 7), "a lease of one was the caller's");
         // It grows while leases run out: twice what they served.
-        assert_eq!(l.ask(64).0, 2);
+        assert_eq!(l.ask(64, 0).0, 2);
         l.took(4, 7, t0 + Duration::from_millis(250));
         for _ in 0..3 {
             assert!(l.spend(t0, 7));
         }
         assert!(!l.spend(t0, 7));
-        assert_eq!(l.ask(64).0, 8);
-        assert_eq!(l.ask(64).0, 1, "served nothing since: one");
+        assert_eq!(l.ask(64, 0).0, 8);
+        assert_eq!(l.ask(64, 0).0, 1, "served nothing since: one");
         // Held past its time: the rest goes back on the next call, once.
         l.took(5, 7, t0 + Duration::from_millis(250));
         assert!(l.spend(t0 + Duration::from_millis(100), 7));
         assert!(!l.spend(t0 + Duration::from_millis(300), 7));
-        assert_eq!(l.ask(64), (2, Some((7, 3))), "served two, unspent three");
-        assert_eq!(l.ask(64).1, None);
+        assert_eq!(l.ask(64, 0), (2, Some((7, 3))), "served two, unspent three");
+        assert_eq!(l.ask(64, 0).1, None);
         // Not spent in another window, nor past the cap.
         l.took(3, 7, t0 + Duration::from_secs(1));
         assert!(!l.spend(t0, 8));
-        assert_eq!(l.ask(2), (1, Some((7, 2))));
+        assert_eq!(l.ask(2, 0), (1, Some((7, 2))));
         l.served = 100;
         l.ran_out = true;
-        assert_eq!(l.ask(2).0, 2, "capped");
+        assert_eq!(l.ask(2, 0).0, 2, "capped");
+        assert_eq!(l.ask(64, 9).0, 10, "the waiting requests and the caller's");
     }
 
     #[test]
@@ -141,6 +146,6 @@ mod tests {
         assert_eq!(spent, 5, "2 + 3 held, the callers' own not");
         // A failed call keeps what it was to give back.
         l.keep_back(Some((7, 2)));
-        assert_eq!(l.ask(64).1, Some((7, 2)));
+        assert_eq!(l.ask(64, 0).1, Some((7, 2)));
     }
 }

@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -56,6 +56,13 @@ struct Rule {
     checks: Vec<Check>,
     lease: Mutex<Lease>,
     cap: u32,
+    /// One call for a lease at a time: requests that find none wait for the call in flight
+    /// (at most its `command_timeout`) and are served from what it took; how many wait, the
+    /// calls made, and whether the last one failed.
+    gate: tokio::sync::Mutex<()>,
+    waiting: AtomicU32,
+    calls: AtomicU64,
+    failed: AtomicBool,
 }
 
 impl Rule {
@@ -67,6 +74,10 @@ impl Rule {
             checks,
             lease: Mutex::default(),
             cap,
+            gate: tokio::sync::Mutex::new(()),
+            waiting: AtomicU32::new(0),
+            calls: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -156,6 +167,10 @@ impl Limits {
         let refused = match &self.redis {
             // A request of this instance's lease: counted in Redis when the lease was taken.
             Some(remote) if remote.leases() && rule.lease().spend(Instant::now(), window) => None,
+            // Boxed, as below.
+            Some(remote) if remote.leases() => {
+                Box::pin(self.lease(remote, rule, window, elapsed)).await
+            }
             // Boxed: the Redis call's future is large, and only limited clients need it; every
             // request's future would otherwise carry its size (and copy it).
             Some(remote) => match Box::pin(remote.count(rule, window, elapsed)).await {
@@ -171,6 +186,40 @@ impl Limits {
                 limit: if checks[i].tokens { "tpm" } else { "rpm" },
                 retry_after: wait(checks[i].limit, current, previous, elapsed),
             }),
+        }
+    }
+
+    /// A request that found no lease: served from the call in flight if there is one (waiting
+    /// for it), else by a call of its own for a lease; counted here when Redis failed.
+    async fn lease(
+        &self,
+        remote: &Remote,
+        rule: &Rule,
+        window: u64,
+        elapsed: u64,
+    ) -> Option<(usize, u64, u64)> {
+        let seen = rule.calls.load(Ordering::Acquire);
+        rule.waiting.fetch_add(1, Ordering::Relaxed);
+        let gate = rule.gate.lock().await;
+        rule.waiting.fetch_sub(1, Ordering::Relaxed);
+        if rule.calls.load(Ordering::Acquire) != seen {
+            // A call ended while this one waited: its lease serves this request too, or its
+            // failure sends it here at once (not into a call of its own, one after another).
+            if rule.lease().spend(Instant::now(), window) {
+                return None;
+            }
+            if rule.failed.load(Ordering::Relaxed) {
+                drop(gate);
+                return self.count_here(&rule.checks, window, elapsed, remote.instances);
+            }
+        }
+        let answer = remote.count(rule, window, elapsed).await;
+        rule.failed.store(answer.is_none(), Ordering::Relaxed);
+        rule.calls.fetch_add(1, Ordering::Release);
+        drop(gate);
+        match answer {
+            Some(answer) => answer,
+            None => self.count_here(&rule.checks, window, elapsed, remote.instances),
         }
     }
 
@@ -444,7 +493,8 @@ impl Remote {
         elapsed: u64,
     ) -> Option<Option<(usize, u64, u64)>> {
         let (want, back) = if self.leases() {
-            rule.lease().ask(rule.cap)
+            let waiting = rule.waiting.load(Ordering::Relaxed);
+            rule.lease().ask(rule.cap, waiting)
         } else {
             (1, None)
         };
