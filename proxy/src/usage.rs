@@ -89,6 +89,13 @@ impl Usage {
             self.keep(data);
             return;
         }
+        if self.record.is_empty() && KEY.find(data).is_none() {
+            // No line of it can hold a report (none began before it): only a line it leaves
+            // unfinished is kept, for the bytes that end it. One search, not one a line.
+            let unfinished = memchr::memrchr(b'\n', data).map_or(data, |nl| &data[nl + 1..]);
+            self.keep(unfinished);
+            return;
+        }
         let mut rest = data;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let line = &rest[..nl];
@@ -139,12 +146,13 @@ impl Usage {
     }
 }
 
+/// What both usage keys start with, searched for forward (most records have neither); the
+/// searcher is built once: building one costs more than searching a small answer.
+static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
+
 /// The usage object of the last `"usage"` or `"usageMetadata"` key in `record`. Inside a JSON
 /// string a quote is escaped, so these bytes only ever match a key.
 fn last_report(record: &[u8]) -> Option<Reported> {
-    // One forward search for what both keys start with (most records have neither), its
-    // searcher built once: building one costs more than searching a small answer.
-    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
     let (mut usage, mut metadata) = (None, None);
     for at in KEY.find_iter(record) {
         let rest = &record[at + 6..];
@@ -153,6 +161,9 @@ fn last_report(record: &[u8]) -> Option<Reported> {
         } else if rest.starts_with(b"Metadata\"") {
             metadata = Some(at + 15);
         }
+    }
+    if usage.is_none() && metadata.is_none() {
+        return None;
     }
     let [usage, metadata] =
         [usage, metadata].map(|end| end.and_then(|end| Some(end).zip(value_after(&record[end..]))));
