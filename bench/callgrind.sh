@@ -12,7 +12,8 @@
 #
 # Knobs (environment): CG_REQUESTS (2000 per workload), CG_CONCURRENCY (8), CG_WARMUP (200),
 # CG_OUT (where the callgrind.out files and annotations are kept; default a temp dir that is
-# printed), NO_BUILD (1 = use ${CARGO_TARGET_DIR:-target}/release as it is).
+# printed), NO_BUILD (1 = use ${CARGO_TARGET_DIR:-target}/release as it is), KR_FEATURES (1 =
+# keyrelay with affinity, a tenant, limits and token metering on, as BENCH_FEATURES in run.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
