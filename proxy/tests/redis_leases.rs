@@ -1,5 +1,6 @@
 //! Leased shares through the whole proxy (`[store] lease_time`): instances on one Redis make
-//! fewer script calls than requests, and the shared per-key limit still holds across them.
+//! fewer script calls than requests, and the shared per-key limit still holds across them; a
+//! limited client's requests are leased too, and its limit holds the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod support;
@@ -32,16 +33,8 @@ async fn fleet_with(
     let mock = MockUpstream::start().await.unwrap();
     let mut instances = Vec::new();
     for _ in 0..n {
-        let text = format!(
-            "{}\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"250ms\"\n",
-            config_text(&mock.url(), provider_extra, "").replace(
-                "token = \"env:KR_TOKEN\"\n",
-                &format!("token = \"env:KR_TOKEN\"\n{client_extra}\n")
-            ),
-            redis.url()
-        );
-        let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-        instances.push(keyrelay::start(config).await.unwrap());
+        let store = "command_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"250ms\"";
+        instances.push(instance(&mock, redis, provider_extra, client_extra, store).await);
     }
     let subscribed = || {
         redis
@@ -58,6 +51,27 @@ async fn fleet_with(
     (mock, instances)
 }
 
+/// One instance in front of `mock` on `redis`: `provider_extra` in the provider, the client
+/// `tests` with `client_extra`, and `store` (TOML lines) in `[store]`.
+async fn instance(
+    mock: &MockUpstream,
+    redis: &RedisServer,
+    provider_extra: &str,
+    client_extra: &str,
+    store: &str,
+) -> Running {
+    let text = format!(
+        "{}\n[store]\nurl = \"{}\"\n{store}\n",
+        config_text(&mock.url(), provider_extra, "").replace(
+            "token = \"env:KR_TOKEN\"\n",
+            &format!("token = \"env:KR_TOKEN\"\n{client_extra}\n")
+        ),
+        redis.url()
+    );
+    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    keyrelay::start(config).await.unwrap()
+}
+
 fn chat_url(instances: &[Running], i: usize) -> String {
     format!(
         "http://{}/v1/chat/completions",
@@ -69,21 +83,9 @@ fn chat_url(instances: &[Running], i: usize) -> String {
 async fn concurrent_traffic_makes_fewer_script_calls_than_requests() {
     let redis = RedisServer::start().await;
     let (mock, instances) = fleet(2, &redis, "rpm = 1000000").await;
-    let client = http_client();
-    chat_at(&client, &chat_url(&instances, 0)).await; // loads the script
+    chat_at(&http_client(), &chat_url(&instances, 0)).await; // loads the script
     redis.cli(&["CONFIG", "RESETSTAT"]);
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let (client, url) = (client.clone(), chat_url(&instances, t));
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                assert_eq!(chat_at(&client, &url).await.status, 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    assert_eq!(hammer(&instances).await, 800);
     assert_eq!(mock.total_calls(), 801);
     let calls = redis.calls("evalsha");
     assert!(calls * 2 < 800, "{calls} script calls for 800 requests");
@@ -97,26 +99,7 @@ async fn the_shared_limit_holds_across_leasing_instances() {
     let redis = RedisServer::start().await;
     // 3 keys x 200 rpm: leases of up to 2 (1% of the rpm), 600 requests a minute in all.
     let (mock, instances) = fleet(2, &redis, "rpm = 200").await;
-    let client = http_client();
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let (client, url) = (client.clone(), chat_url(&instances, t));
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 0;
-            for _ in 0..50 {
-                match chat_at(&client, &url).await.status.as_u16() {
-                    200 => ok += 1,
-                    429 => {}
-                    other => panic!("unexpected status {other}"),
-                }
-            }
-            ok
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.unwrap();
-    }
+    let ok = hammer(&instances).await;
     assert_eq!(ok, mock.total_calls());
     for k in KEYS {
         assert!(
@@ -223,16 +206,9 @@ async fn a_lease_not_spent_in_its_time_is_given_back() {
 async fn a_lease_never_takes_past_the_limit() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await.unwrap();
-    let text = format!(
-        "{}\n[store]\nurl = \"{}\"\ncommand_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"1s\"\nlease_max = 1000\n",
-        config_text(&mock.url(), "rpm = 1000000", "").replace(
-            "token = \"env:KR_TOKEN\"\n",
-            "token = \"env:KR_TOKEN\"\nrpm = 10000\n"
-        ),
-        redis.url()
-    );
-    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
+    let store =
+        "command_timeout = \"2s\"\nconnect_timeout = \"2s\"\nlease_time = \"1s\"\nlease_max = 1000";
+    let proxy = instance(&mock, &redis, "rpm = 1000000", "rpm = 10000", store).await;
     // 9,900 of the client's 10,000 already counted in this minute's window (one well clear of
     // its end, so the whole test runs in it): leases of 1, 2, 4 ... would reach 127.
     let ms = || {
@@ -263,16 +239,8 @@ async fn a_lease_never_takes_past_the_limit() {
 async fn a_frozen_redis_slows_a_limited_clients_waiting_requests_by_one_call_at_most() {
     let redis = RedisServer::start().await;
     let mock = MockUpstream::start().await.unwrap();
-    let text = format!(
-        "{}\n[store]\nurl = \"{}\"\ncommand_timeout = \"100ms\"\nlease_time = \"250ms\"\n",
-        config_text(&mock.url(), "rpm = 1000000", "").replace(
-            "token = \"env:KR_TOKEN\"\n",
-            "token = \"env:KR_TOKEN\"\nrpm = 1000000\n"
-        ),
-        redis.url()
-    );
-    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
+    let store = "command_timeout = \"100ms\"\nlease_time = \"250ms\"";
+    let proxy = instance(&mock, &redis, "rpm = 1000000", "rpm = 1000000", store).await;
     let (client, url) = (http_client(), chat_url(std::slice::from_ref(&proxy), 0));
     assert_eq!(chat_at(&client, &url).await.status, 200);
     redis.freeze();
