@@ -41,6 +41,8 @@ pub struct Provider {
     pub fallback: Option<Arc<Provider>>,
     /// Whether any key of this pool has a `tpm` (its answers' tokens are then counted).
     pub tpm_keys: bool,
+    /// Its keys' token counters' names, made on each key's first metered answer.
+    pub tpm_counters: crate::tenants::tokens::KeyCounters,
     /// The `Host` header of every upstream request, the base URL's authority as written (an
     /// HTTP/2 `:authority` is the same), made once instead of by the upstream client (which
     /// formats one per request only for a request that has none).
@@ -109,6 +111,7 @@ impl Provider {
             tenant: None,
             fallback: None,
             tpm_keys: pc.keys.iter().any(|k| k.tpm.is_some()),
+            tpm_counters: crate::tenants::tokens::KeyCounters::default(),
             host: None,
         };
         Ok(Provider {

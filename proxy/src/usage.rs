@@ -14,6 +14,7 @@
 //! kept, and past that only the last [`TAIL`] (providers put `usage` at the end), so a huge
 //! answer costs bounded memory and, at worst, counts nothing.
 
+use bytes::Bytes;
 use memchr::memmem::Finder;
 use serde::Deserialize;
 use std::sync::LazyLock;
@@ -69,6 +70,8 @@ impl Counts {
 #[derive(Debug)]
 pub struct Usage {
     format: Format,
+    /// A JSON body that came in one frame so far, held as it came (no copy).
+    whole: Option<Bytes>,
     /// The JSON body so far, or the SSE line in progress (bounded; see [`Usage::keep`]).
     record: Vec<u8>,
     counts: Counts,
@@ -78,9 +81,26 @@ impl Usage {
     pub fn new(format: Format) -> Usage {
         Usage {
             format,
+            whole: None,
             record: Vec::new(),
             counts: Counts::default(),
         }
+    }
+
+    /// The answer's next frame: a JSON body's first is held as it is (most answers are one
+    /// frame), copied aside only when another comes.
+    pub fn feed_frame(&mut self, data: &Bytes) {
+        if self.format == Format::Sse {
+            return self.feed(data);
+        }
+        if self.whole.is_none() && self.record.is_empty() && data.len() <= MAX_RECORD {
+            self.whole = Some(data.clone());
+            return;
+        }
+        if let Some(first) = self.whole.take() {
+            self.keep(&first);
+        }
+        self.keep(data);
     }
 
     /// The next bytes of the answer.
@@ -116,7 +136,9 @@ impl Usage {
     /// The answer ended (however it ended): the tokens it reported. An SSE line cut short is
     /// not read (its JSON would not parse).
     pub fn finish(&mut self) -> u64 {
-        if self.format == Format::Json {
+        if let Some(whole) = self.whole.take() {
+            self.read(&whole);
+        } else if self.format == Format::Json {
             let record = std::mem::take(&mut self.record);
             self.read(&record);
         }
@@ -210,8 +232,8 @@ impl Meter {
         self.usage = Usage::new(format);
     }
 
-    pub fn feed(&mut self, data: &[u8]) {
-        self.usage.feed(data);
+    pub fn feed(&mut self, data: &Bytes) {
+        self.usage.feed_frame(data);
     }
 }
 

@@ -2,18 +2,24 @@
 
 use super::*;
 
-/// The tokens `body` reports, fed in one piece and then split at every byte (two frames).
+/// The tokens `body` reports, fed in one piece and then split at every byte (two frames),
+/// as frames and as bytes.
 fn counted(format: Format, body: &str) -> u64 {
     let whole = {
         let mut u = Usage::new(format);
-        u.feed(body.as_bytes());
+        u.feed_frame(&Bytes::copy_from_slice(body.as_bytes()));
         u.finish()
     };
     for at in 0..=body.len() {
+        let (a, b) = body.as_bytes().split_at(at);
         let mut u = Usage::new(format);
-        u.feed(&body.as_bytes()[..at]);
-        u.feed(&body.as_bytes()[at..]);
+        u.feed_frame(&Bytes::copy_from_slice(a));
+        u.feed_frame(&Bytes::copy_from_slice(b));
         assert_eq!(u.finish(), whole, "split at {at} of {body}");
+        let mut u = Usage::new(format);
+        u.feed(a);
+        u.feed(b);
+        assert_eq!(u.finish(), whole, "split at {at} of {body}, fed as bytes");
     }
     whole
 }
@@ -116,8 +122,8 @@ fn the_meter_hands_its_count_on_once_when_dropped() {
         Format::Json,
         Box::new(move |t| seen.lock().unwrap().push(t)),
     );
-    m.feed(br#"{"usage":{"input_tokens":2,"#);
-    m.feed(br#""output_tokens":3}}"#);
+    m.feed(&Bytes::from_static(br#"{"usage":{"input_tokens":2,"#));
+    m.feed(&Bytes::from_static(br#""output_tokens":3}}"#));
     drop(m);
     assert_eq!(*got.lock().unwrap(), [5]);
 }

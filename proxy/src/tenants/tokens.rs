@@ -16,7 +16,7 @@ use keyrelay_pool::Mark;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 /// How often gathered tokens are added in Redis: how late, at most, another instance sees them
@@ -43,7 +43,24 @@ struct KeyUse {
     provider: Arc<Provider>,
     index: usize,
     limit: u32,
-    counter: String,
+    counter: Arc<str>,
+}
+
+/// A pool's keys' token counter names, by key fingerprint: each made once, on the key's first
+/// metered answer (keys registered at run time included), not formatted for every answer.
+#[derive(Default)]
+pub struct KeyCounters(Mutex<HashMap<String, Arc<str>, BuildHasherDefault<NameHasher>>>);
+
+impl KeyCounters {
+    fn name(&self, pool: &str, fingerprint: &str) -> Arc<str> {
+        let mut names = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = names.get(fingerprint) {
+            return name.clone();
+        }
+        let name: Arc<str> = format!("keyrelay:{{tpm.{pool}}}:key:{fingerprint}").into();
+        names.insert(fingerprint.to_owned(), name.clone());
+        name
+    }
 }
 
 /// Adds each counter's tokens to its current window and answers every counter's current and
@@ -113,7 +130,7 @@ impl Limits {
             provider: provider.clone(),
             index,
             limit,
-            counter: format!("keyrelay:{{tpm.{}}}:key:{}", provider.name, k.fingerprint),
+            counter: provider.tpm_counters.name(&provider.name, &k.fingerprint),
         });
         let limits = self.clone();
         let then = move |tokens: u64| {
@@ -157,10 +174,10 @@ impl Limits {
             *p.counters.entry(name.clone()).or_default() += tokens;
         }
         if let Some(key) = key {
-            match p.counters.get_mut(key.counter.as_str()) {
+            match p.counters.get_mut(&key.counter) {
                 Some(n) => *n += tokens,
                 None => {
-                    p.counters.insert(Arc::from(key.counter.as_str()), tokens);
+                    p.counters.insert(key.counter.clone(), tokens);
                     p.keys.push(key);
                 }
             }
@@ -193,7 +210,7 @@ impl Limits {
             None => (self.add_here(items.iter().copied(), window), 1),
         };
         for key in batch.keys {
-            let at = items.iter().position(|(n, _)| *n == key.counter);
+            let at = items.iter().position(|(n, _)| *n == &*key.counter);
             let counts = at.and_then(|i| counts.get(i));
             if let Some((key, mark)) = reached(key, counts, instances, elapsed) {
                 key.provider.pool.mark(key.index, mark).await;
