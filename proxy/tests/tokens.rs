@@ -37,6 +37,14 @@ fn client_tpm(text: &str, tpm: u64) -> String {
     )
 }
 
+/// A `[store]` section on `redis` with generous timeouts, and `extra` lines.
+fn store(redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "\n[store]\nurl = \"{}\"\n{extra}\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
+        redis.url()
+    )
+}
+
 async fn start(text: &str) -> Running {
     let config = Config::from_toml_str(text, &tokens_env()).unwrap_or_else(|e| panic!("{e}"));
     keyrelay::start(config).await.unwrap()
@@ -176,10 +184,7 @@ async fn a_tenant_tpm_holds_over_all_its_clients() {
 async fn two_instances_on_one_redis_share_the_token_count() {
     let redis = RedisServer::start().await;
     let mock = mock().await;
-    let store = format!(
-        "\n[store]\nurl = \"{}\"\ninstances = 2\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
-        redis.url()
-    );
+    let store = store(&redis, "instances = 2");
     let text = client_tpm(&config_text(&mock.url(), "", ""), 30) + &store;
     let (one, two) = (start(&text).await, start(&text).await);
     let both = [&one, &two];
@@ -203,10 +208,7 @@ async fn two_instances_on_one_redis_share_the_token_count() {
 async fn answers_tokens_reach_redis_gathered_not_one_call_each() {
     let redis = RedisServer::start().await;
     let mock = mock().await;
-    let store = format!(
-        "\n[store]\nurl = \"{}\"\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
-        redis.url()
-    );
+    let store = store(&redis, "");
     let proxy = start(&(client_tpm(&config_text(&mock.url(), "", ""), 1_000_000) + &store)).await;
     const ANSWERS: u64 = 40;
     // One after another: answers ending together cannot share a call by chance.
@@ -278,10 +280,7 @@ async fn a_key_at_its_tpm_on_one_instance_is_skipped_by_the_other_sharing_redis(
     let redis = RedisServer::start().await;
     let mock = mock().await;
     let keys = "keys = [{ secret = \"env:KR_KEY_1\", tpm = 10 }, \"env:KR_KEY_2\"]";
-    let store = format!(
-        "\n[store]\nurl = \"{}\"\ninstances = 2\ncommand_timeout = \"10s\"\nconnect_timeout = \"10s\"\n",
-        redis.url()
-    );
+    let store = store(&redis, "instances = 2");
     let text = config_text(&mock.url(), "strategy = \"round-robin\"", "")
         .replace("keys = \"env:KR_KEY_*\"", keys)
         + &store;
