@@ -38,6 +38,16 @@ pub(super) struct Pending {
     tokens: u64,
 }
 
+impl Pending {
+    /// Each counter with the tokens to add to it.
+    fn items(&self) -> Vec<(&str, u64)> {
+        self.counters
+            .iter()
+            .map(|(n, &t)| (n.as_ref(), t))
+            .collect()
+    }
+}
+
 /// The key an answer came from, when it has a `tpm`: its pool, place there, limit and counter.
 struct KeyUse {
     provider: Arc<Provider>,
@@ -188,16 +198,13 @@ impl Limits {
     /// Add the gathered tokens in Redis (here when Redis failed), in one call; mark each key
     /// that reached its `tpm`.
     pub(super) async fn flush(&self) {
-        let batch =
+        let mut batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         if batch.tokens == 0 {
             return;
         }
-        let items: Vec<(&str, u64)> = batch
-            .counters
-            .iter()
-            .map(|(n, &t)| (n.as_ref(), t))
-            .collect();
+        let keys = std::mem::take(&mut batch.keys);
+        let items = batch.items();
         let (window, elapsed) = now();
         let (counts, instances) = match &self.redis {
             Some(remote) => match remote.add_tokens(&items, window).await {
@@ -209,7 +216,7 @@ impl Limits {
             },
             None => (self.add_here(items.iter().copied(), window), 1),
         };
-        for key in batch.keys {
+        for key in keys {
             let at = items.iter().position(|(n, _)| *n == &*key.counter);
             let counts = at.and_then(|i| counts.get(i));
             if let Some((key, mark)) = reached(key, counts, instances, elapsed) {
@@ -265,11 +272,7 @@ impl Drop for Limits {
         };
         if batch.tokens > 0 {
             rt.spawn(async move {
-                let items: Vec<(&str, u64)> = batch
-                    .counters
-                    .iter()
-                    .map(|(n, &t)| (n.as_ref(), t))
-                    .collect();
+                let items = batch.items();
                 remote.add_tokens(&items, now().0).await;
             });
         }
