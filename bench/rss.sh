@@ -6,8 +6,10 @@
 # Loopback only; stops only the processes it started. Usage: bash bench/rss.sh
 #
 # Knobs (environment): RSS_SECONDS (180), RSS_INTERVAL (5), RSS_BASE_SECOND (20),
-# RSS_MAX_GROWTH_KIB (2048), RSS_CONNECTIONS (64), RSS_THREADS (2), RSS_KEYS (4),
-# RSS_NO_BUILD (0; 1 = use the binaries in ${CARGO_TARGET_DIR:-target}/release as they are).
+# RSS_MAX_GROWTH_KIB (2048), RSS_CONNECTIONS (64), RSS_THREADS (2), RSS_STREAM (false; true =
+# 20-chunk SSE streams), RSS_NO_BUILD (0; 1 = use the binaries in
+# ${CARGO_TARGET_DIR:-target}/release as they are), KR_FEATURES (1 = affinity, a tenant, limits
+# and token metering on, as BENCH_FEATURES in run.sh; streams then ask for usage).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,75 +19,50 @@ BASE_SECOND="${RSS_BASE_SECOND:-20}"
 MAX_GROWTH_KIB="${RSS_MAX_GROWTH_KIB:-2048}"
 CONNS="${RSS_CONNECTIONS:-64}"
 THREADS="${RSS_THREADS:-2}"
-KEYS="${RSS_KEYS:-4}"
-NO_BUILD="${RSS_NO_BUILD:-0}"
+STREAM="${RSS_STREAM:-false}"
+RSS_NO_BUILD="${RSS_NO_BUILD:-0}"
 READY_DEADLINE=30 # seconds for a process to answer
 PREFIX=rss
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-for v in DURATION INTERVAL BASE_SECOND MAX_GROWTH_KIB CONNS THREADS KEYS; do
+for v in DURATION INTERVAL BASE_SECOND MAX_GROWTH_KIB CONNS THREADS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
-((INTERVAL > 0 && CONNS >= THREADS && THREADS > 0 && KEYS > 0)) ||
-  die "RSS_INTERVAL, RSS_THREADS and RSS_KEYS must be > 0, RSS_CONNECTIONS >= RSS_THREADS"
+((INTERVAL > 0 && CONNS >= THREADS && THREADS > 0)) ||
+  die "RSS_INTERVAL and RSS_THREADS must be > 0, RSS_CONNECTIONS >= RSS_THREADS"
+[[ "$STREAM" == true || "$STREAM" == false ]] || die "RSS_STREAM must be true or false, got '$STREAM'"
 ((DURATION > BASE_SECOND)) || die "RSS_SECONDS must be more than RSS_BASE_SECOND ($BASE_SECOND)"
 
 # ---------------------------------------------------------------- tools
 need curl curl
 need python3 python3
 need wrk wrk
-build_release keyrelay keyrelay-mock
-KEYRELAY="$TARGET_DIR/release/keyrelay"
-MOCK="$TARGET_DIR/release/keyrelay-mock"
-[[ -x "$KEYRELAY" && -x "$MOCK" ]] || die "$KEYRELAY or $MOCK not found (build them or unset RSS_NO_BUILD)"
+NO_BUILD="$RSS_NO_BUILD" build_release keyrelay keyrelay-mock
+for b in keyrelay keyrelay-mock; do
+  [[ -x "$TARGET_DIR/release/$b" ]] || die "$TARGET_DIR/release/$b not found (build it or unset RSS_NO_BUILD)"
+done
 
-TOKEN="rss-client-token-$$-$RANDOM"
-MOCK_PORT="$(free_port)"
-"$MOCK" "127.0.0.1:$MOCK_PORT" >"$TMP/mock.log" 2>&1 &
-MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-wait_http mock "$MOCK_PID" "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" \
-  -X POST -H "Authorization: Bearer sk-rss-direct" -H 'Content-Type: application/json' --data '{}'
-
-KR_PORT="$(free_port)"
-cat >"$TMP/rss.toml" <<EOF
-[server]
-listen = "127.0.0.1:$KR_PORT"
-
-[admin]
-listen = "127.0.0.1:$(free_port)"
-
-[[clients]]
-name = "rss"
-token = "env:KEYRELAY_RSS_TOKEN"
-
-[[providers]]
-name = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-route = "/v1"
-rpm = 100000000
-keys = "env:RSS_OPENAI_KEY_*"
-EOF
-ENVS=(KEYRELAY_LOG=warn "KEYRELAY_RSS_TOKEN=$TOKEN")
-for ((i = 1; i <= KEYS; i++)); do ENVS+=("RSS_OPENAI_KEY_$i=sk-rss-key-$i"); done
-# From its own temp dir, so no .env of the caller's is picked up.
-(cd "$TMP" && exec env "${ENVS[@]}" "$KEYRELAY" --config "$TMP/rss.toml") >"$TMP/keyrelay.log" 2>&1 &
-KR_PID=$!
-PIDS+=("$KR_PID")
-URL="http://127.0.0.1:$KR_PORT/v1/chat/completions"
-wait_http keyrelay "$KR_PID" "$URL"
-
-BODY='{"model":"mock","messages":[{"role":"user","content":"Say hello."}]}'
+start_mock
+# The bench keyrelay of run.sh (three keys; with KR_FEATURES=1 affinity, a tenant, limits and
+# token metering on), on the embedded store.
+start_keyrelay kr "" ""
+URL="$KR_URL"
+STREAM_OPTIONS=""
+if [[ "$STREAM" == true && "${KR_FEATURES:-0}" == 1 ]]; then
+  STREAM_OPTIONS=',"stream_options":{"include_usage":true}'
+fi
+BODY="{\"model\":\"mock\",\"stream\":$STREAM$STREAM_OPTIONS,\"messages\":[{\"role\":\"user\",\"content\":\"Say hello.\"}]}"
 code="$(curl -sS -o "$TMP/verify.out" -w '%{http_code}' --max-time 10 -X POST \
-  -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' --data "$BODY" "$URL")" ||
+  -H "Authorization: Bearer $BENCH_TOKEN" -H 'Content-Type: application/json' --data "$BODY" "$URL")" ||
   die "first request failed"
 [[ "$code" == 200 ]] || die "first request answered $code: $(head -c 500 "$TMP/verify.out")"
 cat >"$TMP/load.lua" <<EOF
 wrk.method = "POST"
 wrk.body = [[$BODY]]
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
+wrk.headers["Authorization"] = "Bearer $BENCH_TOKEN"
+wrk.headers["x-mock-chunks"] = "20"
 EOF
 
 # ---------------------------------------------------------------- load and samples
@@ -103,7 +80,7 @@ while kill -0 "$WRK_PID" 2>/dev/null; do
   at=$((SECONDS - start))
   rss="$(rss_kib "$KR_PID")"
   [[ -n "$rss" ]] || die "keyrelay died under load; its log:
-$(tail -n 40 "$TMP/keyrelay.log")"
+$(tail -n 40 "$TMP/kr.log")"
   printf '%8s %12s\n' "$at" "$rss"
   if [[ -z "$base" && $at -ge $BASE_SECOND ]]; then base="$rss" base_at="$at"; fi
   last="$rss" last_at="$at"
