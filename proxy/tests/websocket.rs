@@ -1,7 +1,7 @@
 //! WebSockets through keyrelay (OpenAI Realtime and Responses paths, Gemini Live): frames both
 //! ways, close codes from either side, rotation at the handshake, the subprotocol and `?key=`
-//! credential forms, 426 where disabled, 401 without a token, the idle and total limits, and
-//! the session metrics.
+//! credential forms, 426 where disabled, 401 without a token, the idle and total limits, the
+//! session metrics, and the tokens a session's provider reports counted against a `tpm`.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod support;
@@ -570,6 +570,104 @@ async fn a_session_naming_a_key_group_opens_on_its_keys_only() {
     assert_eq!(resp.status(), 400);
     assert_eq!(h.mock.total_calls(), calls, "the provider was asked");
     assert_eq!(h.mock.ws_sessions().len(), 4);
+}
+
+/// Realtime's event that ends a response, with its usage: 40 tokens.
+const RESPONSE_DONE: &str = r#"{"type":"response.done","response":{"id":"resp_1","status":"completed","usage":{"total_tokens":40,"input_tokens":10,"output_tokens":30}}}"#;
+/// A Realtime event with no usage.
+const DELTA: &str = r#"{"type":"response.output_text.delta","delta":"Hel"}"#;
+
+/// A harness whose client `tests` has `tpm` (none when 0).
+async fn with_client_tpm(tpm: u64) -> Harness {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut text = config_text(&mock.url(), "", "");
+    if tpm > 0 {
+        text = text.replace(
+            "token = \"env:KR_TOKEN\"\n",
+            &format!("token = \"env:KR_TOKEN\"\ntpm = {tpm}\n"),
+        );
+    }
+    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = keyrelay::start(config).await.unwrap();
+    Harness {
+        mock,
+        proxy,
+        client: http_client(),
+    }
+}
+
+/// Open a Realtime session offering `permessage-deflate`, send each of `messages` and read its
+/// echo (the mock sends every message back, as a provider sends its events).
+async fn session_echoing(h: &Harness, messages: &[Message]) -> Ws {
+    let headers = [
+        ("authorization", bearer()),
+        ("sec-websocket-extensions", "permessage-deflate".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut ws, resp) = open(h, "/v1/realtime?model=gpt-realtime", &headers)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for m in messages {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(next(&mut ws).await.as_ref(), Some(m));
+    }
+    ws
+}
+
+/// The tokens a session's provider reports count against its client's `tpm` while it is open,
+/// message by message (text only: a binary message is not read); once they reach it, the next
+/// handshake and the next HTTP request are refused with 429 before the provider. Where tokens
+/// count, the handshake does not offer the provider compression.
+#[tokio::test]
+async fn a_sessions_reported_tokens_count_against_its_clients_tpm_as_they_come() {
+    let h = with_client_tpm(100).await;
+    let mut messages = vec![
+        Message::text(DELTA),
+        Message::binary(RESPONSE_DONE.as_bytes().to_vec()),
+    ];
+    messages.extend(std::iter::repeat_n(Message::text(RESPONSE_DONE), 3));
+    let mut ws = session_echoing(&h, &messages).await;
+    assert_eq!(
+        h.mock.seen()[0].header("sec-websocket-extensions"),
+        None,
+        "compression offered where tokens count"
+    );
+    // Counted while the session is still open.
+    let limits = || h.proxy.app().limits().counted();
+    let landed = eventually(Duration::from_secs(5), || limits() == 120).await;
+    assert!(landed, "counted {} tokens, expected 120", limits());
+    let calls = h.mock.total_calls();
+    let resp = refused(
+        open(
+            &h,
+            "/v1/realtime?model=gpt-realtime",
+            &[("authorization", &bearer())],
+        )
+        .await,
+    );
+    assert_eq!(resp.status(), 429);
+    assert_eq!(h.chat(CHAT).await.status, 429);
+    assert_eq!(
+        h.mock.total_calls(),
+        calls,
+        "a refused request reached the provider"
+    );
+    ws.close(None).await.unwrap();
+    assert_eq!(limits(), 120, "tokens counted twice");
+}
+
+/// Where no `tpm` applies, nothing is read and the extension offer passes as it came.
+#[tokio::test]
+async fn a_session_no_tpm_applies_to_is_not_read_and_keeps_its_extension_offer() {
+    let h = with_client_tpm(0).await;
+    let mut ws = session_echoing(&h, &[Message::text(RESPONSE_DONE)]).await;
+    assert_eq!(
+        h.mock.seen()[0].header("sec-websocket-extensions"),
+        Some("permessage-deflate")
+    );
+    ws.close(None).await.unwrap();
+    assert_eq!(h.proxy.app().limits().counted(), 0);
 }
 
 /// The key each WebSocket session the mock saw was opened with, in order.

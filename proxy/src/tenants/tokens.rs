@@ -2,10 +2,11 @@
 //! [`crate::usage`]) are added to its client's and tenant's token counters and to its key's; a
 //! key whose tokens reached its `tpm` is then marked cooling in its pool, as a 429 marks it (so,
 //! on a shared store, every instance skips it) until enough of its tokens have slid out of the
-//! minute. With no store they are added where the answer ends. On a store they are gathered
-//! and added by one task every [`FLUSH_EVERY`], all answers' in one script call, so Redis sees
-//! one call per instance per tenth of a second, not one per answer. Nothing of this runs, and
-//! nothing is allocated, for a request no `tpm` applies to.
+//! minute. A WebSocket session's tokens are added message by message as the provider reports
+//! them ([`Count`], fed by `crate::websocket`). With no store they are added where the answer
+//! ends. On a store they are gathered and added by one task every [`FLUSH_EVERY`], all answers'
+//! in one script call, so Redis sees one call per instance per tenth of a second, not one per
+//! answer. Nothing of this runs, and nothing is allocated, for a request no `tpm` applies to.
 
 use super::limits::{add_to, now, over, wait, Limits, NameHasher, Remote, WINDOW_MS};
 use crate::config::Config;
@@ -49,6 +50,7 @@ impl Pending {
 }
 
 /// The key an answer came from, when it has a `tpm`: its pool, place there, limit and counter.
+#[derive(Clone)]
 struct KeyUse {
     provider: Arc<Provider>,
     index: usize,
@@ -102,13 +104,63 @@ pub(super) fn keys_limited(config: &Config) -> bool {
             .any(|k| k.tpm.is_some())
 }
 
-/// Ask for an uncompressed answer where its tokens may be counted (the request's client or
-/// tenant has a `tpm`, or a key of its pool, or of the pool it may fall back to): the usage
-/// report is read as the answer passes, and a compressed one could not be.
-pub fn uncompressed(tally: Option<&Tally>, provider: &Provider, headers: &mut HeaderMap) {
+/// Whether a request's tokens may be counted: its client or tenant has a `tpm`, or a key of
+/// its pool, or of the pool it may fall back to.
+pub fn may_count(tally: Option<&Tally>, provider: &Provider) -> bool {
     let keys = provider.tpm_keys || provider.fallback.as_ref().is_some_and(|f| f.tpm_keys);
-    if tally.is_some() || keys {
+    tally.is_some() || keys
+}
+
+/// Ask for an uncompressed answer where its tokens may be counted: the usage report is read as
+/// the answer passes, and a compressed one could not be.
+pub fn uncompressed(tally: Option<&Tally>, provider: &Provider, headers: &mut HeaderMap) {
+    if may_count(tally, provider) {
         headers.remove(http::header::ACCEPT_ENCODING);
+    }
+}
+
+/// Where an answer's tokens go (a WebSocket session's, each message's that reports usage): the
+/// request's client and tenant counters, and its key's when the key has a `tpm`.
+pub struct Count {
+    limits: Arc<Limits>,
+    tally: Option<Box<Tally>>,
+    key: Option<KeyUse>,
+}
+
+impl Count {
+    /// Add `tokens`: gathered for the next call on a store, else counted here at once (a task
+    /// only to mark a key that reached its `tpm`).
+    pub fn add(&self, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limits = &self.limits;
+        let key = self.key.clone();
+        if limits.redis.is_some() {
+            limits.gather(self.tally.as_deref(), key, tokens);
+            limits.flusher.call_once(|| {
+                rt.spawn(flush_every(Arc::downgrade(limits)));
+            });
+            return;
+        }
+        let names = names(self.tally.as_deref(), key.as_ref());
+        let (window, elapsed) = now();
+        let counts = limits.add_here(names.iter().map(|&n| (n, tokens)), window);
+        match key.and_then(|k| reached(k, counts.last(), 1, elapsed)) {
+            Some((key, mark)) => {
+                let limits = limits.clone();
+                rt.spawn(async move {
+                    key.provider.pool.mark(key.index, mark).await;
+                    limits.counted.fetch_add(tokens, Ordering::Relaxed);
+                });
+            }
+            None => {
+                limits.counted.fetch_add(tokens, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -131,6 +183,21 @@ impl Limits {
         provider: &Arc<Provider>,
         index: usize,
     ) -> Option<Box<Meter>> {
+        let count = self.count(tally, provider, index)?;
+        Some(Box::new(Meter::new(
+            Format::Json,
+            Box::new(move |tokens| count.add(tokens)),
+        )))
+    }
+
+    /// Where the tokens of what `provider`'s key `index` answers a request with `tally` go;
+    /// `None` when neither has a `tpm`.
+    pub fn count(
+        self: &Arc<Self>,
+        tally: Option<Box<Tally>>,
+        provider: &Arc<Provider>,
+        index: usize,
+    ) -> Option<Count> {
         let key = provider.pool.spec().keys.get(index);
         let limit = key.and_then(|k| k.tpm);
         if tally.is_none() && limit.is_none() {
@@ -142,38 +209,11 @@ impl Limits {
             limit,
             counter: provider.tpm_counters.name(&provider.name, &k.fingerprint),
         });
-        let limits = self.clone();
-        let then = move |tokens: u64| {
-            if tokens == 0 {
-                return;
-            }
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            if limits.redis.is_some() {
-                limits.gather(tally.as_deref(), key, tokens);
-                limits.flusher.call_once(|| {
-                    rt.spawn(flush_every(Arc::downgrade(&limits)));
-                });
-                return;
-            }
-            // Counted here at once; a task only to mark a key that reached its tpm.
-            let names = names(tally.as_deref(), key.as_ref());
-            let (window, elapsed) = now();
-            let counts = limits.add_here(names.iter().map(|&n| (n, tokens)), window);
-            match key.and_then(|k| reached(k, counts.last(), 1, elapsed)) {
-                Some((key, mark)) => {
-                    rt.spawn(async move {
-                        key.provider.pool.mark(key.index, mark).await;
-                        limits.counted.fetch_add(tokens, Ordering::Relaxed);
-                    });
-                }
-                None => {
-                    limits.counted.fetch_add(tokens, Ordering::Relaxed);
-                }
-            }
-        };
-        Some(Box::new(Meter::new(Format::Json, Box::new(then))))
+        Some(Count {
+            limits: self.clone(),
+            tally,
+            key,
+        })
     }
 
     /// Gather an answer's tokens for the next call to Redis.

@@ -2,10 +2,12 @@
 //! client authenticated as for HTTP (a header, `?key=`, or an `openai-insecure-api-key.`
 //! subprotocol), its credential stripped, and the handshake sent to one pool key after
 //! another, as HTTP attempts are, until a provider answers 101; then both connections are
-//! handed to [`session`], which copies bytes both ways. Where WebSockets are off, 426.
+//! handed to [`session`], which copies bytes both ways (and, where a `tpm` applies, reads the
+//! provider's messages for their usage: [`tokens`]). Where WebSockets are off, 426.
 
 mod protocols;
 mod session;
+mod tokens;
 
 use crate::auth::ClientAuth;
 use crate::body::{AttemptBody, ProxyBody};
@@ -15,6 +17,8 @@ use crate::headers::{presented_credentials, query_without_key, strip_hop_by_hop,
 use crate::log::RequestLog;
 use crate::routes::{JoinError, Provider, Routes};
 use crate::service::{give_up, passable, Failure, Peer};
+use crate::tenants::limits::Limits as ClientLimits;
+use crate::tenants::tokens::{may_count, Tally};
 use crate::upstream::{self, Answered, AnsweredBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -106,7 +110,7 @@ pub struct Ctx<'a> {
     pub gateway: &'a Gateway,
     /// A tenant's client reaches its tenant's pools only, as over HTTP.
     pub tenants: &'a crate::tenants::Tenants,
-    pub limits: &'a crate::tenants::limits::Limits,
+    pub limits: &'a Arc<ClientLimits>,
 }
 
 /// A handshake ready to send to any key.
@@ -118,6 +122,15 @@ struct Handshake {
     hold: Option<Hold>,
     /// The key group the upgrade named (header or client default), if any.
     group: Option<keyrelay_pool::Group>,
+    /// The client's and tenant's token counters, where they have a `tpm`.
+    tally: Option<Box<Tally>>,
+}
+
+/// A provider's 101: its answer, the subprotocols sent to it, and the key it came to.
+struct Switched {
+    answered: Answered,
+    sent: Sent,
+    index: usize,
 }
 
 impl Ctx<'_> {
@@ -147,7 +160,7 @@ impl Ctx<'_> {
             return log.error(ProxyError::UnknownRoute, shape);
         };
         let named = (&parts.headers, default_group);
-        let (provider, group) = match self.pool_for(client, shared, named).await {
+        let (provider, group, tally) = match self.pool_for(client, shared, named).await {
             Ok(p) => p,
             Err(e) => return log.error(e, shape),
         };
@@ -172,37 +185,50 @@ impl Ctx<'_> {
         };
         let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
         let hold = parts.extensions.remove::<Hold>();
-        let headers = self.headers.forward_upgrade(parts.headers, peer);
+        let mut headers = self.headers.forward_upgrade(parts.headers, peer);
+        if may_count(tally.as_deref(), &provider) {
+            // A compressed message could not be read for its usage.
+            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         let handshake = Handshake {
             uri,
             headers,
             protocols,
             hold,
             group,
+            tally,
         };
         self.connect(&provider, handshake, on_upgrade, log).await
     }
 
     /// The pool serving `client` on `shared`'s route and the key group the request names
-    /// (header, else the client's default), as over HTTP; then the client's limits.
+    /// (header, else the client's default), as over HTTP; then the client's limits (and its
+    /// token counters, for the session's tokens).
     async fn pool_for(
         &self,
         client: &str,
         shared: &Arc<Provider>,
         (headers, default_group): (&http::HeaderMap, Option<&str>),
-    ) -> Result<(Arc<Provider>, Option<keyrelay_pool::Group>), ProxyError> {
+    ) -> Result<
+        (
+            Arc<Provider>,
+            Option<keyrelay_pool::Group>,
+            Option<Box<Tally>>,
+        ),
+        ProxyError,
+    > {
         let provider = self.tenants.route(client, shared)?;
         let named = crate::group::requested(headers, default_group)?;
         let group = crate::group::resolve(named, &provider)?;
-        self.limits.check(client).await?;
-        Ok((provider, group))
+        let tally = self.limits.check(client).await?;
+        Ok((provider, group, tally))
     }
 
     /// Send the handshake to one key after another until one gives an answer to pass on.
     async fn connect(
         &self,
         provider: &Arc<Provider>,
-        hs: Handshake,
+        mut hs: Handshake,
         on_upgrade: OnUpgrade,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
@@ -222,20 +248,10 @@ impl Ctx<'_> {
                     Ok(None) => break,
                     Err(e) => return log.error(e, shape),
                 };
-            let key = lease.key();
+            let (key, index) = (lease.key(), lease.index());
             let (req, sent_protocols) = attempt(&hs, &lease);
-            let limit = self
-                .upstream
-                .first_byte_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
             let asked = Instant::now();
-            let sent = upstream::send(
-                self.gateway.clients.get(&provider.name),
-                req,
-                limit,
-                needs_body,
-            )
-            .await;
+            let sent = self.ask(provider, req, deadline).await;
             let waited = asked.elapsed();
             let answer = match &sent {
                 Ok(a) => Answer::Head {
@@ -249,8 +265,13 @@ impl Ctx<'_> {
             log.attempt(key, waited, sent.is_ok(), verdict);
             let again = verdict.outcome.retryable(provider.retry_after_send);
             match sent {
-                Ok(a) if a.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
-                    return self.open(provider, &hs, &sent_protocols, a, on_upgrade, log);
+                Ok(answered) if answered.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    let switched = Switched {
+                        answered,
+                        sent: sent_protocols,
+                        index,
+                    };
+                    return self.open(provider, &mut hs, switched, on_upgrade, log);
                 }
                 Ok(a) if !again => return pass_on(a, log, self.upstream),
                 Ok(a) => last = Some(Failure::Answer(a, verdict.outcome)),
@@ -266,18 +287,37 @@ impl Ctx<'_> {
         }
     }
 
+    /// Send one handshake; its answer's head is due within the first-byte timeout and the
+    /// deadline.
+    async fn ask(
+        &self,
+        provider: &Provider,
+        req: Request<AttemptBody>,
+        deadline: Instant,
+    ) -> Result<Answered, upstream::UpstreamError> {
+        let limit = self
+            .upstream
+            .first_byte_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let client = self.gateway.clients.get(&provider.name);
+        upstream::send(client, req, limit, needs_body).await
+    }
+
     /// The provider answered 101: answer the client's upgrade alike (its subprotocol mapped
     /// back to the client's own), and run the session once both sides have switched.
     fn open(
         &self,
-        provider: &Provider,
-        hs: &Handshake,
-        sent: &Sent,
-        answered: Answered,
+        provider: &Arc<Provider>,
+        hs: &mut Handshake,
+        switched: Switched,
         client: OnUpgrade,
         log: RequestLog,
     ) -> Response<ProxyBody> {
-        let Answered { mut parts, .. } = answered;
+        let Switched {
+            answered: Answered { mut parts, .. },
+            sent,
+            index,
+        } = switched;
         let Some(upstream) = parts.extensions.remove::<OnUpgrade>() else {
             return log.error(ProxyError::UpstreamUnreachable, provider.shape);
         };
@@ -286,7 +326,7 @@ impl Ctx<'_> {
         let h = &mut parts.headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some(answer) = hs.protocols.answer(sent, chosen.as_ref()) {
+        if let Some(answer) = hs.protocols.answer(&sent, chosen.as_ref()) {
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, answer);
         }
         let hook = log.streaming(StatusCode::SWITCHING_PROTOCOLS.as_u16());
@@ -295,6 +335,7 @@ impl Ctx<'_> {
             client,
             upstream,
             hold: hs.hold.clone(),
+            count: self.limits.count(hs.tally.take(), provider, index),
         };
         tokio::spawn(session::run(ends, self.gateway.limits, metrics, hook));
         Response::from_parts(parts, ProxyBody::full(Bytes::new()))

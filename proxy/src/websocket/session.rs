@@ -1,9 +1,12 @@
 //! One WebSocket session after both 101s: bytes copied both ways as they come (frames, close
 //! codes and all, untouched), until either side closes, nothing moves for the idle limit, or
 //! the session reaches its total limit; then both sides are closed, and the end is counted.
+//! Where tokens count, the provider's messages are read for their usage as they pass.
 
+use super::tokens::Messages;
 use super::Hold;
 use crate::body::{EndHook, StreamEnd};
+use crate::tenants::tokens::Count;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use keyrelay_metrics::{WsEnd, WsMetrics};
@@ -75,11 +78,19 @@ impl Activity {
     }
 }
 
-/// One side's connection, noting every byte it moves in the shared [`Activity`].
+/// One side's connection, noting every byte it moves in the shared [`Activity`] (and, on the
+/// provider's side where tokens count, reading its messages for their usage).
 struct Counted<T> {
     inner: T,
     side: usize,
     activity: Arc<Activity>,
+    meter: Option<Box<Metered>>,
+}
+
+/// The provider's messages read as they pass, and where their tokens go.
+struct Metered {
+    messages: Messages,
+    count: Count,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -88,13 +99,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let n = (buf.filled().len() - before) as u64;
-            let a = &self.activity;
+            let a = &this.activity;
+            if let Some(m) = &mut this.meter {
+                m.count.add(m.messages.feed(&buf.filled()[before..]));
+            }
             if n == 0 {
-                let side = self.side as u8 + 1;
+                let side = this.side as u8 + 1;
                 let first =
                     a.first_eof
                         .compare_exchange(0, side, Ordering::Relaxed, Ordering::Relaxed);
@@ -102,7 +117,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
                     a.half_closed.notify_one();
                 }
             } else {
-                a.read[self.side].fetch_add(n, Ordering::Relaxed);
+                a.read[this.side].fetch_add(n, Ordering::Relaxed);
                 a.touch();
             }
         }
@@ -141,11 +156,13 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long the close frames keyrelay sends at a limit may take to go out.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
-/// The two sides of a session, still to upgrade, and the connection's hold.
+/// The two sides of a session, still to upgrade, the connection's hold, and where the tokens
+/// the provider reports go (when they count).
 pub struct Ends {
     pub client: OnUpgrade,
     pub upstream: OnUpgrade,
     pub hold: Option<Hold>,
+    pub count: Option<Count>,
 }
 
 /// Run the session once both sides have upgraded; `hook` finishes the request's log line.
@@ -154,6 +171,7 @@ pub async fn run(ends: Ends, limits: Limits, metrics: WsMetrics, mut hook: Box<d
         client,
         upstream,
         hold,
+        count,
     } = ends;
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
@@ -171,8 +189,15 @@ pub async fn run(ends: Ends, limits: Limits, metrics: WsMetrics, mut hook: Box<d
         inner: TokioIo::new(inner),
         side,
         activity: activity.clone(),
+        meter: None,
     };
     let (mut c, mut u) = (counted(client, CLIENT), counted(upstream, UPSTREAM));
+    u.meter = count.map(|count| {
+        Box::new(Metered {
+            messages: Messages::default(),
+            count,
+        })
+    });
     let first_eof = || activity.first_eof.load(Ordering::Relaxed);
     let end = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut c, &mut u) => match (copied, first_eof()) {
