@@ -7,7 +7,6 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use keyrelay::config::Config;
 use keyrelay_mock::{MockUpstream, Reply};
 use std::time::Duration;
 use support::*;
@@ -33,13 +32,7 @@ async fn start(provider_extra: &str, websocket: &str) -> Harness {
         config_text(&mock.url(), provider_extra, ""),
         mock.url()
     );
-    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
-    Harness {
-        mock,
-        proxy,
-        client: http_client(),
-    }
+    Harness::on(mock, &text, &env()).await
 }
 
 /// Open a WebSocket to `path` on keyrelay with extra handshake headers.
@@ -495,13 +488,7 @@ async fn a_tenants_session_opens_on_its_tenants_key_only() {
     let env = env()
         .with("WS_TENANT_TOKEN", TENANT_TOKEN)
         .with("WS_TENANT_KEY", TENANT_KEY);
-    let config = Config::from_toml_str(&text, &env).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
-    let h = Harness {
-        mock,
-        proxy,
-        client: http_client(),
-    };
+    let h = Harness::on(mock, &text, &env).await;
     let path = "/v1/realtime?model=gpt-realtime";
     for _ in 0..3 {
         let tenant = format!("Bearer {TENANT_TOKEN}");
@@ -541,13 +528,7 @@ async fn a_session_naming_a_key_group_opens_on_its_keys_only() {
 ]"#;
     let text = config_text(&mock.url(), "strategy = \"round-robin\"", "")
         .replace("keys = \"env:KR_KEY_*\"", tables);
-    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
-    let h = Harness {
-        mock,
-        proxy,
-        client: http_client(),
-    };
+    let h = Harness::on(mock, &text, &env()).await;
     let path = "/v1/realtime?model=gpt-realtime";
     let auth = bearer();
     for _ in 0..4 {
@@ -587,13 +568,7 @@ async fn with_client_tpm(tpm: u64) -> Harness {
             &format!("token = \"env:KR_TOKEN\"\ntpm = {tpm}\n"),
         );
     }
-    let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = keyrelay::start(config).await.unwrap();
-    Harness {
-        mock,
-        proxy,
-        client: http_client(),
-    }
+    Harness::on(mock, &text, &env()).await
 }
 
 /// Open a Realtime session offering `permessage-deflate`, send each of `messages` and read its

@@ -42,6 +42,17 @@ fn text(payload: &str) -> Vec<u8> {
     frame(true, false, TEXT, payload.as_bytes(), None)
 }
 
+/// One whole text frame of `payload`, masked with `mask`.
+fn masked(payload: &str, mask: [u8; 4]) -> Vec<u8> {
+    frame(true, false, TEXT, payload.as_bytes(), Some(mask))
+}
+
+/// Realtime's `response.done` made `n` bytes longer (a field of `n` - 10 `x`s before its usage).
+fn padded(n: usize) -> String {
+    let pad = format!("\"pad\":\"{}\",\"status\"", "x".repeat(n - 10));
+    REALTIME_DONE.replace("\"status\"", &pad)
+}
+
 const REALTIME_DONE: &str = r#"{"type":"response.done","event_id":"ev_1","response":{"id":"resp_1","status":"completed","output":[{"type":"message","content":[{"type":"text","text":"the \"usage\": {\"total_tokens\": 999} is not a key"}]}],"usage":{"total_tokens":40,"input_tokens":10,"output_tokens":30,"input_token_details":{"cached_tokens":0,"text_tokens":10,"audio_tokens":0},"output_token_details":{"text_tokens":30,"audio_tokens":0}}}}"#;
 const RESPONSES_COMPLETED: &str = r#"{"type":"response.completed","response":{"id":"resp_2","usage":{"input_tokens":7,"output_tokens":5,"total_tokens":12}}}"#;
 const GEMINI_TURN: &str = r#"{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":20,"responseTokenCount":6,"totalTokenCount":26}}"#;
@@ -97,19 +108,11 @@ fn a_fragmented_message_counts_once_with_control_frames_between_its_parts() {
 #[test]
 fn long_messages_count_with_either_extended_length() {
     // 16-bit length: a message past 125 bytes.
-    let padded = REALTIME_DONE.replace(
-        "\"status\"",
-        &format!("\"pad\":\"{}\",\"status\"", "x".repeat(500)),
-    );
-    let f = text(&padded);
+    let f = text(&padded(500));
     assert_eq!(f[1], 126);
     assert_eq!(tokens(&f), 40);
     // 64-bit length: past 64 KiB, the usage at its end is still read (the tail is kept).
-    let huge = REALTIME_DONE.replace(
-        "\"status\"",
-        &format!("\"pad\":\"{}\",\"status\"", "x".repeat(100_000)),
-    );
-    let f = text(&huge);
+    let f = text(&padded(100_000));
     assert_eq!(f[1], 127);
     assert_eq!(Messages::default().feed(&f), 40);
     let mut m = Messages::default();
@@ -119,26 +122,9 @@ fn long_messages_count_with_either_extended_length() {
 
 #[test]
 fn a_masked_frame_is_read_unmasked() {
-    let f = frame(
-        true,
-        false,
-        TEXT,
-        REALTIME_DONE.as_bytes(),
-        Some([0x12, 0x34, 0x56, 0x78]),
-    );
-    assert_eq!(tokens(&f), 40);
-    let long = REALTIME_DONE.replace(
-        "\"status\"",
-        &format!("\"pad\":\"{}\",\"status\"", "y".repeat(700)),
-    );
-    let f = frame(
-        true,
-        false,
-        TEXT,
-        long.as_bytes(),
-        Some([0xde, 0xad, 0xbe, 0xef]),
-    );
-    assert_eq!(tokens(&f), 40);
+    assert_eq!(tokens(&masked(REALTIME_DONE, [0x12, 0x34, 0x56, 0x78])), 40);
+    // Past 256 bytes: unmasked piece by piece, the mask's place carried over.
+    assert_eq!(tokens(&masked(&padded(700), [0xde, 0xad, 0xbe, 0xef])), 40);
 }
 
 #[test]

@@ -87,7 +87,12 @@ impl Harness {
     pub async fn start_with(provider_extra: &str, server_extra: &str) -> Harness {
         let mock = MockUpstream::start().await.unwrap();
         let text = config_text(&mock.url(), provider_extra, server_extra);
-        let config = Config::from_toml_str(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+        Harness::on(mock, &text, &env()).await
+    }
+
+    /// keyrelay started from the config `text` (its secrets from `env`) in front of `mock`.
+    pub async fn on(mock: MockUpstream, text: &str, env: &MapEnv) -> Harness {
+        let config = Config::from_toml_str(text, env).unwrap_or_else(|e| panic!("{e}"));
         let proxy = keyrelay::start(config).await.unwrap();
         Harness {
             mock,
