@@ -84,10 +84,7 @@ async fn check(path: &std::path::Path) -> bool {
                     p.max_attempts
                 );
                 for k in &p.keys {
-                    println!(
-                        "  key {:<24} fp {}  rpm {:<6} weight {}",
-                        k.name, k.fingerprint, k.rpm, k.weight
-                    );
+                    println!("{}", keyrelay::tenants::check::key_line("  ", k));
                 }
             }
             println!(

@@ -191,6 +191,55 @@ fn keyrelay(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+/// `keyrelay check` names each key's `tpm` and key group where it has them, for a shared pool
+/// and a tenant's alike.
+#[test]
+fn check_names_each_keys_tpm_and_group() {
+    let dir = std::env::temp_dir().join(format!("keyrelay-check-groups-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("groups.toml");
+    let keys = r#"keys = [{ name = "live-1", secret = "env:KR_KEY_1", tpm = 500, group = "live" }, { name = "plain", secret = "env:KR_KEY_2" }]"#;
+    let tenant = r#"
+[[tenants]]
+name = "acme"
+[[tenants.clients]]
+name = "acme-app"
+token = "env:KR_TENANT_TOKEN"
+[[tenants.providers]]
+name = "openai"
+keys = [{ name = "acme-1", secret = "env:KR_KEY_3", group = "batch" }]
+"#;
+    std::fs::write(&path, format!("{}{tenant}", provider(keys))).unwrap();
+    let envs = [
+        ("KR_TOKEN", TOKEN),
+        ("KR_KEY_1", KEYS[0]),
+        ("KR_KEY_2", KEYS[1]),
+        ("KR_KEY_3", KEYS[2]),
+        ("KR_TENANT_TOKEN", "kr-check-tenant-token-7d2f9a41c6"),
+    ];
+    let out = keyrelay(&["check", "--config", path.to_str().unwrap()], &envs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("key {name} ")))
+            .unwrap_or_else(|| panic!("no line for key {name}: {stdout}"))
+            .to_owned()
+    };
+    assert!(line("live-1").ends_with("tpm 500  group live"), "{stdout}");
+    assert!(
+        !line("plain").contains("group") && !line("plain").contains("tpm"),
+        "{stdout}"
+    );
+    assert!(line("acme-1").ends_with("group batch"), "{stdout}");
+    assert_no_secret(&stdout, "keyrelay check's output");
+}
+
 #[test]
 fn check_prints_pools_with_fingerprints_and_never_a_secret() {
     let dir = std::env::temp_dir().join(format!("keyrelay-check-{}", std::process::id()));

@@ -1,5 +1,6 @@
 //! The admin dashboard in a real headless browser (Debian's chromium, driven by chromedriver
-//! over WebDriver): it loads, shows every key, and a click on reset changes the key's state.
+//! over WebDriver): it loads, shows every key with its group, and a click on reset changes the
+//! key's state.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 #![allow(
     clippy::too_many_lines,
@@ -10,7 +11,7 @@ mod support;
 
 use http::Request;
 use http_body_util::Full;
-use keyrelay_mock::Reply as Script;
+use keyrelay_mock::{MockUpstream, Reply as Script};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -126,7 +127,16 @@ const STATE_OF_KEY_1: &str =
 
 #[tokio::test]
 async fn dashboard_shows_every_key_and_reset_works() {
-    let h = Harness::start(r#"strategy = "round-robin""#).await;
+    // The second key in a key group, the others in none.
+    let tables = r#"keys = [
+  { name = "KR_KEY_1", secret = "env:KR_KEY_1" },
+  { name = "KR_KEY_2", secret = "env:KR_KEY_2", group = "live" },
+  { name = "KR_KEY_3", secret = "env:KR_KEY_3" },
+]"#;
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config_text(&mock.url(), r#"strategy = "round-robin""#, "")
+        .replace("keys = \"env:KR_KEY_*\"", tables);
+    let h = Harness::on(mock, &text, &env()).await;
     h.mock
         .set(KEYS[0], Script::rate_limited(&[("retry-after", "120")]));
     assert_eq!(h.chat(CHAT).await.status, 200);
@@ -153,6 +163,13 @@ async fn dashboard_shows_every_key_and_reset_works() {
         )
         .await;
     assert_eq!(names, json!(["KR_KEY_1", "KR_KEY_2", "KR_KEY_3"]));
+    let groups = driver
+        .script(
+            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.querySelector('td.group').textContent);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(groups, json!(["–", "live", "–"]));
     assert!(
         driver
             .wait_for(STATE_OF_KEY_1, json!("cooling"), Duration::from_secs(5))

@@ -28,7 +28,7 @@ function render(doc) {
     table.dataset.tenant = pool.tenant;
     table.dataset.provider = pool.provider;
     const head = table.createTHead().insertRow();
-    for (const t of ["#", "key", "fingerprint", "state", "reason", "until", "this minute", "used", "total", "last status", "remaining req/tok", "actions"]) {
+    for (const t of ["#", "key", "group", "fingerprint", "state", "reason", "until", "this minute", "used", "total", "last status", "remaining req/tok", "actions"]) {
       const th = document.createElement("th"); th.textContent = t; head.appendChild(th);
     }
     const body = table.createTBody();
@@ -37,6 +37,7 @@ function render(doc) {
       row.dataset.key = k.name;
       cell(row, k.index);
       cell(row, k.name);
+      cell(row, k.group, "group");
       cell(row, k.fingerprint, "muted");
       const st = cell(row, "");
       const badge = document.createElement("span");

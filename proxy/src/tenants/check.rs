@@ -1,8 +1,26 @@
-//! What `keyrelay check` prints of tenants: each one's fallback, limits, clients and pools, with
-//! key names and fingerprints only. (A variable a tenant names and the environment lacks never
+//! What `keyrelay check` prints of tenants (each one's fallback, limits, clients and pools) and
+//! of every key, shared or a tenant's: names, fingerprints, limits and key groups only. (A variable a tenant names and the environment lacks never
 //! gets this far: loading refuses the file and names it by its path.)
 
 use crate::config::{pool_name, Config};
+use keyrelay_pool::Key;
+
+/// One key's line, indented by `indent`: name, fingerprint, rpm and weight, then its `tpm` and
+/// key group where it has them. Never its secret.
+pub fn key_line(indent: &str, k: &Key) -> String {
+    format!(
+        "{indent}key {:<24} fp {}  rpm {:<6} weight {}{}{}",
+        k.name,
+        k.fingerprint,
+        k.rpm,
+        k.weight,
+        k.tpm.map(|t| format!("  tpm {t}")).unwrap_or_default(),
+        k.group
+            .as_deref()
+            .map(|g| format!("  group {g}"))
+            .unwrap_or_default()
+    )
+}
 
 /// One line per tenant, client list and pool, then one per key.
 pub fn lines(config: &Config) -> Vec<String> {
@@ -51,16 +69,7 @@ pub fn lines(config: &Config) -> Vec<String> {
                 pool_name(&t.name, &p.provider),
                 p.keys.len()
             ));
-            for k in &p.keys {
-                out.push(format!(
-                    "    key {:<22} fp {}  rpm {:<6} weight {}{}",
-                    k.name,
-                    k.fingerprint,
-                    k.rpm,
-                    k.weight,
-                    k.tpm.map(|t| format!("  tpm {t}")).unwrap_or_default()
-                ));
-            }
+            out.extend(p.keys.iter().map(|k| key_line("    ", k)));
         }
     }
     out
