@@ -48,14 +48,18 @@ TARGET_DIR="$TMP/wrap"
 start_keyrelay cg "" ""
 log "keyrelay under callgrind: pid $KR_PID, output in $OUT"
 
+# With features on, streams ask for usage (every chunk then carries "usage":null, as OpenAI's).
+USAGE=()
+[[ "${KR_FEATURES:-0}" == 1 ]] && USAGE=(--usage)
+
 load() { # load MIX REQUESTS
-  "$LOADGEN" --url "$KR_URL" --token "$BENCH_TOKEN" --mix "$1" --requests "$2" \
+  "$LOADGEN" --url "$KR_URL" --token "$BENCH_TOKEN" --mix "$1" --requests "$2" "${USAGE[@]}" \
     --concurrency "$CONC" --timeout-secs 60 >"$TMP/loadgen-$1.log" 2>&1 ||
     die "loadgen $1 failed: $(tail -20 "$TMP/loadgen-$1.log")"
 }
 
 held() { # held: timed streams, chunks apart; prints the chunks received
-  "$LOADGEN" --url "$KR_URL" --token "$BENCH_TOKEN" --kind streams \
+  "$LOADGEN" --url "$KR_URL" --token "$BENCH_TOKEN" --kind streams "${USAGE[@]}" \
     --streams "${CG_HELD_STREAMS:-10}" --chunks "${CG_HELD_CHUNKS:-50}" --chunk-delay-ms 20 \
     --ramp-secs 0.2 --hold-secs "${CG_HELD_SECS:-3}" >"$TMP/loadgen-held.log" 2>&1 ||
     die "loadgen held failed: $(tail -20 "$TMP/loadgen-held.log")"

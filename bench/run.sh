@@ -44,6 +44,9 @@ for v in DURATION WARMUP CONNS THREADS ROUNDS CHUNKS STREAMS STREAM_CHUNKS STREA
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 [[ "$FEATURES" == 0 || "$FEATURES" == 1 ]] || die "BENCH_FEATURES must be 0 or 1, got '$FEATURES'"
+# With features on, held streams ask for usage too (as the wrk streams do; see body below).
+LOADGEN_USAGE=()
+[[ "$FEATURES" == 1 ]] && LOADGEN_USAGE=(--usage)
 ((DURATION > 0 && CONNS > 0 && THREADS > 0 && ROUNDS > 0 && STREAMS > 0 && IDLE_CONNS > 0)) ||
   die "BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_STREAMS and BENCH_IDLE_CONNECTIONS must be > 0"
 for w in $WORKLOADS; do
@@ -262,7 +265,7 @@ run_streams() {
   timeout $((STREAM_RAMP + STREAM_HOLD + STREAM_CHUNKS * STREAM_DELAY_MS / 1000 + 60)) \
     "$LOADGEN" --kind streams --url "${URL_[$c]}" --token "${TOKEN_[$c]}" --streams "$STREAMS" \
     --chunks "$STREAM_CHUNKS" --chunk-delay-ms "$STREAM_DELAY_MS" --ramp-secs "$STREAM_RAMP" \
-    --hold-secs "$STREAM_HOLD" >"$raw" 2>&1 &
+    --hold-secs "$STREAM_HOLD" "${LOADGEN_USAGE[@]}" >"$raw" 2>&1 &
   lg=$!
   PIDS+=("$lg")
   wait_line "$raw" '^plateau open=' "$lg" $((STREAM_RAMP + STREAM_HOLD + 30)) ||

@@ -147,9 +147,12 @@ impl Sse {
     }
 }
 
-fn chunk(i: u64) -> Bytes {
+/// Content chunk `i`; with `usage` on it carries `"usage":null`, as OpenAI's chunks do when
+/// `stream_options.include_usage` asks for the usage chunk at the end.
+fn chunk(i: u64, usage: bool) -> Bytes {
+    let usage = if usage { ",\"usage\":null" } else { "" };
     Bytes::from(format!(
-        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n"
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]{usage}}}\n\n"
     ))
 }
 
@@ -208,8 +211,8 @@ impl Body for MockBody {
             Some(StreamFault::Malformed(n)) if sse.sent == n => {
                 Bytes::from_static(b"data: {\"id\":\"chatcmpl-mock\",\"choices\":[{\"delta\n\n")
             }
-            _ if sse.stamp => crate::stamp::chunk(sse.sent),
-            _ => chunk(sse.sent),
+            _ if sse.stamp => crate::stamp::chunk(sse.sent, sse.usage),
+            _ => chunk(sse.sent, sse.usage),
         };
         sse.sent += 1;
         Poll::Ready(Some(Ok(Frame::data(data))))

@@ -26,9 +26,10 @@ pub fn now_us() -> u64 {
 }
 
 /// Chunk `i` of a stream, stamped with the time it is made.
-pub(crate) fn chunk(i: u64) -> Bytes {
+pub(crate) fn chunk(i: u64, usage: bool) -> Bytes {
+    let usage = if usage { ",\"usage\":null" } else { "" };
     Bytes::from(format!(
-        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"t_us\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n",
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"t_us\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]{usage}}}\n\n",
         now_us()
     ))
 }
@@ -40,7 +41,7 @@ mod tests {
     #[test]
     fn a_stamped_chunk_carries_the_time_it_was_made() {
         let before = now_us();
-        let c = chunk(7);
+        let c = chunk(7, false);
         let text = std::str::from_utf8(&c).unwrap();
         let t: u64 = text
             .split("\"t_us\":")
@@ -50,6 +51,13 @@ mod tests {
             .unwrap();
         assert!(t >= before && t <= now_us(), "{text}");
         assert!(text.contains("tok7 ") && text.ends_with("\n\n"), "{text}");
+        assert!(!text.contains("usage"), "{text}");
+        // With the usage chunk asked for, every chunk says it has no usage yet, as OpenAI's do.
+        let c = chunk(7, true);
+        let text = std::str::from_utf8(&c).unwrap();
+        assert!(text.ends_with(",\"usage\":null}\n\n"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(text[6..].trim_end()).unwrap();
+        assert!(json["usage"].is_null() && json["t_us"].is_u64(), "{text}");
     }
 
     /// One raw HTTP/1.1 stream request to the mock, `Connection: close`, the whole answer.

@@ -67,6 +67,10 @@ struct Cli {
     /// idle: connections to hold open.
     #[arg(long, default_value_t = 10_000)]
     connections: u64,
+    /// Stream requests ask for usage (`stream_options.include_usage`), as an app whose tokens
+    /// are counted does: the mock then marks every chunk `"usage":null` and ends with the usage.
+    #[arg(long)]
+    usage: bool,
 }
 
 fn loopback(url: &str) -> bool {
@@ -119,6 +123,7 @@ async fn other_kind(cli: &Cli) -> std::process::ExitCode {
                 streams: cli.streams,
                 chunks: cli.chunks,
                 delay_ms: cli.chunk_delay_ms,
+                usage: cli.usage,
                 ramp: secs(cli.ramp_secs),
                 hold: secs(cli.hold_secs),
             };
@@ -157,6 +162,7 @@ async fn run(cli: &Cli, mix: Mix, client: HttpClient) -> Stats {
     for _ in 0..cli.concurrency {
         let (next, rows, mix, client) = (next.clone(), rows.clone(), mix.clone(), client.clone());
         let (url, token, total) = (cli.url.clone(), cli.token.clone(), cli.requests);
+        let usage = cli.usage;
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +175,8 @@ async fn run(cli: &Cli, mix: Mix, client: HttpClient) -> Stats {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let second = start.elapsed().as_secs();
-                let outcome = mix::run(&client, &url, &token, mix.pick(i), timeout).await;
+                let kind = (mix.pick(i), usage);
+                let outcome = mix::run(&client, &url, &token, kind, timeout).await;
                 rows.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push((second, outcome));

@@ -131,16 +131,16 @@ pub struct Outcome {
     pub detail: String,
 }
 
-/// Send one request of `kind` and judge it.
+/// Send one request of `kind` (a stream asking for usage when `usage`) and judge it.
 pub async fn run(
     client: &HttpClient,
     url: &str,
     token: &str,
-    kind: Kind,
+    (kind, usage): (Kind, bool),
     timeout: Duration,
 ) -> Outcome {
     let started = Instant::now();
-    let judged = tokio::time::timeout(timeout, send(client, url, token, kind)).await;
+    let judged = tokio::time::timeout(timeout, send(client, url, token, kind, usage)).await;
     let (expected, detail, head) = match judged {
         Ok(Ok((ok, detail, head))) => (ok, detail, head),
         Ok(Err(e)) => (false, e, started.elapsed()),
@@ -163,12 +163,13 @@ async fn send(
     url: &str,
     token: &str,
     kind: Kind,
+    usage: bool,
 ) -> Result<(bool, String, Duration), String> {
     let (headers, stream) = kind.shape();
-    let body = if stream {
-        r#"{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+    let body: &'static [u8] = if stream {
+        crate::streams::body(usage)
     } else {
-        r#"{"model":"mock","messages":[{"role":"user","content":"hi"}]}"#
+        br#"{"model":"mock","messages":[{"role":"user","content":"hi"}]}"#
     };
     let mut req = Request::post(url)
         .header("authorization", format!("Bearer {token}"))
@@ -177,7 +178,7 @@ async fn send(
         req = req.header(*k, *v);
     }
     let req = req
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(Bytes::from_static(body)))
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let resp = client

@@ -22,6 +22,8 @@ pub struct Plan {
     pub streams: u64,
     pub chunks: u64,
     pub delay_ms: u64,
+    /// Ask for usage (see `--usage`).
+    pub usage: bool,
     pub ramp: Duration,
     pub hold: Duration,
 }
@@ -60,6 +62,15 @@ fn take_stamps(buf: &mut Vec<u8>, out: &mut Vec<u64>) {
     }
 }
 
+/// A stream request's body, asking for usage when `usage`.
+pub fn body(usage: bool) -> &'static [u8] {
+    if usage {
+        br#"{"model":"mock","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#
+    } else {
+        br#"{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+    }
+}
+
 /// One stream: Ok(true) when it ended cleanly with `[DONE]` and every chunk.
 async fn one(client: &HttpClient, plan: &Plan, tally: &Tally) -> Result<bool, String> {
     let req = Request::post(&plan.url)
@@ -68,9 +79,7 @@ async fn one(client: &HttpClient, plan: &Plan, tally: &Tally) -> Result<bool, St
         .header("x-mock-chunks", plan.chunks.to_string())
         .header("x-mock-delay-ms", plan.delay_ms.to_string())
         .header("x-mock-stamp", "1")
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )))
+        .body(Full::new(Bytes::from_static(body(plan.usage))))
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     if resp.status() != 200 {
