@@ -109,14 +109,25 @@ impl Usage {
             self.keep(data);
             return;
         }
-        if self.record.is_empty() && KEY.find(data).is_none() {
-            // No line of it can hold a report (none began before it): only a line it leaves
-            // unfinished is kept, for the bytes that end it. One search, not one a line.
-            let unfinished = memchr::memrchr(b'\n', data).map_or(data, |nl| &data[nl + 1..]);
-            self.keep(unfinished);
-            return;
-        }
         let mut rest = data;
+        if self.record.is_empty() {
+            // No line began before these bytes. A line can hold a report only where a usage
+            // key has an object for its value (OpenAI marks every chunk `"usage":null` when
+            // the usage chunk is asked for): the lines before the first such key are skipped,
+            // and without one only a line left unfinished is kept, for the bytes that end it.
+            // One search, not one a line.
+            match KEY.find_iter(data).find(|&at| may_report(&data[at..])) {
+                Some(at) => {
+                    rest = memchr::memrchr(b'\n', &data[..at]).map_or(data, |nl| &data[nl + 1..]);
+                }
+                None => {
+                    let unfinished =
+                        memchr::memrchr(b'\n', data).map_or(data, |nl| &data[nl + 1..]);
+                    self.keep(unfinished);
+                    return;
+                }
+            }
+        }
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let line = &rest[..nl];
             if self.record.is_empty() {
@@ -171,6 +182,24 @@ impl Usage {
 /// What both usage keys start with, searched for forward (most records have neither); the
 /// searcher is built once: building one costs more than searching a small answer.
 static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage"));
+
+/// Whether the `"usage` found at the start of `found` may begin a report: a `"usage"` or
+/// `"usageMetadata"` key whose value is an object, or bytes that end before that is known (a
+/// key the frame cuts is in its unfinished line, which is kept and read whole later).
+fn may_report(found: &[u8]) -> bool {
+    let rest = &found[6..];
+    let Some(value) = rest
+        .strip_prefix(b"\"")
+        .or_else(|| rest.strip_prefix(b"Metadata\""))
+    else {
+        // Another key (`"usage_bytes"`), unless the bytes end inside the key's name.
+        return b"Metadata\"".starts_with(rest);
+    };
+    match value.trim_ascii_start().strip_prefix(b":") {
+        Some(v) => v.trim_ascii_start().first().is_none_or(|&b| b == b'{'),
+        None => value.trim_ascii_start().is_empty(),
+    }
+}
 
 /// The usage object of the last `"usage"` or `"usageMetadata"` key in `record`. Inside a JSON
 /// string a quote is escaped, so these bytes only ever match a key.

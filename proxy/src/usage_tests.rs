@@ -73,6 +73,29 @@ fn sse_streams_of_each_provider() {
     assert_eq!(counted(Format::Sse, bare), 0);
 }
 
+/// A frame is read line by line only where a usage key in it may have an object for its value
+/// (or the frame ends before that is known); OpenAI's `"usage":null` on every chunk is not.
+#[test]
+fn only_a_usage_key_that_may_hold_an_object_sends_a_frame_line_by_line() {
+    for (found, may) in [
+        (r#""usage":null}"#, false),
+        (r#""usage" : null,"x":1"#, false),
+        (r#""usageMetadata":null"#, false),
+        (r#""usage_bytes":0"#, false),
+        (r#""usage":{"total_tokens":1}"#, true),
+        (r#""usage": {"#, true),
+        (r#""usageMetadata":{"totalTokenCount":3}"#, true),
+        // Cut before the value is known.
+        (r#""usage"#, true),
+        (r#""usage""#, true),
+        (r#""usage":"#, true),
+        (r#""usage": "#, true),
+        (r#""usageMeta"#, true),
+    ] {
+        assert_eq!(may_report(found.as_bytes()), may, "{found}");
+    }
+}
+
 #[test]
 fn a_cut_stream_counts_what_it_saw() {
     let mut u = Usage::new(Format::Sse);
