@@ -187,18 +187,45 @@ static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage")
 /// `"usageMetadata"` key whose value is an object, or bytes that end before that is known (a
 /// key the frame cuts is in its unfinished line, which is kept and read whole later).
 fn may_report(found: &[u8]) -> bool {
-    let rest = &found[6..];
-    let Some(value) = rest
-        .strip_prefix(b"\"")
-        .or_else(|| rest.strip_prefix(b"Metadata\""))
-    else {
+    let Some((_, len)) = usage_key(found) else {
         // Another key (`"usage_bytes"`), unless the bytes end inside the key's name.
-        return b"Metadata\"".starts_with(rest);
+        return b"Metadata\"".starts_with(&found[6..]);
     };
-    match value.trim_ascii_start().strip_prefix(b":") {
-        Some(v) => v.trim_ascii_start().first().is_none_or(|&b| b == b'{'),
-        None => value.trim_ascii_start().is_empty(),
+    let after = &found[len..];
+    match value_of(after) {
+        Some(v) => v.first().is_none_or(|&b| b == b'{'),
+        None => after.trim_ascii_start().is_empty(),
     }
+}
+
+/// Which of the two usage keys.
+enum UsageKey {
+    Usage,
+    Metadata,
+}
+
+/// The usage key a `"usage` found at the start of `found` begins, and its length through its
+/// closing quote; `None` for another key (or bytes that end inside the name).
+fn usage_key(found: &[u8]) -> Option<(UsageKey, usize)> {
+    let rest = &found[6..];
+    if rest.starts_with(b"\"") {
+        Some((UsageKey::Usage, 7))
+    } else if rest.starts_with(b"Metadata\"") {
+        Some((UsageKey::Metadata, 15))
+    } else {
+        None
+    }
+}
+
+/// A key's value: what follows its closing quote, past blanks, the `:` and blanks; `None`
+/// without the `:`.
+fn value_of(after_key: &[u8]) -> Option<&[u8]> {
+    Some(
+        after_key
+            .trim_ascii_start()
+            .strip_prefix(b":")?
+            .trim_ascii_start(),
+    )
 }
 
 /// The usage object of the last `"usage"` or `"usageMetadata"` key in `record`. Inside a JSON
@@ -206,11 +233,10 @@ fn may_report(found: &[u8]) -> bool {
 fn last_report(record: &[u8]) -> Option<Reported> {
     let (mut usage, mut metadata) = (None, None);
     for at in KEY.find_iter(record) {
-        let rest = &record[at + 6..];
-        if rest.starts_with(b"\"") {
-            usage = Some(at + 7);
-        } else if rest.starts_with(b"Metadata\"") {
-            metadata = Some(at + 15);
+        match usage_key(&record[at..]) {
+            Some((UsageKey::Usage, len)) => usage = Some(at + len),
+            Some((UsageKey::Metadata, len)) => metadata = Some(at + len),
+            None => {}
         }
     }
     if usage.is_none() && metadata.is_none() {
@@ -227,10 +253,7 @@ fn last_report(record: &[u8]) -> Option<Reported> {
 
 /// The object after a key's closing quote (`: {...}`), ignoring whatever follows it.
 fn value_after(rest: &[u8]) -> Option<Reported> {
-    let rest = rest
-        .trim_ascii_start()
-        .strip_prefix(b":")?
-        .trim_ascii_start();
+    let rest = value_of(rest)?;
     if !rest.starts_with(b"{") {
         return None;
     }
