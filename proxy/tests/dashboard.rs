@@ -156,20 +156,17 @@ async fn dashboard_shows_every_key_and_reset_works() {
             .await,
         "the page never showed all keys"
     );
-    let names = driver
+    // Each row's key and group, in order.
+    let rows = driver
         .script(
-            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.dataset.key);",
+            "return Array.from(document.querySelectorAll('tbody tr')).map(r => [r.dataset.key, r.querySelector('td.group').textContent]);",
             json!([]),
         )
         .await;
-    assert_eq!(names, json!(["KR_KEY_1", "KR_KEY_2", "KR_KEY_3"]));
-    let groups = driver
-        .script(
-            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.querySelector('td.group').textContent);",
-            json!([]),
-        )
-        .await;
-    assert_eq!(groups, json!(["–", "live", "–"]));
+    assert_eq!(
+        rows,
+        json!([["KR_KEY_1", "–"], ["KR_KEY_2", "live"], ["KR_KEY_3", "–"]])
+    );
     assert!(
         driver
             .wait_for(STATE_OF_KEY_1, json!("cooling"), Duration::from_secs(5))

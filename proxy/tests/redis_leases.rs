@@ -5,6 +5,9 @@
 
 mod support;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use keyrelay::config::Config;
 use keyrelay::Running;
 use keyrelay_mock::MockUpstream;
@@ -110,6 +113,20 @@ async fn the_shared_limit_holds_across_leasing_instances() {
     );
 }
 
+/// `n` chat requests to `url`, one after another: how many were served (the others got 429;
+/// any other status fails the test).
+async fn served(client: &Client<HttpConnector, Full<Bytes>>, url: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        match chat_at(client, url).await.status.as_u16() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    ok
+}
+
 /// 16 tasks of 50 chat requests, spread over `instances`: how many were served (the others
 /// got 429).
 async fn hammer(instances: &[Running]) -> usize {
@@ -117,17 +134,7 @@ async fn hammer(instances: &[Running]) -> usize {
     let mut tasks = Vec::new();
     for t in 0..16 {
         let (client, url) = (client.clone(), chat_url(instances, t));
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 0;
-            for _ in 0..50 {
-                match chat_at(&client, &url).await.status.as_u16() {
-                    200 => ok += 1,
-                    429 => {}
-                    other => panic!("unexpected status {other}"),
-                }
-            }
-            ok
-        }));
+        tasks.push(tokio::spawn(async move { served(&client, &url, 50).await }));
     }
     let mut ok = 0;
     for t in tasks {
@@ -223,15 +230,11 @@ async fn a_lease_never_takes_past_the_limit() {
     let key = format!("keyrelay:{{limit.tests}}:client:tests:{window}");
     redis.cli(&["SET", &key, "9900", "PX", "180000"]);
     let (client, url) = (http_client(), chat_url(std::slice::from_ref(&proxy), 0));
-    let mut served = 0;
-    for _ in 0..120 {
-        match chat_at(&client, &url).await.status.as_u16() {
-            200 => served += 1,
-            429 => {}
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    assert_eq!(served, 100, "the 100 left of the limit, no more");
+    assert_eq!(
+        served(&client, &url, 120).await,
+        100,
+        "the 100 left of the limit, no more"
+    );
     assert_eq!(mock.total_calls(), 100);
     assert_eq!(redis.cli(&["GET", &key]).trim(), "10000");
 }
