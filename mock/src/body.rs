@@ -147,10 +147,19 @@ impl Sse {
     }
 }
 
-/// Content chunk `i`; with `usage` on it carries `"usage":null`, as OpenAI's chunks do when
-/// `stream_options.include_usage` asks for the usage chunk at the end.
+/// What a content chunk ends its JSON with when `usage` is on: `"usage":null`, as OpenAI's
+/// chunks do when `stream_options.include_usage` asks for the usage chunk at the end.
+pub(crate) fn null_usage(usage: bool) -> &'static str {
+    if usage {
+        ",\"usage\":null"
+    } else {
+        ""
+    }
+}
+
+/// Content chunk `i` (see [`null_usage`]).
 fn chunk(i: u64, usage: bool) -> Bytes {
-    let usage = if usage { ",\"usage\":null" } else { "" };
+    let usage = null_usage(usage);
     Bytes::from(format!(
         "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]{usage}}}\n\n"
     ))

@@ -27,7 +27,7 @@ pub fn now_us() -> u64 {
 
 /// Chunk `i` of a stream, stamped with the time it is made.
 pub(crate) fn chunk(i: u64, usage: bool) -> Bytes {
-    let usage = if usage { ",\"usage\":null" } else { "" };
+    let usage = crate::body::null_usage(usage);
     Bytes::from(format!(
         "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"t_us\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}]{usage}}}\n\n",
         now_us()

@@ -1,6 +1,7 @@
 //! What `keyrelay check` prints of tenants (each one's fallback, limits, clients and pools) and
-//! of every key, shared or a tenant's: names, fingerprints, limits and key groups only. (A variable a tenant names and the environment lacks never
-//! gets this far: loading refuses the file and names it by its path.)
+//! of every key, shared or a tenant's: names, fingerprints, limits and key groups only. (A
+//! variable a tenant names and the environment lacks never gets this far: loading refuses the
+//! file and names it by its path.)
 
 use crate::config::{pool_name, Config};
 use keyrelay_pool::Key;
